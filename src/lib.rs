@@ -1,0 +1,20 @@
+//! cdcheck: a conformance suite for Kubernetes continuous delivery on Istio.
+//!
+//! Data flows left to right (ARCHITECTURE.md):
+//!
+//! - [`versions`]: every pinned external version.
+//! - [`catalog`]: the Online Boutique workloads as typed data.
+//! - [`manifests`]: pure functions from catalog + pipeline options to a [`manifests::Bundle`].
+//! - [`traffic`]: load generation, probes and request attribution.
+//! - [`substrate`]: provisions the cluster (kind or the local control plane).
+//! - [`kube`]: apply, wait, rollback, RBAC checks and diagnostics against a cluster.
+
+pub mod catalog;
+pub mod manifests;
+pub mod versions;
+
+/// Installs the process-wide rustls crypto provider. Both ring and aws-lc-rs end
+/// up linked, and rustls panics on the first TLS connection unless one is chosen.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
