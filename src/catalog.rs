@@ -28,7 +28,9 @@ pub enum ImageSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeAction {
     /// Native gRPC probe (the images carry no grpc_health_probe).
-    Grpc { port: i32 },
+    Grpc {
+        port: i32,
+    },
     /// HTTP GET with a `Cookie` header, so the frontend's session middleware
     /// does not mint a session per probe.
     HttpGet {
@@ -36,7 +38,9 @@ pub enum ProbeAction {
         port: i32,
         cookie: &'static str,
     },
-    TcpSocket { port: i32 },
+    TcpSocket {
+        port: i32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,7 +279,10 @@ static WORKLOADS: [Workload; 12] = [
             ("SHIPPING_SERVICE_ADDR", "shippingservice:50051"),
             ("CHECKOUT_SERVICE_ADDR", "checkoutservice:5050"),
             ("AD_SERVICE_ADDR", "adservice:9555"),
-            ("SHOPPING_ASSISTANT_SERVICE_ADDR", "shoppingassistantservice:80"),
+            (
+                "SHOPPING_ASSISTANT_SERVICE_ADDR",
+                "shoppingassistantservice:80",
+            ),
             ("ENABLE_PROFILER", "0"),
         ],
         readiness: Some(Probe {
@@ -471,8 +478,15 @@ mod tests {
 
     #[test]
     fn every_backend_is_probed_by_grpc_health() {
-        for w in all().iter().filter(|w| w.is_stateless() && w.name != "frontend") {
-            assert!(w.grpc_health_port().is_some(), "{} lacks a grpc probe", w.name);
+        for w in all()
+            .iter()
+            .filter(|w| w.is_stateless() && w.name != "frontend")
+        {
+            assert!(
+                w.grpc_health_port().is_some(),
+                "{} lacks a grpc probe",
+                w.name
+            );
         }
     }
 

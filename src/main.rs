@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: failed to {error:#}");
             std::process::ExitCode::from(2)
         }
     }

@@ -206,10 +206,12 @@ impl Bundle {
         for object in &self.objects {
             let value = object.to_json()?;
             let yaml =
-                serde_saphyr::to_string(&value).map_err(|e| ManifestError::Serialize {
-                    kind: object.kind(),
-                    name: object.name(),
-                    source: serde::ser::Error::custom(e.to_string()),
+                serde_saphyr::to_string_with_options(&value, yaml_options()).map_err(|e| {
+                    ManifestError::Serialize {
+                        kind: object.kind(),
+                        name: object.name(),
+                        source: serde::ser::Error::custom(e.to_string()),
+                    }
                 })?;
             out.push_str("---\n");
             out.push_str(&yaml);
@@ -219,6 +221,13 @@ impl Bundle {
         }
         Ok(out)
     }
+}
+
+/// Block scalars only for multi-line strings: long image references stay on one line.
+fn yaml_options() -> serde_saphyr::SerializerOptions {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.folded_wrap_chars = 4096;
+    options
 }
 
 /// The pipeline's rendering of one environment: namespace and RBAC, the

@@ -27,7 +27,8 @@ pub const KIND: &str = "v0.32.0";
 
 /// Node image of kind v0.32.0 for Kubernetes 1.36.1, pinned by digest so a
 /// re-pushed tag cannot change the cluster under us.
-pub const KIND_NODE_IMAGE: &str = "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5";
+pub const KIND_NODE_IMAGE: &str =
+    "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5";
 
 /// Kubernetes control plane built for the local substrate: the newest 1.36 patch
 /// on the module proxy, the same minor as the kind node image.
@@ -64,8 +65,16 @@ mod tests {
     #[test]
     fn local_control_plane_matches_the_kind_minor() {
         let kind_minor = KIND_NODE_IMAGE.split(':').nth(1).unwrap();
-        let kind_minor: Vec<&str> = kind_minor.trim_start_matches('v').split('.').take(2).collect();
-        let local_minor: Vec<&str> = KUBERNETES.trim_start_matches('v').split('.').take(2).collect();
+        let kind_minor: Vec<&str> = kind_minor
+            .trim_start_matches('v')
+            .split('.')
+            .take(2)
+            .collect();
+        let local_minor: Vec<&str> = KUBERNETES
+            .trim_start_matches('v')
+            .split('.')
+            .take(2)
+            .collect();
         assert_eq!(kind_minor, local_minor);
     }
 }

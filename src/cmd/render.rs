@@ -1,10 +1,115 @@
-//! `cdcheck render`: print an environment's bundle as YAML.
+//! `cdcheck render`: print an environment's bundle as multi-document YAML for `kubectl apply -f -`.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::Context;
+use cdcheck::manifests::{
+    self, FeatureBranch, Options, RbacMode, SessionId, Strategy, TlsSource, tls,
+};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    todo!()
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  cdcheck render --env dev --feature frontend=0.10.6-myfeature \
+--session 3f1c2a9e-0d1b-4c55-9a37-1b2c3d4e5f60 | kubectl apply -f -"
+)]
+pub struct Args {
+    /// Environment name: the namespace, and the prefix of its deployer (`<env>-deployer`).
+    #[arg(long, default_value = "dev")]
+    pub env: String,
+
+    /// Release id: the mainline image tag, and the suffix of blue/green Deployments.
+    #[arg(long, default_value = cdcheck::versions::ONLINE_BOUTIQUE)]
+    pub release: String,
+
+    /// Deploy a feature branch beside mainline: SERVICE=TAG, e.g. frontend=0.10.6-myfeature.
+    /// The tag's pre-release (`-myfeature`) suffixes the Deployment, its labels and Service. Repeatable.
+    #[arg(long = "feature", value_name = "SERVICE=TAG")]
+    pub features: Vec<String>,
+
+    /// How a new release replaces the running one: rolling (maxUnavailable 0, maxSurge 1),
+    /// recreate, or bluegreen (a Deployment per release; the Service's selector switches).
+    #[arg(long, value_enum, default_value_t = Strategy::Rolling)]
+    pub strategy: Strategy,
+
+    /// Replicas of each of the 10 stateless services (redis-cart keeps 1, loadgenerator 1).
+    #[arg(long, default_value_t = 2)]
+    pub replicas: i32,
+
+    /// Topology key of the preferred pod anti-affinity on `app`.
+    #[arg(long, default_value = "kubernetes.io/hostname")]
+    pub topology_key: String,
+
+    /// PEM certificate chain for the ingress (with --tls-key); default: self-signed.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert; it must match the certificate.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Ingress host name served by the Gateway and the frontend VirtualService; the
+    /// self-signed certificate is made for it. Default: `<env>.boutique.test`, or the
+    /// first DNS name of --tls-cert.
+    #[arg(long, value_name = "HOST")]
+    pub tls_host: Option<String>,
+
+    /// Route a test session to the feature branches: its `shop_session-id` cookie to
+    /// frontend's branch, its `userid` gRPC metadata to adservice's. Repeatable.
+    #[arg(long = "session", value_name = "ID")]
+    pub sessions: Vec<String>,
+
+    /// The deployer's Role: full (all verbs in its namespace, as the pipeline ships)
+    /// or least (exactly the resources and verbs the pipeline uses).
+    #[arg(long, value_enum, default_value_t = RbacMode::Full)]
+    pub rbac: RbacMode,
+
+    /// Leave out the loadgenerator.
+    #[arg(long)]
+    pub no_loadgenerator: bool,
+}
+
+impl Args {
+    /// The options these arguments describe, every value checked.
+    pub fn options(&self) -> anyhow::Result<Options> {
+        let mut options = Options::for_env(&self.env);
+        options.release = self.release.clone();
+        options.strategy = self.strategy;
+        options.ha.replicas = self.replicas;
+        options.ha.topology_key = self.topology_key.clone();
+        options.rbac = self.rbac;
+        options.loadgenerator = !self.no_loadgenerator;
+        for feature in &self.features {
+            options.features.push(FeatureBranch::parse(feature)?);
+        }
+        for session in &self.sessions {
+            options.sessions.push(SessionId::parse(session)?);
+        }
+        options.host = self.tls_host.clone();
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            if options.host.is_none() {
+                let pem = std::fs::read_to_string(cert)
+                    .with_context(|| format!("read certificate file {}", cert.display()))?;
+                let names = tls::certificate_dns_names(&pem, cert)?;
+                options.host = names.into_iter().find(|n| !n.starts_with("*."));
+            }
+            options.tls = TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+        }
+        Ok(options)
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let options = args.options()?;
+    // Render everything before writing anything: bad input prints nothing to stdout.
+    let bundle = manifests::render(&options).context("render the bundle")?;
+    let yaml = bundle.to_yaml()?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(yaml.as_bytes())?;
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -10,8 +10,7 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
-    ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Object, Options, RELEASE_LABEL,
-    RbacMode,
+    ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Object, Options, RELEASE_LABEL, RbacMode,
 };
 
 /// Namespace label that makes Istio inject its sidecar.
@@ -19,7 +18,9 @@ pub const ISTIO_INJECTION_LABEL: &str = "istio-injection";
 
 /// Verbs that change objects, and those that only read them.
 const READ: &[&str] = &["get", "list", "watch"];
-const WRITE: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
+const WRITE: &[&str] = &[
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
 
 /// The least-privilege rules: exactly what the pipeline's deploy, wait,
 /// rollback and routing steps touch, per API group.

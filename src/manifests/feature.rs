@@ -22,10 +22,7 @@ pub fn branch_suffix(service: &str, tag: &str) -> Result<String, ManifestError> 
     semver::Version::parse(version).map_err(|_| invalid())?;
     let captures = TAG_RULE.captures(version).ok_or_else(invalid)?;
     let suffix = captures.get(2).map_or("", |m| m.as_str()).to_string();
-    if suffix
-        .bytes()
-        .any(|b| b.is_ascii_uppercase())
-    {
+    if suffix.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(ManifestError::InvalidBranchName {
             tag: tag.to_string(),
             branch: suffix,
@@ -46,10 +43,11 @@ pub struct FeatureBranch {
 impl FeatureBranch {
     /// Checks the service against the catalog and derives the suffix from the tag.
     pub fn new(service: &str, tag: &str) -> Result<Self, ManifestError> {
-        let workload = crate::catalog::find(service).ok_or_else(|| ManifestError::UnknownService {
-            name: service.to_string(),
-            known: crate::catalog::names().join(", "),
-        })?;
+        let workload =
+            crate::catalog::find(service).ok_or_else(|| ManifestError::UnknownService {
+                name: service.to_string(),
+                known: crate::catalog::names().join(", "),
+            })?;
         let suffix = branch_suffix(service, tag)?;
         let name = format!("{}{}", workload.name, suffix);
         if name.len() > 63 {
@@ -76,5 +74,84 @@ impl FeatureBranch {
     /// `frontend-myfeature`: the Deployment, label and Service name of the branch.
     pub fn name(&self) -> String {
         format!("{}{}", self.service, self.suffix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    #[rstest]
+    #[case("0.10.6-myfeature", "-myfeature")]
+    #[case("0.10.6", "")]
+    #[case("v0.10.6", "")]
+    #[case("v0.10.6-myfeature", "-myfeature")]
+    #[case("1.2.3-feat42", "-feat42")]
+    #[case("0.10.6-myfeature.1", "-myfeature")]
+    #[case("0.10.6-my-feature", "-my")]
+    #[case("0.10.6+build.7", "")]
+    #[case("0.10.6-rc1+build", "-rc1")]
+    fn tag_names_its_branch_by_the_pipeline_rule(#[case] tag: &str, #[case] suffix: &str) {
+        assert_eq!(branch_suffix("frontend", tag).unwrap(), suffix);
+    }
+
+    #[rstest]
+    #[case("latest")]
+    #[case("0.10")]
+    #[case("0.10.6.1")]
+    #[case("myfeature")]
+    #[case("")]
+    #[case("0.10.6-")]
+    #[case("01.2.3")]
+    fn tag_that_is_not_semver_is_refused_naming_it(#[case] tag: &str) {
+        let error = branch_suffix("frontend", tag).unwrap_err();
+        assert!(
+            matches!(error, ManifestError::InvalidTag { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(&format!("{tag:?}")), "{error}");
+    }
+
+    #[test]
+    fn uppercase_branch_is_refused_because_names_must_be_lowercase() {
+        let error = branch_suffix("frontend", "0.10.6-MyFeature").unwrap_err();
+        assert!(error.to_string().contains("-MyFeature"), "{error}");
+    }
+
+    #[test]
+    fn feature_argument_names_deployment_and_service() {
+        let feature = FeatureBranch::parse("frontend=0.10.6-myfeature").unwrap();
+        assert_eq!(feature.name(), "frontend-myfeature");
+        assert_eq!(feature.tag, "0.10.6-myfeature");
+    }
+
+    #[rstest]
+    #[case("frontend")]
+    #[case("=0.10.6")]
+    #[case("frontend=")]
+    fn feature_argument_without_service_and_tag_is_refused(#[case] argument: &str) {
+        let error = FeatureBranch::parse(argument).unwrap_err();
+        assert!(error.to_string().contains(argument), "{error}");
+    }
+
+    #[test]
+    fn unknown_service_is_refused_naming_it_and_the_known_ones() {
+        let error = FeatureBranch::parse("fronted=0.10.6-x")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"fronted\""), "{error}");
+        assert!(error.contains("frontend"), "{error}");
+    }
+
+    #[test]
+    fn branch_name_longer_than_a_dns_label_is_refused() {
+        let tag = format!("0.10.6-{}", "a".repeat(60));
+        let error = FeatureBranch::new("recommendationservice", &tag).unwrap_err();
+        assert!(
+            matches!(error, ManifestError::NameTooLong { .. }),
+            "{error:?}"
+        );
     }
 }

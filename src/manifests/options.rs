@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use super::ManifestError;
 use super::feature::FeatureBranch;
 use super::routing::SessionId;
-use super::ManifestError;
 use crate::versions;
 
 /// How a new release replaces the running one.

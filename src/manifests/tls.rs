@@ -1,13 +1,253 @@
 //! The ingress certificate: a user's PEM pair, checked, or a self-signed one, as a `kubernetes.io/tls` Secret.
+//!
+//! The Secret lives in `istio-system`, the ingress gateway's namespace, where
+//! the Gateway's `credentialName` finds it. Its contents are never logged.
 
-use super::{Object, Options};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{Object, Options, TlsSource};
+
+/// Namespace of the ingress gateway, the Gateway object and its certificate.
+pub const GATEWAY_NAMESPACE: &str = "istio-system";
+/// The Secret the Gateway's `credentialName` names.
+pub const INGRESS_CERT_SECRET: &str = "cdcheck-ingress-cert";
+/// Self-signed certificates also cover every default environment host, so that
+/// environments sharing the gateway keep serving a matching certificate.
+pub const DEFAULT_DOMAIN_WILDCARD: &str = "*.boutique.test";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("read certificate")]
-    Todo,
+    #[error("read {what} file {path}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("find a PEM certificate in {path}")]
+    NoCertificate { path: PathBuf },
+    #[error("find a PEM private key in {path}")]
+    NoKey { path: PathBuf },
+    #[error("parse the certificate in {path}: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("use the private key in {path}: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error(
+        "pair key {key} with certificate {cert}: the key does not match the certificate's public key"
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("serve host {host:?} with certificate {path}: its names are {names:?}")]
+    HostNotCovered {
+        host: String,
+        path: PathBuf,
+        names: Vec<String>,
+    },
+    #[error("use certificate {path}: it expired at {not_after}")]
+    Expired { path: PathBuf, not_after: String },
+    #[error("generate a self-signed certificate for {host:?}")]
+    Generate {
+        host: String,
+        #[source]
+        source: rcgen::Error,
+    },
 }
 
-pub fn render_secret(_options: &Options) -> Result<Vec<Object>, super::ManifestError> {
-    todo!("tls")
+/// A PEM certificate chain and its private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemPair")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"[redacted]")
+            .finish()
+    }
+}
+
+/// DNS names a certificate covers (its SANs, or its CN when it has none).
+pub fn certificate_dns_names(cert_pem: &str, path: &Path) -> Result<Vec<String>, TlsError> {
+    let der = first_certificate_der(cert_pem, path)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| TlsError::BadCertificate {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_string());
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok().map(str::to_string)),
+        );
+    }
+    Ok(names)
+}
+
+/// Whether a certificate name (possibly `*.` wildcard) covers a host.
+pub fn name_covers_host(name: &str, host: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let host = host.to_ascii_lowercase();
+    match name.strip_prefix("*.") {
+        Some(domain) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == domain),
+        None => name == host,
+    }
+}
+
+fn first_certificate_der(cert_pem: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    let mut reader = cert_pem.as_bytes();
+    match rustls_pemfile::certs(&mut reader).next() {
+        Some(Ok(der)) => Ok(der.to_vec()),
+        Some(Err(e)) => Err(TlsError::BadCertificate {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+        None => Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a user's PEM pair and checks it: a certificate and a key are present,
+/// the key is the certificate's, the certificate has not expired and covers `host`.
+pub fn load_pair(cert: &Path, key: &Path, host: &str) -> Result<PemPair, TlsError> {
+    let cert_pem = read("certificate", cert)?;
+    let key_pem = read("private key", key)?;
+    let cert_der = first_certificate_der(&cert_pem, cert)?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(&cert_der).map_err(|e| TlsError::BadCertificate {
+            path: cert.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let key_der = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| TlsError::BadKey {
+            path: key.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .ok_or_else(|| TlsError::NoKey {
+            path: key.to_path_buf(),
+        })?;
+    let signing_key =
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(|e| {
+            TlsError::BadKey {
+                path: key.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+    let key_spki = signing_key.public_key().ok_or_else(|| TlsError::BadKey {
+        path: key.to_path_buf(),
+        reason: "its public key cannot be derived".to_string(),
+    })?;
+    if key_spki.as_ref() != parsed.tbs_certificate.subject_pki.raw {
+        return Err(TlsError::KeyMismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        });
+    }
+    if !parsed.validity().is_valid() && parsed.validity().time_to_expiration().is_none() {
+        return Err(TlsError::Expired {
+            path: cert.to_path_buf(),
+            not_after: parsed.validity().not_after.to_string(),
+        });
+    }
+    let names = certificate_dns_names(&cert_pem, cert)?;
+    if !names.iter().any(|n| name_covers_host(n, host)) {
+        return Err(TlsError::HostNotCovered {
+            host: host.to_string(),
+            path: cert.to_path_buf(),
+            names,
+        });
+    }
+    Ok(PemPair { cert_pem, key_pem })
+}
+
+/// A self-signed certificate for `host`, valid from an hour ago for 90 days.
+pub fn self_signed(host: &str) -> Result<PemPair, TlsError> {
+    let generate = |source| TlsError::Generate {
+        host: host.to_string(),
+        source,
+    };
+    let mut names = vec![host.to_string()];
+    if name_covers_host(DEFAULT_DOMAIN_WILDCARD, host) {
+        names.push(DEFAULT_DOMAIN_WILDCARD.to_string());
+    }
+    let mut params = rcgen::CertificateParams::new(names).map_err(generate)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "cdcheck");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(90);
+    let key = rcgen::KeyPair::generate().map_err(generate)?;
+    let cert = params.self_signed(&key).map_err(generate)?;
+    Ok(PemPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The PEM pair the options ask for.
+pub fn pair_for(options: &Options) -> Result<PemPair, TlsError> {
+    let host = options.ingress_host();
+    match &options.tls {
+        TlsSource::Files { cert, key } => load_pair(cert, key, &host),
+        TlsSource::SelfSigned => self_signed(&host),
+    }
+}
+
+/// The `kubernetes.io/tls` Secret holding a PEM pair.
+pub fn secret(pair: &PemPair, options: &Options) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(INGRESS_CERT_SECRET.to_string()),
+            namespace: Some(GATEWAY_NAMESPACE.to_string()),
+            labels: Some(super::environment::managed_labels(options)),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".to_string(),
+                ByteString(pair.cert_pem.clone().into_bytes()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(pair.key_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}
+
+pub fn render_secret(options: &Options) -> Result<Vec<Object>, super::ManifestError> {
+    let pair = pair_for(options)?;
+    Ok(vec![Object::Secret(secret(&pair, options))])
 }

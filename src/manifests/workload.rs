@@ -10,11 +10,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    GRPCAction, HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction,
-    TCPSocketAction, Volume, VolumeMount, WeightedPodAffinityTerm,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, GRPCAction,
+    HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume,
+    VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -103,11 +103,15 @@ pub fn render_pipeline(options: &Options) -> Result<Vec<Object>, ManifestError> 
     Ok(objects)
 }
 
-fn render_feature(feature: &FeatureBranch, options: &Options) -> Result<Vec<Object>, ManifestError> {
-    let workload = catalog::find(&feature.service).ok_or_else(|| ManifestError::UnknownService {
-        name: feature.service.clone(),
-        known: catalog::names().join(", "),
-    })?;
+fn render_feature(
+    feature: &FeatureBranch,
+    options: &Options,
+) -> Result<Vec<Object>, ManifestError> {
+    let workload =
+        catalog::find(&feature.service).ok_or_else(|| ManifestError::UnknownService {
+            name: feature.service.clone(),
+            known: catalog::names().join(", "),
+        })?;
     let mut shape = mainline_shape(workload, options);
     shape.deployment_name = feature.name();
     shape.app = feature.name();
@@ -126,8 +130,16 @@ fn render_feature(feature: &FeatureBranch, options: &Options) -> Result<Vec<Obje
     }
     let mut objects = vec![Object::Deployment(deployment(workload, &shape))];
     // Only the in-cluster Service is branched; frontend-external stays mainline.
-    if let Some(port) = workload.services.iter().find(|p| p.service_type == ServiceType::ClusterIp) {
-        objects.push(Object::Service(service_named(port, &feature.name(), &shape)));
+    if let Some(port) = workload
+        .services
+        .iter()
+        .find(|p| p.service_type == ServiceType::ClusterIp)
+    {
+        objects.push(Object::Service(service_named(
+            port,
+            &feature.name(),
+            &shape,
+        )));
     }
     if workload.is_stateless() {
         objects.push(Object::PodDisruptionBudget(pod_disruption_budget(
@@ -373,11 +385,17 @@ fn deployment(workload: &Workload, shape: &Shape) -> Deployment {
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_string(), quantity(workload.resources.request_cpu)),
-                ("memory".to_string(), quantity(workload.resources.request_memory)),
+                (
+                    "memory".to_string(),
+                    quantity(workload.resources.request_memory),
+                ),
             ])),
             limits: Some(BTreeMap::from([
                 ("cpu".to_string(), quantity(workload.resources.limit_cpu)),
-                ("memory".to_string(), quantity(workload.resources.limit_memory)),
+                (
+                    "memory".to_string(),
+                    quantity(workload.resources.limit_memory),
+                ),
             ])),
             ..ResourceRequirements::default()
         }),
@@ -409,28 +427,31 @@ fn deployment(workload: &Workload, shape: &Shape) -> Deployment {
             ..Container::default()
         }]
     });
-    let affinity = shape.anti_affinity_topology_key.as_ref().map(|key| Affinity {
-        pod_anti_affinity: Some(PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                WeightedPodAffinityTerm {
-                    weight: 100,
-                    pod_affinity_term: PodAffinityTerm {
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                APP_LABEL.to_string(),
-                                shape.app.clone(),
-                            )])),
-                            ..LabelSelector::default()
-                        }),
-                        topology_key: key.clone(),
-                        ..PodAffinityTerm::default()
+    let affinity = shape
+        .anti_affinity_topology_key
+        .as_ref()
+        .map(|key| Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 100,
+                        pod_affinity_term: PodAffinityTerm {
+                            label_selector: Some(LabelSelector {
+                                match_labels: Some(BTreeMap::from([(
+                                    APP_LABEL.to_string(),
+                                    shape.app.clone(),
+                                )])),
+                                ..LabelSelector::default()
+                            }),
+                            topology_key: key.clone(),
+                            ..PodAffinityTerm::default()
+                        },
                     },
-                },
-            ]),
-            ..PodAntiAffinity::default()
-        }),
-        ..Affinity::default()
-    });
+                ]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        });
     let annotations = workload.rewrite_app_http_probers.then(|| {
         BTreeMap::from([(
             "sidecar.istio.io/rewriteAppHTTPProbers".to_string(),
