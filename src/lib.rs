@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod manifests;
+pub mod traffic;
 pub mod versions;
 
 /// Installs the process-wide rustls crypto provider. Both ring and aws-lc-rs end

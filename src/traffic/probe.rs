@@ -1,0 +1,432 @@
+//! Probes: HTTP health (`/_healthz` with the probe cookie), gRPC health `Check`, and TLS.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::TrafficError;
+use super::record::{ErrorClass, Outcome};
+use super::target::{Caller, GrpcMethod, GrpcTarget, HttpTarget, Target, classify_error};
+
+/// The cookie the pipeline's readiness probes send, so that the frontend does not
+/// mint a session for them.
+pub const PROBE_COOKIE: &str = "shop_session-id=x-readiness-probe";
+
+/// What an HTTP health probe saw.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpProbeReport {
+    pub url: String,
+    pub outcome: Outcome,
+    /// The start of the body (at most 256 bytes), when there was an answer.
+    pub body: Option<String>,
+    pub latency_us: u64,
+    /// A 2xx answer.
+    pub healthy: bool,
+}
+
+/// GETs `target` (e.g. `http://frontend/_healthz`) once, with [`PROBE_COOKIE`] unless
+/// the target already carries a cookie.
+pub async fn http_health(target: &HttpTarget) -> Result<HttpProbeReport, TrafficError> {
+    let mut target = target.clone();
+    if !target.headers.contains_key(http::header::COOKIE) {
+        target = target.with_cookie(PROBE_COOKIE)?;
+    }
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(target.timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if target.tls.insecure {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    if let Some(pem) = &target.tls.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|source| TrafficError::BuildClient { source })?;
+        builder = builder.tls_certs_only(certs);
+    }
+    for (host, addr) in &target.resolve {
+        builder = builder.resolve(host, *addr);
+    }
+    let client = builder
+        .build()
+        .map_err(|source| TrafficError::BuildClient { source })?;
+    let started = Instant::now();
+    let answer = async {
+        let response = client
+            .request(target.method.clone(), target.url.clone())
+            .headers(target.headers.clone())
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    }
+    .await;
+    let latency_us = started.elapsed().as_micros() as u64;
+    Ok(match answer {
+        Ok((status, body)) => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
+            HttpProbeReport {
+                url: target.url.to_string(),
+                outcome: Outcome::Http { status },
+                body: Some(text),
+                latency_us,
+                healthy: (200..300).contains(&status),
+            }
+        }
+        Err(error) => HttpProbeReport {
+            url: target.url.to_string(),
+            outcome: Outcome::Transport {
+                class: classify_error(&error),
+            },
+            body: None,
+            latency_us,
+            healthy: false,
+        },
+    })
+}
+
+/// What a gRPC health probe saw.
+#[derive(Clone, Debug, Serialize)]
+pub struct GrpcProbeReport {
+    pub endpoint: String,
+    pub service: String,
+    pub outcome: Outcome,
+    /// `SERVING`, `NOT_SERVING`, `UNKNOWN` or `SERVICE_UNKNOWN`, when the server answered.
+    pub serving_status: Option<String>,
+    pub latency_us: u64,
+    /// The server answered `SERVING`.
+    pub healthy: bool,
+}
+
+/// Calls `grpc.health.v1.Health/Check` for `service` once.
+pub async fn grpc_health(
+    endpoint: &str,
+    service: &str,
+    timeout: Duration,
+) -> Result<GrpcProbeReport, TrafficError> {
+    let mut target = GrpcTarget::new(
+        endpoint,
+        GrpcMethod::HealthCheck {
+            service: service.to_string(),
+        },
+    )?;
+    target.timeout = timeout;
+    let caller = Caller::new(&Target::Grpc(target))?;
+    // The health check's serving status travels as the body text of the call.
+    let rule = super::attribution::AttributionRule::body_regex(r"^([A-Z_]+)$")?;
+    let started = Instant::now();
+    let result = caller.call(uuid::Uuid::new_v4(), Some(&rule)).await;
+    let latency_us = started.elapsed().as_micros() as u64;
+    let healthy = result.outcome.is_success() && result.label.as_deref() == Some("SERVING");
+    Ok(GrpcProbeReport {
+        endpoint: endpoint.to_string(),
+        service: service.to_string(),
+        outcome: result.outcome,
+        serving_status: result.label.filter(|_| result.outcome.is_success()),
+        latency_us,
+        healthy,
+    })
+}
+
+/// One certificate of the chain a server presented.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertificateInfo {
+    pub subject: String,
+    pub issuer: String,
+    /// DNS names and IP addresses of the subjectAltName extension.
+    pub sans: Vec<String>,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Lowercase hex SHA-256 of the DER encoding.
+    pub sha256: String,
+}
+
+impl CertificateInfo {
+    /// Describes a DER certificate; `None` if it does not parse.
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let mut sans = Vec::new();
+        if let Ok(Some(ext)) = cert.subject_alternative_name() {
+            for name in &ext.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => {
+                        sans.push(dns.to_string())
+                    }
+                    x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                        sans.push(ip_to_string(bytes))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(Self {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            sans,
+            not_after: cert
+                .validity()
+                .not_after
+                .to_rfc2822()
+                .unwrap_or_else(|_| cert.validity().not_after.to_string()),
+            sha256: sha256_hex(der),
+        })
+    }
+}
+
+fn ip_to_string(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
+        16 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(bytes);
+            std::net::Ipv6Addr::from(octets).to_string()
+        }
+        _ => format!("{bytes:?}"),
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a TLS handshake showed.
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsProbeReport {
+    pub address: String,
+    pub server_name: String,
+    /// `TLSv1_3`, `TLSv1_2`, when the handshake completed.
+    pub protocol_version: Option<String>,
+    pub alpn: Option<String>,
+    /// The chain the server presented, leaf first.
+    pub chain: Vec<CertificateInfo>,
+    /// The handshake's failure class, when it failed.
+    pub error: Option<ErrorClass>,
+    pub error_message: Option<String>,
+    /// Fingerprint of the expected leaf, when one was given.
+    pub expected_sha256: Option<String>,
+    /// Whether the served leaf is the expected certificate (when one was given).
+    pub matches_expected: Option<bool>,
+    /// Whether the expected name is among the leaf's SANs.
+    pub name_in_sans: bool,
+}
+
+impl TlsProbeReport {
+    /// Handshake completed, the name is covered, and the leaf is the expected one if given.
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.name_in_sans && self.matches_expected != Some(false)
+    }
+}
+
+/// Parses the first certificate of a PEM text (the expected leaf).
+pub fn leaf_from_pem(pem: &[u8], what: &str) -> Result<CertificateDer<'static>, TrafficError> {
+    let mut reader = std::io::BufReader::new(pem);
+    match rustls_pemfile::certs(&mut reader).next() {
+        Some(Ok(cert)) => Ok(cert),
+        Some(Err(error)) => Err(TrafficError::InvalidCertificate {
+            what: what.to_string(),
+            reason: error.to_string(),
+        }),
+        None => Err(TrafficError::InvalidCertificate {
+            what: what.to_string(),
+            reason: "no CERTIFICATE block".to_string(),
+        }),
+    }
+}
+
+/// Handshakes with `address` (`host:port`) using `server_name` as SNI, offering
+/// `alpn`, and reports what the server presented. The chain is recorded whether or
+/// not it is trusted; the comparison with `expected_pem` (a certificate) decides.
+pub async fn tls(
+    address: &str,
+    server_name: &str,
+    alpn: &[&str],
+    expected_pem: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<TlsProbeReport, TrafficError> {
+    let name = ServerName::try_from(server_name.to_string()).map_err(|source| {
+        TrafficError::InvalidServerName {
+            value: server_name.to_string(),
+            source,
+        }
+    })?;
+    let expected = expected_pem
+        .map(|pem| leaf_from_pem(pem, "the expected certificate"))
+        .transpose()?;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let recorder = Arc::new(RecordingVerifier {
+        provider: provider.clone(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TrafficError::BuildTls { source })?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+
+    let mut report = TlsProbeReport {
+        address: address.to_string(),
+        server_name: server_name.to_string(),
+        protocol_version: None,
+        alpn: None,
+        chain: Vec::new(),
+        error: None,
+        error_message: None,
+        expected_sha256: expected.as_ref().map(|c| sha256_hex(c)),
+        matches_expected: None,
+        name_in_sans: false,
+    };
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(address).await?;
+        connector.connect(name, tcp).await
+    };
+    let stream = match tokio::time::timeout(timeout, handshake).await {
+        Err(_) => {
+            report.error = Some(ErrorClass::Timeout);
+            report.error_message = Some(format!("no handshake within {timeout:?}"));
+            return Ok(report);
+        }
+        Ok(Err(error)) => {
+            report.error = Some(match classify_error(&error) {
+                ErrorClass::Other if error.kind() == std::io::ErrorKind::InvalidData => {
+                    ErrorClass::Tls
+                }
+                class => class,
+            });
+            report.error_message = Some(error.to_string());
+            return Ok(report);
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let (_, connection) = stream.get_ref();
+    report.protocol_version = connection
+        .protocol_version()
+        .map(|v| v.as_str().unwrap_or("unknown").to_string());
+    report.alpn = connection
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let chain = connection.peer_certificates().unwrap_or_default();
+    report.chain = chain
+        .iter()
+        .filter_map(|c| CertificateInfo::from_der(c))
+        .collect();
+    if let Some(leaf) = report.chain.first() {
+        report.name_in_sans = leaf.sans.iter().any(|san| san_covers(san, server_name));
+    }
+    if let Some(expected) = &expected {
+        report.matches_expected =
+            Some(chain.first().map(|c| c.as_ref()) == Some(expected.as_ref()));
+    }
+    Ok(report)
+}
+
+/// A SAN covers a name exactly or as a one-label wildcard (`*.example.test`).
+fn san_covers(san: &str, name: &str) -> bool {
+    let (san, name) = (san.to_ascii_lowercase(), name.to_ascii_lowercase());
+    if san == name {
+        return true;
+    }
+    match (san.strip_prefix("*."), name.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => !label.is_empty() && rest == suffix,
+        _ => false,
+    }
+}
+
+/// Accepts any chain so that the probe can report what was served; trust is decided
+/// by comparing with the expected certificate, not by the handshake.
+#[derive(Debug)]
+struct RecordingVerifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_sans_cover_one_label_only() {
+        assert!(san_covers("shop.example.test", "SHOP.example.test"));
+        assert!(san_covers("*.example.test", "shop.example.test"));
+        assert!(!san_covers("*.example.test", "a.shop.example.test"));
+        assert!(!san_covers("*.example.test", "example.test"));
+    }
+
+    #[test]
+    fn certificate_info_reports_sans_and_fingerprint() {
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "shop.example.test".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .unwrap();
+        let der = cert.cert.der().to_vec();
+        let info = CertificateInfo::from_der(&der).unwrap();
+        assert_eq!(info.sans, vec!["shop.example.test", "127.0.0.1"]);
+        assert_eq!(info.sha256.len(), 64);
+        assert_eq!(info.sha256, sha256_hex(&der));
+    }
+
+    #[test]
+    fn an_expected_certificate_without_pem_block_is_refused_naming_it() {
+        let error = leaf_from_pem(b"garbage", "expected.pem").unwrap_err();
+        assert!(error.to_string().contains("expected.pem"), "{error}");
+    }
+}
