@@ -10,7 +10,9 @@
 //! - [`kube`]: apply, wait, rollback, RBAC checks and diagnostics against a cluster.
 
 pub mod catalog;
+pub mod kube;
 pub mod manifests;
+pub mod substrate;
 pub mod traffic;
 pub mod versions;
 

@@ -20,6 +20,14 @@ struct Cli {
 enum Command {
     /// Print the multi-document YAML the pipeline deploys for an environment.
     Render(cmd::render::Args),
+    /// Start a substrate (the local control plane by default) and print `export KUBECONFIG=...`.
+    Up(cmd::substrate::UpArgs),
+    /// Stop every process of the local substrate and remove its state.
+    Down(cmd::substrate::StateArgs),
+    /// Print the path of the local substrate's admin kubeconfig.
+    Kubeconfig(cmd::substrate::StateArgs),
+    /// Manage the local substrate's binaries.
+    Substrate(cmd::substrate::SubstrateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +35,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Render(args) => cmd::render::run(args),
+        Command::Up(args) => cmd::substrate::up(args),
+        Command::Down(args) => cmd::substrate::down(args),
+        Command::Kubeconfig(args) => cmd::substrate::kubeconfig(args),
+        Command::Substrate(args) => cmd::substrate::install(args),
     };
     match result {
         Ok(code) => code,

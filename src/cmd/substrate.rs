@@ -1,0 +1,154 @@
+//! `cdcheck up`, `down`, `kubeconfig` and `substrate install`: the local substrate's lifecycle.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cdcheck::substrate::{binaries, local};
+
+/// Which substrate `up` provisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SubstrateKind {
+    /// A real control plane as local processes (etcd, kube-apiserver, controller-manager,
+    /// scheduler) with kwok playing the kubelets: no Docker needed, no pod runs.
+    Local,
+    /// kind + Istio (needs Docker): create it with `kind create cluster --config kind-config.yaml`.
+    Kind,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  eval \"$(cdcheck up --substrate local --nodes 3)\"\n  kubectl get nodes"
+)]
+pub struct UpArgs {
+    #[arg(long, value_enum, default_value_t = SubstrateKind::Local)]
+    pub substrate: SubstrateKind,
+
+    /// Number of fake nodes (zones a, b, c round robin).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub nodes: u32,
+
+    /// Where processes' logs, certificates and the kubeconfig live.
+    #[arg(long, env = "CDCHECK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Upper bound on the boot.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StateArgs {
+    /// State directory of the local substrate.
+    #[arg(long, env = "CDCHECK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SubstrateArgs {
+    #[command(subcommand)]
+    pub command: SubstrateCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SubstrateCommand {
+    /// Find or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
+    /// (env vars CDCHECK_ETCD, CDCHECK_KUBE_APISERVER, ... and PATH win; else the cache
+    /// $CDCHECK_BIN_CACHE or ~/.cache/cdcheck/bin; else `go build` from the module proxy).
+    Install,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
+fn state_dir(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(local::default_state_dir)
+}
+
+fn ensure_binaries() -> anyhow::Result<binaries::Binaries> {
+    if let Ok(found) = binaries::locate() {
+        return Ok(found);
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner.set_message("building the control-plane binaries (tens of minutes cold)");
+    let result = binaries::ensure(|line| {
+        spinner.println(format!("  {line}"));
+        spinner.set_message(line.chars().take(100).collect::<String>());
+    });
+    spinner.finish_and_clear();
+    result.context("install the control-plane binaries")
+}
+
+pub fn install(args: SubstrateArgs) -> anyhow::Result<ExitCode> {
+    let SubstrateCommand::Install = args.command;
+    let found = ensure_binaries()?;
+    for binary in binaries::Binary::ALL {
+        println!("{:<24} {}", binary.file_name(), found.get(binary).display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    if args.substrate == SubstrateKind::Kind {
+        anyhow::bail!(
+            "provision the kind substrate from here: create it with `kind create cluster --config kind-config.yaml` and install Istio (README.md)"
+        );
+    }
+    let found = ensure_binaries()?;
+    let options = local::UpOptions {
+        nodes: args.nodes,
+        state_dir: state_dir(args.state_dir),
+        timeout: args.timeout,
+    };
+    let substrate = runtime()?
+        .block_on(local::up(&found, &options))
+        .context("bring up the local substrate")?;
+    eprintln!(
+        "local substrate {} at {} with {} nodes in {:.1?} (logs: {})",
+        if substrate.reused {
+            "already running"
+        } else {
+            "started"
+        },
+        substrate.server,
+        substrate.nodes.len(),
+        substrate.boot,
+        substrate.state_dir.join("logs").display(),
+    );
+    println!("export KUBECONFIG={}", substrate.kubeconfig.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn down(args: StateArgs) -> anyhow::Result<ExitCode> {
+    let dir = state_dir(args.state_dir);
+    let result = runtime()?
+        .block_on(local::down(&dir))
+        .context("tear down the local substrate")?;
+    if result.stopped == 0 && !result.removed {
+        eprintln!("no local substrate in {}", dir.display());
+    } else {
+        eprintln!(
+            "stopped {} processes, removed {}",
+            result.stopped,
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn kubeconfig(args: StateArgs) -> anyhow::Result<ExitCode> {
+    let dir = state_dir(args.state_dir);
+    let path = local::kubeconfig_path(&dir);
+    if !path.exists() {
+        return Err(local::LocalError::NotRunning { path: dir })
+            .context("print the local substrate's kubeconfig");
+    }
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,64 @@
+//! The Kubernetes operations every scenario needs, on any substrate.
+//!
+//! - [`connect`]: a client from a kubeconfig file.
+//! - [`apply`]: server-side apply of a rendered bundle with one field manager, and prune.
+//! - [`rollout`]: watch-based rollout waits (observedGeneration, ready = desired, no old pods).
+//! - [`rollback`]: redeploy the previous bundle, `rollout undo`, blue/green switch and back.
+//! - [`rbac`]: the allow/deny matrix of a ServiceAccount, by SubjectAccessReview and real requests.
+//! - [`drain`]: cordon a node and evict its pods through the eviction API (PDBs honoured).
+//! - [`diagnostics`]: events, pod statuses and ReplicaSet history for a failure report.
+
+pub mod apply;
+pub mod diagnostics;
+pub mod drain;
+pub mod rbac;
+pub mod rollback;
+pub mod rollout;
+
+use std::path::Path;
+
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::{Client, Config};
+
+/// The single field manager of every server-side apply cdcheck makes.
+pub const FIELD_MANAGER: &str = "cdcheck";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("read kubeconfig {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: ::kube::config::KubeconfigError,
+    },
+    #[error("build a client from kubeconfig {path}")]
+    Client {
+        path: String,
+        #[source]
+        source: ::kube::Error,
+    },
+}
+
+/// The client configuration a kubeconfig file describes (current context).
+pub async fn config_from(path: &Path) -> Result<Config, ConnectError> {
+    let shown = path.display().to_string();
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| ConnectError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| ConnectError::Read {
+            path: shown,
+            source,
+        })
+}
+
+/// A client for the cluster a kubeconfig file describes (current context).
+pub async fn connect(path: &Path) -> Result<Client, ConnectError> {
+    let config = config_from(path).await?;
+    Client::try_from(config).map_err(|source| ConnectError::Client {
+        path: path.display().to_string(),
+        source,
+    })
+}

@@ -1,0 +1,212 @@
+//! Server-side apply of a rendered [`Bundle`] with one field manager, and prune
+//! of what an environment's previous release deployed and this one dropped.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use ::kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use ::kube::{Client, ResourceExt};
+
+use super::FIELD_MANAGER;
+use crate::manifests::{
+    Bundle, ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ManifestError, Object,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("serialize {key}")]
+    Serialize {
+        key: String,
+        #[source]
+        source: ManifestError,
+    },
+    /// The API server refused the object; the source carries its Status verbatim.
+    #[error("apply {key}")]
+    Apply {
+        key: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("list {kind} in {namespace} to prune")]
+    List {
+        kind: String,
+        namespace: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("prune {key}")]
+    Delete {
+        key: String,
+        #[source]
+        source: ::kube::Error,
+    },
+}
+
+impl ApplyError {
+    /// The API server's Status when it answered with one (e.g. a validation error).
+    pub fn api_status(&self) -> Option<&::kube::core::Status> {
+        match self {
+            ApplyError::Apply {
+                source: ::kube::Error::Api(status),
+                ..
+            }
+            | ApplyError::Delete {
+                source: ::kube::Error::Api(status),
+                ..
+            }
+            | ApplyError::List {
+                source: ::kube::Error::Api(status),
+                ..
+            } => Some(status),
+            _ => None,
+        }
+    }
+}
+
+/// What an apply changed.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyReport {
+    /// Keys (`Kind/namespace/name`) applied, in order.
+    pub applied: Vec<String>,
+    /// Keys deleted because the bundle no longer has them.
+    pub pruned: Vec<String>,
+    pub took: Duration,
+}
+
+/// Kinds the pipeline renders that prune considers (Namespaces are never pruned).
+pub fn prunable_kinds() -> Vec<GroupVersionKind> {
+    vec![
+        GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService"),
+        GroupVersionKind::gvk("networking.istio.io", "v1", "Gateway"),
+        GroupVersionKind::gvk("policy", "v1", "PodDisruptionBudget"),
+        GroupVersionKind::gvk("", "v1", "Service"),
+        GroupVersionKind::gvk("apps", "v1", "Deployment"),
+        GroupVersionKind::gvk("", "v1", "Secret"),
+        GroupVersionKind::gvk("", "v1", "ConfigMap"),
+        GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "RoleBinding"),
+        GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "Role"),
+        GroupVersionKind::gvk("", "v1", "ServiceAccount"),
+    ]
+}
+
+fn api_for(client: &Client, gvk: &GroupVersionKind, namespace: Option<&str>) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk(gvk);
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// Server-side applies one object (field manager `cdcheck`, conflicts forced).
+pub async fn apply_object(client: &Client, object: &Object) -> Result<DynamicObject, ApplyError> {
+    let key = object.key();
+    let value = object.to_json().map_err(|source| ApplyError::Serialize {
+        key: key.clone(),
+        source,
+    })?;
+    let api = api_for(client, &object.gvk(), object.namespace().as_deref());
+    api.patch(
+        &object.name(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .map_err(|source| ApplyError::Apply { key, source })
+}
+
+/// Applies `objects` in order.
+pub async fn apply_objects<'a>(
+    client: &Client,
+    objects: impl IntoIterator<Item = &'a Object>,
+) -> Result<Vec<String>, ApplyError> {
+    let mut applied = Vec::new();
+    for object in objects {
+        apply_object(client, object).await?;
+        applied.push(object.key());
+    }
+    Ok(applied)
+}
+
+/// Applies the whole bundle in order; with `prune_env`, then deletes every object
+/// labelled as managed by cdcheck for that environment that the bundle lacks.
+pub async fn apply_bundle(
+    client: &Client,
+    bundle: &Bundle,
+    prune_env: Option<&str>,
+) -> Result<ApplyReport, ApplyError> {
+    let started = Instant::now();
+    let applied = apply_objects(client, &bundle.objects).await?;
+    let pruned = match prune_env {
+        Some(env) => prune(client, bundle, env).await?,
+        None => Vec::new(),
+    };
+    Ok(ApplyReport {
+        applied,
+        pruned,
+        took: started.elapsed(),
+    })
+}
+
+/// `Kind/namespace/name` of a live object, as [`Object::key`] spells it.
+fn live_key(kind: &str, object: &DynamicObject) -> String {
+    format!(
+        "{kind}/{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// Deletes what cdcheck deployed for `env` (by labels) in the bundle's namespaces
+/// that the bundle no longer contains. Returns the deleted keys.
+pub async fn prune(client: &Client, bundle: &Bundle, env: &str) -> Result<Vec<String>, ApplyError> {
+    let keep: BTreeSet<String> = bundle.objects.iter().map(Object::key).collect();
+    let namespaces: BTreeSet<String> = bundle
+        .objects
+        .iter()
+        .filter_map(Object::namespace)
+        .collect();
+    let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{ENVIRONMENT_LABEL}={env}");
+    let mut pruned = Vec::new();
+    for gvk in prunable_kinds() {
+        for ns in &namespaces {
+            let api = api_for(client, &gvk, Some(ns));
+            let list = match api
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await
+            {
+                Ok(list) => list,
+                // A kind the cluster does not serve (no Istio CRDs) has nothing to prune.
+                Err(::kube::Error::Api(s)) if s.code == 404 => continue,
+                Err(source) => {
+                    return Err(ApplyError::List {
+                        kind: gvk.kind.clone(),
+                        namespace: ns.clone(),
+                        source,
+                    });
+                }
+            };
+            for item in list.items {
+                let object = DynamicObject {
+                    types: None,
+                    metadata: item.metadata,
+                    data: serde_json::Value::Null,
+                };
+                let key = live_key(&gvk.kind, &object);
+                if keep.contains(&key) || object.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                match api
+                    .delete(&object.name_any(), &DeleteParams::background())
+                    .await
+                {
+                    Ok(_) => pruned.push(key),
+                    Err(::kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(source) => return Err(ApplyError::Delete { key, source }),
+                }
+            }
+        }
+    }
+    Ok(pruned)
+}

@@ -1,0 +1,1 @@
+//! rollback (in progress).

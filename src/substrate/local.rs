@@ -1,0 +1,866 @@
+//! The local substrate's lifecycle: etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler and kwok as detached processes recorded in a state directory,
+//! N fake nodes across zones a/b/c, an admin kubeconfig (0600), and the Istio CRDs.
+//!
+//! `up` is idempotent (a healthy substrate is reused, a crashed one is cleaned up
+//! and restarted); `down` stops every process it started and removes the state.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ::kube::Client;
+use ::kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use base64::Engine;
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use serde::{Deserialize, Serialize};
+
+use super::binaries::{Binaries, BinaryError};
+use super::istio_crds::{self, CrdError, FIELD_MANAGER};
+use super::pki::{Pem, Pki, PkiError};
+
+/// Pods whose template carries this annotation never become Ready on the local
+/// substrate (kwok's `pod-never-ready` stage): how a test makes a broken release.
+pub const NEVER_READY_ANNOTATION: &str = "cdcheck.io/kwok-never-ready";
+/// The zone label of the fake nodes.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// kwok manages only the nodes carrying this annotation.
+const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
+const KWOK_NODE_VALUE: &str = "fake";
+/// Zones the fake nodes are spread over, round robin.
+pub const ZONES: [&str; 3] = ["a", "b", "c"];
+
+const KWOK_STAGES: &str = include_str!("kwok-stages.yaml");
+const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("find the control-plane binaries")]
+    Binaries(#[from] BinaryError),
+    #[error("generate the control plane's certificates")]
+    Pki(#[from] PkiError),
+    #[error("prepare the state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lock {path} (another `cdcheck up` or `down` holds it)")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("start {component} ({binary})")]
+    Spawn {
+        component: &'static str,
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("keep {component} running: it exited with {status}; last lines of {log}:\n{tail}")]
+    Exited {
+        component: &'static str,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("wait {waited:?} for {what}; component logs are in {logs}{detail}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        logs: PathBuf,
+        detail: String,
+    },
+    #[error("{what}")]
+    Kube {
+        what: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("read the kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: crate::kube::ConnectError,
+    },
+    #[error("install the Istio CRDs")]
+    Crds(#[from] CrdError),
+    #[error("find a running local substrate in {path}: run `cdcheck up --substrate local`")]
+    NotRunning { path: PathBuf },
+}
+
+fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
+    move |source| LocalError::StateDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How to bring the substrate up.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    pub nodes: u32,
+    pub state_dir: PathBuf,
+    /// Upper bound on the whole boot.
+    pub timeout: Duration,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            state_dir: default_state_dir(),
+            timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// A running local substrate.
+#[derive(Clone, Debug)]
+pub struct Substrate {
+    pub state_dir: PathBuf,
+    /// Admin kubeconfig (mode 0600).
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    pub nodes: Vec<String>,
+    /// True when `up` found a healthy substrate and kept it.
+    pub reused: bool,
+    /// Time `up` took.
+    pub boot: Duration,
+}
+
+impl Substrate {
+    pub async fn client(&self) -> Result<Client, LocalError> {
+        crate::kube::connect(&self.kubeconfig)
+            .await
+            .map_err(|source| LocalError::Kubeconfig {
+                path: self.kubeconfig.clone(),
+                source,
+            })
+    }
+}
+
+/// `$CDCHECK_STATE_DIR`, else `$XDG_STATE_HOME/cdcheck/local`, else `~/.local/state/cdcheck/local`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CDCHECK_STATE_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir).join("cdcheck").join("local");
+    }
+    super::binaries::home()
+        .join(".local")
+        .join("state")
+        .join("cdcheck")
+        .join("local")
+}
+
+/// The admin kubeconfig of the substrate in `state_dir`.
+pub fn kubeconfig_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("kubeconfig")
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    server: String,
+    nodes: u32,
+    processes: Vec<Process>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Process {
+    component: String,
+    pid: i32,
+}
+
+/// An exclusive lock beside the state directory, held for the whole of `up` or `down`.
+struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    async fn take(state_dir: &Path) -> Result<Lock, LocalError> {
+        let path = state_dir.with_extension("lock");
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(state_err(parent))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| LocalError::Lock {
+                path: path.clone(),
+                source,
+            })?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let locked = tokio::task::spawn_blocking(move || {
+            // SAFETY: flock on a file descriptor we own and keep open.
+            let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+        .await
+        .map_err(|e| LocalError::Lock {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        locked.map_err(|source| LocalError::Lock { path, source })?;
+        Ok(Lock { _file: file })
+    }
+}
+
+fn read_state(state_dir: &Path) -> Option<State> {
+    let text = std::fs::read_to_string(state_dir.join(STATE_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_state(state_dir: &Path, state: &State) -> Result<(), LocalError> {
+    let text = serde_json::to_string_pretty(state).unwrap_or_default();
+    let path = state_dir.join(STATE_FILE);
+    std::fs::write(&path, text).map_err(state_err(&path))
+}
+
+/// True when `pid` is a live (non-zombie) process whose command line mentions `state_dir`.
+fn is_ours(pid: i32, state_dir: &Path) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // Reap it if it is our own exited child, so it does not linger as a zombie.
+    // SAFETY: waitpid with WNOHANG on a pid; errors (not our child) are ignored.
+    unsafe {
+        libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    if stat.is_empty()
+        || stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+    {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = state_dir.as_os_str().as_encoded_bytes();
+    !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every live process whose command line mentions `state_dir` (recorded or not:
+/// a run that crashed mid-boot may not have recorded its children).
+fn our_processes(state_dir: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| *pid != me && is_ours(*pid, state_dir))
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
+/// Stops every process of the substrate in `state_dir` (SIGTERM, then SIGKILL
+/// after 5 s) and returns how many there were.
+fn stop_all(state_dir: &Path) -> usize {
+    let mut pids: Vec<i32> = read_state(state_dir)
+        .map(|s| s.processes.iter().rev().map(|p| p.pid).collect())
+        .unwrap_or_default();
+    for pid in our_processes(state_dir) {
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    pids.retain(|pid| is_ours(*pid, state_dir));
+    for pid in &pids {
+        // SAFETY: signalling a process we verified runs our command line.
+        unsafe {
+            libc::kill(*pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && pids.iter().any(|pid| is_ours(*pid, state_dir)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in &pids {
+        if is_ours(*pid, state_dir) {
+            // SAFETY: as above; it ignored SIGTERM.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && pids.iter().any(|pid| is_ours(*pid, state_dir)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids.len()
+}
+
+/// What `down` did.
+#[derive(Clone, Debug)]
+pub struct Down {
+    pub stopped: usize,
+    pub removed: bool,
+}
+
+/// Stops every process of the substrate in `state_dir` and removes the state.
+pub async fn down(state_dir: &Path) -> Result<Down, LocalError> {
+    let _lock = Lock::take(state_dir).await?;
+    let dir = state_dir.to_path_buf();
+    let stopped = tokio::task::spawn_blocking(move || stop_all(&dir))
+        .await
+        .unwrap_or(0);
+    let removed = state_dir.exists();
+    if removed {
+        std::fs::remove_dir_all(state_dir).map_err(state_err(state_dir))?;
+    }
+    Ok(Down { stopped, removed })
+}
+
+/// The running substrate in `state_dir`, if its processes are alive and its API answers.
+pub async fn running(state_dir: &Path) -> Option<Substrate> {
+    let state = read_state(state_dir)?;
+    if state.processes.is_empty() || !state.processes.iter().all(|p| is_ours(p.pid, state_dir)) {
+        return None;
+    }
+    let kubeconfig = kubeconfig_path(state_dir);
+    let client = crate::kube::connect(&kubeconfig).await.ok()?;
+    let ready = tokio::time::timeout(Duration::from_secs(3), api_ready(&client)).await;
+    if !matches!(ready, Ok(true)) {
+        return None;
+    }
+    Some(Substrate {
+        state_dir: state_dir.to_path_buf(),
+        kubeconfig,
+        server: state.server,
+        nodes: node_names(state.nodes),
+        reused: true,
+        boot: Duration::ZERO,
+    })
+}
+
+async fn api_ready(client: &Client) -> bool {
+    let req = http::Request::get("/readyz").body(Vec::new());
+    match req {
+        Ok(req) => client
+            .request_text(req)
+            .await
+            .map(|t| t.trim() == "ok")
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Node names of an N-node substrate.
+pub fn node_names(n: u32) -> Vec<String> {
+    (1..=n).map(|i| format!("node-{i}")).collect()
+}
+
+/// Brings the substrate up (or reuses a healthy one) and returns when the API
+/// answers, every node is Ready and the Istio CRDs are Established.
+pub async fn up(binaries: &Binaries, options: &UpOptions) -> Result<Substrate, LocalError> {
+    let started = Instant::now();
+    let state_dir = &options.state_dir;
+    let _lock = Lock::take(state_dir).await?;
+    if let Some(mut existing) = running(state_dir).await {
+        let client = existing.client().await?;
+        if options.nodes as usize > existing.nodes.len() {
+            existing.nodes = node_names(options.nodes);
+            let mut state = read_state(state_dir).unwrap_or(State {
+                server: existing.server.clone(),
+                nodes: options.nodes,
+                processes: Vec::new(),
+            });
+            state.nodes = options.nodes;
+            write_state(state_dir, &state)?;
+        }
+        prepare_cluster(&client, &existing.nodes, state_dir, options.timeout).await?;
+        existing.boot = started.elapsed();
+        return Ok(existing);
+    }
+    // Anything left is stale: a crashed run, or a substrate that no longer answers.
+    let dir = state_dir.clone();
+    tokio::task::spawn_blocking(move || stop_all(&dir))
+        .await
+        .unwrap_or(0);
+    if state_dir.exists() {
+        std::fs::remove_dir_all(state_dir).map_err(state_err(state_dir))?;
+    }
+    boot(binaries, options, started).await
+}
+
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+    apiserver: u16,
+}
+
+fn free_ports() -> Result<Ports, std::io::Error> {
+    // Hold all three listeners at once so the kernel hands out distinct ports.
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let c = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(Ports {
+        etcd_client: a.local_addr()?.port(),
+        etcd_peer: b.local_addr()?.port(),
+        apiserver: c.local_addr()?.port(),
+    })
+}
+
+fn kubeconfig_yaml(server: &str, ca: &str, user: &str, client: &Pem) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: cdcheck-local\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: cdcheck-local\n  context:\n    cluster: cdcheck-local\n    user: {user}\ncurrent-context: cdcheck-local\n",
+        ca = b64(ca),
+        cert = b64(&client.cert),
+        key = b64(&client.key),
+    )
+}
+
+struct Spawned {
+    component: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+fn spawn(
+    component: &'static str,
+    binary: &Path,
+    args: &[String],
+    logs: &Path,
+) -> Result<Spawned, LocalError> {
+    let log = logs.join(format!("{component}.log"));
+    let out = File::create(&log).map_err(state_err(&log))?;
+    let err = out.try_clone().map_err(state_err(&log))?;
+    let child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group: Ctrl-C on `cdcheck up` or the end of a test
+        // binary does not reach it; `down` stops it by pid.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| LocalError::Spawn {
+            component,
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+    Ok(Spawned {
+        component,
+        child,
+        log,
+    })
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(_) => return String::new(),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(8192)));
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Fails with the component's log tail if any spawned process has exited.
+fn check_alive(spawned: &mut [Spawned]) -> Result<(), LocalError> {
+    for s in spawned.iter_mut() {
+        if let Ok(Some(status)) = s.child.try_wait() {
+            return Err(LocalError::Exited {
+                component: s.component,
+                status: status.to_string(),
+                log: s.log.clone(),
+                tail: log_tail(&s.log, 15),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn boot(
+    binaries: &Binaries,
+    options: &UpOptions,
+    started: Instant,
+) -> Result<Substrate, LocalError> {
+    let dir = &options.state_dir;
+    let pki_dir = dir.join("pki");
+    let logs = dir.join("logs");
+    for d in [dir, &pki_dir, &logs, &dir.join("etcd")] {
+        std::fs::create_dir_all(d).map_err(state_err(d))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .map_err(state_err(d))?;
+    }
+    let pki = Pki::generate()?;
+    let files = pki.write(&pki_dir)?;
+    let ports = free_ports().map_err(state_err(dir))?;
+    let server = format!("https://127.0.0.1:{}", ports.apiserver);
+    let kubeconfig = kubeconfig_path(dir);
+    let write = |path: &Path, text: String| super::pki::write_file(path, &text);
+    write(
+        &kubeconfig,
+        kubeconfig_yaml(&server, &pki.ca.cert, "cdcheck-admin", &pki.admin),
+    )?;
+    let kcm_kubeconfig = pki_dir.join("controller-manager.kubeconfig");
+    write(
+        &kcm_kubeconfig,
+        kubeconfig_yaml(
+            &server,
+            &pki.ca.cert,
+            "system:kube-controller-manager",
+            &pki.controller_manager,
+        ),
+    )?;
+    let scheduler_kubeconfig = pki_dir.join("scheduler.kubeconfig");
+    write(
+        &scheduler_kubeconfig,
+        kubeconfig_yaml(
+            &server,
+            &pki.ca.cert,
+            "system:kube-scheduler",
+            &pki.scheduler,
+        ),
+    )?;
+    let stages = dir.join("kwok-stages.yaml");
+    write(&stages, KWOK_STAGES.to_string())?;
+
+    let p = |path: &Path| path.display().to_string();
+    let etcd_client = format!("http://127.0.0.1:{}", ports.etcd_client);
+    let etcd_peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
+    let etcd_args = vec![
+        "--name=cdcheck".to_string(),
+        format!("--data-dir={}", p(&dir.join("etcd"))),
+        format!("--listen-client-urls={etcd_client}"),
+        format!("--advertise-client-urls={etcd_client}"),
+        format!("--listen-peer-urls={etcd_peer}"),
+        format!("--initial-advertise-peer-urls={etcd_peer}"),
+        format!("--initial-cluster=cdcheck={etcd_peer}"),
+        // A throwaway cluster: durability buys nothing and fsync costs seconds.
+        "--unsafe-no-fsync".to_string(),
+        "--log-level=warn".to_string(),
+    ];
+    let issuer = "https://kubernetes.default.svc.cluster.local";
+    let apiserver_args = vec![
+        format!("--etcd-servers={etcd_client}"),
+        "--bind-address=127.0.0.1".to_string(),
+        "--advertise-address=127.0.0.1".to_string(),
+        format!("--secure-port={}", ports.apiserver),
+        format!("--cert-dir={}", p(&pki_dir)),
+        format!("--tls-cert-file={}", p(&files.apiserver_cert)),
+        format!("--tls-private-key-file={}", p(&files.apiserver_key)),
+        format!("--client-ca-file={}", p(&files.ca_cert)),
+        format!("--service-account-issuer={issuer}"),
+        format!(
+            "--service-account-key-file={}",
+            p(&files.service_account_pub)
+        ),
+        format!(
+            "--service-account-signing-key-file={}",
+            p(&files.service_account_key)
+        ),
+        "--authorization-mode=Node,RBAC".to_string(),
+        "--service-cluster-ip-range=10.96.0.0/16".to_string(),
+        "--allow-privileged=true".to_string(),
+        "--profiling=false".to_string(),
+        "--event-ttl=2h".to_string(),
+    ];
+    let mut spawned = vec![
+        spawn("etcd", &binaries.etcd, &etcd_args, &logs)?,
+        spawn(
+            "kube-apiserver",
+            &binaries.kube_apiserver,
+            &apiserver_args,
+            &logs,
+        )?,
+    ];
+    let mut state = State {
+        server: server.clone(),
+        nodes: options.nodes,
+        processes: Vec::new(),
+    };
+    let record = |state: &mut State, spawned: &[Spawned]| {
+        state.processes = spawned
+            .iter()
+            .map(|s| Process {
+                component: s.component.to_string(),
+                pid: s.child.id() as i32,
+            })
+            .collect();
+    };
+    record(&mut state, &spawned);
+    write_state(dir, &state)?;
+
+    let deadline = started + options.timeout;
+    let client =
+        crate::kube::connect(&kubeconfig)
+            .await
+            .map_err(|source| LocalError::Kubeconfig {
+                path: kubeconfig.clone(),
+                source,
+            })?;
+    loop {
+        check_alive(&mut spawned)?;
+        if api_ready(&client).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(LocalError::Timeout {
+                what: "kube-apiserver /readyz".into(),
+                waited: options.timeout,
+                logs,
+                detail: format!(
+                    "\nkube-apiserver.log:\n{}",
+                    log_tail(&dir.join("logs/kube-apiserver.log"), 10)
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let kcm_args = vec![
+        format!("--kubeconfig={}", p(&kcm_kubeconfig)),
+        "--secure-port=0".to_string(),
+        "--leader-elect=false".to_string(),
+        format!(
+            "--service-account-private-key-file={}",
+            p(&files.service_account_key)
+        ),
+        format!("--root-ca-file={}", p(&files.ca_cert)),
+        "--use-service-account-credentials=true".to_string(),
+        // kwok renews leases, but a fake node must never flap to NotReady.
+        "--node-monitor-grace-period=1h".to_string(),
+        "--node-startup-grace-period=1h".to_string(),
+    ];
+    let scheduler_args = vec![
+        format!("--kubeconfig={}", p(&scheduler_kubeconfig)),
+        format!("--authentication-kubeconfig={}", p(&scheduler_kubeconfig)),
+        format!("--authorization-kubeconfig={}", p(&scheduler_kubeconfig)),
+        "--secure-port=0".to_string(),
+        "--leader-elect=false".to_string(),
+    ];
+    let kwok_args = vec![
+        format!("--kubeconfig={}", p(&kubeconfig)),
+        format!("--config={}", p(&stages)),
+        "--manage-all-nodes=false".to_string(),
+        format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_VALUE}"),
+        "--cidr=10.244.0.0/16".to_string(),
+        "--node-ip=10.89.0.1".to_string(),
+        "--node-lease-duration-seconds=40".to_string(),
+    ];
+    spawned.push(spawn(
+        "kube-controller-manager",
+        &binaries.kube_controller_manager,
+        &kcm_args,
+        &logs,
+    )?);
+    spawned.push(spawn(
+        "kube-scheduler",
+        &binaries.kube_scheduler,
+        &scheduler_args,
+        &logs,
+    )?);
+    spawned.push(spawn("kwok", &binaries.kwok, &kwok_args, &logs)?);
+    record(&mut state, &spawned);
+    write_state(dir, &state)?;
+
+    let nodes = node_names(options.nodes);
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    {
+        let prepare = prepare_cluster(&client, &nodes, dir, remaining);
+        tokio::pin!(prepare);
+        // Watch the children while the cluster is prepared, so a crash surfaces with its log.
+        let result = loop {
+            tokio::select! {
+                result = &mut prepare => break result,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => check_alive(&mut spawned)?,
+            }
+        };
+        result?;
+    }
+    check_alive(&mut spawned)?;
+    Ok(Substrate {
+        state_dir: dir.clone(),
+        kubeconfig,
+        server,
+        nodes,
+        reused: false,
+        boot: started.elapsed(),
+    })
+}
+
+fn node_json(name: &str, zone: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": { KWOK_NODE_ANNOTATION: KWOK_NODE_VALUE, "node.alpha.kubernetes.io/ttl": "0" },
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                ZONE_LABEL: zone,
+                "topology.kubernetes.io/region": "local",
+            }
+        },
+        "status": {
+            "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+            "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" }
+        }
+    })
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(::kube::Error) -> LocalError {
+    let what = what.into();
+    move |source| LocalError::Kube { what, source }
+}
+
+/// Creates the nodes and `istio-system`, installs the Istio CRDs, and waits for
+/// Ready nodes and the controller-manager's first ServiceAccount. Idempotent.
+async fn prepare_cluster(
+    client: &Client,
+    nodes: &[String],
+    state_dir: &Path,
+    timeout: Duration,
+) -> Result<(), LocalError> {
+    let started = Instant::now();
+    let node_api: Api<Node> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for (i, name) in nodes.iter().enumerate() {
+        let node = node_json(name, ZONES[i % ZONES.len()]);
+        node_api
+            .patch(name, &params, &Patch::Apply(&node))
+            .await
+            .map_err(kube_err(format!("create node {name}")))?;
+    }
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}});
+    ns_api
+        .patch("istio-system", &params, &Patch::Apply(&ns))
+        .await
+        .map_err(kube_err("create namespace istio-system"))?;
+    istio_crds::install(client, timeout).await?;
+
+    let logs = state_dir.join("logs");
+    loop {
+        let list = node_api
+            .list(&ListParams::default().labels("type=kwok"))
+            .await
+            .map_err(kube_err("list nodes"))?;
+        let ready: BTreeMap<String, bool> = list
+            .items
+            .iter()
+            .map(|n| {
+                let ready = n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                (n.metadata.name.clone().unwrap_or_default(), ready)
+            })
+            .collect();
+        let sa_api: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let kcm_up = sa_api.get_opt("default").await.ok().flatten().is_some();
+        if nodes.iter().all(|n| ready.get(n) == Some(&true)) && kcm_up {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(LocalError::Timeout {
+                what: "Ready nodes and the controller-manager".into(),
+                waited: timeout,
+                logs: logs.clone(),
+                detail: format!(" (nodes ready: {ready:?}, default ServiceAccount: {kcm_up})"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a namespace (idempotent), for tests and scenarios that need one.
+pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), LocalError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    match api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(ns).unwrap_or_default(),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(::kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(source) => Err(LocalError::Kube {
+            what: format!("create namespace {name}"),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_are_spread_over_three_zones() {
+        let names = node_names(4);
+        assert_eq!(names, ["node-1", "node-2", "node-3", "node-4"]);
+        let zones: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                node_json(n, ZONES[i % 3])["metadata"]["labels"][ZONE_LABEL]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(zones, ["a", "b", "c", "a"]);
+    }
+
+    #[test]
+    fn kwok_stages_skip_never_ready_pods_in_pod_ready() {
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(KWOK_STAGES).unwrap();
+        let names: Vec<&str> = docs
+            .iter()
+            .filter_map(|d| d["metadata"]["name"].as_str())
+            .collect();
+        for stage in [
+            "node-initialize",
+            "node-heartbeat-with-lease",
+            "pod-ready",
+            "pod-complete",
+            "pod-delete",
+            "pod-never-ready",
+        ] {
+            assert!(names.contains(&stage), "{stage} missing from {names:?}");
+        }
+        let ready = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == "pod-ready")
+            .unwrap();
+        let text = ready["spec"]["selector"].to_string();
+        assert!(text.contains(NEVER_READY_ANNOTATION));
+    }
+
+    #[test]
+    fn a_pid_that_does_not_mention_the_state_dir_is_not_ours() {
+        let me = std::process::id() as i32;
+        assert!(!is_ours(me, Path::new("/nonexistent/cdcheck-state-xyz")));
+        assert!(!is_ours(0, Path::new("/")));
+    }
+}
