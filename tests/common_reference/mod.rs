@@ -1,0 +1,50 @@
+//! Locating and parsing the read-only reference files in `../shared/reference/`.
+//!
+//! The files sit beside the clone (locally and in CI). When one is missing the
+//! test that needs it fails under `CI` and otherwise says on stderr why it did
+//! not run: a reference test never passes silently without its reference.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+/// Online Boutique's `release/kubernetes-manifests.yaml` at v0.10.6.
+pub const UPSTREAM_MANIFESTS: &str = "online-boutique-v0.10.6-kubernetes-manifests.yaml";
+/// Istio 1.30.3's `manifests/charts/base/files/crd-all.gen.yaml`.
+pub const ISTIO_CRDS: &str = "istio-1.30.3-crd-all.gen.yaml";
+
+/// `<CARGO_MANIFEST_DIR>/../shared/reference/<file>`.
+pub fn reference_path(file: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference")).join(file)
+}
+
+/// The text of a reference file, or `None` (with the reason on stderr) when it
+/// is absent outside CI. Under `CI` an absent or unreadable file fails the test.
+pub fn reference_text(test: &str, file: &str) -> Option<String> {
+    let path = reference_path(file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(error) => {
+            let reason = format!(
+                "{test}: reference file {} is not readable ({error}); \
+                 it is expected in ../shared/reference beside the clone",
+                path.display()
+            );
+            if std::env::var_os("CI").is_some() {
+                panic!("{reason} (CI is set, so this test must run)");
+            }
+            eprintln!("NOT RUN {reason}; set CI to make this a failure");
+            None
+        }
+    }
+}
+
+/// Every non-empty document of a multi-document YAML stream, as JSON values.
+/// Documents that are empty or hold only comments are skipped.
+pub fn yaml_documents(file: &str, text: &str) -> Vec<Value> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(text)
+        .unwrap_or_else(|error| panic!("parse {file} as multi-document YAML: {error}"));
+    documents.into_iter().filter(|d| !d.is_null()).collect()
+}
