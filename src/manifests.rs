@@ -36,7 +36,7 @@ pub const RELEASE_LABEL: &str = "cdcheck.io/release";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("render unknown service {name:?} (known: {known})")]
+    #[error("find service {name:?} in the catalog (known: {known})")]
     UnknownService { name: String, known: String },
     #[error(
         "parse image tag {tag:?} of {service}: not SemVer (expected MAJOR.MINOR.PATCH[-branch], e.g. 0.10.6-myfeature)"

