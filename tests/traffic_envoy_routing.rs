@@ -9,9 +9,7 @@ use cdcheck::manifests::routing::{SessionId, session_cookie_regex};
 use cdcheck::traffic::attribution::AttributionRule;
 use cdcheck::traffic::load::{self, LoadSpec};
 use cdcheck::traffic::routing::{RoutingProbe, cookie_variants, userid_variants};
-use cdcheck::traffic::target::{
-    Caller, GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Target,
-};
+use cdcheck::traffic::target::{Caller, GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Target};
 use regex::Regex;
 use support_envoy::{
     Envoy, GrpcBackend, HttpBackend, SERVED_BY, bootstrap, cluster, envoy_or_skip, header_exact,
@@ -37,7 +35,10 @@ async fn cookie_bench(envoy: &std::path::Path, cookie_regex: &str) -> CookieBenc
         vec![http_listener(
             "shop",
             vec![
-                route("frontend-myfeature", vec![header_regex("cookie", cookie_regex)]),
+                route(
+                    "frontend-myfeature",
+                    vec![header_regex("cookie", cookie_regex)],
+                ),
                 route("frontend", vec![]),
             ],
         )],
@@ -63,7 +64,9 @@ fn frontend_probe() -> RoutingProbe {
 
 #[tokio::test]
 async fn rendered_cookie_regex_routes_only_the_session_to_the_feature_in_envoy() {
-    let Some(envoy) = envoy_or_skip("rendered_cookie_regex_routes_only_the_session_to_the_feature_in_envoy") else {
+    let Some(envoy) =
+        envoy_or_skip("rendered_cookie_regex_routes_only_the_session_to_the_feature_in_envoy")
+    else {
         return;
     };
     let bench = cookie_bench(&envoy, &session_cookie_regex(&session())).await;
@@ -75,7 +78,11 @@ async fn rendered_cookie_regex_routes_only_the_session_to_the_feature_in_envoy()
         .unwrap();
     println!("{report}");
 
-    assert!(report.passed, "failed variants: {:?}\n{report}", report.failed_variants());
+    assert!(
+        report.passed,
+        "failed variants: {:?}\n{report}",
+        report.failed_variants()
+    );
     let alone = report.variant("session alone").unwrap();
     assert_eq!(alone.reached_expected, PER_VARIANT);
     let look_alike = report.variant("id plus one character").unwrap();
@@ -86,11 +93,14 @@ async fn rendered_cookie_regex_routes_only_the_session_to_the_feature_in_envoy()
 
 #[tokio::test]
 async fn rendered_cookie_regex_matches_split_http2_cookie_crumbs_in_envoy() {
-    let Some(envoy) = envoy_or_skip("rendered_cookie_regex_matches_split_http2_cookie_crumbs_in_envoy") else {
+    let Some(envoy) =
+        envoy_or_skip("rendered_cookie_regex_matches_split_http2_cookie_crumbs_in_envoy")
+    else {
         return;
     };
     let bench = cookie_bench(&envoy, &session_cookie_regex(&session())).await;
-    let mut target = HttpTarget::parse(&format!("http://{}/", bench.envoy.listener("shop"))).unwrap();
+    let mut target =
+        HttpTarget::parse(&format!("http://{}/", bench.envoy.listener("shop"))).unwrap();
     target.version = HttpVersion::Http2;
     // Two `cookie` fields: HTTP/2 lets a client split cookies into crumbs; Envoy joins them.
     target = target
@@ -102,12 +112,18 @@ async fn rendered_cookie_regex_matches_split_http2_cookie_crumbs_in_envoy() {
     let result = caller
         .call(uuid::Uuid::new_v4(), Some(&AttributionRule::frontend_pod()))
         .await;
-    assert_eq!(result.label.as_deref(), Some("frontend-myfeature-5f6b8-feat1"), "{result:?}");
+    assert_eq!(
+        result.label.as_deref(),
+        Some("frontend-myfeature-5f6b8-feat1"),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
 async fn unanchored_cookie_regex_is_caught_leaking_look_alike_sessions() {
-    let Some(envoy) = envoy_or_skip("unanchored_cookie_regex_is_caught_leaking_look_alike_sessions") else {
+    let Some(envoy) =
+        envoy_or_skip("unanchored_cookie_regex_is_caught_leaking_look_alike_sessions")
+    else {
         return;
     };
     let unanchored = format!(".*shop_session-id={}.*", session());
@@ -185,7 +201,9 @@ fn get_ads(bench: &AdsBench) -> GrpcTarget {
 
 #[tokio::test]
 async fn userid_metadata_routes_grpc_calls_to_the_feature_through_envoy_over_http2() {
-    let Some(envoy) = envoy_or_skip("userid_metadata_routes_grpc_calls_to_the_feature_through_envoy_over_http2") else {
+    let Some(envoy) =
+        envoy_or_skip("userid_metadata_routes_grpc_calls_to_the_feature_through_envoy_over_http2")
+    else {
         return;
     };
     let bench = ads_bench(&envoy, header_exact("userid", session().as_str())).await;
@@ -195,11 +213,19 @@ async fn userid_metadata_routes_grpc_calls_to_the_feature_through_envoy_over_htt
         .await
         .unwrap();
     println!("{report}");
-    assert!(report.passed, "failed variants: {:?}\n{report}", report.failed_variants());
+    assert!(
+        report.passed,
+        "failed variants: {:?}\n{report}",
+        report.failed_variants()
+    );
 
     // The same route under load: every call of a closed-loop run carrying the userid is
     // attributed to the feature by its response metadata.
-    let target = Target::Grpc(get_ads(&bench).with_metadata("userid", session().as_str()).unwrap());
+    let target = Target::Grpc(
+        get_ads(&bench)
+            .with_metadata("userid", session().as_str())
+            .unwrap(),
+    );
     let spec = LoadSpec::closed(2, Duration::from_millis(500))
         .with_attribution(AttributionRule::header(SERVED_BY).unwrap());
     let timeline = load::run(&target, &spec, None).await.unwrap();
@@ -214,7 +240,8 @@ async fn userid_metadata_routes_grpc_calls_to_the_feature_through_envoy_over_htt
 
 #[tokio::test]
 async fn userid_prefix_match_is_caught_leaking_a_look_alike_userid() {
-    let Some(envoy) = envoy_or_skip("userid_prefix_match_is_caught_leaking_a_look_alike_userid") else {
+    let Some(envoy) = envoy_or_skip("userid_prefix_match_is_caught_leaking_a_look_alike_userid")
+    else {
         return;
     };
     let bench = ads_bench(&envoy, header_prefix("userid", session().as_str())).await;
@@ -226,5 +253,8 @@ async fn userid_prefix_match_is_caught_leaking_a_look_alike_userid() {
     println!("{report}");
     assert!(!report.passed);
     assert_eq!(report.failed_variants(), vec!["userid plus one character"]);
-    assert_eq!(report.variant("userid plus one character").unwrap().leaked, PER_VARIANT);
+    assert_eq!(
+        report.variant("userid plus one character").unwrap().leaked,
+        PER_VARIANT
+    );
 }

@@ -26,7 +26,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
-use cdcheck::traffic::grpc::{Ad, AdRequest, AdResponse, AdService, AdServiceServer, AD_SERVICE};
+use cdcheck::traffic::grpc::{AD_SERVICE, Ad, AdRequest, AdResponse, AdService, AdServiceServer};
 
 /// The header (and gRPC metadata key) the backends name themselves in.
 pub const SERVED_BY: &str = "x-served-by";
@@ -85,14 +85,22 @@ impl Envoy {
         let child = Command::new(binary)
             .arg("--config-yaml")
             .arg(config.to_string())
-            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level", "warning"])
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warning",
+            ])
             .arg("--admin-address-path")
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.path().join("stderr.log")).expect("envoy stderr file"),
+            )
             .spawn()
             .expect("spawn envoy");
         let mut envoy = Envoy {
@@ -112,7 +120,11 @@ impl Envoy {
             {
                 break addr;
             }
-            assert!(Instant::now() < deadline, "envoy wrote no admin address:\n{}", envoy.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "envoy wrote no admin address:\n{}",
+                envoy.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         envoy.admin = admin;
@@ -124,7 +136,11 @@ impl Envoy {
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "envoy never became ready:\n{}", envoy.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "envoy never became ready:\n{}",
+                envoy.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let listeners: Value = client
@@ -135,7 +151,11 @@ impl Envoy {
             .json()
             .await
             .expect("envoy /listeners json");
-        for status in listeners["listener_statuses"].as_array().cloned().unwrap_or_default() {
+        for status in listeners["listener_statuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             let name = status["name"].as_str().unwrap_or_default().to_string();
             let socket = &status["local_address"]["socket_address"];
             let addr = format!(
@@ -143,7 +163,9 @@ impl Envoy {
                 socket["address"].as_str().unwrap_or("127.0.0.1"),
                 socket["port_value"].as_u64().unwrap_or(0)
             );
-            envoy.listeners.insert(name, addr.parse().expect("listener address"));
+            envoy
+                .listeners
+                .insert(name, addr.parse().expect("listener address"));
         }
         envoy
     }
@@ -156,8 +178,37 @@ impl Envoy {
             .unwrap_or_else(|| panic!("no envoy listener {name}: {:?}", self.listeners))
     }
 
+    /// The admin API's `/clusters` text.
+    pub async fn clusters(&self) -> String {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        client
+            .get(format!("http://{}/clusters", self.admin))
+            .send()
+            .await
+            .expect("envoy admin /clusters")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Flushes the access log (Envoy buffers it) by asking the admin API to reopen logs.
+    pub async fn flush_logs(&self) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let _ = client
+            .post(format!("http://{}/reopen_logs", self.admin))
+            .send()
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// Envoy's log and its access log (stderr).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let stderr = self.log.with_file_name("stderr.log");
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        )
     }
 
     /// Waits until the admin API shows `healthy` hosts in `cluster` equal to `expected`.
@@ -175,7 +226,9 @@ impl Envoy {
                 .unwrap_or_default();
             let healthy = text
                 .lines()
-                .filter(|l| l.starts_with(&format!("{cluster}::")) && l.contains("::health_flags::healthy"))
+                .filter(|l| {
+                    l.starts_with(&format!("{cluster}::")) && l.contains("::health_flags::healthy")
+                })
                 .count();
             if healthy == expected {
                 return;
@@ -242,6 +295,14 @@ fn connection_manager(name: &str, routes: Vec<Value>) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": name,
             "codec_type": "AUTO",
+            "access_log": [{
+                "name": "envoy.access_loggers.stderr",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+                    "log_format": {"text_format_source": {"inline_string":
+                        "[%START_TIME%] access %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_TRANSPORT_FAILURE_REASON% %REQ(X-REQUEST-ID)%\n"}},
+                },
+            }],
             "route_config": {
                 "name": name,
                 "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
@@ -265,7 +326,11 @@ pub fn http_listener(name: &str, routes: Vec<Value>) -> Value {
 
 /// A TLS listener: one filter chain per `(server name, certificate PEM, key PEM)`, chosen by SNI,
 /// offering ALPN h2 and http/1.1.
-pub fn https_listener(name: &str, routes: Vec<Value>, certificates: &[(&str, &str, &str)]) -> Value {
+pub fn https_listener(
+    name: &str,
+    routes: Vec<Value>,
+    certificates: &[(&str, &str, &str)],
+) -> Value {
     let chains: Vec<Value> = certificates
         .iter()
         .map(|(server_name, cert, key)| {
@@ -312,7 +377,12 @@ pub fn cluster(name: &str, hosts: &[SocketAddr], http2: bool, health_path: Optio
         "type": "STATIC",
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
-        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        // Panic mode off (never route to an unhealthy host) and no 1 s merge window before
+        // health changes reach the load balancer.
+        "common_lb_config": {
+            "healthy_panic_threshold": {"value": 0.0},
+            "update_merge_window": "0s",
+        },
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
     });
     if http2 {
@@ -363,7 +433,9 @@ impl HttpBackend {
     }
 
     pub async fn start_on(name: &str, addr: SocketAddr) -> HttpBackend {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind backend");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {
             name: name.to_string(),
@@ -371,7 +443,12 @@ impl HttpBackend {
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let connections = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
-        let accept = tokio::spawn(accept_loop(listener, state.clone(), stop_rx, connections.clone()));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            stop_rx,
+            connections.clone(),
+        ));
         HttpBackend {
             name: name.to_string(),
             addr,
@@ -447,7 +524,11 @@ fn answer(state: &BackendState, request: Request<hyper::body::Incoming>) -> Resp
         return Response::builder()
             .status(if draining { 503 } else { 200 })
             .header(SERVED_BY, &state.name)
-            .body(Full::new(Bytes::from(if draining { "draining" } else { "ok" })))
+            .body(Full::new(Bytes::from(if draining {
+                "draining"
+            } else {
+                "ok"
+            })))
             .unwrap();
     }
     let body = format!(
@@ -497,19 +578,20 @@ impl AdService for Ads {
 
 impl GrpcBackend {
     pub async fn start(name: &str) -> GrpcBackend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind grpc backend");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind grpc backend");
         let addr = listener.local_addr().unwrap();
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_serving::<AdServiceServer<Ads>>()
-            .await;
+        reporter.set_serving::<AdServiceServer<Ads>>().await;
         reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         let ads = AdServiceServer::new(Ads {
             name: name.to_string(),
         });
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(async move {
             let _keep = reporter;
             let _ = tonic::transport::Server::builder()
