@@ -491,13 +491,11 @@ pub fn classify_error(error: &(dyn std::error::Error + 'static)) -> ErrorClass {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return ErrorClass::Tls;
         }
+        // `io::Error::source` skips the error it wraps: descend into it instead.
+        let mut next = e.source();
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if let Some(inner) = io.get_ref() {
-                if inner.downcast_ref::<rustls::Error>().is_some() {
-                    return ErrorClass::Tls;
-                }
-                text.push_str(&inner.to_string().to_ascii_lowercase());
-                text.push('\n');
+                next = Some(inner as &(dyn std::error::Error + 'static));
             }
             match io.kind() {
                 ErrorKind::ConnectionRefused => return ErrorClass::Refused,
@@ -516,7 +514,7 @@ pub fn classify_error(error: &(dyn std::error::Error + 'static)) -> ErrorClass {
         }
         text.push_str(&e.to_string().to_ascii_lowercase());
         text.push('\n');
-        current = e.source();
+        current = next;
     }
     let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
     if has(&[

@@ -415,6 +415,10 @@ pub fn free_port() -> SocketAddr {
 struct BackendState {
     name: String,
     draining: AtomicBool,
+    /// Requests arriving before this instant wait until it passes.
+    stall_until: Mutex<Option<Instant>>,
+    /// Requests arriving before this instant get a 503.
+    fail_until: Mutex<Option<Instant>>,
 }
 
 /// An HTTP backend (HTTP/1.1 and h2c) that names itself like the Online Boutique frontend.
@@ -440,6 +444,8 @@ impl HttpBackend {
         let state = Arc::new(BackendState {
             name: name.to_string(),
             draining: AtomicBool::new(false),
+            stall_until: Mutex::new(None),
+            fail_until: Mutex::new(None),
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let connections = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
@@ -462,6 +468,17 @@ impl HttpBackend {
     /// Fails `/_healthz` from now on, as a pod's readiness does once it is told to stop.
     pub fn start_draining(&self) {
         self.state.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Every request arriving in the next `duration` waits until it is over, as a
+    /// stalled server (a GC pause, a blocked event loop) makes it wait.
+    pub fn stall_for(&self, duration: Duration) {
+        *self.state.stall_until.lock().unwrap() = Some(Instant::now() + duration);
+    }
+
+    /// Every request arriving in the next `duration` gets a 503: an outage that short.
+    pub fn fail_for(&self, duration: Duration) {
+        *self.state.fail_until.lock().unwrap() = Some(Instant::now() + duration);
     }
 
     /// Stops accepting, lets every open connection finish its request and close.
@@ -502,7 +519,7 @@ async fn accept_loop(
         connections.lock().unwrap().spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, request)) }
+                async move { Ok::<_, Infallible>(answer(&state, request).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -518,7 +535,25 @@ async fn accept_loop(
     }
 }
 
-fn answer(state: &BackendState, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    state: &BackendState,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let now = Instant::now();
+    let stall = *state.stall_until.lock().unwrap();
+    if let Some(until) = stall
+        && until > now
+    {
+        tokio::time::sleep_until(until.into()).await;
+    }
+    let failing = *state.fail_until.lock().unwrap();
+    if failing.is_some_and(|until| until > now) {
+        return Response::builder()
+            .status(503)
+            .header(SERVED_BY, &state.name)
+            .body(Full::new(Bytes::from("outage")))
+            .unwrap();
+    }
     if request.uri().path() == "/_healthz" {
         let draining = state.draining.load(Ordering::SeqCst);
         return Response::builder()

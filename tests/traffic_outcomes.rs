@@ -1,0 +1,176 @@
+//! Network failures are outcomes in the record, never errors; open-loop latency counts the
+//! wait of requests due during a stall (no coordinated omission). No Envoy needed.
+
+mod support_envoy;
+
+use std::time::Duration;
+
+use cdcheck::traffic::load::{self, LoadSpec};
+use cdcheck::traffic::record::{ErrorClass, Outcome};
+use cdcheck::traffic::target::{Caller, GrpcMethod, GrpcTarget, HttpTarget, Target};
+use support_envoy::{GrpcBackend, HttpBackend, free_port};
+use tokio::io::AsyncReadExt;
+
+fn short(mut target: HttpTarget) -> Target {
+    target.timeout = Duration::from_millis(300);
+    Target::Http(target)
+}
+
+async fn one(target: &Target) -> Outcome {
+    Caller::new(target)
+        .unwrap()
+        .call(uuid::Uuid::new_v4(), None)
+        .await
+        .outcome
+}
+
+fn transport(class: ErrorClass) -> Outcome {
+    Outcome::Transport { class }
+}
+
+#[tokio::test]
+async fn an_unreachable_target_is_a_refused_outcome_in_every_record() {
+    let addr = free_port();
+    let target = short(HttpTarget::parse(&format!("http://{addr}/")).unwrap());
+    let timeline = load::run(
+        &target,
+        &LoadSpec::open(50.0, Duration::from_millis(200)),
+        None,
+    )
+    .await
+    .unwrap();
+    let summary = timeline.summary();
+    assert_eq!(summary.count, 10);
+    assert_eq!(summary.errors.get("refused"), Some(&10), "{summary}");
+    assert!(
+        timeline
+            .records
+            .iter()
+            .all(|r| r.outcome == transport(ErrorClass::Refused))
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_is_a_timeout_outcome() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let target = short(HttpTarget::parse(&format!("http://{addr}/")).unwrap());
+    assert_eq!(one(&target).await, transport(ErrorClass::Timeout));
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_the_answer_is_a_reset_outcome() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _closer = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buffer = [0u8; 1024];
+            let _ = socket.read(&mut buffer).await;
+            drop(socket);
+        }
+    });
+    let target = short(HttpTarget::parse(&format!("http://{addr}/")).unwrap());
+    assert_eq!(one(&target).await, transport(ErrorClass::Reset));
+}
+
+#[tokio::test]
+async fn an_unresolvable_host_is_a_dns_outcome() {
+    let mut target = HttpTarget::parse("http://cdcheck-no-such-host.invalid/").unwrap();
+    target.timeout = Duration::from_secs(5);
+    assert_eq!(one(&Target::Http(target)).await, transport(ErrorClass::Dns));
+}
+
+#[tokio::test]
+async fn https_to_a_plaintext_server_is_a_tls_outcome() {
+    cdcheck::install_crypto_provider();
+    let backend = HttpBackend::start("plain-1").await;
+    let target = short(HttpTarget::parse(&format!("https://{}/", backend.addr)).unwrap());
+    assert_eq!(one(&target).await, transport(ErrorClass::Tls));
+}
+
+#[tokio::test]
+async fn grpc_to_an_unreachable_target_is_a_refused_outcome() {
+    let addr = free_port();
+    let mut target = GrpcTarget::new(
+        &format!("http://{addr}"),
+        GrpcMethod::HealthCheck {
+            service: String::new(),
+        },
+    )
+    .unwrap();
+    target.timeout = Duration::from_millis(300);
+    assert_eq!(
+        one(&Target::Grpc(target)).await,
+        transport(ErrorClass::Refused)
+    );
+}
+
+#[tokio::test]
+async fn grpc_unimplemented_method_is_a_grpc_status_outcome() {
+    // The backend serves health for its own services only: an unknown one is NOT_FOUND.
+    let backend = GrpcBackend::start("adservice-1").await;
+    let target = GrpcTarget::new(
+        &format!("http://{}", backend.addr),
+        GrpcMethod::HealthCheck {
+            service: "no.such.Service".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(one(&Target::Grpc(target)).await, Outcome::Grpc { code: 5 });
+}
+
+#[tokio::test]
+async fn open_loop_counts_the_wait_of_every_request_due_during_a_stall() {
+    let backend = HttpBackend::start("frontend-stall").await;
+    let target = Target::Http(HttpTarget::parse(&format!("http://{}/", backend.addr)).unwrap());
+    let stall = Duration::from_millis(300);
+    let slow = |timeline: &cdcheck::traffic::record::Timeline| {
+        timeline
+            .records
+            .iter()
+            .filter(|r| r.latency >= Duration::from_millis(100))
+            .count()
+    };
+
+    let open = {
+        let spec = LoadSpec::open(100.0, Duration::from_secs(1));
+        let run = tokio::spawn({
+            let target = target.clone();
+            async move { load::run(&target, &spec, None).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        backend.stall_for(stall);
+        run.await.unwrap()
+    };
+    let closed = {
+        let spec = LoadSpec::closed(1, Duration::from_secs(1));
+        let run = tokio::spawn({
+            let target = target.clone();
+            async move { load::run(&target, &spec, None).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        backend.stall_for(stall);
+        run.await.unwrap()
+    };
+
+    // Open loop: the ~20 requests due in the first 200 ms of the stall each waited >= 100 ms.
+    assert!(
+        slow(&open) >= 15,
+        "open loop saw {} slow requests",
+        slow(&open)
+    );
+    assert!(open.summary().latency.max_us >= 250_000);
+    assert_eq!(open.summary().failed, 0);
+    // Closed loop: one request waited, the schedule waited with it and hid the rest.
+    assert!(
+        slow(&closed) <= 2,
+        "closed loop saw {} slow requests",
+        slow(&closed)
+    );
+}
