@@ -18,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Send open- or closed-loop load to an HTTP(S) or gRPC target and summarize every request.
+    Load(cmd::load::Args),
+    /// Probe HTTP health, gRPC health or the TLS certificate served for an SNI name.
+    Probe(cmd::probe::Args),
     /// Print the multi-document YAML the pipeline deploys for an environment.
     Render(cmd::render::Args),
     /// Start a substrate (the local control plane by default) and print `export KUBECONFIG=...`.
@@ -34,6 +38,8 @@ fn main() -> std::process::ExitCode {
     cdcheck::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Load(args) => cmd::load::run(args),
+        Command::Probe(args) => cmd::probe::run(args),
         Command::Render(args) => cmd::render::run(args),
         Command::Up(args) => cmd::substrate::up(args),
         Command::Down(args) => cmd::substrate::down(args),

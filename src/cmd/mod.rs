@@ -1,4 +1,6 @@
 //! One module per subcommand; each exposes `Args` (clap) and `run(Args) -> anyhow::Result<ExitCode>`.
 
+pub mod load;
+pub mod probe;
 pub mod render;
 pub mod substrate;

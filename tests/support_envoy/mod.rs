@@ -419,6 +419,8 @@ struct BackendState {
     stall_until: Mutex<Option<Instant>>,
     /// Requests arriving before this instant get a 503.
     fail_until: Mutex<Option<Instant>>,
+    /// The `cookie` header of the last request.
+    last_cookie: Mutex<Option<String>>,
 }
 
 /// An HTTP backend (HTTP/1.1 and h2c) that names itself like the Online Boutique frontend.
@@ -446,6 +448,7 @@ impl HttpBackend {
             draining: AtomicBool::new(false),
             stall_until: Mutex::new(None),
             fail_until: Mutex::new(None),
+            last_cookie: Mutex::new(None),
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let connections = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
@@ -468,6 +471,11 @@ impl HttpBackend {
     /// Fails `/_healthz` from now on, as a pod's readiness does once it is told to stop.
     pub fn start_draining(&self) {
         self.state.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The `cookie` header of the last request it answered.
+    pub fn last_cookie(&self) -> Option<String> {
+        self.state.last_cookie.lock().unwrap().clone()
     }
 
     /// Every request arriving in the next `duration` waits until it is over, as a
@@ -540,6 +548,11 @@ async fn answer(
     request: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
     let now = Instant::now();
+    *state.last_cookie.lock().unwrap() = request
+        .headers()
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let stall = *state.stall_until.lock().unwrap();
     if let Some(until) = stall
         && until > now
