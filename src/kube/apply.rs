@@ -101,16 +101,29 @@ fn api_for(client: &Client, gvk: &GroupVersionKind, namespace: Option<&str>) -> 
 
 /// Server-side applies one object (field manager `cdcheck`, conflicts forced).
 pub async fn apply_object(client: &Client, object: &Object) -> Result<DynamicObject, ApplyError> {
-    let key = object.key();
     let value = object.to_json().map_err(|source| ApplyError::Serialize {
-        key: key.clone(),
+        key: object.key(),
         source,
     })?;
-    let api = api_for(client, &object.gvk(), object.namespace().as_deref());
+    apply_value(client, &object.gvk(), &value).await
+}
+
+/// Server-side applies a JSON object (with `apiVersion`, `kind`, `metadata.name`
+/// and, when namespaced, `metadata.namespace`): the path for objects outside the
+/// typed bundle. The API server's refusal comes back as [`ApplyError::Apply`].
+pub async fn apply_value(
+    client: &Client,
+    gvk: &GroupVersionKind,
+    value: &serde_json::Value,
+) -> Result<DynamicObject, ApplyError> {
+    let name = value["metadata"]["name"].as_str().unwrap_or_default();
+    let namespace = value["metadata"]["namespace"].as_str();
+    let key = format!("{}/{}/{name}", gvk.kind, namespace.unwrap_or_default());
+    let api = api_for(client, gvk, namespace);
     api.patch(
-        &object.name(),
+        name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&value),
+        &Patch::Apply(value),
     )
     .await
     .map_err(|source| ApplyError::Apply { key, source })
