@@ -1,0 +1,230 @@
+//! Rollback: redeploying the previous release restores image and env and prunes
+//! what only the newer one had; `undo` restores the previous ReplicaSet revision;
+//! blue/green switches the Service and switches it back, and `undo` reports its
+//! limitation there.
+
+mod common_local;
+
+use cdcheck::kube::rollback::{self, RollbackError};
+use cdcheck::manifests::{Bundle, Object, Strategy};
+use common_local::{Cluster, ROLLOUT_TIMEOUT, chain};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{EnvVar, Service};
+use kube::api::Api;
+
+fn frontend_bundle(env: &str, release: &str, strategy: Strategy) -> Bundle {
+    let bundle = common_local::render(env, release, |o| o.strategy = strategy);
+    common_local::only_services(&bundle, &["frontend"])
+}
+
+/// The release v0.10.7 also sets a banner env var, and ships an extra Service.
+fn newer_release(env: &str) -> Bundle {
+    let mut bundle = frontend_bundle(env, "v0.10.7", Strategy::Rolling);
+    for object in &mut bundle.objects {
+        if let Object::Deployment(d) = object {
+            let container = &mut d
+                .spec
+                .as_mut()
+                .unwrap()
+                .template
+                .spec
+                .as_mut()
+                .unwrap()
+                .containers[0];
+            container.env.get_or_insert_with(Vec::new).push(EnvVar {
+                name: "FRONTEND_MESSAGE".into(),
+                value: Some("release v0.10.7".into()),
+                ..Default::default()
+            });
+        }
+    }
+    let mut extra = bundle
+        .objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Service(s) if s.metadata.name.as_deref() == Some("frontend") => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    extra.metadata.name = Some("frontend-canary".into());
+    bundle.objects.push(Object::Service(extra));
+    bundle
+}
+
+async fn frontend(cluster: &Cluster, env: &str, name: &str) -> Deployment {
+    let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), env);
+    api.get(name).await.unwrap()
+}
+
+fn image_and_env(d: &Deployment) -> (String, Vec<String>) {
+    let c = &d
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let env = c.env.iter().flatten().map(|e| e.name.clone()).collect();
+    (c.image.clone().unwrap_or_default(), env)
+}
+
+#[tokio::test]
+async fn redeploying_the_previous_release_restores_image_and_env_and_prunes_the_rest() {
+    let cluster = require_cluster!();
+    let env = common_local::unique_env("redeploy");
+    let previous = frontend_bundle(&env, "v0.10.6", Strategy::Rolling);
+    common_local::deploy(&cluster, &previous, &env).await;
+    let (image_before, env_before) = image_and_env(&frontend(&cluster, &env, "frontend").await);
+    common_local::deploy(&cluster, &newer_release(&env), &env).await;
+    let (image_new, env_new) = image_and_env(&frontend(&cluster, &env, "frontend").await);
+    assert!(image_new.ends_with(":v0.10.7"), "{image_new}");
+    assert!(env_new.contains(&"FRONTEND_MESSAGE".to_string()));
+
+    let report = rollback::redeploy_previous(&cluster.client, &previous, &env, ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to roll back: {}", chain(&e)));
+    let (image_after, env_after) = image_and_env(&frontend(&cluster, &env, "frontend").await);
+    assert_eq!(image_after, image_before);
+    assert_eq!(
+        env_after, env_before,
+        "env must be the previous release's exactly"
+    );
+    assert!(
+        report
+            .apply
+            .pruned
+            .iter()
+            .any(|k| k == &format!("Service/{env}/frontend-canary")),
+        "the newer release's extra Service must be pruned: {:?}",
+        report.apply.pruned
+    );
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &env);
+    assert!(services.get_opt("frontend-canary").await.unwrap().is_none());
+    common_local::cleanup(&cluster, &env).await;
+}
+
+#[tokio::test]
+async fn undo_restores_the_previous_revision() {
+    let cluster = require_cluster!();
+    let env = common_local::unique_env("undo");
+    common_local::deploy(
+        &cluster,
+        &frontend_bundle(&env, "v0.10.6", Strategy::Rolling),
+        &env,
+    )
+    .await;
+    let (image_before, env_before) = image_and_env(&frontend(&cluster, &env, "frontend").await);
+    common_local::deploy(&cluster, &newer_release(&env), &env).await;
+
+    let report = rollback::undo(&cluster.client, &env, "frontend", ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to undo: {}", chain(&e)));
+    assert_eq!((report.from_revision, report.to_revision), (2, 1));
+    let after = frontend(&cluster, &env, "frontend").await;
+    let (image_after, env_after) = image_and_env(&after);
+    assert_eq!(image_after, image_before);
+    assert_eq!(env_after, env_before);
+    // Like `kubectl rollout undo`: the old ReplicaSet comes back as revision 3.
+    let revision = after
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("deployment.kubernetes.io/revision")
+        .cloned();
+    assert_eq!(revision.as_deref(), Some("3"));
+    assert!(
+        report.rollout.min_ready_pods() >= 2,
+        "{:#?}",
+        report.rollout.samples
+    );
+    common_local::cleanup(&cluster, &env).await;
+}
+
+fn selector_release(service: &Service) -> String {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.get("cdcheck.io/release").cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn bluegreen_switches_the_service_and_rollback_points_it_back() {
+    let cluster = require_cluster!();
+    let env = common_local::unique_env("bluegreen");
+    let blue = frontend_bundle(&env, "v0.10.6", Strategy::Bluegreen);
+    let green = frontend_bundle(&env, "v0.10.7", Strategy::Bluegreen);
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &env);
+
+    rollback::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to deploy blue: {}", chain(&e)));
+    assert_eq!(
+        selector_release(&services.get("frontend").await.unwrap()),
+        "v0.10.6"
+    );
+
+    let switch = rollback::bluegreen_switch(&cluster.client, &green, &env, ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to switch to green: {}", chain(&e)));
+    assert!(
+        switch
+            .switched
+            .iter()
+            .any(|k| k == &format!("Service/{env}/frontend"))
+    );
+    assert_eq!(
+        selector_release(&services.get("frontend").await.unwrap()),
+        "v0.10.7"
+    );
+    assert!(
+        switch
+            .apply
+            .pruned
+            .iter()
+            .any(|k| k == &format!("Deployment/{env}/frontend-v0.10.6"))
+    );
+    assert!(
+        deployments
+            .get_opt("frontend-v0.10.6")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // `undo` cannot roll a blue/green release back: its Deployment has one revision.
+    match rollback::undo(&cluster.client, &env, "frontend-v0.10.7", ROLLOUT_TIMEOUT).await {
+        Err(e @ RollbackError::NoPreviousRevision { .. }) => {
+            assert!(
+                chain(&e).contains("switching the Service back"),
+                "{}",
+                chain(&e)
+            )
+        }
+        Err(e) => panic!("expected NoPreviousRevision, got {}", chain(&e)),
+        Ok(r) => panic!("undo of a single-revision Deployment succeeded: {r:?}"),
+    }
+
+    let back = rollback::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to switch back: {}", chain(&e)));
+    assert_eq!(
+        selector_release(&services.get("frontend").await.unwrap()),
+        "v0.10.6"
+    );
+    assert!(back.rollouts.iter().all(|r| r.desired() == 2));
+    assert!(
+        deployments
+            .get_opt("frontend-v0.10.7")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let blue_deploy = deployments.get("frontend-v0.10.6").await.unwrap();
+    assert_eq!(blue_deploy.status.unwrap().ready_replicas, Some(2));
+    common_local::cleanup(&cluster, &env).await;
+}
