@@ -24,6 +24,8 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Print the multi-document YAML the pipeline deploys for an environment.
     Render(cmd::render::Args),
+    /// Print every pinned external version (kind, node image, Istio, Kubernetes, etcd, kwok, Envoy).
+    Versions(cmd::versions::Args),
     /// Start a substrate (the local control plane by default) and print `export KUBECONFIG=...`.
     Up(cmd::substrate::UpArgs),
     /// Stop every process of the local substrate and remove its state.
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Load(args) => cmd::load::run(args),
         Command::Probe(args) => cmd::probe::run(args),
         Command::Render(args) => cmd::render::run(args),
+        Command::Versions(args) => cmd::versions::run(args),
         Command::Up(args) => cmd::substrate::up(args),
         Command::Down(args) => cmd::substrate::down(args),
         Command::Kubeconfig(args) => cmd::substrate::kubeconfig(args),

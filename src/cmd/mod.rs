@@ -4,3 +4,4 @@ pub mod load;
 pub mod probe;
 pub mod render;
 pub mod substrate;
+pub mod versions;
