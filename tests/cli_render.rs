@@ -241,3 +241,35 @@ fn unreadable_certificate_is_refused_naming_it() {
         &path,
     );
 }
+
+#[test]
+fn expired_certificate_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shop.example.org".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = dir.path().join("old.crt");
+    let key_path = dir.path().join("old.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let cert_path = cert_path.to_string_lossy().into_owned();
+    let key_path = key_path.to_string_lossy().into_owned();
+    assert_refused(
+        &["--tls-cert", &cert_path, "--tls-key", &key_path],
+        "expired",
+    );
+}
+
+#[test]
+fn redis_is_reported_as_a_single_point_of_failure_without_polluting_the_yaml() {
+    let out = render(&[]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("redis-cart is a known single point of failure"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("single point"));
+}

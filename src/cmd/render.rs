@@ -111,5 +111,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(yaml.as_bytes())?;
     stdout.flush()?;
+    // On stderr so that `| kubectl apply -f -` still gets pure YAML.
+    for (service, reason) in cdcheck::catalog::known_single_points_of_failure() {
+        eprintln!("note: {service} is a known single point of failure ({reason})");
+    }
     Ok(ExitCode::SUCCESS)
 }
