@@ -76,6 +76,8 @@ pub enum ManifestError {
 }
 
 /// One object the pipeline deploys.
+// A bundle holds a few dozen objects: boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Namespace),

@@ -68,8 +68,8 @@ fn ten_stateless_deployments_are_highly_available() {
                 a.preferred_during_scheduling_ignored_during_execution
                     .as_ref()
             });
-        if spec.replicas == Some(2) && anti_affinity.is_some() {
-            let term = &anti_affinity.unwrap()[0].pod_affinity_term;
+        if let (Some(2), Some(anti_affinity)) = (spec.replicas, anti_affinity) {
+            let term = &anti_affinity[0].pod_affinity_term;
             assert_eq!(term.topology_key, "kubernetes.io/hostname");
             let selector = term
                 .label_selector
