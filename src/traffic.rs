@@ -13,6 +13,7 @@
 //! [`TrafficError`] is only for input that cannot describe a request.
 
 pub mod attribution;
+mod direct;
 pub mod grpc;
 pub mod load;
 pub mod probe;

@@ -174,3 +174,51 @@ async fn open_loop_counts_the_wait_of_every_request_due_during_a_stall() {
         slow(&closed)
     );
 }
+
+#[tokio::test]
+async fn closed_loop_against_an_unreachable_target_records_refused_outcomes() {
+    let addr = free_port();
+    let target = short(HttpTarget::parse(&format!("http://{addr}/")).unwrap());
+    let timeline = load::run(
+        &target,
+        &LoadSpec::closed(2, Duration::from_millis(100)),
+        None,
+    )
+    .await
+    .unwrap();
+    let summary = timeline.summary();
+    assert!(summary.count > 0);
+    assert_eq!(
+        summary.errors.get("refused"),
+        Some(&summary.count),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn closed_loop_reconnects_after_the_server_closes_its_connections() {
+    let backend = HttpBackend::start("frontend-reconnect").await;
+    let addr = backend.addr;
+    let target = Target::Http(HttpTarget::parse(&format!("http://{addr}/")).unwrap());
+    let run = tokio::spawn(async move {
+        load::run(
+            &target,
+            &LoadSpec::closed(1, Duration::from_millis(600)),
+            None,
+        )
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    backend.kill();
+    let replacement = HttpBackend::start_on("frontend-reconnect", addr).await;
+    let timeline = run.await.unwrap();
+    let last = timeline.records.last().unwrap();
+    assert_eq!(
+        last.outcome,
+        Outcome::Http { status: 200 },
+        "{}",
+        timeline.summary()
+    );
+    drop(replacement);
+}

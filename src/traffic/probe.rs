@@ -347,8 +347,8 @@ fn san_covers(san: &str, name: &str) -> bool {
 /// Accepts any chain so that the probe can report what was served; trust is decided
 /// by comparing with the expected certificate, not by the handshake.
 #[derive(Debug)]
-struct RecordingVerifier {
-    provider: Arc<rustls::crypto::CryptoProvider>,
+pub(crate) struct RecordingVerifier {
+    pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl ServerCertVerifier for RecordingVerifier {

@@ -214,6 +214,9 @@ pub struct Summary {
     /// Failed requests by outcome key (`http 503`, `refused`, `grpc UNAVAILABLE`).
     pub errors: BTreeMap<String, u64>,
     pub latency: Latency,
+    /// How late requests were sent after their scheduled time: a generator that keeps
+    /// its schedule keeps this near zero (open loop; always zero in closed loop).
+    pub send_lag: Latency,
     /// Requests per attribution label (unlabelled ones are left out).
     pub labels: BTreeMap<String, u64>,
 }
@@ -221,11 +224,13 @@ pub struct Summary {
 impl Summary {
     pub fn of(timeline: &Timeline) -> Self {
         let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+        let mut lag = Histogram::<u64>::new(3).expect("3 significant figures is valid");
         let mut errors = BTreeMap::new();
         let mut succeeded = 0;
         for record in &timeline.records {
             // Saturate rather than fail on an absurd latency: the histogram auto-resizes.
             let _ = histogram.record(record.latency.as_micros().max(1) as u64);
+            let _ = lag.record(record.started.saturating_sub(record.scheduled).as_micros() as u64);
             if record.succeeded() {
                 succeeded += 1;
             } else {
@@ -234,17 +239,21 @@ impl Summary {
         }
         let count = timeline.records.len() as u64;
         let elapsed_s = timeline.elapsed.as_secs_f64();
-        let latency = if count == 0 {
-            Latency::default()
-        } else {
-            Latency {
-                p50_us: histogram.value_at_quantile(0.50),
-                p90_us: histogram.value_at_quantile(0.90),
-                p99_us: histogram.value_at_quantile(0.99),
-                max_us: histogram.max(),
-                mean_us: histogram.mean(),
+        let percentiles = |h: &Histogram<u64>| {
+            if count == 0 {
+                Latency::default()
+            } else {
+                Latency {
+                    p50_us: h.value_at_quantile(0.50),
+                    p90_us: h.value_at_quantile(0.90),
+                    p99_us: h.value_at_quantile(0.99),
+                    max_us: h.max(),
+                    mean_us: h.mean(),
+                }
             }
         };
+        let latency = percentiles(&histogram);
+        let send_lag = percentiles(&lag);
         Self {
             count,
             succeeded,
@@ -257,6 +266,7 @@ impl Summary {
             elapsed_s,
             errors,
             latency,
+            send_lag,
             labels: super::verdict::label_distribution(&timeline.records),
         }
     }
@@ -277,6 +287,12 @@ impl std::fmt::Display for Summary {
             ms(self.latency.p90_us),
             ms(self.latency.p99_us),
             ms(self.latency.max_us)
+        )?;
+        writeln!(
+            f,
+            "send lag  p99 {:.2}ms  max {:.2}ms (behind schedule)",
+            ms(self.send_lag.p99_us),
+            ms(self.send_lag.max_us)
         )?;
         for (key, n) in &self.errors {
             writeln!(f, "error     {key}: {n}")?;

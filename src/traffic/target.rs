@@ -264,6 +264,10 @@ enum CallerInner {
         channel: tonic::transport::Channel,
         target: GrpcTarget,
     },
+    Direct {
+        connection: super::direct::DirectHttp,
+        timeout: Duration,
+    },
 }
 
 /// The outcome of one call and, when a rule was given and matched, its label.
@@ -279,8 +283,19 @@ impl Caller {
         Self::build(target, None)
     }
 
-    /// A pool that keeps at most one connection (closed-loop workers).
+    /// One connection (closed-loop workers): HTTP drives it directly with hyper, gRPC has
+    /// a channel of its own.
     pub fn single_connection(target: &Target) -> Result<Self, TrafficError> {
+        if let Target::Http(http) = target
+            && let Some(connection) = super::direct::DirectHttp::new(http)
+        {
+            return Ok(Self {
+                inner: Arc::new(CallerInner::Direct {
+                    connection,
+                    timeout: http.timeout,
+                }),
+            });
+        }
         Self::build(target, Some(1))
     }
 
@@ -306,6 +321,7 @@ impl Caller {
         let timeout = match &*self.inner {
             CallerInner::Http { target, .. } => target.timeout,
             CallerInner::Grpc { target, .. } => target.timeout,
+            CallerInner::Direct { timeout, .. } => *timeout,
         };
         let call = async {
             match &*self.inner {
@@ -315,16 +331,12 @@ impl Caller {
                 CallerInner::Grpc { channel, target } => {
                     grpc_call(channel, target, request_id, rule).await
                 }
+                CallerInner::Direct { connection, .. } => connection.call(request_id, rule).await,
             }
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
-            Err(_) => CallResult {
-                outcome: Outcome::Transport {
-                    class: ErrorClass::Timeout,
-                },
-                label: None,
-            },
+            Err(_) => super::direct::timeout_result(),
         }
     }
 }

@@ -439,9 +439,20 @@ impl HttpBackend {
     }
 
     pub async fn start_on(name: &str, addr: SocketAddr) -> HttpBackend {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .expect("bind backend");
+        // A killed backend's listener closes when the runtime drops its aborted task: retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::AddrInUse
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(error) => panic!("bind backend {addr}: {error}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {
             name: name.to_string(),

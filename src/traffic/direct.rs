@@ -1,0 +1,238 @@
+//! One HTTP connection driven directly with hyper, for closed-loop workers: no pool, no
+//! per-request client machinery, reconnecting after a failure.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+
+use super::attribution::{AttributionRule, ResponseView};
+use super::record::{ErrorClass, Outcome};
+use super::target::{CallResult, HttpTarget, HttpVersion, REQUEST_ID_HEADER, classify_error};
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+/// A single HTTP/1.1 or HTTP/2 connection to `target`, opened on first use.
+pub(crate) struct DirectHttp {
+    target: HttpTarget,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    host: String,
+    port: u16,
+    authority: http::HeaderValue,
+    uri: http::Uri,
+    sender: Mutex<Option<Sender>>,
+}
+
+impl std::fmt::Debug for DirectHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectHttp")
+            .field("url", &self.target.url.as_str())
+            .finish()
+    }
+}
+
+impl DirectHttp {
+    /// `None` when the target needs what only the pooled client offers (system trust roots).
+    pub(crate) fn new(target: &HttpTarget) -> Option<Self> {
+        let url = &target.url;
+        let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+        let port = url.port_or_known_default()?;
+        let tls = if url.scheme() == "https" {
+            Some((
+                tls_connector(target)?,
+                ServerName::try_from(host.clone()).ok()?,
+            ))
+        } else {
+            None
+        };
+        let authority = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str()?),
+            None => url.host_str()?.to_string(),
+        };
+        let uri: http::Uri = match target.version {
+            HttpVersion::Http1 => {
+                let mut path = url.path().to_string();
+                if let Some(query) = url.query() {
+                    path.push('?');
+                    path.push_str(query);
+                }
+                path.parse().ok()?
+            }
+            HttpVersion::Http2 => url.as_str().parse().ok()?,
+        };
+        Some(Self {
+            target: target.clone(),
+            tls,
+            host,
+            port,
+            authority: http::HeaderValue::from_str(&authority).ok()?,
+            uri,
+            sender: Mutex::new(None),
+        })
+    }
+
+    async fn address(&self) -> std::io::Result<SocketAddr> {
+        if let Some((_, addr)) = self.target.resolve.iter().find(|(h, _)| *h == self.host) {
+            return Ok(*addr);
+        }
+        tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other("dns error: no address"))
+    }
+
+    async fn connect(&self) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>> {
+        let addr = self.address().await.map_err(|e| {
+            // Resolution failures are DNS outcomes whatever the resolver's error kind.
+            std::io::Error::other(format!("dns error: {e}"))
+        })?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            Some((connector, name)) => {
+                let stream = connector.connect(name.clone(), tcp).await?;
+                self.handshake(stream).await
+            }
+            None => self.handshake(tcp).await,
+        }
+    }
+
+    async fn handshake<S>(&self, io: S) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        Ok(match self.target.version {
+            HttpVersion::Http1 => {
+                let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(connection);
+                Sender::H1(sender)
+            }
+            HttpVersion::Http2 => {
+                let (sender, connection) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(connection);
+                Sender::H2(sender)
+            }
+        })
+    }
+
+    fn request(&self, request_id: uuid::Uuid) -> http::Request<Empty<Bytes>> {
+        let mut request = http::Request::new(Empty::new());
+        *request.method_mut() = self.target.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        *headers = self.target.headers.clone();
+        if self.target.version == HttpVersion::Http1 && !headers.contains_key(http::header::HOST) {
+            headers.insert(http::header::HOST, self.authority.clone());
+        }
+        let mut id = uuid::Uuid::encode_buffer();
+        if let Ok(value) =
+            http::HeaderValue::from_str(request_id.hyphenated().encode_lower(&mut id))
+        {
+            headers.insert(REQUEST_ID_HEADER, value);
+        }
+        request
+    }
+
+    pub(crate) async fn call(
+        &self,
+        request_id: uuid::Uuid,
+        rule: Option<&AttributionRule>,
+    ) -> CallResult {
+        let failed = |error: &(dyn std::error::Error + 'static)| CallResult {
+            outcome: Outcome::Transport {
+                class: classify_error(error),
+            },
+            label: None,
+        };
+        let existing = self.sender.lock().expect("connection lock").take();
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => match self.connect().await {
+                Ok(sender) => sender,
+                Err(error) => return failed(&*error),
+            },
+        };
+        let request = self.request(request_id);
+        let response = match &mut sender {
+            Sender::H1(s) => match s.ready().await {
+                Ok(()) => s.send_request(request).await,
+                Err(error) => Err(error),
+            },
+            Sender::H2(s) => s.send_request(request).await,
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => return failed(&error),
+        };
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let body = match body.collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(error) => return failed(&error),
+        };
+        let reusable = match &sender {
+            Sender::H1(s) => !s.is_closed(),
+            Sender::H2(s) => !s.is_closed(),
+        };
+        if reusable {
+            *self.sender.lock().expect("connection lock") = Some(sender);
+        }
+        let label = rule.and_then(|rule| {
+            rule.label(ResponseView {
+                headers: &parts.headers,
+                body: &body,
+            })
+        });
+        CallResult {
+            outcome: Outcome::Http { status },
+            label,
+        }
+    }
+}
+
+fn tls_connector(target: &HttpTarget) -> Option<tokio_rustls::TlsConnector> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?;
+    let mut config = if target.tls.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(super::probe::RecordingVerifier {
+                provider,
+            }))
+            .with_no_client_auth()
+    } else {
+        let pem = target.tls.ca_pem.as_ref()?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(pem.as_slice())) {
+            roots.add(cert.ok()?).ok()?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = match target.version {
+        HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
+        HttpVersion::Http2 => vec![b"h2".to_vec()],
+    };
+    Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A timeout outcome, for the caller's deadline.
+pub(crate) fn timeout_result() -> CallResult {
+    CallResult {
+        outcome: Outcome::Transport {
+            class: ErrorClass::Timeout,
+        },
+        label: None,
+    }
+}
