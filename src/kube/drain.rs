@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, EvictParams, ListParams};
-use ::kube::{Client, ResourceExt};
+use ::kube::{Client, Config, ResourceExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +59,12 @@ fn is_daemon_or_mirror(pod: &Pod) -> bool {
 /// Cordons `node` and evicts its pods, honouring every PodDisruptionBudget.
 /// With a non-empty `namespaces`, only pods of those namespaces are evicted
 /// (so a test drains its own workloads on a shared cluster).
+///
+/// Takes the client configuration rather than a client: kube's default client
+/// retries HTTP 429 for minutes, and a PDB's refusal is a 429 this function must
+/// see at once to report (and pace) it itself.
 pub async fn drain(
-    client: &Client,
+    config: &Config,
     node: &str,
     namespaces: &[&str],
     timeout: Duration,
@@ -69,6 +73,12 @@ pub async fn drain(
         namespaces.is_empty() || namespaces.contains(&p.namespace().unwrap_or_default().as_str())
     };
     let started = Instant::now();
+    let mut config = config.clone();
+    config.default_retry = false;
+    let client = &Client::try_from(config).map_err(|source| DrainError::Cordon {
+        node: node.into(),
+        source,
+    })?;
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .cordon(node)
