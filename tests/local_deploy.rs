@@ -169,7 +169,7 @@ async fn draining_a_node_honours_every_pdb_and_leaves_a_ready_pod_per_service() 
         .await
         .unwrap_or_else(|e| panic!("failed to drain {node}: {}", chain(&e)));
     // Give the ReplicaSets time to replace the evicted pods elsewhere.
-    for (name, _) in &ha {
+    for name in ha.keys() {
         cdcheck::kube::rollout::wait_for_rollout(
             &cluster.client,
             &env,

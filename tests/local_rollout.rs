@@ -138,17 +138,18 @@ async fn a_broken_release_fails_the_wait_with_its_reason_and_mainline_keeps_its_
     let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
     let mut broken = frontend_only(&env, "v0.10.7", Strategy::Rolling);
     let deadline_seconds = 8;
-    for bundle in [&mut broken] {
-        let d = deployment_mut(bundle, "frontend");
-        let spec = d.spec.as_mut().unwrap();
-        spec.progress_deadline_seconds = Some(deadline_seconds);
-        spec.template
-            .metadata
-            .get_or_insert_with(Default::default)
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(NEVER_READY_ANNOTATION.into(), "true".into());
-    }
+    // The broken release: its pods never become Ready (kwok's pod-never-ready stage).
+    let spec = deployment_mut(&mut broken, "frontend")
+        .spec
+        .as_mut()
+        .unwrap();
+    spec.progress_deadline_seconds = Some(deadline_seconds);
+    spec.template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(NEVER_READY_ANNOTATION.into(), "true".into());
     common_local::deploy(&cluster, &first, &env).await;
     let started = Instant::now();
     let wait_timeout = Duration::from_secs(90);

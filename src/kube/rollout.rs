@@ -258,18 +258,18 @@ impl Tracker {
             ready_pods,
             old_pods,
         };
+        // A deadline condition left from an older generation does not count.
         if let Some(c) = status.conditions.iter().flatten().find(|c| {
             c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        }) {
-            if observed >= generation {
-                return (
-                    Phase::Failed {
-                        reason: "ProgressDeadlineExceeded".into(),
-                        message: c.message.clone().unwrap_or_default(),
-                    },
-                    Some(sample),
-                );
-            }
+        }) && observed >= generation
+        {
+            return (
+                Phase::Failed {
+                    reason: "ProgressDeadlineExceeded".into(),
+                    message: c.message.clone().unwrap_or_default(),
+                },
+                Some(sample),
+            );
         }
         let phase = if observed < generation {
             Phase::Progressing(format!(

@@ -224,7 +224,10 @@ mod tests {
             .iter()
             .map(|n| n.to_string())
             .collect();
-        assert!(names.iter().any(|n| n.contains("127.0.0.1")), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "IPAddress(7f:00:00:01)"),
+            "{names:?}"
+        );
         assert!(
             names.iter().any(|n| n.contains("kubernetes.default.svc")),
             "{names:?}"
