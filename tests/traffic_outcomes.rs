@@ -222,3 +222,30 @@ async fn closed_loop_reconnects_after_the_server_closes_its_connections() {
     );
     drop(replacement);
 }
+
+#[tokio::test]
+async fn closed_loop_grpc_against_an_unreachable_target_records_refused_outcomes() {
+    let addr = free_port();
+    let mut target = GrpcTarget::new(
+        &format!("http://{addr}"),
+        GrpcMethod::GetAds {
+            context_keys: vec![],
+        },
+    )
+    .unwrap();
+    target.timeout = Duration::from_millis(300);
+    let timeline = load::run(
+        &Target::Grpc(target),
+        &LoadSpec::closed(1, Duration::from_millis(100)),
+        None,
+    )
+    .await
+    .unwrap();
+    let summary = timeline.summary();
+    assert!(summary.count > 0);
+    assert_eq!(
+        summary.errors.get("refused"),
+        Some(&summary.count),
+        "{summary}"
+    );
+}

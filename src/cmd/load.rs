@@ -155,6 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_failed: args.max_failed,
         },
     );
+    let mut text = String::new();
     if args.json {
         let mut out = serde_json::json!({
             "target": args.url,
@@ -166,11 +167,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.records {
             out["records"] = serde_json::to_value(&timeline.records)?;
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        text = serde_json::to_string_pretty(&out)? + "\n";
     } else {
-        print!("{summary}");
+        use std::fmt::Write as _;
+        let _ = write!(text, "{summary}");
         for window in &verdict.outages {
-            println!(
+            let _ = writeln!(
+                text,
                 "outage    {:.3}s .. {:.3}s ({:.1}ms, {} failed requests)",
                 window.start.as_secs_f64(),
                 window.end.as_secs_f64(),
@@ -178,13 +181,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 window.failed_requests
             );
         }
-        println!(
+        let _ = writeln!(
+            text,
             "verdict   {} ({} failed, {} allowed)",
             if verdict.passed { "pass" } else { "FAIL" },
             verdict.failed,
             args.max_failed
         );
     }
+    // A closed pipe (`| head`) is not an error of the load.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
     Ok(if verdict.passed {
         ExitCode::SUCCESS
     } else {

@@ -1,5 +1,5 @@
-//! One HTTP connection driven directly with hyper, for closed-loop workers: no pool, no
-//! per-request client machinery, reconnecting after a failure.
+//! One connection driven directly with hyper, for closed-loop workers: no pool, no buffered
+//! channel, no per-request client machinery; it reconnects after a failure.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -234,5 +234,112 @@ pub(crate) fn timeout_result() -> CallResult {
             class: ErrorClass::Timeout,
         },
         label: None,
+    }
+}
+
+/// A direct HTTP/2 connection as a tower service, for tonic's generated clients.
+#[derive(Clone, Debug)]
+pub(crate) struct H2Service(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for H2Service {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
+    }
+}
+
+/// A single h2c connection to a gRPC target, opened on first use.
+pub(crate) struct DirectGrpc {
+    target: super::target::GrpcTarget,
+    origin: http::Uri,
+    host: String,
+    port: u16,
+    connection: Mutex<Option<H2Service>>,
+}
+
+impl std::fmt::Debug for DirectGrpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectGrpc")
+            .field("endpoint", &self.target.endpoint)
+            .finish()
+    }
+}
+
+impl DirectGrpc {
+    pub(crate) fn new(target: &super::target::GrpcTarget) -> Option<Self> {
+        let url = url::Url::parse(&target.endpoint).ok()?;
+        Some(Self {
+            origin: target.endpoint.parse().ok()?,
+            host: url.host_str()?.trim_matches(['[', ']']).to_string(),
+            port: url.port_or_known_default()?,
+            target: target.clone(),
+            connection: Mutex::new(None),
+        })
+    }
+
+    async fn connect(&self) -> Result<H2Service, Box<dyn std::error::Error + Send + Sync>> {
+        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| std::io::Error::other(format!("dns error: {e}")))?
+            .next()
+            .ok_or_else(|| std::io::Error::other("dns error: no address"))?;
+        let tcp = tokio::time::timeout(self.target.timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        tcp.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        Ok(H2Service(sender))
+    }
+
+    pub(crate) async fn call(
+        &self,
+        request_id: uuid::Uuid,
+        rule: Option<&AttributionRule>,
+    ) -> CallResult {
+        let existing = self.connection.lock().expect("connection lock").clone();
+        let service = match existing {
+            Some(service) if !service.0.is_closed() => service,
+            _ => match self.connect().await {
+                Ok(service) => {
+                    *self.connection.lock().expect("connection lock") = Some(service.clone());
+                    service
+                }
+                Err(error) => {
+                    return CallResult {
+                        outcome: Outcome::Transport {
+                            class: classify_error(&*error),
+                        },
+                        label: None,
+                    };
+                }
+            },
+        };
+        let result = super::target::grpc_call(
+            service,
+            Some(self.origin.clone()),
+            &self.target,
+            request_id,
+            rule,
+        )
+        .await;
+        if matches!(result.outcome, Outcome::Transport { .. }) {
+            // Reconnect on the next call.
+            *self.connection.lock().expect("connection lock") = None;
+        }
+        result
     }
 }

@@ -268,6 +268,10 @@ enum CallerInner {
         connection: super::direct::DirectHttp,
         timeout: Duration,
     },
+    DirectGrpc {
+        connection: super::direct::DirectGrpc,
+        timeout: Duration,
+    },
 }
 
 /// The outcome of one call and, when a rule was given and matched, its label.
@@ -283,8 +287,8 @@ impl Caller {
         Self::build(target, None)
     }
 
-    /// One connection (closed-loop workers): HTTP drives it directly with hyper, gRPC has
-    /// a channel of its own.
+    /// One connection (closed-loop workers), driven directly with hyper (HTTP/1.1, HTTP/2,
+    /// and gRPC over HTTP/2) rather than through a pool or a buffered channel.
     pub fn single_connection(target: &Target) -> Result<Self, TrafficError> {
         if let Target::Http(http) = target
             && let Some(connection) = super::direct::DirectHttp::new(http)
@@ -293,6 +297,16 @@ impl Caller {
                 inner: Arc::new(CallerInner::Direct {
                     connection,
                     timeout: http.timeout,
+                }),
+            });
+        }
+        if let Target::Grpc(grpc) = target
+            && let Some(connection) = super::direct::DirectGrpc::new(grpc)
+        {
+            return Ok(Self {
+                inner: Arc::new(CallerInner::DirectGrpc {
+                    connection,
+                    timeout: grpc.timeout,
                 }),
             });
         }
@@ -322,6 +336,7 @@ impl Caller {
             CallerInner::Http { target, .. } => target.timeout,
             CallerInner::Grpc { target, .. } => target.timeout,
             CallerInner::Direct { timeout, .. } => *timeout,
+            CallerInner::DirectGrpc { timeout, .. } => *timeout,
         };
         let call = async {
             match &*self.inner {
@@ -329,7 +344,10 @@ impl Caller {
                     http_call(client, target, request_id, rule).await
                 }
                 CallerInner::Grpc { channel, target } => {
-                    grpc_call(channel, target, request_id, rule).await
+                    grpc_call(channel.clone(), None, target, request_id, rule).await
+                }
+                CallerInner::DirectGrpc { connection, .. } => {
+                    connection.call(request_id, rule).await
                 }
                 CallerInner::Direct { connection, .. } => connection.call(request_id, rule).await,
             }
@@ -395,8 +413,39 @@ fn grpc_request<T>(message: T, target: &GrpcTarget, request_id: uuid::Uuid) -> t
     request
 }
 
-async fn grpc_call(
-    channel: &tonic::transport::Channel,
+/// A gRPC connection the generated clients can call: tonic's channel or a direct HTTP/2
+/// connection ([`super::direct::H2Service`]).
+pub(crate) trait GrpcConnection:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Error: Into<tonic::codegen::StdError>,
+        ResponseBody: tonic::codegen::Body<
+            Data = bytes::Bytes,
+            Error: Into<tonic::codegen::StdError> + Send,
+        > + Send
+                          + 'static,
+    > + Clone
+    + Send
+{
+}
+
+impl<T> GrpcConnection for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Error: Into<tonic::codegen::StdError>,
+            ResponseBody: tonic::codegen::Body<
+                Data = bytes::Bytes,
+                Error: Into<tonic::codegen::StdError> + Send,
+            > + Send
+                              + 'static,
+        > + Clone
+        + Send
+{
+}
+
+pub(crate) async fn grpc_call<C: GrpcConnection>(
+    connection: C,
+    origin: Option<http::Uri>,
     target: &GrpcTarget,
     request_id: uuid::Uuid,
     rule: Option<&AttributionRule>,
@@ -404,7 +453,12 @@ async fn grpc_call(
     let answer: Result<(tonic::metadata::MetadataMap, String), tonic::Status> = match &target.method
     {
         GrpcMethod::HealthCheck { service } => {
-            let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let mut client = match origin {
+                Some(origin) => {
+                    tonic_health::pb::health_client::HealthClient::with_origin(connection, origin)
+                }
+                None => tonic_health::pb::health_client::HealthClient::new(connection),
+            };
             let request = grpc_request(
                 tonic_health::pb::HealthCheckRequest {
                     service: service.clone(),
@@ -423,7 +477,10 @@ async fn grpc_call(
             })
         }
         GrpcMethod::GetAds { context_keys } => {
-            let mut client = AdServiceClient::new(channel.clone());
+            let mut client = match origin {
+                Some(origin) => AdServiceClient::with_origin(connection, origin),
+                None => AdServiceClient::new(connection),
+            };
             let request = grpc_request(
                 AdRequest {
                     context_keys: context_keys.clone(),
