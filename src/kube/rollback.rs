@@ -147,60 +147,70 @@ pub async fn undo(
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
     let kube_err = |what: String| move |source| RollbackError::Kube { what, source };
-    let mut deployment = deployments
-        .get(name)
-        .await
-        .map_err(kube_err(format!("read deployment {namespace}/{name}")))?;
-    let current = revision_of(&deployment);
-    let owned: Vec<ReplicaSet> = replicasets
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err(format!(
-            "list the ReplicaSets of {namespace}/{name}"
-        )))?
-        .items
-        .into_iter()
-        .filter(|rs| {
-            rs.owner_references()
-                .iter()
-                .any(|o| o.kind == "Deployment" && o.name == name)
-        })
-        .collect();
-    let previous = owned
-        .iter()
-        .filter(|rs| revision_of(*rs) < current)
-        .max_by_key(|rs| revision_of(*rs))
-        .ok_or_else(|| RollbackError::NoPreviousRevision {
-            namespace: namespace.into(),
-            name: name.into(),
-            current,
-        })?;
-    let mut template = previous
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        labels.remove("pod-template-hash");
-    }
-    if let Some(spec) = deployment.spec.as_mut() {
-        spec.template = template;
-    }
     let watch = rollout::RolloutWatch::start(client, namespace, name).await;
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    deployments
-        .replace(name, &params, &deployment)
-        .await
-        .map_err(kube_err(format!(
-            "restore the previous template of {namespace}/{name}"
-        )))?;
+    let mut attempt = 0;
+    // Read-modify-write: the controller updates the Deployment too, so a
+    // conflict (409) means "read again", as kubectl does.
+    let (current, previous) = loop {
+        attempt += 1;
+        let mut deployment = deployments
+            .get(name)
+            .await
+            .map_err(kube_err(format!("read deployment {namespace}/{name}")))?;
+        let current = revision_of(&deployment);
+        let owned: Vec<ReplicaSet> = replicasets
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err(format!(
+                "list the ReplicaSets of {namespace}/{name}"
+            )))?
+            .items
+            .into_iter()
+            .filter(|rs| {
+                rs.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "Deployment" && o.name == name)
+            })
+            .collect();
+        let previous = owned
+            .into_iter()
+            .filter(|rs| revision_of(rs) < current)
+            .max_by_key(revision_of)
+            .ok_or_else(|| RollbackError::NoPreviousRevision {
+                namespace: namespace.into(),
+                name: name.into(),
+                current,
+            })?;
+        let mut template = previous
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.clone())
+            .unwrap_or_default();
+        if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+            labels.remove("pod-template-hash");
+        }
+        if let Some(spec) = deployment.spec.as_mut() {
+            spec.template = template;
+        }
+        match deployments.replace(name, &params, &deployment).await {
+            Ok(_) => break (current, previous),
+            Err(::kube::Error::Api(s)) if s.code == 409 && attempt < 10 => continue,
+            Err(source) => {
+                return Err(RollbackError::Kube {
+                    what: format!("restore the previous template of {namespace}/{name}"),
+                    source,
+                });
+            }
+        }
+    };
     let rollout = watch.wait(timeout).await?;
     Ok(UndoReport {
         from_revision: current,
-        to_revision: revision_of(previous),
+        to_revision: revision_of(&previous),
         replicaset: previous.name_any(),
         rollout,
     })

@@ -87,8 +87,10 @@ pub enum Phase {
 struct Progress {
     phase: Phase,
     samples: Vec<Sample>,
-    /// When the phase first became Complete or Failed.
+    /// When the phase first became Complete or Failed (for `generation`).
     decided_at: Option<Instant>,
+    /// `metadata.generation` of the Deployment the phase was evaluated on.
+    generation: i64,
     watch_errors: Vec<String>,
 }
 
@@ -349,6 +351,7 @@ impl RolloutWatch {
             phase: Phase::Starting,
             samples: Vec::new(),
             decided_at: None,
+            generation: 0,
             watch_errors: Vec::new(),
         });
         let mut tracker = Tracker {
@@ -376,6 +379,13 @@ impl RolloutWatch {
                 let (phase, sample) = tracker.evaluate();
                 tx.send_if_modified(|p| {
                     let mut changed = false;
+                    let generation = sample.as_ref().map(|s| s.generation).unwrap_or(0);
+                    if generation != p.generation {
+                        // A new spec: whatever was decided was about the old one.
+                        p.generation = generation;
+                        p.decided_at = None;
+                        changed = true;
+                    }
                     if let Some(s) = sample {
                         let same = p.samples.last().is_some_and(|l| {
                             Sample {
@@ -388,14 +398,15 @@ impl RolloutWatch {
                             changed = true;
                         }
                     }
+                    let decided = matches!(phase, Phase::Complete | Phase::Failed { .. });
+                    if decided && p.decided_at.is_none() {
+                        p.decided_at = Some(Instant::now());
+                        changed = true;
+                    }
+                    if !decided {
+                        p.decided_at = None;
+                    }
                     if p.phase != phase {
-                        let decided = matches!(phase, Phase::Complete | Phase::Failed { .. });
-                        if decided && p.decided_at.is_none() {
-                            p.decided_at = Some(Instant::now());
-                        }
-                        if !decided {
-                            p.decided_at = None;
-                        }
                         p.phase = phase;
                         changed = true;
                     }
@@ -430,12 +441,26 @@ impl RolloutWatch {
         self.rx.borrow().samples.clone()
     }
 
-    /// Waits until the rollout completes, fails, or `timeout` passes.
+    /// Waits until the rollout of the Deployment's current spec completes, fails,
+    /// or `timeout` passes. "Current" is read from the API server when `wait` is
+    /// called, so a change made after [`RolloutWatch::start`] is never mistaken
+    /// for the previous rollout's completion.
     pub async fn wait(mut self, timeout: Duration) -> Result<RolloutReport, RolloutError> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        let target = api
+            .get_opt(&self.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.metadata.generation)
+            .unwrap_or(0);
         let decided = tokio::time::timeout(
             timeout,
-            self.rx
-                .wait_for(|p| matches!(p.phase, Phase::Complete | Phase::Failed { .. })),
+            self.rx.wait_for(|p| {
+                p.generation >= target
+                    && p.decided_at.is_some()
+                    && matches!(p.phase, Phase::Complete | Phase::Failed { .. })
+            }),
         )
         .await;
         let returned = Instant::now();
