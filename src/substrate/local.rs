@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ::kube::Client;
 use ::kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use base64::Engine;
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use serde::{Deserialize, Serialize};
 
 use super::binaries::{Binaries, BinaryError};
@@ -730,7 +730,9 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(::kube::Error) -> LocalError
 }
 
 /// Creates the nodes and `istio-system`, installs the Istio CRDs, and waits for
-/// Ready nodes and the controller-manager's first ServiceAccount. Idempotent.
+/// Ready nodes (kwok is up) and Established CRDs. Idempotent. It does not wait
+/// for the controller-manager (about 5 s to start its controllers): a rollout
+/// wait covers that, and a crash of it during boot is still reported.
 async fn prepare_cluster(
     client: &Client,
     nodes: &[String],
@@ -753,41 +755,49 @@ async fn prepare_cluster(
         .patch("istio-system", &params, &Patch::Apply(&ns))
         .await
         .map_err(kube_err("create namespace istio-system"))?;
-    istio_crds::install(client, timeout).await?;
-
-    let logs = state_dir.join("logs");
-    loop {
-        let list = node_api
-            .list(&ListParams::default().labels("type=kwok"))
+    // CRDs become Established while kwok readies the nodes and the controller-manager starts.
+    let crds = async {
+        istio_crds::install(client, timeout)
             .await
-            .map_err(kube_err("list nodes"))?;
-        let ready: BTreeMap<String, bool> = list
-            .items
-            .iter()
-            .map(|n| {
-                let ready = n
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                (n.metadata.name.clone().unwrap_or_default(), ready)
-            })
-            .collect();
-        let sa_api: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        let kcm_up = sa_api.get_opt("default").await.ok().flatten().is_some();
-        if nodes.iter().all(|n| ready.get(n) == Some(&true)) && kcm_up {
-            return Ok(());
+            .map(|_| ())
+            .map_err(LocalError::from)
+    };
+    let logs = state_dir.join("logs");
+    let ready = async {
+        loop {
+            let list = node_api
+                .list(&ListParams::default().labels("type=kwok"))
+                .await
+                .map_err(kube_err("list nodes"))?;
+            let ready: BTreeMap<String, bool> = list
+                .items
+                .iter()
+                .map(|n| {
+                    let ready = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    (n.metadata.name.clone().unwrap_or_default(), ready)
+                })
+                .collect();
+            if nodes.iter().all(|n| ready.get(n) == Some(&true)) {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                return Err(LocalError::Timeout {
+                    what: "Ready nodes".into(),
+                    waited: timeout,
+                    logs: logs.clone(),
+                    detail: format!(" (nodes ready: {ready:?})"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if started.elapsed() > timeout {
-            return Err(LocalError::Timeout {
-                what: "Ready nodes and the controller-manager".into(),
-                waited: timeout,
-                logs: logs.clone(),
-                detail: format!(" (nodes ready: {ready:?}, default ServiceAccount: {kcm_up})"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    tokio::try_join!(crds, ready).map(|_| ())
 }
 
 /// Creates a namespace (idempotent), for tests and scenarios that need one.
