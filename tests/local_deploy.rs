@@ -111,7 +111,13 @@ async fn draining_a_node_honours_every_pdb_and_leaves_a_ready_pod_per_service() 
     let cluster = require_cluster!();
     let env = common_local::unique_env("drain");
     let bundle = common_local::render(&env, "v0.10.6", |_| {});
-    common_local::deploy(&cluster, &bundle, &env).await;
+    let deployed = common_local::deploy(&cluster, &bundle, &env).await;
+    eprintln!(
+        "deployed the full boutique into a fresh namespace {env} in {:?} (apply {:?}, {} objects)",
+        deployed.took,
+        deployed.apply.took,
+        deployed.apply.applied.len()
+    );
     assert_spread(&cluster, &env, &bundle).await;
     let ha: BTreeMap<String, i32> = ha_deployments(&bundle).into_iter().collect();
 

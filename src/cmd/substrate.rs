@@ -71,17 +71,27 @@ fn state_dir(dir: Option<PathBuf>) -> PathBuf {
 }
 
 fn ensure_binaries() -> anyhow::Result<binaries::Binaries> {
+    use std::io::IsTerminal;
     if let Ok(found) = binaries::locate() {
         return Ok(found);
     }
-    let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    spinner.set_message("building the control-plane binaries (tens of minutes cold)");
-    let result = binaries::ensure(|line| {
-        spinner.println(format!("  {line}"));
-        spinner.set_message(line.chars().take(100).collect::<String>());
-    });
-    spinner.finish_and_clear();
+    eprintln!(
+        "building the control-plane binaries into {} (about 11 min cold on 2 cores)",
+        binaries::cache_root().display()
+    );
+    let result = if std::io::stderr().is_terminal() {
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.enable_steady_tick(Duration::from_millis(120));
+        let result = binaries::ensure(|line| {
+            spinner.println(format!("  {line}"));
+            spinner.set_message(line.chars().take(100).collect::<String>());
+        });
+        spinner.finish_and_clear();
+        result
+    } else {
+        // No terminal (CI): a spinner would print nothing, so forward every line.
+        binaries::ensure(|line| eprintln!("  {line}"))
+    };
     result.context("install the control-plane binaries")
 }
 
