@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
@@ -13,8 +14,16 @@ use super::attribution::{AttributionRule, ResponseView};
 use super::record::{ErrorClass, Outcome};
 use super::target::{CallResult, HttpTarget, HttpVersion, REQUEST_ID_HEADER, classify_error};
 
+type ConnectionDriver =
+    std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
+
 enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    /// HTTP/1.1: the connection is driven inside the call, on the worker's own task, which
+    /// saves two cross-task wake-ups per request.
+    H1 {
+        send: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        connection: ConnectionDriver,
+    },
     H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
 
@@ -110,9 +119,11 @@ impl DirectHttp {
         let io = TokioIo::new(io);
         Ok(match self.target.version {
             HttpVersion::Http1 => {
-                let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-                tokio::spawn(connection);
-                Sender::H1(sender)
+                let (send, connection) = hyper::client::conn::http1::handshake(io).await?;
+                Sender::H1 {
+                    send,
+                    connection: Box::pin(connection),
+                }
             }
             HttpVersion::Http2 => {
                 let (sender, connection) =
@@ -152,7 +163,19 @@ impl DirectHttp {
             },
             label: None,
         };
-        let existing = self.sender.lock().expect("connection lock").take();
+        let mut existing = self.sender.lock().expect("connection lock").take();
+        // A connection the server closed while idle (or after `connection: close`) is
+        // noticed here, before a request is spent on it.
+        if let Some(Sender::H1 { send, connection }) = &mut existing
+            && (connection.as_mut().now_or_never().is_some() || send.is_closed())
+        {
+            existing = None;
+        }
+        if let Some(Sender::H2(send)) = &existing
+            && send.is_closed()
+        {
+            existing = None;
+        }
         let mut sender = match existing {
             Some(sender) => sender,
             None => match self.connect().await {
@@ -161,27 +184,36 @@ impl DirectHttp {
             },
         };
         let request = self.request(request_id);
-        let response = match &mut sender {
-            Sender::H1(s) => match s.ready().await {
-                Ok(()) => s.send_request(request).await,
-                Err(error) => Err(error),
-            },
-            Sender::H2(s) => s.send_request(request).await,
+        let mut reusable = true;
+        let answer = match &mut sender {
+            Sender::H1 { send, connection } => {
+                let exchange = async {
+                    send.ready().await?;
+                    let (parts, body) = send.send_request(request).await?.into_parts();
+                    Ok::<_, hyper::Error>((parts, body.collect().await?.to_bytes()))
+                };
+                tokio::pin!(exchange);
+                match futures::future::select(exchange, connection.as_mut()).await {
+                    futures::future::Either::Left((answer, _)) => answer,
+                    futures::future::Either::Right((_, exchange)) => {
+                        reusable = false;
+                        exchange.await
+                    }
+                }
+            }
+            Sender::H2(send) => {
+                async {
+                    let (parts, body) = send.send_request(request).await?.into_parts();
+                    Ok::<_, hyper::Error>((parts, body.collect().await?.to_bytes()))
+                }
+                .await
+            }
         };
-        let response = match response {
-            Ok(response) => response,
+        let (parts, body) = match answer {
+            Ok(answer) => answer,
             Err(error) => return failed(&error),
         };
-        let status = response.status().as_u16();
-        let (parts, body) = response.into_parts();
-        let body = match body.collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(error) => return failed(&error),
-        };
-        let reusable = match &sender {
-            Sender::H1(s) => !s.is_closed(),
-            Sender::H2(s) => !s.is_closed(),
-        };
+        let status = parts.status.as_u16();
         if reusable {
             *self.sender.lock().expect("connection lock") = Some(sender);
         }
@@ -266,7 +298,8 @@ pub(crate) struct DirectGrpc {
     origin: http::Uri,
     host: String,
     port: u16,
-    connection: Mutex<Option<H2Service>>,
+    /// The connection is driven inside each call, like [`DirectHttp`]'s HTTP/1.1.
+    connection: Mutex<Option<(H2Service, ConnectionDriver)>>,
 }
 
 impl std::fmt::Debug for DirectGrpc {
@@ -289,7 +322,9 @@ impl DirectGrpc {
         })
     }
 
-    async fn connect(&self) -> Result<H2Service, Box<dyn std::error::Error + Send + Sync>> {
+    async fn connect(
+        &self,
+    ) -> Result<(H2Service, ConnectionDriver), Box<dyn std::error::Error + Send + Sync>> {
         let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(|e| std::io::Error::other(format!("dns error: {e}")))?
@@ -301,8 +336,7 @@ impl DirectGrpc {
         tcp.set_nodelay(true)?;
         let (sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
-        tokio::spawn(connection);
-        Ok(H2Service(sender))
+        Ok((H2Service(sender), Box::pin(connection)))
     }
 
     pub(crate) async fn call(
@@ -310,14 +344,16 @@ impl DirectGrpc {
         request_id: uuid::Uuid,
         rule: Option<&AttributionRule>,
     ) -> CallResult {
-        let existing = self.connection.lock().expect("connection lock").clone();
-        let service = match existing {
-            Some(service) if !service.0.is_closed() => service,
-            _ => match self.connect().await {
-                Ok(service) => {
-                    *self.connection.lock().expect("connection lock") = Some(service.clone());
-                    service
-                }
+        let mut existing = self.connection.lock().expect("connection lock").take();
+        if let Some((service, connection)) = &mut existing
+            && (connection.as_mut().now_or_never().is_some() || service.0.is_closed())
+        {
+            existing = None;
+        }
+        let (service, mut connection) = match existing {
+            Some(pair) => pair,
+            None => match self.connect().await {
+                Ok(pair) => pair,
                 Err(error) => {
                     return CallResult {
                         outcome: Outcome::Transport {
@@ -328,17 +364,25 @@ impl DirectGrpc {
                 }
             },
         };
-        let result = super::target::grpc_call(
-            service,
+        let call = super::target::grpc_call(
+            service.clone(),
             Some(self.origin.clone()),
             &self.target,
             request_id,
             rule,
-        )
-        .await;
-        if matches!(result.outcome, Outcome::Transport { .. }) {
-            // Reconnect on the next call.
-            *self.connection.lock().expect("connection lock") = None;
+        );
+        tokio::pin!(call);
+        let mut reusable = true;
+        let result = match futures::future::select(call, connection.as_mut()).await {
+            futures::future::Either::Left((result, _)) => result,
+            futures::future::Either::Right((_, call)) => {
+                reusable = false;
+                call.await
+            }
+        };
+        // After a transport failure, reconnect on the next call.
+        if reusable && !matches!(result.outcome, Outcome::Transport { .. }) {
+            *self.connection.lock().expect("connection lock") = Some((service, connection));
         }
         result
     }
