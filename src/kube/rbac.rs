@@ -532,6 +532,41 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_that_either_answer_gets_wrong_is_a_violation() {
+        let cell = |ns: Option<&str>, review: bool, status: u16| Cell {
+            probe: Probe {
+                namespace: ns.map(String::from),
+                resource: if ns.is_some() {
+                    Resource::deployments()
+                } else {
+                    Resource::namespaces()
+                },
+                verb: Verb::Create,
+            },
+            review_allowed: review,
+            request_allowed: status != 403,
+            request_status: status,
+        };
+        let matrix = Matrix {
+            subject: Subject::service_account("dev", "dev-deployer"),
+            cells: vec![
+                cell(Some("dev"), true, 201),
+                cell(Some("test"), false, 403),
+                cell(Some("test"), false, 201),
+                cell(None, true, 403),
+            ],
+        };
+        let violations = matrix.violations(own_namespace_only("dev"));
+        assert_eq!(violations.len(), 2, "{violations:#?}");
+        assert!(violations[0].contains("create deployments.apps in test: expected denied"));
+        assert!(violations[0].contains("real request got HTTP 201"));
+        assert!(
+            violations[1].contains("(cluster): expected denied, SubjectAccessReview said allowed")
+        );
+        assert_eq!(matrix.disagreements().len(), 2);
+    }
+
+    #[test]
     fn paths_follow_the_api_layout() {
         assert_eq!(
             Resource::deployments().collection_path(Some("dev")),

@@ -542,3 +542,152 @@ pub async fn wait_for_all(
         .map(|(ns, name)| wait_for_rollout(client, ns, name, timeout));
     futures::future::try_join_all(waits).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(
+        generation: i64,
+        observed: i64,
+        revision: &str,
+        counts: [i32; 4],
+        deadline: bool,
+    ) -> Deployment {
+        let [replicas, updated, ready, available] = counts;
+        let mut conditions = vec![];
+        if deadline {
+            conditions.push(json!({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"web-2\" has timed out progressing."}));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "generation": generation, "annotations": {REVISION_ANNOTATION: revision}},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
+            "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated,
+                       "readyReplicas": ready, "availableReplicas": available, "conditions": conditions}
+        }))
+        .unwrap()
+    }
+
+    fn replicaset(name: &str, revision: &str) -> ReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {REVISION_ANNOTATION: revision},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u"}]},
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, rs: &str, ready: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": "u"}]},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        }))
+        .unwrap()
+    }
+
+    fn tracker(d: Deployment, sets: Vec<ReplicaSet>, pods: Vec<Pod>) -> Tracker {
+        let mut t = Tracker {
+            name: "web".into(),
+            started: Instant::now(),
+            deployment: Store::new(),
+            replicasets: Store::new(),
+            pods: Store::new(),
+        };
+        t.deployment.apply(Event::Init);
+        t.deployment.apply(Event::InitApply(d));
+        t.deployment.apply(Event::InitDone);
+        t.replicasets.apply(Event::Init);
+        for rs in sets {
+            t.replicasets.apply(Event::InitApply(rs));
+        }
+        t.replicasets.apply(Event::InitDone);
+        t.pods.apply(Event::Init);
+        for p in pods {
+            t.pods.apply(Event::InitApply(p));
+        }
+        t.pods.apply(Event::InitDone);
+        t
+    }
+
+    #[test]
+    fn a_rollout_is_complete_when_counts_match_and_no_old_pod_is_left() {
+        let t = tracker(
+            deployment(2, 2, "2", [2, 2, 2, 2], false),
+            vec![replicaset("web-1", "1"), replicaset("web-2", "2")],
+            vec![pod("a", "web-2", true), pod("b", "web-2", true)],
+        );
+        let (phase, sample) = t.evaluate();
+        assert_eq!(phase, Phase::Complete);
+        assert_eq!(sample.unwrap().ready_pods, 2);
+    }
+
+    #[test]
+    fn the_previous_generations_completion_does_not_count() {
+        // Status still describes generation 1, which had fully rolled out.
+        let t = tracker(
+            deployment(2, 1, "1", [2, 2, 2, 2], false),
+            vec![replicaset("web-1", "1")],
+            vec![pod("a", "web-1", true), pod("b", "web-1", true)],
+        );
+        assert!(
+            matches!(t.evaluate().0, Phase::Progressing(s) if s.contains("observe generation 2"))
+        );
+    }
+
+    #[test]
+    fn a_pod_of_an_old_replicaset_keeps_the_rollout_progressing() {
+        let t = tracker(
+            deployment(2, 2, "2", [2, 2, 2, 2], false),
+            vec![replicaset("web-1", "1"), replicaset("web-2", "2")],
+            vec![
+                pod("a", "web-2", true),
+                pod("b", "web-2", true),
+                pod("old", "web-1", false),
+            ],
+        );
+        let (phase, sample) = t.evaluate();
+        assert!(matches!(phase, Phase::Progressing(s) if s.contains("old ReplicaSets")));
+        assert_eq!(sample.unwrap().old_pods, 1);
+    }
+
+    #[test]
+    fn progress_deadline_exceeded_fails_with_its_message() {
+        let t = tracker(
+            deployment(2, 2, "2", [3, 1, 2, 2], true),
+            vec![replicaset("web-1", "1"), replicaset("web-2", "2")],
+            vec![
+                pod("a", "web-1", true),
+                pod("b", "web-1", true),
+                pod("c", "web-2", false),
+            ],
+        );
+        match t.evaluate().0 {
+            Phase::Failed { reason, message } => {
+                assert_eq!(reason, "ProgressDeadlineExceeded");
+                assert!(message.contains("timed out progressing"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_old_deadline_condition_is_ignored_once_a_new_generation_is_pending() {
+        let t = tracker(
+            deployment(3, 2, "2", [3, 1, 2, 2], true),
+            vec![replicaset("web-2", "2")],
+            vec![],
+        );
+        assert!(matches!(t.evaluate().0, Phase::Progressing(_)));
+    }
+
+    #[test]
+    fn nothing_is_decided_before_every_watch_has_listed() {
+        let mut t = tracker(
+            deployment(1, 1, "1", [2, 2, 2, 2], false),
+            vec![replicaset("web-1", "1")],
+            vec![],
+        );
+        t.pods.synced = false;
+        assert_eq!(t.evaluate().0, Phase::Starting);
+    }
+}
