@@ -441,20 +441,28 @@ fn spawn(
     let log = logs.join(format!("{component}.log"));
     let out = File::create(&log).map_err(state_err(&log))?;
     let err = out.try_clone().map_err(state_err(&log))?;
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        // Its own process group: Ctrl-C on `cdcheck up` or the end of a test
-        // binary does not reach it; `down` stops it by pid.
-        .process_group(0)
-        .spawn()
-        .map_err(|source| LocalError::Spawn {
-            component,
-            binary: binary.to_path_buf(),
-            source,
-        })?;
+        .stderr(err);
+    // Its own session (no controlling terminal): Ctrl-C on `cdcheck up`, a closed
+    // terminal or the end of a test binary does not reach it; `down` stops it by pid.
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|source| LocalError::Spawn {
+        component,
+        binary: binary.to_path_buf(),
+        source,
+    })?;
     Ok(Spawned {
         component,
         child,
