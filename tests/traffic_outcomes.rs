@@ -249,3 +249,29 @@ async fn closed_loop_grpc_against_an_unreachable_target_records_refused_outcomes
         "{summary}"
     );
 }
+
+#[tokio::test]
+async fn closed_loop_grpc_reads_the_status_of_a_trailers_only_answer() {
+    let backend = GrpcBackend::start("adservice-2").await;
+    let target = GrpcTarget::new(
+        &format!("http://{}", backend.addr),
+        GrpcMethod::HealthCheck {
+            service: "no.such.Service".into(),
+        },
+    )
+    .unwrap();
+    let timeline = load::run(
+        &Target::Grpc(target),
+        &LoadSpec::closed(1, Duration::from_millis(100)),
+        None,
+    )
+    .await
+    .unwrap();
+    let summary = timeline.summary();
+    assert!(summary.count > 0);
+    assert_eq!(
+        summary.errors.get("grpc NOT_FOUND"),
+        Some(&summary.count),
+        "{summary}"
+    );
+}

@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 
 use super::attribution::{AttributionRule, ResponseView};
 use super::record::{ErrorClass, Outcome};
-use super::target::{CallResult, HttpTarget, HttpVersion, REQUEST_ID_HEADER, classify_error};
+use super::target::{
+    CallResult, GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, REQUEST_ID_HEADER, classify_error,
+};
 
 type ConnectionDriver =
     std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
@@ -269,37 +271,19 @@ pub(crate) fn timeout_result() -> CallResult {
     }
 }
 
-/// A direct HTTP/2 connection as a tower service, for tonic's generated clients.
-#[derive(Clone, Debug)]
-pub(crate) struct H2Service(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+type GrpcSender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
-impl tonic::codegen::Service<http::Request<tonic::body::Body>> for H2Service {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.0.send_request(request))
-    }
-}
-
-/// A single h2c connection to a gRPC target, opened on first use.
+/// A single h2c connection to a gRPC target, opened on first use, speaking unary gRPC
+/// itself: one HEADERS and one DATA frame out (length-prefixed protobuf, end of stream),
+/// the answer's message and `grpc-status` (trailers, or headers when trailers-only) back.
 pub(crate) struct DirectGrpc {
-    target: super::target::GrpcTarget,
-    origin: http::Uri,
+    target: GrpcTarget,
+    uri: http::Uri,
+    body: Bytes,
     host: String,
     port: u16,
     /// The connection is driven inside each call, like [`DirectHttp`]'s HTTP/1.1.
-    connection: Mutex<Option<(H2Service, ConnectionDriver)>>,
+    connection: Mutex<Option<(GrpcSender, ConnectionDriver)>>,
 }
 
 impl std::fmt::Debug for DirectGrpc {
@@ -310,11 +294,50 @@ impl std::fmt::Debug for DirectGrpc {
     }
 }
 
+/// A length-prefixed, uncompressed gRPC message.
+fn grpc_frame(message: &impl prost::Message) -> Bytes {
+    use bytes::BufMut;
+    let mut frame = bytes::BytesMut::with_capacity(5 + message.encoded_len());
+    frame.put_u8(0);
+    frame.put_u32(message.encoded_len() as u32);
+    message
+        .encode(&mut frame)
+        .expect("the buffer was sized for the message");
+    frame.freeze()
+}
+
+/// The gRPC code a non-200 HTTP status stands for (the gRPC HTTP/2 mapping).
+fn code_for_http_status(status: u16) -> i32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
 impl DirectGrpc {
-    pub(crate) fn new(target: &super::target::GrpcTarget) -> Option<Self> {
+    pub(crate) fn new(target: &GrpcTarget) -> Option<Self> {
         let url = url::Url::parse(&target.endpoint).ok()?;
+        let (path, body) = match &target.method {
+            GrpcMethod::HealthCheck { service } => (
+                "/grpc.health.v1.Health/Check",
+                grpc_frame(&tonic_health::pb::HealthCheckRequest {
+                    service: service.clone(),
+                }),
+            ),
+            GrpcMethod::GetAds { context_keys } => (
+                "/hipstershop.AdService/GetAds",
+                grpc_frame(&super::grpc::AdRequest {
+                    context_keys: context_keys.clone(),
+                }),
+            ),
+        };
         Some(Self {
-            origin: target.endpoint.parse().ok()?,
+            uri: format!("{}{path}", target.endpoint).parse().ok()?,
+            body,
             host: url.host_str()?.trim_matches(['[', ']']).to_string(),
             port: url.port_or_known_default()?,
             target: target.clone(),
@@ -324,7 +347,7 @@ impl DirectGrpc {
 
     async fn connect(
         &self,
-    ) -> Result<(H2Service, ConnectionDriver), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(GrpcSender, ConnectionDriver), Box<dyn std::error::Error + Send + Sync>> {
         let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(|e| std::io::Error::other(format!("dns error: {e}")))?
@@ -336,7 +359,63 @@ impl DirectGrpc {
         tcp.set_nodelay(true)?;
         let (sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
-        Ok((H2Service(sender), Box::pin(connection)))
+        Ok((sender, Box::pin(connection)))
+    }
+
+    fn request(&self, request_id: uuid::Uuid) -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        for (key, value) in &self.target.metadata {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(key.as_str().as_bytes()),
+                http::HeaderValue::from_bytes(value.as_encoded_bytes()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        let mut id = uuid::Uuid::encode_buffer();
+        if let Ok(value) =
+            http::HeaderValue::from_str(request_id.hyphenated().encode_lower(&mut id))
+        {
+            headers.insert(REQUEST_ID_HEADER, value);
+        }
+        request
+    }
+
+    /// The response message as text for body rules: the serving status or the ads' text.
+    fn message_text(&self, body: &[u8]) -> String {
+        use prost::Message;
+        let Some(message) = body.get(5..) else {
+            return String::new();
+        };
+        match &self.target.method {
+            GrpcMethod::HealthCheck { .. } => {
+                tonic_health::pb::HealthCheckResponse::decode(message)
+                    .ok()
+                    .map(|m| {
+                        tonic_health::pb::health_check_response::ServingStatus::try_from(m.status)
+                            .map(|s| s.as_str_name().to_string())
+                            .unwrap_or_else(|_| m.status.to_string())
+                    })
+                    .unwrap_or_default()
+            }
+            GrpcMethod::GetAds { .. } => super::grpc::AdResponse::decode(message)
+                .map(|m| {
+                    m.ads
+                        .iter()
+                        .map(|ad| ad.text.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default(),
+        }
     }
 
     pub(crate) async fn call(
@@ -344,46 +423,73 @@ impl DirectGrpc {
         request_id: uuid::Uuid,
         rule: Option<&AttributionRule>,
     ) -> CallResult {
+        let failed = |error: &(dyn std::error::Error + 'static)| CallResult {
+            outcome: Outcome::Transport {
+                class: classify_error(error),
+            },
+            label: None,
+        };
         let mut existing = self.connection.lock().expect("connection lock").take();
-        if let Some((service, connection)) = &mut existing
-            && (connection.as_mut().now_or_never().is_some() || service.0.is_closed())
+        if let Some((send, connection)) = &mut existing
+            && (connection.as_mut().now_or_never().is_some() || send.is_closed())
         {
             existing = None;
         }
-        let (service, mut connection) = match existing {
+        let (mut send, mut connection) = match existing {
             Some(pair) => pair,
             None => match self.connect().await {
                 Ok(pair) => pair,
-                Err(error) => {
-                    return CallResult {
-                        outcome: Outcome::Transport {
-                            class: classify_error(&*error),
-                        },
-                        label: None,
-                    };
-                }
+                Err(error) => return failed(&*error),
             },
         };
-        let call = super::target::grpc_call(
-            service.clone(),
-            Some(self.origin.clone()),
-            &self.target,
-            request_id,
-            rule,
-        );
-        tokio::pin!(call);
-        let mut reusable = true;
-        let result = match futures::future::select(call, connection.as_mut()).await {
-            futures::future::Either::Left((result, _)) => result,
-            futures::future::Either::Right((_, call)) => {
-                reusable = false;
-                call.await
+        let request = self.request(request_id);
+        let (answer, reusable) = {
+            let exchange = async {
+                let (parts, body) = send.send_request(request).await?.into_parts();
+                let collected = body.collect().await?;
+                let trailers = collected.trailers().cloned();
+                Ok::<_, hyper::Error>((parts, trailers, collected.to_bytes()))
+            };
+            tokio::pin!(exchange);
+            match futures::future::select(exchange, connection.as_mut()).await {
+                futures::future::Either::Left((answer, _)) => (answer, true),
+                futures::future::Either::Right((_, exchange)) => (exchange.await, false),
             }
         };
-        // After a transport failure, reconnect on the next call.
-        if reusable && !matches!(result.outcome, Outcome::Transport { .. }) {
-            *self.connection.lock().expect("connection lock") = Some((service, connection));
+        let (parts, trailers, body) = match answer {
+            Ok(answer) => answer,
+            Err(error) => return failed(&error),
+        };
+        if reusable {
+            *self.connection.lock().expect("connection lock") = Some((send, connection));
         }
-        result
+        let mut headers = parts.headers;
+        if let Some(trailers) = trailers {
+            headers.extend(trailers);
+        }
+        let code = if parts.status != http::StatusCode::OK {
+            code_for_http_status(parts.status.as_u16())
+        } else {
+            headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(2)
+        };
+        let label = rule.and_then(|rule| {
+            let text = if code == 0 && rule.needs_body() {
+                self.message_text(&body)
+            } else {
+                String::new()
+            };
+            rule.label(ResponseView {
+                headers: &headers,
+                body: text.as_bytes(),
+            })
+        });
+        CallResult {
+            outcome: Outcome::Grpc { code },
+            label,
+        }
     }
 }

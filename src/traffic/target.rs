@@ -413,8 +413,8 @@ fn grpc_request<T>(message: T, target: &GrpcTarget, request_id: uuid::Uuid) -> t
     request
 }
 
-/// A gRPC connection the generated clients can call: tonic's channel or a direct HTTP/2
-/// connection ([`super::direct::H2Service`]).
+/// A gRPC connection the generated clients can call (tonic's channel, or any tower service
+/// with the same shape).
 pub(crate) trait GrpcConnection:
     tonic::client::GrpcService<
         tonic::body::Body,
