@@ -14,7 +14,7 @@ use super::FIELD_MANAGER;
 use super::apply::{self, ApplyError, ApplyReport};
 use super::diagnostics::REVISION_ANNOTATION;
 use super::rollout::{self, RolloutError, RolloutReport};
-use crate::manifests::{Bundle, Object};
+use crate::manifests::{Bundle, Object, Strategy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
@@ -74,6 +74,21 @@ pub async fn deploy(
         switched: Vec::new(),
         took: started.elapsed(),
     })
+}
+
+/// Deploys a release the way its strategy asks: a blue/green bundle through
+/// [`bluegreen_switch`], anything else through [`deploy`].
+pub async fn deploy_release(
+    client: &Client,
+    bundle: &Bundle,
+    env: &str,
+    strategy: Strategy,
+    timeout: Duration,
+) -> Result<DeployReport, RollbackError> {
+    match strategy {
+        Strategy::Bluegreen => bluegreen_switch(client, bundle, env, timeout).await,
+        Strategy::Rolling | Strategy::Recreate => deploy(client, bundle, env, timeout).await,
+    }
 }
 
 /// Rollback by redeploying the previous release's bundle: image, env, ConfigMaps
