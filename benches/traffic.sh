@@ -30,20 +30,27 @@ sleep 1
 
 cdcheck_closed() { # url extra-args... -> "qps p50_ms p99_ms"
   local url="$1"; shift
-  "$CDCHECK" load "$url" --connections "$CONNECTIONS" --duration "$DURATION" --json "$@" >"$work/c.json" || true
-  python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["summary"]; print(f"{s[\"achieved_rate\"]:.0f} {s[\"latency\"][\"p50_us\"]/1000:.3f} {s[\"latency\"][\"p99_us\"]/1000:.3f} {s[\"failed\"]}")' "$work/c.json"
+  /usr/bin/time -f "%U %S" -o "$work/c.cpu" \
+    "$CDCHECK" load "$url" --connections "$CONNECTIONS" --duration "$DURATION" --json "$@" >"$work/c.json" || true
+  python3 -c '
+import json,sys
+s=json.load(open(sys.argv[1]))["summary"]; l=s["latency"]
+cpu=sum(map(float, open(sys.argv[2]).read().split()[-2:]))
+print("%.0f %.3f %.3f %d %.1f" % (s["achieved_rate"], l["p50_us"]/1000, l["p99_us"]/1000, s["failed"], cpu/s["count"]*1e6))' "$work/c.json" "$work/c.cpu"
 }
 fortio_closed() { # target extra-args... -> "qps p50_ms p99_ms"
   local target="$1"; shift
-  "$FORTIO" load -qps 0 -c "$CONNECTIONS" -t "$DURATION" -p "50,99" -json "$work/f.json" "$@" "$target" >/dev/null 2>&1
+  /usr/bin/time -f "%U %S" -o "$work/f.cpu" \
+    "$FORTIO" load -qps 0 -c "$CONNECTIONS" -t "$DURATION" -p "50,99" -json "$work/f.json" "$@" "$target" >/dev/null 2>&1
   python3 -c '
 import json,sys
 r=json.load(open(sys.argv[1])); p={x["Percentile"]:x["Value"] for x in r["DurationHistogram"]["Percentiles"]}
 codes=r.get("RetCodes",{}); ok=sum(v for k,v in codes.items() if k in ("200","SERVING"))
-print(f"{r[\"ActualQPS\"]:.0f} {p[50]*1000:.3f} {p[99]*1000:.3f} {r[\"DurationHistogram\"][\"Count\"]-ok}")' "$work/f.json"
+n=r["DurationHistogram"]["Count"]; cpu=sum(map(float, open(sys.argv[2]).read().split()[-2:]))
+print("%.0f %.3f %.3f %d %.1f" % (r["ActualQPS"], p[50]*1000, p[99]*1000, n-ok, cpu/n*1e6))' "$work/f.json" "$work/f.cpu"
 }
 
-echo "closed loop, $CONNECTIONS connections, $DURATION per run, $ROUNDS rounds (req/s p50_ms p99_ms failed)"
+echo "closed loop, $CONNECTIONS connections, $DURATION per run, $ROUNDS rounds (req/s p50_ms p99_ms failed cpu_us_per_request)"
 for round in $(seq "$ROUNDS"); do
   echo "round $round http/1.1 cdcheck $(cdcheck_closed "http://127.0.0.1:$HTTP_PORT/")"
   echo "round $round http/1.1 fortio  $(fortio_closed "http://127.0.0.1:$HTTP_PORT/")"

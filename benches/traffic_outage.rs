@@ -36,7 +36,7 @@ async fn detected(backend: &HttpBackend, target: &Target, outage: Duration) -> b
 
 async fn measure(label: &str, backend: &HttpBackend, target: &Target) {
     println!("{label}: default zero-downtime load, {RUNS} runs per outage length");
-    let mut shortest = None;
+    let mut hits_by_length = Vec::new();
     for ms in OUTAGES_MS {
         let mut hits = 0;
         for _ in 0..RUNS {
@@ -45,10 +45,15 @@ async fn measure(label: &str, backend: &HttpBackend, target: &Target) {
             }
         }
         println!("  outage {ms:>3} ms: detected {hits}/{RUNS}");
-        if hits == RUNS && shortest.is_none() {
-            shortest = Some(ms);
-        }
+        hits_by_length.push((ms, hits));
     }
+    // The shortest length from which every longer one was detected in every run too.
+    let shortest = hits_by_length
+        .iter()
+        .rev()
+        .take_while(|(_, hits)| *hits == RUNS)
+        .last()
+        .map(|(ms, _)| *ms);
     match shortest {
         Some(ms) => println!("  shortest outage detected {RUNS}/{RUNS}: {ms} ms"),
         None => println!("  no outage length was detected {RUNS}/{RUNS}"),
