@@ -161,3 +161,49 @@ async fn a_different_certificate_is_detected_by_the_tls_probe_and_refused_by_htt
         }
     );
 }
+
+#[tokio::test]
+async fn tls_probe_command_reports_the_served_certificate_and_fails_on_another() {
+    let Some(envoy) =
+        envoy_or_skip("tls_probe_command_reports_the_served_certificate_and_fails_on_another")
+    else {
+        return;
+    };
+    let bench = bench(&envoy).await;
+    let addr = bench.envoy.listener("https").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.pem");
+    std::fs::write(&expected, &bench.shop.cert_pem).unwrap();
+    let probe = |sni: &'static str| {
+        let (addr, expected) = (addr.clone(), expected.clone());
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
+                .args([
+                    "probe",
+                    "tls",
+                    &addr,
+                    "--sni",
+                    sni,
+                    "--json",
+                    "--expect-cert",
+                ])
+                .arg(&expected)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+
+    let served = probe(SHOP).await;
+    assert_eq!(served.status.code(), Some(0), "{served:?}");
+    let report: serde_json::Value = serde_json::from_slice(&served.stdout).unwrap();
+    assert_eq!(report["matches_expected"], true);
+    assert_eq!(report["chain"][0]["sans"][0], SHOP);
+    assert_eq!(report["chain"][0]["sha256"], report["expected_sha256"]);
+
+    let other = probe(OTHER).await;
+    assert_eq!(other.status.code(), Some(1), "{other:?}");
+    let report: serde_json::Value = serde_json::from_slice(&other.stdout).unwrap();
+    assert_eq!(report["matches_expected"], false);
+    assert_eq!(report["chain"][0]["sans"][0], OTHER);
+}

@@ -115,14 +115,17 @@ async fn abrupt_kill_behind_envoy_shows_an_outage_window_timed_at_the_kill() {
     let window = &windows[0];
     let kill = timeline.offset_of(killed_at);
     let restart = timeline.offset_of(restarted_at);
+    // The window opens at the kill (a request due just before it but sent after it, on a
+    // starved CPU, fails too) and closes once Envoy health-checks the replacement.
     assert!(
-        window.start + Duration::from_millis(20) >= kill
-            && window.start <= kill + Duration::from_millis(20),
+        window.start + Duration::from_millis(100) >= kill
+            && window.start <= kill + Duration::from_millis(50),
         "outage starts at {:?}, kill at {kill:?}",
         window.start
     );
+    assert!(window.duration >= Duration::from_millis(350), "{window:?}");
     assert!(
-        window.end >= restart && window.end <= restart + Duration::from_millis(300),
+        window.end >= restart && window.end <= restart + Duration::from_millis(500),
         "outage ends at {:?}, restart at {restart:?}",
         window.end
     );
