@@ -265,11 +265,11 @@ enum CallerInner {
         target: GrpcTarget,
     },
     Direct {
-        connection: super::direct::DirectHttp,
+        connection: Box<super::direct::DirectHttp>,
         timeout: Duration,
     },
     DirectGrpc {
-        connection: super::direct::DirectGrpc,
+        connection: Box<super::direct::DirectGrpc>,
         timeout: Duration,
     },
 }
@@ -295,7 +295,7 @@ impl Caller {
         {
             return Ok(Self {
                 inner: Arc::new(CallerInner::Direct {
-                    connection,
+                    connection: Box::new(connection),
                     timeout: http.timeout,
                 }),
             });
@@ -305,7 +305,7 @@ impl Caller {
         {
             return Ok(Self {
                 inner: Arc::new(CallerInner::DirectGrpc {
-                    connection,
+                    connection: Box::new(connection),
                     timeout: grpc.timeout,
                 }),
             });
