@@ -280,6 +280,8 @@ pub(crate) struct DirectGrpc {
     target: GrpcTarget,
     uri: http::Uri,
     body: Bytes,
+    /// Content type, `te: trailers` and the target's metadata, built once.
+    headers: http::HeaderMap,
     host: String,
     port: u16,
     /// The connection is driven inside each call, like [`DirectHttp`]'s HTTP/1.1.
@@ -335,9 +337,22 @@ impl DirectGrpc {
                 }),
             ),
         };
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        for (key, value) in &target.metadata {
+            headers.append(
+                http::HeaderName::from_bytes(key.as_str().as_bytes()).ok()?,
+                http::HeaderValue::from_bytes(value.as_encoded_bytes()).ok()?,
+            );
+        }
         Some(Self {
             uri: format!("{}{path}", target.endpoint).parse().ok()?,
             body,
+            headers,
             host: url.host_str()?.trim_matches(['[', ']']).to_string(),
             port: url.port_or_known_default()?,
             target: target.clone(),
@@ -367,19 +382,7 @@ impl DirectGrpc {
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.uri.clone();
         let headers = request.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        for (key, value) in &self.target.metadata {
-            if let (Ok(name), Ok(value)) = (
-                http::HeaderName::from_bytes(key.as_str().as_bytes()),
-                http::HeaderValue::from_bytes(value.as_encoded_bytes()),
-            ) {
-                headers.append(name, value);
-            }
-        }
+        *headers = self.headers.clone();
         let mut id = uuid::Uuid::encode_buffer();
         if let Ok(value) =
             http::HeaderValue::from_str(request_id.hyphenated().encode_lower(&mut id))
