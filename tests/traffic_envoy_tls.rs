@@ -92,15 +92,22 @@ async fn envoy_serves_the_expected_certificate_for_the_sni_name() {
     assert!(!leaf.not_after.is_empty());
 
     // HTTPS load over HTTP/2 (ALPN) trusts the served chain through the CA alone.
+    // Both engines: closed loop (direct connections) and open loop (pooled client).
     let mut target = https_target(&bench, Some(&bench.pki.ca_pem));
     target.version = HttpVersion::Http2;
-    let spec = LoadSpec::closed(2, Duration::from_millis(300))
-        .with_attribution(AttributionRule::frontend_pod());
-    let timeline = load::run(&Target::Http(target), &spec, None).await.unwrap();
-    let summary = timeline.summary();
-    assert!(summary.count > 0);
-    assert_eq!(summary.failed, 0, "{summary}");
-    assert_eq!(summary.labels.get("frontend-tls-1"), Some(&summary.count));
+    for spec in [
+        LoadSpec::closed(2, Duration::from_millis(300)),
+        LoadSpec::open(100.0, Duration::from_millis(300)),
+    ] {
+        let spec = spec.with_attribution(AttributionRule::frontend_pod());
+        let timeline = load::run(&Target::Http(target.clone()), &spec, None)
+            .await
+            .unwrap();
+        let summary = timeline.summary();
+        assert!(summary.count > 0);
+        assert_eq!(summary.failed, 0, "{:?}: {summary}", spec.schedule);
+        assert_eq!(summary.labels.get("frontend-tls-1"), Some(&summary.count));
+    }
 }
 
 #[tokio::test]
