@@ -1,19 +1,24 @@
-//! Session routing through a real Envoy: the cookie regex `manifests` renders and the gRPC
-//! `userid` match, each next to a sloppier match that the look-alike variants catch leaking.
+//! Session routing through a real Envoy: the VirtualService routes `manifests` renders (the
+//! anchored cookie regex, the exact `userid` match, the default route last), translated to
+//! Envoy routes the way Istio does, each next to a sloppier match that the look-alike
+//! variants catch leaking.
 
 mod support_envoy;
 
 use std::time::Duration;
 
-use cdcheck::manifests::routing::{SessionId, session_cookie_regex};
+use cdcheck::manifests::istio::{HttpMatchRequest, HttpRoute, StringMatch};
+use cdcheck::manifests::routing::{
+    SessionId, cookie_session_route, default_route, session_cookie_regex, userid_session_route,
+};
 use cdcheck::traffic::attribution::AttributionRule;
 use cdcheck::traffic::load::{self, LoadSpec};
 use cdcheck::traffic::routing::{RoutingProbe, cookie_variants, userid_variants};
 use cdcheck::traffic::target::{Caller, GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Target};
 use regex::Regex;
 use support_envoy::{
-    Envoy, GrpcBackend, HttpBackend, SERVED_BY, bootstrap, cluster, envoy_or_skip, header_exact,
-    header_prefix, header_regex, http_listener, route,
+    Envoy, GrpcBackend, HttpBackend, SERVED_BY, bootstrap, cluster, envoy_or_skip, http_listener,
+    routes_from_istio,
 };
 
 const PER_VARIANT: u64 = 20;
@@ -28,20 +33,28 @@ struct CookieBench {
     _feature: HttpBackend,
 }
 
-async fn cookie_bench(envoy: &std::path::Path, cookie_regex: &str) -> CookieBench {
+/// The routes `manifests` renders for the session: the cookie route, then the default.
+fn rendered_cookie_routes() -> Vec<HttpRoute> {
+    vec![
+        cookie_session_route(&session(), "frontend-myfeature", 80),
+        default_route("frontend", 80),
+    ]
+}
+
+/// The same routes with the session route's anchored regex replaced by `regex`.
+fn cookie_routes_with_regex(regex: &str) -> Vec<HttpRoute> {
+    let mut routes = rendered_cookie_routes();
+    routes[0].matches = vec![HttpMatchRequest {
+        headers: [("cookie".to_string(), StringMatch::Regex(regex.to_string()))].into(),
+    }];
+    routes
+}
+
+async fn cookie_bench(envoy: &std::path::Path, routes: &[HttpRoute]) -> CookieBench {
     let mainline = HttpBackend::start("frontend-7d9c5-main1").await;
     let feature = HttpBackend::start("frontend-myfeature-5f6b8-feat1").await;
     let config = bootstrap(
-        vec![http_listener(
-            "shop",
-            vec![
-                route(
-                    "frontend-myfeature",
-                    vec![header_regex("cookie", cookie_regex)],
-                ),
-                route("frontend", vec![]),
-            ],
-        )],
+        vec![http_listener("shop", routes_from_istio(routes))],
         vec![
             cluster("frontend", &[mainline.addr], false, None),
             cluster("frontend-myfeature", &[feature.addr], false, None),
@@ -69,7 +82,12 @@ async fn rendered_cookie_regex_routes_only_the_session_to_the_feature_in_envoy()
     else {
         return;
     };
-    let bench = cookie_bench(&envoy, &session_cookie_regex(&session())).await;
+    // What Envoy gets is the VirtualService's own match: the anchored session regex.
+    assert_eq!(
+        rendered_cookie_routes()[0].matches[0].headers["cookie"],
+        StringMatch::Regex(session_cookie_regex(&session()))
+    );
+    let bench = cookie_bench(&envoy, &rendered_cookie_routes()).await;
     let base = HttpTarget::parse(&format!("http://{}/", bench.envoy.listener("shop"))).unwrap();
 
     let report = frontend_probe()
@@ -98,7 +116,7 @@ async fn rendered_cookie_regex_matches_split_http2_cookie_crumbs_in_envoy() {
     else {
         return;
     };
-    let bench = cookie_bench(&envoy, &session_cookie_regex(&session())).await;
+    let bench = cookie_bench(&envoy, &rendered_cookie_routes()).await;
     let mut target =
         HttpTarget::parse(&format!("http://{}/", bench.envoy.listener("shop"))).unwrap();
     target.version = HttpVersion::Http2;
@@ -127,7 +145,7 @@ async fn unanchored_cookie_regex_is_caught_leaking_look_alike_sessions() {
         return;
     };
     let unanchored = format!(".*shop_session-id={}.*", session());
-    let bench = cookie_bench(&envoy, &unanchored).await;
+    let bench = cookie_bench(&envoy, &cookie_routes_with_regex(&unanchored)).await;
     let base = HttpTarget::parse(&format!("http://{}/", bench.envoy.listener("shop"))).unwrap();
 
     let report = frontend_probe()
@@ -158,17 +176,19 @@ struct AdsBench {
     _feature: GrpcBackend,
 }
 
-async fn ads_bench(envoy: &std::path::Path, userid_match: serde_json::Value) -> AdsBench {
+/// The routes `manifests` renders for the session's gRPC calls: `userid`, then the default.
+fn rendered_userid_routes() -> Vec<HttpRoute> {
+    vec![
+        userid_session_route(&session(), "adservice-myfeature", 9555),
+        default_route("adservice", 9555),
+    ]
+}
+
+async fn ads_bench(envoy: &std::path::Path, routes: &[HttpRoute]) -> AdsBench {
     let mainline = GrpcBackend::start("adservice-6c8f-main1").await;
     let feature = GrpcBackend::start("adservice-myfeature-9a1b-feat1").await;
     let config = bootstrap(
-        vec![http_listener(
-            "ads",
-            vec![
-                route("adservice-myfeature", vec![userid_match]),
-                route("adservice", vec![]),
-            ],
-        )],
+        vec![http_listener("ads", routes_from_istio(routes))],
         vec![
             cluster("adservice", &[mainline.addr], true, None),
             cluster("adservice-myfeature", &[feature.addr], true, None),
@@ -206,7 +226,7 @@ async fn userid_metadata_routes_grpc_calls_to_the_feature_through_envoy_over_htt
     else {
         return;
     };
-    let bench = ads_bench(&envoy, header_exact("userid", session().as_str())).await;
+    let bench = ads_bench(&envoy, &rendered_userid_routes()).await;
 
     let report = ads_probe()
         .run_userids(&get_ads(&bench), &userid_variants(&session()))
@@ -244,7 +264,15 @@ async fn userid_prefix_match_is_caught_leaking_a_look_alike_userid() {
     else {
         return;
     };
-    let bench = ads_bench(&envoy, header_prefix("userid", session().as_str())).await;
+    let mut routes = rendered_userid_routes();
+    routes[0].matches = vec![HttpMatchRequest {
+        headers: [(
+            "userid".to_string(),
+            StringMatch::Prefix(session().as_str().to_string()),
+        )]
+        .into(),
+    }];
+    let bench = ads_bench(&envoy, &routes).await;
 
     let report = ads_probe()
         .run_userids(&get_ads(&bench), &userid_variants(&session()))

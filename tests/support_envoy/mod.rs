@@ -716,3 +716,31 @@ impl TestPki {
         }
     }
 }
+
+/// Envoy routes for Istio `http` routes as `manifests` renders them, in order: one Envoy
+/// route per match (Istio ORs a route's matches), headers matched the way Istio translates
+/// `exact`, `prefix` and `regex`, and each route sent to the cluster named after its first
+/// destination's host. A route without a match is a catch-all.
+pub fn routes_from_istio(routes: &[cdcheck::manifests::istio::HttpRoute]) -> Vec<Value> {
+    use cdcheck::manifests::istio::StringMatch;
+    let mut envoy_routes = Vec::new();
+    for istio_route in routes {
+        let cluster = &istio_route.route[0].destination.host;
+        if istio_route.matches.is_empty() {
+            envoy_routes.push(route(cluster, vec![]));
+        }
+        for matched in &istio_route.matches {
+            let headers = matched
+                .headers
+                .iter()
+                .map(|(name, value)| match value {
+                    StringMatch::Exact(v) => header_exact(name, v),
+                    StringMatch::Prefix(v) => header_prefix(name, v),
+                    StringMatch::Regex(v) => header_regex(name, v),
+                })
+                .collect();
+            envoy_routes.push(route(cluster, headers));
+        }
+    }
+    envoy_routes
+}
