@@ -25,18 +25,24 @@ pub enum Probe {
 
 #[derive(clap::Args, Debug)]
 pub struct HttpArgs {
+    /// The health endpoint, e.g. `http://frontend:80/_healthz`.
     pub url: String,
     /// Cookie header to send (default: the readiness probe's `shop_session-id=x-readiness-probe`).
     #[arg(long)]
     pub cookie: Option<String>,
+    /// Extra request header, `NAME:VALUE`; repeatable.
     #[arg(long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
+    /// Accept any server certificate.
     #[arg(long)]
     pub insecure: bool,
+    /// Trust only the certificates in this PEM file.
     #[arg(long, value_name = "PEM")]
     pub cacert: Option<String>,
+    /// Give up after this long.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -48,8 +54,10 @@ pub struct GrpcArgs {
     /// Service name to check (empty: the whole server).
     #[arg(long, default_value = "")]
     pub service: String,
+    /// Give up after this long.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -67,8 +75,10 @@ pub struct TlsArgs {
     /// PEM certificate the server must present as its leaf.
     #[arg(long, value_name = "PEM")]
     pub expect_cert: Option<String>,
+    /// Give up after this long.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
