@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 
@@ -271,11 +271,14 @@ pub(crate) fn timeout_result() -> CallResult {
     }
 }
 
-type GrpcSender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+type GrpcSender = h2::client::SendRequest<Bytes>;
+type GrpcDriver = std::pin::Pin<Box<h2::client::Connection<tokio::net::TcpStream, Bytes>>>;
 
 /// A single h2c connection to a gRPC target, opened on first use, speaking unary gRPC
 /// itself: one HEADERS and one DATA frame out (length-prefixed protobuf, end of stream),
 /// the answer's message and `grpc-status` (trailers, or headers when trailers-only) back.
+/// It uses `h2` directly rather than hyper: hyper pipes a request body from a task of its
+/// own, so HEADERS and DATA leave in two writes; queued together they leave in one.
 pub(crate) struct DirectGrpc {
     target: GrpcTarget,
     uri: http::Uri,
@@ -285,7 +288,7 @@ pub(crate) struct DirectGrpc {
     host: String,
     port: u16,
     /// The connection is driven inside each call, like [`DirectHttp`]'s HTTP/1.1.
-    connection: Mutex<Option<(GrpcSender, ConnectionDriver)>>,
+    connection: Mutex<Option<(GrpcSender, GrpcDriver)>>,
 }
 
 impl std::fmt::Debug for DirectGrpc {
@@ -362,7 +365,7 @@ impl DirectGrpc {
 
     async fn connect(
         &self,
-    ) -> Result<(GrpcSender, ConnectionDriver), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(GrpcSender, GrpcDriver), Box<dyn std::error::Error + Send + Sync>> {
         let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(|e| std::io::Error::other(format!("dns error: {e}")))?
@@ -372,13 +375,12 @@ impl DirectGrpc {
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         tcp.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        let (sender, connection) = h2::client::handshake(tcp).await?;
         Ok((sender, Box::pin(connection)))
     }
 
-    fn request(&self, request_id: uuid::Uuid) -> http::Request<Full<Bytes>> {
-        let mut request = http::Request::new(Full::new(self.body.clone()));
+    fn request(&self, request_id: uuid::Uuid) -> http::Request<()> {
+        let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.uri.clone();
         let headers = request.headers_mut();
@@ -433,8 +435,8 @@ impl DirectGrpc {
             label: None,
         };
         let mut existing = self.connection.lock().expect("connection lock").take();
-        if let Some((send, connection)) = &mut existing
-            && (connection.as_mut().now_or_never().is_some() || send.is_closed())
+        if let Some((_, connection)) = &mut existing
+            && (connection.as_mut().now_or_never().is_some())
         {
             existing = None;
         }
@@ -448,10 +450,18 @@ impl DirectGrpc {
         let request = self.request(request_id);
         let (answer, reusable) = {
             let exchange = async {
-                let (parts, body) = send.send_request(request).await?.into_parts();
-                let collected = body.collect().await?;
-                let trailers = collected.trailers().cloned();
-                Ok::<_, hyper::Error>((parts, trailers, collected.to_bytes()))
+                futures::future::poll_fn(|cx| send.poll_ready(cx)).await?;
+                let (response, mut stream) = send.send_request(request, false)?;
+                stream.send_data(self.body.clone(), true)?;
+                let (parts, mut body) = response.await?.into_parts();
+                let mut message = bytes::BytesMut::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk?;
+                    body.flow_control().release_capacity(chunk.len())?;
+                    message.extend_from_slice(&chunk);
+                }
+                let trailers = body.trailers().await?;
+                Ok::<_, h2::Error>((parts, trailers, message.freeze()))
             };
             tokio::pin!(exchange);
             match futures::future::select(exchange, connection.as_mut()).await {

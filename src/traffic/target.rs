@@ -581,6 +581,14 @@ pub fn classify_error(error: &(dyn std::error::Error + 'static)) -> ErrorClass {
         {
             return ErrorClass::Reset;
         }
+        // `h2::Error` has no source: its I/O cause is reached through `get_io`.
+        if let Some(h) = e.downcast_ref::<h2::Error>() {
+            if let Some(io) = h.get_io() {
+                next = Some(io as &(dyn std::error::Error + 'static));
+            } else if h.is_go_away() || h.is_reset() {
+                return ErrorClass::Reset;
+            }
+        }
         text.push_str(&e.to_string().to_ascii_lowercase());
         text.push('\n');
         current = next;
