@@ -276,3 +276,115 @@ async fn closed_loop_grpc_reads_the_status_of_a_trailers_only_answer() {
         "{summary}"
     );
 }
+
+#[tokio::test]
+async fn closed_loop_grpc_against_a_server_that_drops_connections_records_resets() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _closer = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buffer = [0u8; 1024];
+            let _ = socket.read(&mut buffer).await;
+            drop(socket);
+        }
+    });
+    let mut target = GrpcTarget::new(
+        &format!("http://{addr}"),
+        GrpcMethod::HealthCheck {
+            service: String::new(),
+        },
+    )
+    .unwrap();
+    target.timeout = Duration::from_millis(300);
+    let timeline = load::run(
+        &Target::Grpc(target),
+        &LoadSpec::closed(1, Duration::from_millis(100)),
+        None,
+    )
+    .await
+    .unwrap();
+    let summary = timeline.summary();
+    assert!(summary.count > 0);
+    assert_eq!(
+        summary.errors.get("reset"),
+        Some(&summary.count),
+        "{summary}"
+    );
+}
+
+/// A gRPC health server that names itself only in its trailers, after the message, the way
+/// a server reports who answered once the call is complete.
+async fn trailer_naming_grpc_server(name: &'static str) -> std::net::SocketAddr {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use prost::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |_request| async move {
+                let message = tonic_health::pb::HealthCheckResponse { status: 1 };
+                let mut data = vec![0u8];
+                data.extend((message.encoded_len() as u32).to_be_bytes());
+                message.encode(&mut data).unwrap();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                trailers.insert("x-served-by", name.parse().unwrap());
+                let frames = futures::stream::iter([
+                    Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(data))),
+                    Ok(Frame::trailers(trailers)),
+                ]);
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(StreamBody::new(frames))
+                        .unwrap(),
+                )
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn grpc_attribution_reads_metadata_sent_in_trailers_on_both_callers() {
+    use cdcheck::traffic::attribution::AttributionRule;
+
+    let addr = trailer_naming_grpc_server("adservice-trailers").await;
+    let target = Target::Grpc(
+        GrpcTarget::new(
+            &format!("http://{addr}"),
+            GrpcMethod::HealthCheck {
+                service: String::new(),
+            },
+        )
+        .unwrap(),
+    );
+    let by_trailer = AttributionRule::header("x-served-by").unwrap();
+    // Negative control: a key the server never sends labels nothing, so a label can only
+    // have come from the trailer.
+    let absent = AttributionRule::header("x-not-sent").unwrap();
+    for (caller_name, caller) in [
+        ("pooled channel", Caller::new(&target).unwrap()),
+        (
+            "single connection",
+            Caller::single_connection(&target).unwrap(),
+        ),
+    ] {
+        let result = caller.call(uuid::Uuid::new_v4(), Some(&by_trailer)).await;
+        assert_eq!(result.outcome, Outcome::Grpc { code: 0 }, "{caller_name}");
+        assert_eq!(
+            result.label.as_deref(),
+            Some("adservice-trailers"),
+            "{caller_name}"
+        );
+        let result = caller.call(uuid::Uuid::new_v4(), Some(&absent)).await;
+        assert_eq!(result.outcome, Outcome::Grpc { code: 0 }, "{caller_name}");
+        assert_eq!(result.label, None, "{caller_name}");
+    }
+}
