@@ -53,6 +53,8 @@ pub enum TrafficError {
         value: String,
         supported: &'static str,
     },
+    #[error("parse attribution `{value}`: expected header:NAME, body:REGEX, pod or banner")]
+    InvalidAttribution { value: String },
     #[error("compile attribution regex `{pattern}`")]
     InvalidRegex {
         pattern: String,

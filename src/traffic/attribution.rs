@@ -20,7 +20,9 @@ pub enum AttributionRule {
     /// The value of a response header, or of gRPC response metadata or a trailer
     /// (lowercase name, as it travels in HTTP/2).
     Header { name: http::HeaderName },
-    /// The first capture group of a regex on the body, e.g. the frontend's `Pod: <name>`.
+    /// The first capture group of a regex on the body, e.g. the frontend's `Pod: <name>`
+    /// (the whole match when the regex has no group: only [`AttributionRule::parse_spec`]
+    /// builds such a rule).
     BodyRegex { regex: Regex },
     /// The first rule that yields a label.
     FirstOf(Vec<AttributionRule>),
@@ -65,6 +67,30 @@ impl AttributionRule {
         .expect("static regex is valid")
     }
 
+    /// Parses a rule as the command line spells it: `header:NAME` (a response header, or
+    /// gRPC metadata or trailer), `body:REGEX` (its first capture group, or the whole match
+    /// when it has none), `pod` ([`Self::frontend_pod`]) or `banner` ([`Self::frontend_banner`]).
+    pub fn parse_spec(spec: &str) -> Result<Self, TrafficError> {
+        let invalid = || TrafficError::InvalidAttribution {
+            value: spec.to_string(),
+        };
+        match spec.trim().split_once(':') {
+            None if spec.trim() == "pod" => Ok(Self::frontend_pod()),
+            None if spec.trim() == "banner" => Ok(Self::frontend_banner()),
+            Some(("header", name)) if !name.trim().is_empty() => {
+                Self::header(name).map_err(|_| invalid())
+            }
+            Some(("body", pattern)) if !pattern.is_empty() => {
+                let regex = Regex::new(pattern).map_err(|source| TrafficError::InvalidRegex {
+                    pattern: pattern.to_string(),
+                    source,
+                })?;
+                Ok(Self::BodyRegex { regex })
+            }
+            _ => Err(invalid()),
+        }
+    }
+
     /// Whether the rule needs the body (so the engine can skip reading it otherwise).
     pub fn needs_body(&self) -> bool {
         match self {
@@ -85,9 +111,10 @@ impl AttributionRule {
                 .filter(|v| !v.is_empty()),
             Self::BodyRegex { regex } => {
                 let text = String::from_utf8_lossy(response.body);
+                let group = usize::from(regex.captures_len() > 1);
                 regex
                     .captures(&text)
-                    .and_then(|c| c.get(1))
+                    .and_then(|c| c.get(group))
                     .map(|m| m.as_str().trim().to_string())
                     .filter(|v| !v.is_empty())
             }
@@ -161,6 +188,49 @@ mod tests {
                 .label(view(&headers, "")),
             None
         );
+    }
+
+    #[test]
+    fn attribution_specs_map_to_the_rules_and_bad_ones_are_named() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-served-by", "adservice-b".parse().unwrap());
+        let body = "<div class=\"local-banner\">feature x</div><footer>Pod: frontend-1</footer>";
+        let label = |spec: &str| {
+            AttributionRule::parse_spec(spec)
+                .unwrap()
+                .label(view(&headers, body))
+        };
+        assert_eq!(label("header:X-Served-By"), Some("adservice-b".into()));
+        assert_eq!(label("pod"), Some("frontend-1".into()));
+        assert_eq!(label("banner"), Some("feature x".into()));
+        assert_eq!(label(r"body:Pod: (\S+)<"), Some("frontend-1".into()));
+        // Without a capture group the label is the whole match; a colon may be in the regex.
+        assert_eq!(label("body:frontend-[0-9]+"), Some("frontend-1".into()));
+        assert_eq!(label("body:Pod: [a-z]+"), Some("Pod: frontend".into()));
+        assert_eq!(label("header:x-pod"), None);
+
+        for spec in [
+            "",
+            "pods",
+            "header",
+            "header:",
+            "header:bad name",
+            "body:",
+            "cookie:x",
+        ] {
+            let error = AttributionRule::parse_spec(spec).unwrap_err();
+            assert!(
+                matches!(error, TrafficError::InvalidAttribution { .. }),
+                "{spec}: {error}"
+            );
+            assert!(error.to_string().contains(&format!("`{spec}`")), "{error}");
+        }
+        let error = AttributionRule::parse_spec("body:Pod: (").unwrap_err();
+        assert!(
+            matches!(error, TrafficError::InvalidRegex { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("`Pod: (`"), "{error}");
     }
 
     #[test]
