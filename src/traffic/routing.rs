@@ -175,6 +175,13 @@ pub struct RoutingReport {
 }
 
 impl RoutingReport {
+    /// A report of these variants' results (run one at a time, e.g. to show progress):
+    /// passed when there is at least one and every one passed.
+    pub fn from_variants(variants: Vec<VariantReport>) -> Self {
+        let passed = !variants.is_empty() && variants.iter().all(|r| r.passed);
+        Self { variants, passed }
+    }
+
     pub fn variant(&self, name: &str) -> Option<&VariantReport> {
         self.variants.iter().find(|v| v.variant.name == name)
     }
@@ -318,11 +325,7 @@ impl RoutingProbe {
                 unattributed,
             });
         }
-        let passed = !reports.is_empty() && reports.iter().all(|r| r.passed);
-        Ok(RoutingReport {
-            variants: reports,
-            passed,
-        })
+        Ok(RoutingReport::from_variants(reports))
     }
 }
 
