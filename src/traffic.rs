@@ -48,6 +48,10 @@ pub enum TrafficError {
     ZeroDuration { value: String },
     #[error("parse header `{value}`: expected NAME:VALUE with a valid name and value")]
     InvalidHeader { value: String },
+    #[error(
+        "parse resolve entry `{value}`: expected HOST:PORT:ADDRESS, e.g. shop.test:443:127.0.0.1"
+    )]
+    InvalidResolve { value: String },
     #[error("parse grpc method `{value}`: expected one of {supported}")]
     InvalidGrpcMethod {
         value: String,
@@ -107,6 +111,27 @@ pub fn parse_rate(value: &str) -> Result<f64, TrafficError> {
     }
 }
 
+/// Parses curl's `--resolve HOST:PORT:ADDRESS` (an IPv6 address may be bracketed) into the
+/// host name and the socket address its connections go to.
+pub fn parse_resolve(value: &str) -> Result<(String, std::net::SocketAddr), TrafficError> {
+    let invalid = || TrafficError::InvalidResolve {
+        value: value.to_string(),
+    };
+    let mut parts = value.trim().splitn(3, ':');
+    let (Some(host), Some(port), Some(address)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(invalid());
+    };
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    let address: std::net::IpAddr = address
+        .trim_matches(['[', ']'])
+        .parse()
+        .map_err(|_| invalid())?;
+    if host.is_empty() {
+        return Err(invalid());
+    }
+    Ok((host.to_string(), std::net::SocketAddr::new(address, port)))
+}
+
 /// Parses a human duration (`10s`, `1m30s`, `250ms`); zero is refused.
 pub fn parse_duration(value: &str) -> Result<std::time::Duration, TrafficError> {
     let duration = humantime::parse_duration(value.trim()).map_err(|source| {
@@ -121,4 +146,30 @@ pub fn parse_duration(value: &str) -> Result<std::time::Duration, TrafficError> 
         });
     }
     Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_entries_read_like_curls() {
+        assert_eq!(
+            parse_resolve("shop.test:443:127.0.0.1").unwrap(),
+            ("shop.test".to_string(), "127.0.0.1:443".parse().unwrap())
+        );
+        assert_eq!(
+            parse_resolve("shop.test:8443:[::1]").unwrap(),
+            ("shop.test".to_string(), "[::1]:8443".parse().unwrap())
+        );
+        for bad in [
+            "shop.test",
+            "shop.test:443",
+            ":443:127.0.0.1",
+            "shop.test:x:127.0.0.1",
+        ] {
+            let error = parse_resolve(bad).unwrap_err();
+            assert!(error.to_string().contains(&format!("`{bad}`")), "{error}");
+        }
+    }
 }

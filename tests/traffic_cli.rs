@@ -30,6 +30,9 @@ async fn cdcheck(args: &[&str]) -> (i32, String, String) {
 #[case::invalid_header(&["load", "http://127.0.0.1:1/", "--header", "no-colon"], "`no-colon`")]
 #[case::invalid_grpc_method(&["load", "http://127.0.0.1:1", "--grpc", "foo.Bar/Baz"], "`foo.Bar/Baz`")]
 #[case::missing_cacert(&["load", "https://127.0.0.1:1/", "--cacert", "/nonexistent/ca.pem"], "`/nonexistent/ca.pem`")]
+#[case::invalid_resolve(&["load", "https://shop.test/", "--resolve", "shop.test:443"], "`shop.test:443`")]
+#[case::cookie_with_grpc(&["load", "http://127.0.0.1:1", "--grpc", "grpc.health.v1.Health/Check", "--cookie", "a=b"], "`a=b`")]
+#[case::unsupported_grpc_scheme(&["load", "ftp://127.0.0.1:1", "--grpc", "grpc.health.v1.Health/Check"], "`ftp://127.0.0.1:1`")]
 #[case::invalid_sni(&["probe", "tls", "127.0.0.1:1", "--sni", "not a name"], "`not a name`")]
 #[tokio::test]
 async fn bad_input_is_refused_with_an_error_naming_the_value(

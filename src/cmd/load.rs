@@ -11,12 +11,12 @@ use cdcheck::traffic::target::{
     GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Target, TlsOptions,
 };
 use cdcheck::traffic::verdict::{Tolerance, failures_within};
-use cdcheck::traffic::{parse_duration, parse_rate};
+use cdcheck::traffic::{parse_duration, parse_rate, parse_resolve};
 
 /// Send load to URL and summarize every request (count, rate, errors by class, latency, labels).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Target: `http(s)://host:port/path`, or `http://host:port` with `--grpc`.
+    /// Target: `http(s)://host:port/path`, or `http(s)://host:port` with `--grpc`.
     pub url: String,
     /// Open loop: requests per second on a fixed schedule (default 100 unless --connections).
     #[arg(long)]
@@ -48,6 +48,10 @@ pub struct Args {
     /// Trust only the certificates in this PEM file.
     #[arg(long, value_name = "PEM")]
     pub cacert: Option<String>,
+    /// Connect to ADDRESS:PORT for HOST (TLS server name and Host stay HOST), like curl's;
+    /// repeatable.
+    #[arg(long = "resolve", value_name = "HOST:PORT:ADDRESS")]
+    pub resolve: Vec<String>,
     /// Per-request timeout.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
@@ -78,11 +82,13 @@ fn target(args: &Args) -> anyhow::Result<Target> {
         for header in &args.headers {
             target = target.with_header(header)?;
         }
-        if !args.cookies.is_empty() || args.insecure || args.cacert.is_some() {
+        if let Some(cookie) = args.cookies.first() {
             anyhow::bail!(
-                "use --cookie, --insecure or --cacert with --grpc: gRPC here is h2c only"
+                "use --cookie `{cookie}` with --grpc: gRPC calls carry metadata (--header NAME:VALUE)"
             );
         }
+        target.tls = tls_options(args)?;
+        target.resolve = resolve(args)?;
         return Ok(Target::Grpc(target));
     }
     let mut target = HttpTarget::parse(&args.url)?;
@@ -96,17 +102,30 @@ fn target(args: &Args) -> anyhow::Result<Target> {
     for cookie in &args.cookies {
         target = target.with_cookie(cookie)?;
     }
+    target.tls = tls_options(args)?;
+    target.resolve = resolve(args)?;
+    Ok(Target::Http(target))
+}
+
+fn resolve(args: &Args) -> anyhow::Result<Vec<(String, std::net::SocketAddr)>> {
+    Ok(args
+        .resolve
+        .iter()
+        .map(|entry| parse_resolve(entry))
+        .collect::<Result<_, _>>()?)
+}
+
+fn tls_options(args: &Args) -> anyhow::Result<TlsOptions> {
     let ca_pem = match &args.cacert {
         Some(path) => {
             Some(std::fs::read(path).with_context(|| format!("read certificate file `{path}`"))?)
         }
         None => None,
     };
-    target.tls = TlsOptions {
+    Ok(TlsOptions {
         insecure: args.insecure,
         ca_pem,
-    };
-    Ok(Target::Http(target))
+    })
 }
 
 fn spec(args: &Args) -> anyhow::Result<LoadSpec> {

@@ -13,7 +13,8 @@ use rustls::pki_types::ServerName;
 use super::attribution::{AttributionRule, ResponseView};
 use super::record::{ErrorClass, Outcome};
 use super::target::{
-    CallResult, GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, REQUEST_ID_HEADER, classify_error,
+    CallResult, GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Io, REQUEST_ID_HEADER,
+    classify_error,
 };
 
 type ConnectionDriver =
@@ -49,14 +50,19 @@ impl std::fmt::Debug for DirectHttp {
 }
 
 impl DirectHttp {
-    /// `None` when the target needs what only the pooled client offers (system trust roots).
+    /// `None` when the target cannot be reached this way (its TLS options do not build); the
+    /// pooled client then reports why on each request.
     pub(crate) fn new(target: &HttpTarget) -> Option<Self> {
         let url = &target.url;
         let host = url.host_str()?.trim_matches(['[', ']']).to_string();
         let port = url.port_or_known_default()?;
         let tls = if url.scheme() == "https" {
+            let alpn: &[u8] = match target.version {
+                HttpVersion::Http1 => b"http/1.1",
+                HttpVersion::Http2 => b"h2",
+            };
             Some((
-                tls_connector(target)?,
+                tokio_rustls::TlsConnector::from(Arc::new(target.tls.client_config(&[alpn]).ok()?)),
                 ServerName::try_from(host.clone()).ok()?,
             ))
         } else {
@@ -232,35 +238,6 @@ impl DirectHttp {
     }
 }
 
-fn tls_connector(target: &HttpTarget) -> Option<tokio_rustls::TlsConnector> {
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .ok()?;
-    let mut config = if target.tls.insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(super::probe::RecordingVerifier {
-                provider,
-            }))
-            .with_no_client_auth()
-    } else {
-        let pem = target.tls.ca_pem.as_ref()?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(pem.as_slice())) {
-            roots.add(cert.ok()?).ok()?;
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    config.alpn_protocols = match target.version {
-        HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
-        HttpVersion::Http2 => vec![b"h2".to_vec()],
-    };
-    Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
 /// A timeout outcome, for the caller's deadline.
 pub(crate) fn timeout_result() -> CallResult {
     CallResult {
@@ -272,7 +249,7 @@ pub(crate) fn timeout_result() -> CallResult {
 }
 
 type GrpcSender = h2::client::SendRequest<Bytes>;
-type GrpcDriver = std::pin::Pin<Box<h2::client::Connection<tokio::net::TcpStream, Bytes>>>;
+type GrpcDriver = std::pin::Pin<Box<h2::client::Connection<Box<dyn Io>, Bytes>>>;
 
 /// A single h2c connection to a gRPC target, opened on first use, speaking unary gRPC
 /// itself: one HEADERS and one DATA frame out (length-prefixed protobuf, end of stream),
@@ -287,6 +264,8 @@ pub(crate) struct DirectGrpc {
     headers: http::HeaderMap,
     host: String,
     port: u16,
+    /// For `https://` endpoints: the connector (ALPN `h2`) and the server name.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// The connection is driven inside each call, like [`DirectHttp`]'s HTTP/1.1.
     connection: Mutex<Option<(GrpcSender, GrpcDriver)>>,
 }
@@ -352,11 +331,23 @@ impl DirectGrpc {
                 http::HeaderValue::from_bytes(value.as_encoded_bytes()).ok()?,
             );
         }
+        let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+        let tls = if target.is_tls() {
+            Some((
+                tokio_rustls::TlsConnector::from(Arc::new(
+                    target.tls.client_config(&[b"h2"]).ok()?,
+                )),
+                ServerName::try_from(host.clone()).ok()?,
+            ))
+        } else {
+            None
+        };
         Some(Self {
             uri: format!("{}{path}", target.endpoint).parse().ok()?,
             body,
             headers,
-            host: url.host_str()?.trim_matches(['[', ']']).to_string(),
+            tls,
+            host,
             port: url.port_or_known_default()?,
             target: target.clone(),
             connection: Mutex::new(None),
@@ -366,16 +357,23 @@ impl DirectGrpc {
     async fn connect(
         &self,
     ) -> Result<(GrpcSender, GrpcDriver), Box<dyn std::error::Error + Send + Sync>> {
-        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| std::io::Error::other(format!("dns error: {e}")))?
-            .next()
-            .ok_or_else(|| std::io::Error::other("dns error: no address"))?;
+        let addr = match self.target.resolve.iter().find(|(h, _)| *h == self.host) {
+            Some((_, addr)) => *addr,
+            None => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| std::io::Error::other(format!("dns error: {e}")))?
+                .next()
+                .ok_or_else(|| std::io::Error::other("dns error: no address"))?,
+        };
         let tcp = tokio::time::timeout(self.target.timeout, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         tcp.set_nodelay(true)?;
-        let (sender, connection) = h2::client::handshake(tcp).await?;
+        let io: Box<dyn Io> = match &self.tls {
+            Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
+            None => Box::new(tcp),
+        };
+        let (sender, connection) = h2::client::handshake(io).await?;
         Ok((sender, Box::pin(connection)))
     }
 

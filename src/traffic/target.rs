@@ -28,13 +28,56 @@ pub enum HttpVersion {
     Http2,
 }
 
-/// How to trust an HTTPS server.
+/// How to trust an HTTPS (or gRPC over TLS) server.
 #[derive(Clone, Debug, Default)]
 pub struct TlsOptions {
     /// Accept any certificate (`--insecure`).
     pub insecure: bool,
     /// Trust only these PEM certificates (`--cacert`).
     pub ca_pem: Option<Vec<u8>>,
+}
+
+impl TlsOptions {
+    /// A rustls client configuration offering `alpn`: any certificate with `insecure`, only
+    /// `ca_pem`'s certificates when given, else the platform's trust store.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TrafficError> {
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|source| TrafficError::BuildTls { source })?;
+        let mut config = if self.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(super::probe::RecordingVerifier {
+                    provider,
+                }))
+                .with_no_client_auth()
+        } else if let Some(pem) = &self.ca_pem {
+            let invalid = |reason: String| TrafficError::InvalidCertificate {
+                what: "the --cacert file".to_string(),
+                reason,
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(pem.as_slice())) {
+                let cert = cert.map_err(|e| invalid(e.to_string()))?;
+                roots.add(cert).map_err(|e| invalid(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid("no CERTIFICATE block".to_string()));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            use rustls_platform_verifier::BuilderVerifierExt;
+            builder
+                .with_platform_verifier()
+                .map_err(|source| TrafficError::BuildTls { source })?
+                .with_no_client_auth()
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
 }
 
 /// An HTTP request to send repeatedly.
@@ -165,10 +208,11 @@ impl GrpcMethod {
     }
 }
 
-/// A unary gRPC call to send repeatedly, over HTTP/2 without TLS.
+/// A unary gRPC call to send repeatedly, over HTTP/2: h2c on `http://`, TLS with ALPN `h2`
+/// on `https://`.
 #[derive(Clone, Debug)]
 pub struct GrpcTarget {
-    /// `http://host:port`.
+    /// `http://host:port` or `https://host:port`.
     pub endpoint: String,
     pub method: GrpcMethod,
     pub metadata: Vec<(
@@ -176,6 +220,10 @@ pub struct GrpcTarget {
         MetadataValue<tonic::metadata::Ascii>,
     )>,
     pub timeout: Duration,
+    /// How to trust the server on `https://`.
+    pub tls: TlsOptions,
+    /// Resolve these host names to these addresses (SNI and `:authority` stay the name).
+    pub resolve: Vec<(String, SocketAddr)>,
 }
 
 impl GrpcTarget {
@@ -184,10 +232,10 @@ impl GrpcTarget {
             value: endpoint.to_string(),
             source,
         })?;
-        if parsed.scheme() != "http" || parsed.host_str().is_none() {
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(TrafficError::UnsupportedScheme {
                 value: endpoint.to_string(),
-                expected: "http (gRPC over h2c) with a host",
+                expected: "http (gRPC over h2c) or https (gRPC over TLS) with a host",
             });
         }
         Ok(Self {
@@ -195,7 +243,14 @@ impl GrpcTarget {
             method,
             metadata: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            tls: TlsOptions::default(),
+            resolve: Vec::new(),
         })
+    }
+
+    /// Whether the endpoint is `https://`.
+    pub fn is_tls(&self) -> bool {
+        self.endpoint.starts_with("https://")
     }
 
     /// Adds request metadata (`userid: abc`); the key is lowercased.
@@ -228,9 +283,52 @@ impl GrpcTarget {
             })?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true);
-        Ok(endpoint.connect_lazy())
+        if !self.is_tls() && self.resolve.is_empty() {
+            return Ok(endpoint.connect_lazy());
+        }
+        // tonic's own TLS would bring a second TLS stack and trust setup; this connector
+        // uses the same rustls configuration as every other transport here.
+        let tls = match self.is_tls() {
+            true => Some(tokio_rustls::TlsConnector::from(Arc::new(
+                self.tls.client_config(&[b"h2"])?,
+            ))),
+            false => None,
+        };
+        let resolve = self.resolve.clone();
+        let connect = tower::service_fn(move |uri: http::Uri| {
+            let tls = tls.clone();
+            let resolved = uri
+                .host()
+                .and_then(|host| resolve.iter().find(|(name, _)| name == host))
+                .map(|(_, addr)| *addr);
+            async move {
+                let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+                let port = uri
+                    .port_u16()
+                    .unwrap_or(if tls.is_some() { 443 } else { 80 });
+                let tcp = match resolved {
+                    Some(addr) => tokio::net::TcpStream::connect(addr).await?,
+                    None => tokio::net::TcpStream::connect((host, port)).await?,
+                };
+                tcp.set_nodelay(true)?;
+                let io: Box<dyn Io> = match tls {
+                    Some(connector) => {
+                        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                            .map_err(std::io::Error::other)?;
+                        Box::new(connector.connect(name, tcp).await?)
+                    }
+                    None => Box::new(tcp),
+                };
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
+            }
+        });
+        Ok(endpoint.connect_with_connector_lazy(connect))
     }
 }
+
+/// A plain or TLS stream, so one connection type serves `http://` and `https://`.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// Any request the engine can send.
 #[derive(Clone, Debug)]
