@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cdcheck::manifests::routing::SessionId;
 use cdcheck::traffic::attribution::AttributionRule;
-use cdcheck::traffic::parse_duration;
 use cdcheck::traffic::probe;
 use cdcheck::traffic::routing::{
-    RoutingProbe, RoutingReport, Variant, cookie_variants, userid_variants,
+    RoutingProbe, RoutingReport, Variant, VariantReport, cookie_variants, userid_variants,
 };
 use cdcheck::traffic::target::{GrpcMethod, GrpcTarget, HttpTarget, TlsOptions};
+use cdcheck::traffic::{parse_duration, parse_resolve};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -95,7 +95,7 @@ pub struct TlsArgs {
 #[derive(clap::Args, Debug)]
 pub struct RoutingArgs {
     /// The page to request, e.g. `http://127.0.0.1:30080/`; with --grpc, the AdService
-    /// endpoint `http://host:port`.
+    /// endpoint `http(s)://host:port`.
     pub url: String,
     /// The test session id the routes were rendered for (as `render --session` takes it).
     #[arg(long, value_name = "ID")]
@@ -125,6 +125,10 @@ pub struct RoutingArgs {
     /// Trust only the certificates in this PEM file.
     #[arg(long, value_name = "PEM")]
     pub cacert: Option<String>,
+    /// Connect to ADDRESS:PORT for HOST (TLS server name and Host stay HOST), like curl's;
+    /// repeatable.
+    #[arg(long = "resolve", value_name = "HOST:PORT:ADDRESS")]
+    pub resolve: Vec<String>,
     /// Per-request timeout.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
@@ -299,9 +303,8 @@ fn routing_target(args: &RoutingArgs) -> anyhow::Result<RoutingTarget> {
         for header in &args.headers {
             target = target.with_header(header)?;
         }
-        if args.insecure || args.cacert.is_some() {
-            anyhow::bail!("use --insecure or --cacert with --grpc: probe routing speaks h2c only");
-        }
+        target.tls = routing_tls(args)?;
+        target.resolve = routing_resolve(args)?;
         return Ok(RoutingTarget::Grpc(target));
     }
     let mut target = HttpTarget::parse(&args.url)?;
@@ -309,16 +312,30 @@ fn routing_target(args: &RoutingArgs) -> anyhow::Result<RoutingTarget> {
     for header in &args.headers {
         target = target.with_header(header)?;
     }
-    target.tls = TlsOptions {
-        insecure: args.insecure,
-        ca_pem: match &args.cacert {
-            Some(path) => Some(
-                std::fs::read(path).with_context(|| format!("read certificate file `{path}`"))?,
-            ),
-            None => None,
-        },
-    };
+    target.tls = routing_tls(args)?;
+    target.resolve = routing_resolve(args)?;
     Ok(RoutingTarget::Http(target))
+}
+
+fn routing_tls(args: &RoutingArgs) -> anyhow::Result<TlsOptions> {
+    let ca_pem = match &args.cacert {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("read certificate file `{path}`"))?)
+        }
+        None => None,
+    };
+    Ok(TlsOptions {
+        insecure: args.insecure,
+        ca_pem,
+    })
+}
+
+fn routing_resolve(args: &RoutingArgs) -> anyhow::Result<Vec<(String, std::net::SocketAddr)>> {
+    Ok(args
+        .resolve
+        .iter()
+        .map(|entry| parse_resolve(entry))
+        .collect::<Result<_, _>>()?)
 }
 
 fn routing_probe(args: &RoutingArgs) -> anyhow::Result<RoutingProbe> {
@@ -385,43 +402,36 @@ async fn routing(args: RoutingArgs) -> anyhow::Result<ExitCode> {
     Ok(exit(report.passed))
 }
 
-/// `routing: PASS: ...`, or `routing: FAIL: ...` naming every variant that leaked or went unattributed.
+/// `routing: PASS: ...`, or `routing: FAIL: ...` naming every variant that leaked or had
+/// failed or unattributed answers.
 fn routing_verdict(report: &RoutingReport, requests: u64) -> String {
+    let total = report.variants.len();
     if report.passed {
-        return format!(
-            "routing: PASS: {} variants x {requests} requests, none leaked",
-            report.variants.len()
-        );
+        return format!("routing: PASS: {total} variants x {requests} requests, none leaked");
     }
-    let names = |pick: fn(&cdcheck::traffic::routing::VariantReport) -> bool| {
-        report
+    let describe = |pick: fn(&VariantReport) -> bool| {
+        let names: Vec<String> = report
             .variants
             .iter()
             .filter(|v| pick(v))
             .map(|v| format!("`{}`", v.variant.name))
-            .collect::<Vec<_>>()
+            .collect();
+        match names.as_slice() {
+            [] => None,
+            [one] => Some(format!("variant {one}")),
+            all if all.len() == total => Some("every variant".to_string()),
+            some => Some(format!("variants {}", some.join(", "))),
+        }
     };
     let mut reasons = Vec::new();
-    let leaked = names(|v| v.leaked > 0);
-    if !leaked.is_empty() {
-        reasons.push(format!("{} leaked", plural_variants(&leaked)));
+    if let Some(leaked) = describe(|v| v.leaked > 0) {
+        reasons.push(format!("{leaked} leaked"));
     }
-    let unattributed = names(|v| v.unattributed > 0);
-    if !unattributed.is_empty() {
-        reasons.push(format!(
-            "{} had failed or unattributed answers",
-            plural_variants(&unattributed)
-        ));
+    if let Some(unattributed) = describe(|v| v.unattributed > 0) {
+        reasons.push(format!("{unattributed} had failed or unattributed answers"));
     }
     if reasons.is_empty() {
         reasons.push("no variant was sent".to_string());
     }
     format!("routing: FAIL: {}", reasons.join("; "))
-}
-
-fn plural_variants(names: &[String]) -> String {
-    match names {
-        [one] => format!("variant {one}"),
-        many => format!("variants {}", many.join(", ")),
-    }
 }
