@@ -11,8 +11,8 @@ use cdcheck::manifests::routing::{
 use rstest::rstest;
 use serde_json::Value;
 use support_envoy::{
-    Envoy, GrpcBackend, HttpBackend, SERVED_BY, bootstrap, cluster, envoy_or_skip, http_listener,
-    routes_from_istio,
+    Envoy, GrpcBackend, HttpBackend, SERVED_BY, TestPki, bootstrap, cluster, envoy_or_skip,
+    http_listener, https_listener, routes_from_istio,
 };
 
 const SESSION: &str = "abc";
@@ -337,6 +337,113 @@ async fn probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_
     assert_eq!(leaking["variant"]["carrier"]["value"], "abcx");
 }
 
+#[tokio::test]
+async fn probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve() {
+    let Some(envoy) =
+        envoy_or_skip("probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve")
+    else {
+        return;
+    };
+    // The ingress shape: Envoy terminates TLS for the shop's name, cookie routes for the
+    // frontend and userid routes for the ad service behind it.
+    const SHOP: &str = "shop.example.test";
+    let pki = TestPki::new("cdcheck routing test CA");
+    let leaf = pki.leaf(&[SHOP]);
+    let certificates = [(SHOP, leaf.cert_pem.as_str(), leaf.key_pem.as_str())];
+    let frontend = HttpBackend::start("frontend-7d9c5-main1").await;
+    let frontend_feature = HttpBackend::start("frontend-myfeature-5f6b8-feat1").await;
+    let ads = GrpcBackend::start("adservice-6c8f-main1").await;
+    let ads_feature = GrpcBackend::start("adservice-myfeature-9a1b-feat1").await;
+    let config = bootstrap(
+        vec![
+            https_listener(
+                "shops",
+                routes_from_istio(&rendered_cookie_routes()),
+                &certificates,
+            ),
+            https_listener(
+                "adss",
+                routes_from_istio(&rendered_userid_routes()),
+                &certificates,
+            ),
+        ],
+        vec![
+            cluster("frontend", &[frontend.addr], false, None),
+            cluster("frontend-myfeature", &[frontend_feature.addr], false, None),
+            cluster("adservice", &[ads.addr], true, None),
+            cluster("adservice-myfeature", &[ads_feature.addr], true, None),
+        ],
+    );
+    let envoy = Envoy::start(&envoy, &config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let ca = ca.to_str().unwrap();
+    let shops = envoy.listener("shops");
+    let adss = envoy.listener("adss");
+    let shop_url = format!("https://{SHOP}:{}/", shops.port());
+    let shop_resolve = format!("{SHOP}:{}:{}", shops.port(), shops.ip());
+    let ads_url = format!("https://{SHOP}:{}", adss.port());
+    let ads_resolve = format!("{SHOP}:{}:{}", adss.port(), adss.ip());
+    let cookie_args = [
+        "probe",
+        "routing",
+        &shop_url,
+        "--resolve",
+        &shop_resolve,
+        "--session",
+        SESSION,
+        "--feature-label",
+        "^frontend-myfeature-",
+        "--requests",
+        "5",
+        "--timeout",
+        "2s",
+    ];
+
+    let (code, stdout, stderr) = cdcheck(&[&cookie_args[..], &["--cacert", ca]].concat()).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.lines().last().unwrap().starts_with("routing: PASS"),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = cdcheck(&[
+        "probe",
+        "routing",
+        &ads_url,
+        "--grpc",
+        "--resolve",
+        &ads_resolve,
+        "--cacert",
+        ca,
+        "--session",
+        SESSION,
+        "--feature-label",
+        "^adservice-myfeature-",
+        "--attribution",
+        "header:x-served-by",
+        "--requests",
+        "5",
+        "--json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(out["passed"], true, "{out}");
+    assert_eq!(variants(&out).len(), 4);
+
+    // Without the CA nothing is answered: every variant fails as unattributed, none leaks.
+    let (code, stdout, stderr) = cdcheck(&cookie_args).await;
+    println!("{stdout}");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(
+        stdout.lines().last().unwrap(),
+        "routing: FAIL: every variant had failed or unattributed answers"
+    );
+    assert!(stdout.contains("\"failed: tls\": 5"), "{stdout}");
+}
+
 #[rstest]
 #[case::invalid_session(&["http://127.0.0.1:1/", "--session", "a;b", "--feature-label", "x"], &["--session", "a;b"])]
 #[case::invalid_attribution_spec(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--attribution", "cookie:x"], &["attribution", "`cookie:x`"])]
@@ -346,6 +453,8 @@ async fn probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_
 #[case::invalid_grpc_endpoint(&["ftp://127.0.0.1:1", "--grpc", "--session", "abc", "--feature-label", "x", "--attribution", "header:x-served-by"], &["`ftp://127.0.0.1:1`"])]
 #[case::grpc_without_attribution(&["http://127.0.0.1:1", "--grpc", "--session", "abc", "--feature-label", "x"], &["--attribution"])]
 #[case::zero_requests(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--requests", "0"], &["--requests 0"])]
+#[case::invalid_resolve(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--resolve", "shop.test:443"], &["`shop.test:443`"])]
+#[case::missing_cacert(&["https://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--cacert", "/nonexistent/ca.pem"], &["`/nonexistent/ca.pem`"])]
 #[case::invalid_timeout(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--timeout", "soon"], &["`soon`"])]
 #[tokio::test]
 async fn probe_routing_refuses_bad_input_naming_it_with_nothing_on_stdout(
