@@ -180,3 +180,43 @@ async fn the_cli_loads_grpc_over_tls_with_cacert_and_resolve() {
     assert_eq!(code, Some(1), "{summary}");
     assert_eq!(summary["errors"]["tls"], summary["count"], "{summary}");
 }
+
+#[tokio::test]
+async fn the_cli_probes_grpc_health_over_tls() {
+    let Some(envoy) = envoy_or_skip("the_cli_probes_grpc_health_over_tls") else {
+        return;
+    };
+    let bench = bench(&envoy).await;
+    let addr = bench.envoy.listener("grpcs");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &bench.pki.ca_pem).unwrap();
+    let stranger = dir.path().join("stranger.pem");
+    std::fs::write(&stranger, TestPki::new("some other CA").ca_pem).unwrap();
+
+    let probe = |cacert: std::path::PathBuf| {
+        let url = format!("https://{ADS}:{}", addr.port());
+        let resolve = format!("{ADS}:{}:127.0.0.1", addr.port());
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
+                .args(["probe", "grpc", &url, "--service", "hipstershop.AdService"])
+                .args(["--resolve", &resolve, "--json", "--cacert"])
+                .arg(&cacert)
+                .output()
+                .await
+                .unwrap();
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+            (output.status.code(), report)
+        }
+    };
+    let (code, report) = probe(ca).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["healthy"], true, "{report}");
+    assert_eq!(report["serving_status"], "SERVING", "{report}");
+
+    let (code, report) = probe(stranger).await;
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["healthy"], false, "{report}");
+    assert!(report["outcome"].to_string().contains("tls"), "{report}");
+}

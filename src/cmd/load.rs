@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use cdcheck::traffic::attribution::AttributionRule;
 use cdcheck::traffic::load::{self, LoadSpec, Progress};
-use cdcheck::traffic::target::{
-    GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Target, TlsOptions,
-};
+use cdcheck::traffic::target::{GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Target};
 use cdcheck::traffic::verdict::{Tolerance, failures_within};
-use cdcheck::traffic::{parse_duration, parse_rate, parse_resolve};
+use cdcheck::traffic::{parse_duration, parse_rate};
+
+use super::connection::ConnectionArgs;
 
 /// Send load to URL and summarize every request (count, rate, errors by class, latency, labels).
 #[derive(clap::Args, Debug)]
@@ -42,16 +42,8 @@ pub struct Args {
     /// Cookie `name=value` added to the request's cookie header; repeatable.
     #[arg(long = "cookie", value_name = "NAME=VALUE")]
     pub cookies: Vec<String>,
-    /// Accept any server certificate.
-    #[arg(long)]
-    pub insecure: bool,
-    /// Trust only the certificates in this PEM file.
-    #[arg(long, value_name = "PEM")]
-    pub cacert: Option<String>,
-    /// Connect to ADDRESS:PORT for HOST (TLS server name and Host stay HOST), like curl's;
-    /// repeatable.
-    #[arg(long = "resolve", value_name = "HOST:PORT:ADDRESS")]
-    pub resolve: Vec<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Per-request timeout.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
@@ -87,8 +79,8 @@ fn target(args: &Args) -> anyhow::Result<Target> {
                 "use --cookie `{cookie}` with --grpc: gRPC calls carry metadata (--header NAME:VALUE)"
             );
         }
-        target.tls = tls_options(args)?;
-        target.resolve = resolve(args)?;
+        target.tls = args.connection.tls()?;
+        target.resolve = args.connection.resolve()?;
         return Ok(Target::Grpc(target));
     }
     let mut target = HttpTarget::parse(&args.url)?;
@@ -102,30 +94,9 @@ fn target(args: &Args) -> anyhow::Result<Target> {
     for cookie in &args.cookies {
         target = target.with_cookie(cookie)?;
     }
-    target.tls = tls_options(args)?;
-    target.resolve = resolve(args)?;
+    target.tls = args.connection.tls()?;
+    target.resolve = args.connection.resolve()?;
     Ok(Target::Http(target))
-}
-
-fn resolve(args: &Args) -> anyhow::Result<Vec<(String, std::net::SocketAddr)>> {
-    Ok(args
-        .resolve
-        .iter()
-        .map(|entry| parse_resolve(entry))
-        .collect::<Result<_, _>>()?)
-}
-
-fn tls_options(args: &Args) -> anyhow::Result<TlsOptions> {
-    let ca_pem = match &args.cacert {
-        Some(path) => {
-            Some(std::fs::read(path).with_context(|| format!("read certificate file `{path}`"))?)
-        }
-        None => None,
-    };
-    Ok(TlsOptions {
-        insecure: args.insecure,
-        ca_pem,
-    })
 }
 
 fn spec(args: &Args) -> anyhow::Result<LoadSpec> {

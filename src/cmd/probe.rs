@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cdcheck::manifests::routing::SessionId;
 use cdcheck::traffic::attribution::AttributionRule;
+use cdcheck::traffic::parse_duration;
 use cdcheck::traffic::probe;
 use cdcheck::traffic::routing::{
     RoutingProbe, RoutingReport, Variant, VariantReport, cookie_variants, userid_variants,
 };
-use cdcheck::traffic::target::{GrpcMethod, GrpcTarget, HttpTarget, TlsOptions};
-use cdcheck::traffic::{parse_duration, parse_resolve};
+use cdcheck::traffic::target::{GrpcMethod, GrpcTarget, HttpTarget};
+
+use super::connection::ConnectionArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -42,12 +44,8 @@ pub struct HttpArgs {
     /// Extra request header, `NAME:VALUE`; repeatable.
     #[arg(long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
-    /// Accept any server certificate.
-    #[arg(long)]
-    pub insecure: bool,
-    /// Trust only the certificates in this PEM file.
-    #[arg(long, value_name = "PEM")]
-    pub cacert: Option<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Give up after this long.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
@@ -58,11 +56,13 @@ pub struct HttpArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct GrpcArgs {
-    /// `http://host:port`.
+    /// `http://host:port` (h2c) or `https://host:port` (TLS).
     pub endpoint: String,
     /// Service name to check (empty: the whole server).
     #[arg(long, default_value = "")]
     pub service: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Give up after this long.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
@@ -119,16 +119,8 @@ pub struct RoutingArgs {
     /// Extra request header (gRPC: metadata), `NAME:VALUE`; repeatable.
     #[arg(long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
-    /// Accept any server certificate.
-    #[arg(long)]
-    pub insecure: bool,
-    /// Trust only the certificates in this PEM file.
-    #[arg(long, value_name = "PEM")]
-    pub cacert: Option<String>,
-    /// Connect to ADDRESS:PORT for HOST (TLS server name and Host stay HOST), like curl's;
-    /// repeatable.
-    #[arg(long = "resolve", value_name = "HOST:PORT:ADDRESS")]
-    pub resolve: Vec<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Per-request timeout.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
@@ -171,15 +163,8 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
     if let Some(cookie) = &args.cookie {
         target = target.with_cookie(cookie)?;
     }
-    target.tls = TlsOptions {
-        insecure: args.insecure,
-        ca_pem: match &args.cacert {
-            Some(path) => Some(
-                std::fs::read(path).with_context(|| format!("read certificate file `{path}`"))?,
-            ),
-            None => None,
-        },
-    };
+    target.tls = args.connection.tls()?;
+    target.resolve = args.connection.resolve()?;
     let report = probe::http_health(&target).await?;
     if args.json {
         print_json(&report)?;
@@ -202,7 +187,16 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
 
 async fn grpc(args: GrpcArgs) -> anyhow::Result<ExitCode> {
     let timeout = parse_duration(&args.timeout)?;
-    let report = probe::grpc_health(&args.endpoint, &args.service, timeout).await?;
+    let mut target = GrpcTarget::new(
+        &args.endpoint,
+        GrpcMethod::HealthCheck {
+            service: args.service.clone(),
+        },
+    )?;
+    target.timeout = timeout;
+    target.tls = args.connection.tls()?;
+    target.resolve = args.connection.resolve()?;
+    let report = probe::grpc_health(&target).await?;
     if args.json {
         print_json(&report)?;
     } else {
@@ -303,8 +297,8 @@ fn routing_target(args: &RoutingArgs) -> anyhow::Result<RoutingTarget> {
         for header in &args.headers {
             target = target.with_header(header)?;
         }
-        target.tls = routing_tls(args)?;
-        target.resolve = routing_resolve(args)?;
+        target.tls = args.connection.tls()?;
+        target.resolve = args.connection.resolve()?;
         return Ok(RoutingTarget::Grpc(target));
     }
     let mut target = HttpTarget::parse(&args.url)?;
@@ -312,30 +306,9 @@ fn routing_target(args: &RoutingArgs) -> anyhow::Result<RoutingTarget> {
     for header in &args.headers {
         target = target.with_header(header)?;
     }
-    target.tls = routing_tls(args)?;
-    target.resolve = routing_resolve(args)?;
+    target.tls = args.connection.tls()?;
+    target.resolve = args.connection.resolve()?;
     Ok(RoutingTarget::Http(target))
-}
-
-fn routing_tls(args: &RoutingArgs) -> anyhow::Result<TlsOptions> {
-    let ca_pem = match &args.cacert {
-        Some(path) => {
-            Some(std::fs::read(path).with_context(|| format!("read certificate file `{path}`"))?)
-        }
-        None => None,
-    };
-    Ok(TlsOptions {
-        insecure: args.insecure,
-        ca_pem,
-    })
-}
-
-fn routing_resolve(args: &RoutingArgs) -> anyhow::Result<Vec<(String, std::net::SocketAddr)>> {
-    Ok(args
-        .resolve
-        .iter()
-        .map(|entry| parse_resolve(entry))
-        .collect::<Result<_, _>>()?)
 }
 
 fn routing_probe(args: &RoutingArgs) -> anyhow::Result<RoutingProbe> {

@@ -103,19 +103,18 @@ pub struct GrpcProbeReport {
     pub healthy: bool,
 }
 
-/// Calls `grpc.health.v1.Health/Check` for `service` once.
-pub async fn grpc_health(
-    endpoint: &str,
-    service: &str,
-    timeout: Duration,
-) -> Result<GrpcProbeReport, TrafficError> {
-    let mut target = GrpcTarget::new(
-        endpoint,
-        GrpcMethod::HealthCheck {
-            service: service.to_string(),
-        },
-    )?;
-    target.timeout = timeout;
+/// Calls `grpc.health.v1.Health/Check` once, for the service `target`'s method names (its
+/// endpoint, timeout, TLS and metadata as given).
+pub async fn grpc_health(target: &GrpcTarget) -> Result<GrpcProbeReport, TrafficError> {
+    let GrpcMethod::HealthCheck { service } = &target.method else {
+        return Err(TrafficError::InvalidGrpcMethod {
+            value: format!("{:?}", target.method),
+            supported: "grpc.health.v1.Health/Check",
+        });
+    };
+    let service = service.clone();
+    let endpoint = target.endpoint.clone();
+    let target = target.clone();
     let caller = Caller::new(&Target::Grpc(target))?;
     // The health check's serving status travels as the body text of the call.
     let rule = super::attribution::AttributionRule::body_regex(r"^([A-Z_]+)$")?;
@@ -124,8 +123,8 @@ pub async fn grpc_health(
     let latency_us = started.elapsed().as_micros() as u64;
     let healthy = result.outcome.is_success() && result.label.as_deref() == Some("SERVING");
     Ok(GrpcProbeReport {
-        endpoint: endpoint.to_string(),
-        service: service.to_string(),
+        endpoint,
+        service,
         outcome: result.outcome,
         serving_status: result.label.filter(|_| result.outcome.is_success()),
         latency_us,
