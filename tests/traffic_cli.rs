@@ -30,6 +30,7 @@ async fn cdcheck(args: &[&str]) -> (i32, String, String) {
 #[case::invalid_header(&["load", "http://127.0.0.1:1/", "--header", "no-colon"], "`no-colon`")]
 #[case::invalid_grpc_method(&["load", "http://127.0.0.1:1", "--grpc", "foo.Bar/Baz"], "`foo.Bar/Baz`")]
 #[case::missing_cacert(&["load", "https://127.0.0.1:1/", "--cacert", "/nonexistent/ca.pem"], "`/nonexistent/ca.pem`")]
+#[case::zero_threads(&["load", "http://127.0.0.1:1/", "--threads", "0"], "`--threads 0`")]
 #[case::invalid_resolve(&["load", "https://shop.test/", "--resolve", "shop.test:443"], "`shop.test:443`")]
 #[case::cookie_with_grpc(&["load", "http://127.0.0.1:1", "--grpc", "grpc.health.v1.Health/Check", "--cookie", "a=b"], "`a=b`")]
 #[case::unsupported_grpc_scheme(&["load", "ftp://127.0.0.1:1", "--grpc", "grpc.health.v1.Health/Check"], "`ftp://127.0.0.1:1`")]

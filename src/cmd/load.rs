@@ -44,6 +44,10 @@ pub struct Args {
     pub cookies: Vec<String>,
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// Worker threads sending requests (default: half the CPUs, at least one: cdcheck
+    /// usually shares the machine with the cluster it measures).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Per-request timeout.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
@@ -124,10 +128,24 @@ fn spec(args: &Args) -> anyhow::Result<LoadSpec> {
     Ok(spec)
 }
 
+fn worker_threads(requested: Option<usize>) -> anyhow::Result<usize> {
+    match requested {
+        Some(0) => anyhow::bail!("use `--threads 0`: at least one worker thread is needed"),
+        Some(n) => Ok(n),
+        // On 2 cores, 1 worker measured 7% more HTTP/1.1 throughput at 20% less CPU per
+        // request than 2 (BENCHMARKS.md): a second worker only fights the target for a core.
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = target(&args)?;
     let spec = spec(&args)?;
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(args.threads)?)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
     let timeline = runtime.block_on(async {
         let progress = Arc::new(Progress::default());
         let bar = progress_bar(&spec, progress.clone());
