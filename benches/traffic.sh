@@ -4,6 +4,8 @@
 #  1. closed loop, equal connections: cdcheck vs fortio throughput and latency, HTTP/1.1 and gRPC
 #     (grpc.health.v1.Health/Check), rounds interleaved so machine noise hits both alike;
 #  2. open loop at 5000 req/s for 60 s: achieved rate, send lag, and cdcheck's peak RSS.
+# cdcheck runs with its default worker threads (half the CPUs, at least one); fortio with its
+# default GOMAXPROCS (all CPUs).
 # Needs fortio: `go install fortio.org/fortio@v1.68.2` (later releases need grol.io/grol,
 # which the Go module proxy here refuses).
 set -euo pipefail
@@ -12,7 +14,7 @@ cd "$(dirname "$0")/.."
 FORTIO="${FORTIO:-$(go env GOPATH)/bin/fortio}"
 CONNECTIONS="${CONNECTIONS:-8}"
 DURATION="${DURATION:-10s}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 OPEN_RATE="${OPEN_RATE:-5000}"
 OPEN_DURATION="${OPEN_DURATION:-60s}"
 HTTP_PORT="${HTTP_PORT:-18080}"
@@ -49,6 +51,13 @@ codes=r.get("RetCodes",{}); ok=sum(v for k,v in codes.items() if k in ("200","SE
 n=r["DurationHistogram"]["Count"]; cpu=sum(map(float, open(sys.argv[2]).read().split()[-2:]))
 print("%.0f %.3f %.3f %d %.1f" % (r["ActualQPS"], p[50]*1000, p[99]*1000, n-ok, cpu/n*1e6))' "$work/f.json" "$work/f.cpu"
 }
+
+# Warm-up, discarded: the first run after the server starts is slower for whichever tool
+# goes first (cold caches, the server's goroutines and buffers growing).
+DURATION=2s cdcheck_closed "http://127.0.0.1:$HTTP_PORT/" >/dev/null
+DURATION=2s fortio_closed "http://127.0.0.1:$HTTP_PORT/" >/dev/null
+DURATION=2s cdcheck_closed "http://127.0.0.1:$GRPC_PORT" --grpc grpc.health.v1.Health/Check >/dev/null
+DURATION=2s fortio_closed "127.0.0.1:$GRPC_PORT" -grpc >/dev/null
 
 echo "closed loop, $CONNECTIONS connections, $DURATION per run, $ROUNDS rounds (req/s p50_ms p99_ms failed cpu_us_per_request)"
 for round in $(seq "$ROUNDS"); do
