@@ -388,3 +388,53 @@ async fn grpc_attribution_reads_metadata_sent_in_trailers_on_both_callers() {
         assert_eq!(result.label, None, "{caller_name}");
     }
 }
+
+#[tokio::test]
+async fn grpc_dns_failures_and_timeouts_are_outcomes_on_both_callers() {
+    let unresolvable = {
+        let mut target = GrpcTarget::new(
+            "http://cdcheck-no-such-host.invalid:50051",
+            GrpcMethod::HealthCheck {
+                service: String::new(),
+            },
+        )
+        .unwrap();
+        // A slow resolver must not turn the DNS failure into a timeout.
+        target.timeout = Duration::from_secs(15);
+        Target::Grpc(target)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let silent = {
+        let mut target = GrpcTarget::new(
+            &format!("http://{addr}"),
+            GrpcMethod::HealthCheck {
+                service: String::new(),
+            },
+        )
+        .unwrap();
+        target.timeout = Duration::from_millis(300);
+        Target::Grpc(target)
+    };
+    for (target, expected) in [
+        (unresolvable, ErrorClass::Dns),
+        (silent, ErrorClass::Timeout),
+    ] {
+        for (name, caller) in [
+            ("pooled channel", Caller::new(&target).unwrap()),
+            (
+                "single connection",
+                Caller::single_connection(&target).unwrap(),
+            ),
+        ] {
+            let outcome = caller.call(uuid::Uuid::new_v4(), None).await.outcome;
+            assert_eq!(outcome, transport(expected), "{name}");
+        }
+    }
+}
