@@ -8,10 +8,12 @@
 //! - [`traffic`]: load generation, probes and request attribution.
 //! - [`substrate`]: provisions the cluster (kind or the local control plane).
 //! - [`kube`]: apply, wait, rollback, RBAC checks and diagnostics against a cluster.
+//! - [`report`]: the runner's events, the run report, and the reporters that write it.
 
 pub mod catalog;
 pub mod kube;
 pub mod manifests;
+pub mod report;
 pub mod substrate;
 pub mod traffic;
 pub mod versions;

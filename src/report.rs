@@ -1,0 +1,345 @@
+//! What a run produces: the events the scenario runner emits, the typed report
+//! a collector builds from them, and the reporters that write it (console,
+//! JUnit, JSON, HTML). The runner never formats output; reporters never run
+//! anything (nextest's split).
+//!
+//! The JSON report is this module's [`RunReport`] serialized as is; its schema
+//! is versioned by [`SCHEMA_VERSION`] and documented in `docs/report-schema.md`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any change to the serialized [`RunReport`] that a consumer could notice.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serialize the {format} report")]
+    Serialize {
+        format: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The verdict of a check or a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Passed,
+    /// Not run, with a reason (e.g. the substrate has no data plane). Never a pass.
+    Skipped,
+    /// The property does not hold: the pipeline is at fault.
+    Failed,
+    /// The check could not reach a verdict (API error, timeout of cdcheck's own machinery).
+    Error,
+}
+
+impl Verdict {
+    /// The worse of two verdicts: error > failed > skipped > passed.
+    pub fn worst(self, other: Verdict) -> Verdict {
+        self.max(other)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Skipped => "skipped",
+            Verdict::Failed => "failed",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing found wrong, tied to the object it concerns when there is one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// `Kind/namespace/name` (namespace empty for cluster-scoped objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(message: impl Into<String>) -> Finding {
+        Finding {
+            object: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn about(object: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding {
+            object: Some(object.into()),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.object {
+            Some(object) => write!(f, "{object}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// The result of one check of a scenario (a JUnit testcase).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// Stable identifier, e.g. `anti-affinity-in-spec`.
+    pub name: String,
+    /// One line saying what the check proves.
+    pub description: String,
+    /// Index of the scenario step that ran it.
+    pub step: usize,
+    pub verdict: Verdict,
+    /// Why it failed (Failed), or what went wrong (Error).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+    /// Why it did not run (Skipped), e.g. `local has no data plane`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<String>,
+    /// Since the run started.
+    #[serde(with = "millis")]
+    pub at: Duration,
+    #[serde(with = "millis")]
+    pub duration: Duration,
+}
+
+/// A timestamped Kubernetes operation or observation, for lining up with traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeEvent {
+    /// Since the run started.
+    #[serde(with = "millis")]
+    pub at: Duration,
+    pub kind: KubeEventKind,
+    /// `Kind/namespace/name` when the event concerns one object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KubeEventKind {
+    Apply,
+    RolloutStarted,
+    RolloutProgress,
+    RolloutComplete,
+    RolloutFailed,
+    /// A blue/green Service selector change.
+    Switch,
+    Eviction,
+    Delete,
+    Rollback,
+    Undo,
+    Cordon,
+    Other,
+}
+
+impl KubeEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KubeEventKind::Apply => "apply",
+            KubeEventKind::RolloutStarted => "rollout-started",
+            KubeEventKind::RolloutProgress => "rollout-progress",
+            KubeEventKind::RolloutComplete => "rollout-complete",
+            KubeEventKind::RolloutFailed => "rollout-failed",
+            KubeEventKind::Switch => "switch",
+            KubeEventKind::Eviction => "eviction",
+            KubeEventKind::Delete => "delete",
+            KubeEventKind::Rollback => "rollback",
+            KubeEventKind::Undo => "undo",
+            KubeEventKind::Cordon => "cordon",
+            KubeEventKind::Other => "other",
+        }
+    }
+}
+
+/// One request of a background load, reduced to what a timeline draws.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestPoint {
+    /// Scheduled send time, since the run started.
+    pub at_ms: f64,
+    pub latency_ms: f64,
+    pub ok: bool,
+    /// `http 200`, `grpc UNAVAILABLE`, `refused`, ...
+    pub outcome: String,
+}
+
+/// A maximal span in which every request failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutageWindow {
+    pub from_ms: f64,
+    pub to_ms: f64,
+    pub requests: u64,
+}
+
+/// A background load of a scenario, with its request timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadResult {
+    pub name: String,
+    pub target: String,
+    pub requests: u64,
+    pub failed: u64,
+    pub rate_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub outages: Vec<OutageWindow>,
+    pub timeline: Vec<RequestPoint>,
+}
+
+/// Everything one scenario produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    /// The scenario file, as given.
+    pub file: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub needs: Vec<String>,
+    /// The namespace the scenario ran in.
+    pub namespace: String,
+    pub verdict: Verdict,
+    #[serde(with = "millis")]
+    pub started_at: Duration,
+    #[serde(with = "millis")]
+    pub duration: Duration,
+    pub checks: Vec<CheckResult>,
+    pub events: Vec<KubeEvent>,
+    pub loads: Vec<LoadResult>,
+    /// Events, pod statuses, ReplicaSet history and API errors, gathered when the scenario failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<String>,
+}
+
+/// Counts of checks and scenarios by verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub error: usize,
+}
+
+impl Totals {
+    pub fn add(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Passed => self.passed += 1,
+            Verdict::Failed => self.failed += 1,
+            Verdict::Skipped => self.skipped += 1,
+            Verdict::Error => self.error += 1,
+        }
+    }
+}
+
+/// The whole run: what the JSON report holds, and what the other file reporters render.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub schema_version: u32,
+    pub cdcheck_version: String,
+    /// RFC 3339, UTC.
+    pub started: String,
+    #[serde(with = "millis")]
+    pub duration: Duration,
+    /// `local`, `kind` or `existing`.
+    pub substrate: String,
+    pub data_plane: bool,
+    /// `reference rendering` or the `--manifests` directory.
+    pub pipeline: String,
+    pub verdict: Verdict,
+    pub scenarios: Vec<ScenarioReport>,
+    /// By scenario verdict.
+    pub scenario_totals: Totals,
+    /// By check verdict, over every scenario.
+    pub check_totals: Totals,
+}
+
+/// What the runner emits, in order. Reporters consume these; a collector folds
+/// them into a [`RunReport`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    RunStarted {
+        substrate: String,
+        data_plane: bool,
+        pipeline: String,
+        scenarios: Vec<String>,
+    },
+    ScenarioStarted {
+        scenario: String,
+        namespace: String,
+        steps: usize,
+    },
+    StepStarted {
+        scenario: String,
+        step: usize,
+        label: String,
+    },
+    Check {
+        scenario: String,
+        result: CheckResult,
+    },
+    Kube {
+        scenario: String,
+        event: KubeEvent,
+    },
+    Load {
+        scenario: String,
+        load: LoadResult,
+    },
+    ScenarioFinished {
+        report: Box<ScenarioReport>,
+    },
+    RunFinished {
+        report: Box<RunReport>,
+    },
+}
+
+/// Consumes the runner's events. File reporters usually act on `RunFinished` only.
+pub trait Reporter: Send {
+    fn event(&mut self, event: &Event) -> Result<(), ReportError>;
+}
+
+/// Durations as integer milliseconds in JSON.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_verdict_wins() {
+        assert_eq!(Verdict::Passed.worst(Verdict::Skipped), Verdict::Skipped);
+        assert_eq!(Verdict::Skipped.worst(Verdict::Failed), Verdict::Failed);
+        assert_eq!(Verdict::Error.worst(Verdict::Failed), Verdict::Error);
+    }
+}
