@@ -8,12 +8,14 @@
 //! - [`traffic`]: load generation, probes and request attribution.
 //! - [`substrate`]: provisions the cluster (kind or the local control plane).
 //! - [`kube`]: apply, wait, rollback, RBAC checks and diagnostics against a cluster.
+//! - [`scenario`]: scenario files, their checks, and the runner that emits events.
 //! - [`report`]: the runner's events, the run report, and the reporters that write it.
 
 pub mod catalog;
 pub mod kube;
 pub mod manifests;
 pub mod report;
+pub mod scenario;
 pub mod substrate;
 pub mod traffic;
 pub mod versions;

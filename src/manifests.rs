@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -171,6 +172,11 @@ impl Object {
             name: self.name(),
             source,
         })
+    }
+
+    /// The object's metadata, for labelling or moving it (the runner's use).
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        each_object!(self, o => o.meta_mut())
     }
 
     pub fn as_deployment(&self) -> Option<&Deployment> {

@@ -274,7 +274,7 @@ pub struct RunReport {
 /// What the runner emits, in order. Reporters consume these; a collector folds
 /// them into a [`RunReport`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
+#[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Event {
     RunStarted {
         substrate: String,

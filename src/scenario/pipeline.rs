@@ -1,0 +1,418 @@
+//! The pipeline under test and its releases, placed in a scenario's namespace:
+//! cdcheck's reference rendering (re-rendered per namespace), or the objects a
+//! real pipeline produced (`--manifests`), moved into the namespace. Objects in
+//! the gateway's namespace are renamed per scenario so concurrent scenarios
+//! never share one; what cannot be deployed (cluster-scoped, another namespace)
+//! is set aside as findings.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+
+use super::checks::GATEWAY_NAMESPACE;
+use super::spec::Release;
+use crate::manifests::{
+    self, Bundle, ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ManifestError, Object,
+    Options, RELEASE_LABEL, SessionId, Strategy,
+};
+use crate::report::Finding;
+
+/// Marks every object a run creates, so an interrupted run's leftovers can be found.
+pub const RUN_LABEL: &str = "cdcheck.io/run";
+/// The scenario namespace an object belongs to (also on its objects in the gateway's namespace).
+pub const SCENARIO_LABEL: &str = "cdcheck.io/scenario-namespace";
+/// `kubectl rollout restart`'s annotation: how release N+1 differs from N when
+/// the pipeline gives no next release.
+pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
+/// The image tag of the broken release: no registry has it, so its pods never become ready.
+pub const BROKEN_TAG: &str = "cdcheck-broken-never-ready";
+/// The broken release's progress deadline, when the pipeline's is longer (the
+/// default is 600 s): a broken release then fails in seconds, not ten minutes.
+pub const BROKEN_PROGRESS_DEADLINE_SECONDS: i32 = 15;
+/// The workload the broken release breaks (the one users reach first).
+pub const BROKEN_WORKLOAD: &str = "frontend";
+/// The test session the reference feature branch routes by cookie and `userid`.
+pub const REFERENCE_SESSION: &str = "5e3b9c1a-cdcheck-test-session";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("render the reference pipeline")]
+    Render(#[from] ManifestError),
+    #[error("make the {release} release: {why}")]
+    Release { release: &'static str, why: String },
+}
+
+/// Where the pipeline's objects come from.
+#[derive(Clone, Debug)]
+pub enum Pipeline {
+    /// cdcheck's own rendering with these options (`env` is replaced by each
+    /// scenario's namespace).
+    Reference(Box<Options>),
+}
+
+/// A release placed in a scenario's namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Placed {
+    pub bundle: Bundle,
+    /// Objects of the pipeline left out, with why; the `namespace-scoped` check reports them.
+    pub not_deployed: Vec<Finding>,
+}
+
+/// What a scenario may change of the reference rendering.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReferenceOverrides {
+    pub strategy: Option<Strategy>,
+}
+
+impl Pipeline {
+    /// The reference pipeline with `render`'s defaults (no loadgenerator: it is
+    /// not HA and not part of what the pipeline promises).
+    pub fn reference() -> Pipeline {
+        let mut options = Options::for_env("cdcheck");
+        options.loadgenerator = false;
+        Pipeline::Reference(Box::new(options))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Pipeline::Reference(_) => "reference rendering".to_string(),
+        }
+    }
+
+    /// True when blue/green releases can be made (the reference rendering can
+    /// render one; a pipeline's own must give `--next-manifests`).
+    pub fn can_switch(&self) -> bool {
+        matches!(self, Pipeline::Reference(_))
+    }
+
+    /// `release` of the pipeline, in `namespace`, labelled for `run`.
+    pub fn place(
+        &self,
+        release: Release,
+        namespace: &str,
+        run: &str,
+        overrides: ReferenceOverrides,
+    ) -> Result<Placed, PipelineError> {
+        let mut placed = match self {
+            Pipeline::Reference(base) => {
+                let mut options = (**base).clone();
+                options.env = namespace.to_string();
+                if let Some(strategy) = overrides.strategy {
+                    options.strategy = strategy;
+                }
+                match release {
+                    Release::Current | Release::Broken => {}
+                    Release::Next if options.strategy == Strategy::Bluegreen => {
+                        // Blue/green Deployments are named by release: N+1 is a new name.
+                        options.release = format!("{}-next", options.release);
+                    }
+                    Release::Next => {}
+                    Release::Feature => {
+                        options.features = ["frontend", "adservice"]
+                            .iter()
+                            .map(|s| {
+                                manifests::FeatureBranch::new(
+                                    s,
+                                    &format!(
+                                        "{}-myfeature",
+                                        crate::versions::ONLINE_BOUTIQUE.trim_start_matches('v')
+                                    ),
+                                )
+                            })
+                            .collect::<Result<_, _>>()?;
+                        options.sessions = vec![SessionId::parse(REFERENCE_SESSION)?];
+                    }
+                }
+                Placed {
+                    bundle: manifests::render(&options)?,
+                    not_deployed: Vec::new(),
+                }
+            }
+        };
+        match release {
+            Release::Next if !self.renames_next(overrides) => restart(&mut placed.bundle),
+            Release::Broken => break_release(&mut placed.bundle)?,
+            _ => {}
+        }
+        isolate_gateway_objects(&mut placed.bundle, namespace);
+        label(&mut placed.bundle, namespace, run, release);
+        Ok(placed)
+    }
+
+    fn renames_next(&self, overrides: ReferenceOverrides) -> bool {
+        match self {
+            Pipeline::Reference(o) => {
+                overrides.strategy.unwrap_or(o.strategy) == Strategy::Bluegreen
+            }
+        }
+    }
+}
+
+fn deployments_mut(bundle: &mut Bundle) -> impl Iterator<Item = &mut Deployment> {
+    bundle.objects.iter_mut().filter_map(|o| match o {
+        Object::Deployment(d) => Some(d),
+        _ => None,
+    })
+}
+
+/// Release N+1 as `kubectl rollout restart` makes it: a changed pod template annotation.
+fn restart(bundle: &mut Bundle) {
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "next".into());
+    for d in deployments_mut(bundle) {
+        if let Some(spec) = d.spec.as_mut() {
+            spec.template
+                .metadata
+                .get_or_insert_with(Default::default)
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(RESTARTED_AT_ANNOTATION.to_string(), stamp.clone());
+        }
+    }
+}
+
+/// The broken release: [`BROKEN_WORKLOAD`]'s image becomes a tag no registry has
+/// (on the local substrate, kwok's never-ready stage plays the failing pull).
+fn break_release(bundle: &mut Bundle) -> Result<(), PipelineError> {
+    let target = deployments_mut(bundle)
+        .find(|d| super::checks::app_of(d) == BROKEN_WORKLOAD)
+        .ok_or(PipelineError::Release {
+            release: "broken",
+            why: format!("the pipeline deploys no {BROKEN_WORKLOAD} to break"),
+        })?;
+    let spec = target
+        .spec
+        .as_mut()
+        .expect("a rendered Deployment has a spec");
+    let deadline = spec.progress_deadline_seconds.unwrap_or(600);
+    spec.progress_deadline_seconds = Some(deadline.min(BROKEN_PROGRESS_DEADLINE_SECONDS));
+    spec.template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            crate::substrate::local::NEVER_READY_ANNOTATION.to_string(),
+            "true".to_string(),
+        );
+    if let Some(pod) = spec.template.spec.as_mut() {
+        for c in &mut pod.containers {
+            if let Some(image) = c.image.as_mut() {
+                let repo = image.split('@').next().unwrap_or(image);
+                let repo = match repo.rsplit_once(':') {
+                    Some((r, tag)) if !tag.contains('/') => r,
+                    _ => repo,
+                };
+                *image = format!("{repo}:{BROKEN_TAG}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renames objects in the gateway's namespace to `<namespace>-<name>` and points
+/// their references (Gateway credentialName, VirtualService gateways) at the new names.
+fn isolate_gateway_objects(bundle: &mut Bundle, namespace: &str) {
+    let mut renamed: BTreeMap<(String, String), String> = BTreeMap::new();
+    for o in &mut bundle.objects {
+        let kind = o.kind();
+        let meta = o.metadata_mut();
+        if meta.namespace.as_deref() == Some(GATEWAY_NAMESPACE) {
+            let old = meta.name.clone().unwrap_or_default();
+            let new = format!("{namespace}-{old}");
+            meta.name = Some(new.clone());
+            renamed.insert((kind, old), new);
+        }
+    }
+    for o in &mut bundle.objects {
+        match o {
+            Object::Gateway(g) => {
+                for server in &mut g.spec.servers {
+                    if let Some(tls) = server.tls.as_mut()
+                        && let Some(c) = tls.credential_name.as_mut()
+                        && let Some(new) = renamed.get(&("Secret".to_string(), c.clone()))
+                    {
+                        *c = new.clone();
+                    }
+                }
+            }
+            Object::VirtualService(vs) => {
+                for g in &mut vs.spec.gateways {
+                    let (ns, name) = g.split_once('/').unwrap_or((namespace, g.as_str()));
+                    if ns == GATEWAY_NAMESPACE
+                        && let Some(new) = renamed.get(&("Gateway".to_string(), name.to_string()))
+                    {
+                        *g = format!("{GATEWAY_NAMESPACE}/{new}");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn label(bundle: &mut Bundle, namespace: &str, run: &str, release: Release) {
+    for o in &mut bundle.objects {
+        let labels = o.metadata_mut().labels.get_or_insert_with(BTreeMap::new);
+        labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+        labels.insert(ENVIRONMENT_LABEL.into(), namespace.into());
+        labels.insert(RUN_LABEL.into(), run.into());
+        labels.insert(SCENARIO_LABEL.into(), namespace.into());
+        labels
+            .entry(RELEASE_LABEL.into())
+            .or_insert_with(|| release.as_str().into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(release: Release, overrides: ReferenceOverrides) -> Placed {
+        Pipeline::reference()
+            .place(release, "cdcheck-ha-1a2b3c", "run1", overrides)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_reference_release_lives_in_the_scenario_namespace_and_its_own_gateway_objects() {
+        let placed = place(Release::Current, ReferenceOverrides::default());
+        for o in &placed.bundle.objects {
+            let ns = o.namespace().unwrap_or_default();
+            match o.kind().as_str() {
+                "Namespace" => assert_eq!(o.name(), "cdcheck-ha-1a2b3c"),
+                "Gateway" | "Secret" => {
+                    assert_eq!(ns, GATEWAY_NAMESPACE);
+                    assert!(o.name().starts_with("cdcheck-ha-1a2b3c-"), "{}", o.key());
+                }
+                _ => assert_eq!(ns, "cdcheck-ha-1a2b3c", "{}", o.key()),
+            }
+        }
+        let gateway = placed
+            .bundle
+            .find("Gateway", "cdcheck-ha-1a2b3c-ingressgateway");
+        let Some(Object::Gateway(g)) = gateway else {
+            panic!("no renamed gateway")
+        };
+        let credential = g.spec.servers[0]
+            .tls
+            .as_ref()
+            .unwrap()
+            .credential_name
+            .clone();
+        assert_eq!(
+            credential.as_deref(),
+            Some("cdcheck-ha-1a2b3c-cdcheck-ingress-cert")
+        );
+        let Some(Object::VirtualService(vs)) = placed.bundle.find("VirtualService", "frontend")
+        else {
+            panic!("no frontend VirtualService")
+        };
+        assert_eq!(
+            vs.spec.gateways,
+            ["istio-system/cdcheck-ha-1a2b3c-ingressgateway"]
+        );
+    }
+
+    #[test]
+    fn the_next_release_changes_every_pod_template_and_nothing_else() {
+        let current = place(Release::Current, ReferenceOverrides::default());
+        let next = place(Release::Next, ReferenceOverrides::default());
+        let (a, b): (Vec<_>, Vec<_>) = (
+            current.bundle.deployments().collect(),
+            next.bundle.deployments().collect(),
+        );
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.metadata.name, b.metadata.name);
+            let ann = b.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+            assert!(
+                ann.annotations
+                    .as_ref()
+                    .unwrap()
+                    .contains_key(RESTARTED_AT_ANNOTATION)
+            );
+            let mut b = (*b).clone();
+            b.spec
+                .as_mut()
+                .unwrap()
+                .template
+                .metadata
+                .as_mut()
+                .unwrap()
+                .annotations
+                .as_mut()
+                .unwrap()
+                .remove(RESTARTED_AT_ANNOTATION);
+            let strip = |d: &Deployment| {
+                let mut d = d.clone();
+                d.metadata.labels.as_mut().unwrap().remove(RELEASE_LABEL);
+                if let Some(a) = d
+                    .spec
+                    .as_mut()
+                    .unwrap()
+                    .template
+                    .metadata
+                    .as_mut()
+                    .unwrap()
+                    .annotations
+                    .as_mut()
+                {
+                    if a.is_empty() {}
+                }
+                d
+            };
+            let (mut x, mut y) = (strip(a), strip(&b));
+            for d in [&mut x, &mut y] {
+                let m = d.spec.as_mut().unwrap().template.metadata.as_mut().unwrap();
+                if m.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+                    m.annotations = None;
+                }
+            }
+            assert_eq!(x, y);
+        }
+    }
+
+    #[test]
+    fn the_broken_release_breaks_only_the_frontend_with_a_short_deadline() {
+        let broken = place(Release::Broken, ReferenceOverrides::default());
+        for d in broken.bundle.deployments() {
+            let spec = d.spec.as_ref().unwrap();
+            let image = spec.template.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap();
+            if d.metadata.name.as_deref() == Some("frontend") {
+                assert!(image.ends_with(&format!(":{BROKEN_TAG}")), "{image}");
+                assert_eq!(
+                    spec.progress_deadline_seconds,
+                    Some(BROKEN_PROGRESS_DEADLINE_SECONDS)
+                );
+            } else {
+                assert!(!image.contains(BROKEN_TAG), "{image}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_blue_green_next_release_has_new_deployment_names() {
+        let bg = ReferenceOverrides {
+            strategy: Some(Strategy::Bluegreen),
+        };
+        let current = place(Release::Current, bg);
+        let next = place(Release::Next, bg);
+        let names = |p: &Placed| -> Vec<String> {
+            p.bundle
+                .deployments()
+                .map(|d| d.metadata.name.clone().unwrap())
+                .collect()
+        };
+        let (a, b) = (names(&current), names(&next));
+        assert!(a.iter().any(|n| n.starts_with("frontend-")), "{a:?}");
+        assert!(
+            a.iter().all(|n| !b.contains(n) || n == "redis-cart"),
+            "{a:?} {b:?}"
+        );
+    }
+}

@@ -1,0 +1,1408 @@
+//! Runs scenarios against a cluster: each in a namespace of its own, steps in
+//! order, checks judged and emitted as events, Kubernetes operations timestamped,
+//! diagnostics gathered when a scenario fails, and everything it created deleted
+//! afterwards (unless asked to keep it). Reporters consume the events.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::kube::api::{Api, DeleteParams, ListParams, PostParams};
+use ::kube::{Client, Config, ResourceExt};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::checks::{self, CheckName, GATEWAY_NAMESPACE, Judgement, PipelineView};
+use super::pipeline::{Pipeline, Placed, RUN_LABEL, ReferenceOverrides, SCENARIO_LABEL};
+use super::spec::{Need, Release, Scenario, Step};
+use crate::kube::{apply, diagnostics, drain, rbac, rollback, rollout};
+use crate::manifests::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, Object};
+use crate::report::{
+    CheckResult, Event, Finding, KubeEvent, KubeEventKind, RunReport, SCHEMA_VERSION,
+    ScenarioReport, Totals, Verdict,
+};
+
+/// How a run is set up.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// `local`, `kind` or `existing`.
+    pub substrate: String,
+    /// Whether the substrate serves traffic (load and probe steps run).
+    pub data_plane: bool,
+    /// Turns data-plane skips into failures.
+    pub require_data_plane: bool,
+    /// Scenarios run at once.
+    pub jobs: usize,
+    /// Keep what the run created (namespaces, gateway objects).
+    pub keep: bool,
+    pub pipeline: Pipeline,
+    /// Apps not held to the HA checks (single instances by design).
+    pub single_instance: Vec<String>,
+    pub certificate_min_days: i64,
+    /// Bound of one rollout.
+    pub rollout_timeout: Duration,
+    /// Identifies this run's objects (label `cdcheck.io/run`).
+    pub run_id: String,
+}
+
+impl RunConfig {
+    pub fn new(substrate: &str, pipeline: Pipeline) -> RunConfig {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        RunConfig {
+            substrate: substrate.to_string(),
+            data_plane: false,
+            require_data_plane: false,
+            jobs: 4,
+            keep: false,
+            pipeline,
+            single_instance: crate::catalog::all()
+                .iter()
+                .filter(|w| w.role != crate::catalog::Role::Stateless)
+                .map(|w| w.name.to_string())
+                .collect(),
+            certificate_min_days: 30,
+            rollout_timeout: Duration::from_secs(120),
+            run_id: id[..8].to_string(),
+        }
+    }
+}
+
+/// The cluster a run talks to.
+#[derive(Clone)]
+pub struct Cluster {
+    pub config: Config,
+    pub client: Client,
+}
+
+/// Emits events and stamps them relative to the run's start.
+#[derive(Clone)]
+struct Emitter {
+    started: Instant,
+    tx: UnboundedSender<Event>,
+}
+
+impl Emitter {
+    fn at(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn send(&self, event: Event) {
+        // A reporter that went away must not stop the run: its verdicts still go to the report.
+        let _ = self.tx.send(event);
+    }
+}
+
+/// Runs every scenario (`jobs` at a time) and returns the report; every event,
+/// the last being `RunFinished`, goes to `tx`.
+pub async fn run(
+    cluster: &Cluster,
+    scenarios: Vec<Scenario>,
+    config: &RunConfig,
+    tx: UnboundedSender<Event>,
+) -> RunReport {
+    let emitter = Emitter {
+        started: Instant::now(),
+        tx,
+    };
+    let started_wall = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    emitter.send(Event::RunStarted {
+        substrate: config.substrate.clone(),
+        data_plane: config.data_plane,
+        pipeline: config.pipeline.describe(),
+        scenarios: scenarios.iter().map(|s| s.name.clone()).collect(),
+    });
+    let order: Vec<String> = scenarios.iter().map(|s| s.name.clone()).collect();
+    let config = Arc::new(config.clone());
+    let mut reports: Vec<ScenarioReport> = futures::stream::iter(scenarios)
+        .map(|scenario| {
+            let cluster = cluster.clone();
+            let config = config.clone();
+            let emitter = emitter.clone();
+            async move { run_scenario(&cluster, &scenario, &config, &emitter).await }
+        })
+        .buffer_unordered(config.jobs.max(1))
+        .collect()
+        .await;
+    reports.sort_by_key(|r| order.iter().position(|n| *n == r.name));
+    let mut scenario_totals = Totals::default();
+    let mut check_totals = Totals::default();
+    let mut verdict = Verdict::Passed;
+    for r in &reports {
+        scenario_totals.add(r.verdict);
+        r.checks.iter().for_each(|c| check_totals.add(c.verdict));
+        verdict = verdict.worst(r.verdict);
+    }
+    let report = RunReport {
+        schema_version: SCHEMA_VERSION,
+        cdcheck_version: env!("CARGO_PKG_VERSION").to_string(),
+        started: started_wall,
+        duration: emitter.at(),
+        substrate: config.substrate.clone(),
+        data_plane: config.data_plane,
+        pipeline: config.pipeline.describe(),
+        verdict,
+        scenarios: reports,
+        scenario_totals,
+        check_totals,
+    };
+    emitter.send(Event::RunFinished {
+        report: Box::new(report.clone()),
+    });
+    report
+}
+
+/// The verdict of a scenario from its checks: failed or error when one is;
+/// skipped when every check was; an error when it has no check at all.
+pub fn scenario_verdict(checks: &[CheckResult]) -> Verdict {
+    if checks.is_empty() {
+        return Verdict::Error;
+    }
+    let worst = checks
+        .iter()
+        .map(|c| c.verdict)
+        .fold(Verdict::Passed, Verdict::worst);
+    // Skipped checks are counted and shown, never passed; a scenario is skipped
+    // only when nothing of it ran.
+    if worst == Verdict::Skipped && checks.iter().any(|c| c.verdict == Verdict::Passed) {
+        Verdict::Passed
+    } else {
+        worst
+    }
+}
+
+/// A scenario in progress.
+struct ScenarioRun<'a> {
+    scenario: &'a Scenario,
+    cluster: &'a Cluster,
+    config: &'a RunConfig,
+    emitter: &'a Emitter,
+    namespace: String,
+    overrides: ReferenceOverrides,
+    checks: Vec<CheckResult>,
+    events: Vec<KubeEvent>,
+    /// The release deployed last, as placed.
+    deployed: Option<(Release, Placed)>,
+    /// Releases deployed, in order (for rollback and undo).
+    history: Vec<Release>,
+    step: usize,
+    step_started: Instant,
+    step_at: Duration,
+}
+
+/// Why a step could not go on: the scenario stops there.
+struct Abort;
+
+impl<'a> ScenarioRun<'a> {
+    fn record(
+        &mut self,
+        name: &str,
+        description: &str,
+        verdict: Verdict,
+        findings: Vec<Finding>,
+        skip_reason: Option<String>,
+    ) {
+        let result = CheckResult {
+            name: name.to_string(),
+            description: description.to_string(),
+            step: self.step,
+            verdict,
+            findings,
+            skip_reason,
+            at: self.step_at,
+            duration: self.step_started.elapsed(),
+        };
+        self.emitter.send(Event::Check {
+            scenario: self.scenario.name.clone(),
+            result: result.clone(),
+        });
+        self.checks.push(result);
+    }
+
+    fn judged(&mut self, name: &str, description: &str, findings: Vec<Finding>) {
+        let verdict = if findings.is_empty() {
+            Verdict::Passed
+        } else {
+            Verdict::Failed
+        };
+        self.record(name, description, verdict, findings, None);
+    }
+
+    fn error(&mut self, name: &str, description: &str, message: String) -> Abort {
+        self.record(
+            name,
+            description,
+            Verdict::Error,
+            vec![Finding::new(message)],
+            None,
+        );
+        Abort
+    }
+
+    fn skip(&mut self, name: &str, description: &str, reason: String) {
+        let verdict = if self.config.require_data_plane && reason.contains("data plane") {
+            Verdict::Failed
+        } else {
+            Verdict::Skipped
+        };
+        let findings = if verdict == Verdict::Failed {
+            vec![Finding::new(format!("{reason} (--require data-plane)"))]
+        } else {
+            Vec::new()
+        };
+        self.record(name, description, verdict, findings, Some(reason));
+    }
+
+    fn kube_event(&mut self, kind: KubeEventKind, object: Option<String>, detail: String) {
+        let event = KubeEvent {
+            at: self.emitter.at(),
+            kind,
+            object,
+            detail,
+        };
+        self.emitter.send(Event::Kube {
+            scenario: self.scenario.name.clone(),
+            event: event.clone(),
+        });
+        self.events.push(event);
+    }
+
+    fn place(&mut self, release: Release) -> Result<Placed, Abort> {
+        match self.config.pipeline.place(
+            release,
+            &self.namespace,
+            &self.config.run_id,
+            self.overrides,
+        ) {
+            Ok(p) => Ok(p),
+            Err(e) => Err(self.error("release", "the pipeline's release can be made", chain(&e))),
+        }
+    }
+}
+
+/// The static checks' view of a placed release.
+fn view<'p>(
+    namespace: &'p str,
+    placed: &'p Placed,
+    single: &'p [String],
+    certificate_min_days: i64,
+) -> PipelineView<'p> {
+    PipelineView {
+        namespace,
+        bundle: &placed.bundle,
+        single_instance: single,
+        not_deployed: &placed.not_deployed,
+        certificate_min_days,
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// `cdcheck-<scenario>-<6 hex>`, within the 63 characters of a DNS label.
+fn scenario_namespace(scenario: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut base = format!("cdcheck-{scenario}");
+    base.truncate(63 - 7);
+    format!("{base}-{}", &id[..6])
+}
+
+async fn run_scenario(
+    cluster: &Cluster,
+    scenario: &Scenario,
+    config: &RunConfig,
+    emitter: &Emitter,
+) -> ScenarioReport {
+    let namespace = scenario_namespace(&scenario.name);
+    let started_at = emitter.at();
+    let started = Instant::now();
+    emitter.send(Event::ScenarioStarted {
+        scenario: scenario.name.clone(),
+        namespace: namespace.clone(),
+        steps: scenario.steps.len(),
+    });
+    let mut run = ScenarioRun {
+        scenario,
+        cluster,
+        config,
+        emitter,
+        namespace: namespace.clone(),
+        overrides: ReferenceOverrides {
+            strategy: scenario.reference_strategy.map(Into::into),
+        },
+        checks: Vec::new(),
+        events: Vec::new(),
+        deployed: None,
+        history: Vec::new(),
+        step: 0,
+        step_started: Instant::now(),
+        step_at: emitter.at(),
+    };
+    let outcome = tokio::time::timeout(
+        scenario.timeout,
+        std::panic::AssertUnwindSafe(run_steps(&mut run)).catch_unwind(),
+    )
+    .await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            run.error(
+                "runner",
+                "cdcheck's runner completes the scenario",
+                format!("panicked: {message}"),
+            );
+        }
+        Err(_) => {
+            run.error(
+                "timeout",
+                "the scenario completes within its timeout",
+                format!(
+                    "the scenario did not complete within {:?}",
+                    scenario.timeout
+                ),
+            );
+        }
+    }
+    let verdict = scenario_verdict(&run.checks);
+    let diagnostics = if matches!(verdict, Verdict::Failed | Verdict::Error) {
+        let d = diagnostics::gather(&cluster.client, &namespace, None).await;
+        Some(d.to_string())
+    } else {
+        None
+    };
+    if !config.keep {
+        cleanup_scenario(&cluster.client, &namespace).await;
+    }
+    let report = ScenarioReport {
+        name: scenario.name.clone(),
+        file: scenario.file.display().to_string(),
+        description: scenario.description.clone(),
+        tags: scenario.tags.clone(),
+        needs: scenario
+            .needs
+            .iter()
+            .map(|n| n.as_str().to_string())
+            .collect(),
+        namespace,
+        verdict,
+        started_at,
+        duration: started.elapsed(),
+        checks: run.checks,
+        events: run.events,
+        loads: Vec::new(),
+        diagnostics,
+    };
+    emitter.send(Event::ScenarioFinished {
+        report: Box::new(report.clone()),
+    });
+    report
+}
+
+async fn run_steps(run: &mut ScenarioRun<'_>) {
+    let steps = run.scenario.steps.clone();
+    for (index, step) in steps.iter().enumerate() {
+        run.step = index;
+        run.step_started = Instant::now();
+        run.step_at = run.emitter.at();
+        run.emitter.send(Event::StepStarted {
+            scenario: run.scenario.name.clone(),
+            step: index,
+            label: step.label(),
+        });
+        if step.need() == Need::DataPlane && !run.config.data_plane {
+            let reason = format!("{} has no data plane", run.config.substrate);
+            run.skip(&step_check_name(step), &step.label(), reason);
+            continue;
+        }
+        let result = match step {
+            Step::Deploy(release) => deploy(run, *release).await,
+            Step::Update(release) => update(run, *release).await,
+            Step::Switch(release) => switch(run, *release).await,
+            Step::DeployBroken(release) => deploy_broken(run, *release).await,
+            Step::Rollback(release) => rollback_to(run, *release).await,
+            Step::Undo {} => undo(run).await,
+            Step::Drain(_) => drain_node(run).await,
+            Step::Expect(names) => expect(run, names).await,
+            Step::LoadStart(_) | Step::LoadStop(_) | Step::Probe(_) => {
+                // Only reached with a data plane, which no substrate offers yet.
+                Err(run.error(
+                    &step_check_name(step),
+                    &step.label(),
+                    format!(
+                        "{} claims a data plane, but cdcheck drives none on it yet",
+                        run.config.substrate
+                    ),
+                ))
+            }
+        };
+        if result.is_err() {
+            for later in steps.iter().skip(index + 1) {
+                run.step += 1;
+                run.record(
+                    &step_check_name(later),
+                    &later.label(),
+                    Verdict::Skipped,
+                    Vec::new(),
+                    Some("not run: an earlier step could not complete".into()),
+                );
+            }
+            return;
+        }
+    }
+}
+
+fn step_check_name(step: &Step) -> String {
+    match step {
+        Step::LoadStart(l) => format!("load-{}", l.name),
+        Step::LoadStop(l) => format!("load-{}-zero-failed", l.name),
+        Step::Probe(p) => format!("probe-{p:?}").to_lowercase(),
+        other => other
+            .label()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join("-"),
+    }
+}
+
+fn deployment_keys(placed: &Placed) -> Vec<(String, String)> {
+    placed
+        .bundle
+        .deployments()
+        .map(|d| {
+            (
+                d.metadata.namespace.clone().unwrap_or_default(),
+                d.metadata.name.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Creates the scenario's namespace when the release brings none, labelled as cdcheck's.
+async fn ensure_namespace(run: &mut ScenarioRun<'_>, placed: &Placed) -> Result<(), Abort> {
+    if placed
+        .bundle
+        .objects
+        .iter()
+        .any(|o| matches!(o, Object::Namespace(_)))
+    {
+        return Ok(());
+    }
+    let api: Api<Namespace> = Api::all(run.cluster.client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": run.namespace, "labels": {
+            MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+            RUN_LABEL: run.config.run_id,
+            SCENARIO_LABEL: run.namespace,
+            "istio-injection": "enabled",
+        }}
+    }))
+    .expect("a namespace object");
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(::kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(run.error(
+            "namespace",
+            "the scenario's namespace can be created",
+            chain(&e),
+        )),
+    }
+}
+
+/// Applies a release and waits for its rollout; the pipeline is at fault when
+/// the API refuses an object or a rollout fails.
+async fn deploy(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
+    let placed = run.place(release)?;
+    ensure_namespace(run, &placed).await?;
+    run.kube_event(
+        KubeEventKind::Apply,
+        None,
+        format!(
+            "apply the {} release ({} objects)",
+            release.as_str(),
+            placed.bundle.objects.len()
+        ),
+    );
+    let name = format!("deploy-{}", release.as_str());
+    let description = format!(
+        "the {} release applies and every Deployment rolls out",
+        release.as_str()
+    );
+    let result = rollback::deploy(
+        &run.cluster.client,
+        &placed.bundle,
+        &run.namespace,
+        run.config.rollout_timeout,
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            run.kube_event(
+                KubeEventKind::RolloutComplete,
+                None,
+                format!(
+                    "{} Deployments rolled out in {:?}",
+                    report.rollouts.len(),
+                    report.took
+                ),
+            );
+            run.judged(&name, &description, Vec::new());
+            run.deployed = Some((release, placed));
+            run.history.push(release);
+            Ok(())
+        }
+        Err(e) => {
+            let findings = deploy_findings(&e);
+            run.kube_event(KubeEventKind::RolloutFailed, None, chain(&e));
+            run.judged(&name, &description, findings);
+            Err(Abort)
+        }
+    }
+}
+
+fn deploy_findings(error: &rollback::RollbackError) -> Vec<Finding> {
+    match error {
+        rollback::RollbackError::Rollout(rollout::RolloutError::ProgressDeadline {
+            namespace,
+            name,
+            reason,
+            message,
+            ..
+        }) => vec![Finding::about(
+            format!("Deployment/{namespace}/{name}"),
+            format!("{reason}: {message}"),
+        )],
+        rollback::RollbackError::Rollout(rollout::RolloutError::Timeout {
+            namespace,
+            name,
+            waited,
+            state,
+            ..
+        }) => vec![Finding::about(
+            format!("Deployment/{namespace}/{name}"),
+            format!("did not roll out within {waited:?} ({state})"),
+        )],
+        other => vec![Finding::new(chain(other))],
+    }
+}
+
+async fn expect(run: &mut ScenarioRun<'_>, names: &[CheckName]) -> Result<(), Abort> {
+    let Some((_, placed)) = run.deployed.clone() else {
+        return Err(run.error(
+            "expect",
+            "checks need a deployed release",
+            "no release was deployed before this step (add a `deploy` step)".into(),
+        ));
+    };
+    let single = run.config.single_instance.clone();
+    for name in names {
+        if name.is_live() {
+            live_check(run, *name, &placed).await;
+            continue;
+        }
+        let namespace = run.namespace.clone();
+        let days = run.config.certificate_min_days;
+        let judgement = checks::run_static(*name, &view(&namespace, &placed, &single, days));
+        match judgement {
+            Judgement::Findings(findings) => {
+                run.judged(name.as_str(), name.description(), findings)
+            }
+            Judgement::NotApplicable(why) => run.skip(
+                name.as_str(),
+                name.description(),
+                format!("not applicable: {why}"),
+            ),
+        }
+    }
+    Ok(())
+}
+
+async fn live_check(run: &mut ScenarioRun<'_>, name: CheckName, placed: &Placed) {
+    let result = match name {
+        CheckName::Placement => placement(run, placed).await,
+        CheckName::RbacMatrix => rbac_matrix(run, placed).await,
+        _ => unreachable!("only live checks come here"),
+    };
+    match result {
+        Ok(findings) => run.judged(name.as_str(), name.description(), findings),
+        Err(message) => {
+            run.error(name.as_str(), name.description(), message);
+        }
+    }
+}
+
+/// Pods of each HA Deployment, by node, read from the API.
+async fn placement(run: &ScenarioRun<'_>, placed: &Placed) -> Result<Vec<Finding>, String> {
+    let single = run.config.single_instance.clone();
+    let view = view(
+        &run.namespace,
+        placed,
+        &single,
+        run.config.certificate_min_days,
+    );
+    let pods: Api<Pod> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
+    let list = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("list the pods of {}: {}", run.namespace, chain(&e)))?;
+    let mut findings = Vec::new();
+    for d in checks::ha_deployments(&view) {
+        let app = checks::app_of(d);
+        let nodes: BTreeSet<String> = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.labels().get("app") == Some(&app))
+            .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+            .collect();
+        if nodes.len() < 2 {
+            findings.push(Finding::about(
+                format!("Deployment/{}/{}", run.namespace, d.name_any()),
+                format!(
+                    "its pods run on {} node(s) ({}): losing one node stops it",
+                    nodes.len(),
+                    nodes.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(findings)
+}
+
+/// The deployer: the ServiceAccount a RoleBinding of the namespace binds (the
+/// reference rendering's `<env>-deployer`).
+fn deployer(placed: &Placed, namespace: &str) -> Option<String> {
+    let mut bound: Vec<String> = placed
+        .bundle
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::RoleBinding(rb) => Some(rb),
+            _ => None,
+        })
+        .flat_map(|rb| rb.subjects.clone().unwrap_or_default())
+        .filter(|s| {
+            s.kind == "ServiceAccount" && s.namespace.as_deref().is_none_or(|n| n == namespace)
+        })
+        .map(|s| s.name)
+        .collect();
+    bound.sort_by_key(|n| !n.ends_with("-deployer"));
+    bound.into_iter().next()
+}
+
+async fn rbac_matrix(run: &mut ScenarioRun<'_>, placed: &Placed) -> Result<Vec<Finding>, String> {
+    let Some(sa) = deployer(placed, &run.namespace) else {
+        return Ok(vec![Finding::new(format!(
+            "no RoleBinding in {} binds a ServiceAccount: the pipeline has no namespace-scoped deployer",
+            run.namespace
+        ))]);
+    };
+    // A sibling namespace the deployer must not reach.
+    let other = format!("{}-other", run.namespace);
+    let api: Api<Namespace> = Api::all(run.cluster.client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": other, "labels": {
+            MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+            RUN_LABEL: run.config.run_id,
+            SCENARIO_LABEL: run.namespace,
+        }}
+    }))
+    .expect("a namespace object");
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(::kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(format!("create namespace {other}: {}", chain(&e))),
+    }
+    let subject = rbac::Subject::service_account(&run.namespace, &sa);
+    let resources = vec![
+        rbac::Resource::deployments(),
+        rbac::Resource::services(),
+        rbac::Resource::configmaps(),
+        rbac::Resource::secrets(),
+        rbac::Resource::virtualservices(),
+        rbac::Resource::gateways(),
+        rbac::Resource::roles(),
+        rbac::Resource::namespaces(),
+        rbac::Resource::nodes(),
+        rbac::Resource::clusterroles(),
+        rbac::Resource::clusterrolebindings(),
+    ];
+    let probes = rbac::probes(
+        &[run.namespace.as_str(), other.as_str(), GATEWAY_NAMESPACE],
+        &resources,
+        &rbac::Verb::ALL,
+    );
+    let matrix = rbac::matrix(&run.cluster.config, &subject, probes)
+        .await
+        .map_err(|e| chain(&e))?;
+    let own = run.namespace.clone();
+    let mut findings = Vec::new();
+    for cell in &matrix.cells {
+        let in_own = cell.probe.namespace.as_deref() == Some(own.as_str());
+        if in_own {
+            // The deployer must be able to deploy: change Deployments and Services.
+            let needed = matches!(
+                cell.probe.resource.plural.as_str(),
+                "deployments" | "services"
+            ) && matches!(
+                cell.probe.verb,
+                rbac::Verb::Get | rbac::Verb::Create | rbac::Verb::Update | rbac::Verb::Patch
+            );
+            if needed && !(cell.review_allowed && cell.request_allowed) {
+                findings.push(Finding::about(
+                    format!("ServiceAccount/{own}/{sa}"),
+                    format!(
+                        "may not {} (HTTP {}): it cannot deploy its own namespace",
+                        cell.probe, cell.request_status
+                    ),
+                ));
+            }
+        } else if cell.review_allowed || cell.request_allowed {
+            findings.push(Finding::about(
+                format!("ServiceAccount/{own}/{sa}"),
+                format!(
+                    "may {} (review {}, real request HTTP {}): a deployer must reach nothing outside its namespace",
+                    cell.probe,
+                    if cell.review_allowed { "allowed" } else { "denied" },
+                    cell.request_status
+                ),
+            ));
+        }
+    }
+    Ok(findings)
+}
+
+/// Rolls to `release` while watching every Deployment: ready pods must never
+/// fall below the desired count.
+async fn update(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
+    let placed = run.place(release)?;
+    let keys = deployment_keys(&placed);
+    let mut watches = Vec::new();
+    for (ns, name) in &keys {
+        watches.push(rollout::RolloutWatch::start(&run.cluster.client, ns, name).await);
+    }
+    run.kube_event(
+        KubeEventKind::RolloutStarted,
+        None,
+        format!("apply the {} release", release.as_str()),
+    );
+    if let Err(e) =
+        apply::apply_bundle(&run.cluster.client, &placed.bundle, Some(&run.namespace)).await
+    {
+        run.judged(
+            &format!("update-{}", release.as_str()),
+            "the next release applies",
+            vec![Finding::new(chain(&e))],
+        );
+        return Err(Abort);
+    }
+    let timeout = run.config.rollout_timeout;
+    let results = futures::future::join_all(watches.into_iter().map(|w| w.wait(timeout))).await;
+    let mut failures = Vec::new();
+    let mut dips = Vec::new();
+    let single = run.config.single_instance.clone();
+    for ((_, name), result) in keys.iter().zip(results) {
+        match result {
+            Ok(report) => {
+                let is_ha = placed
+                    .bundle
+                    .deployments()
+                    .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+                    .is_some_and(|d| !single.contains(&checks::app_of(d)));
+                if is_ha && report.min_ready_pods() < report.desired() {
+                    dips.push(Finding::about(
+                        format!("Deployment/{}/{name}", run.namespace),
+                        format!(
+                            "ready pods fell to {} of {} desired during the rollout",
+                            report.min_ready_pods(),
+                            report.desired()
+                        ),
+                    ));
+                }
+            }
+            Err(e) => failures.extend(deploy_findings(&rollback::RollbackError::Rollout(e))),
+        }
+    }
+    run.kube_event(
+        KubeEventKind::RolloutComplete,
+        None,
+        format!("the {} release rolled out", release.as_str()),
+    );
+    run.judged(
+        &format!("update-{}-rolls-out", release.as_str()),
+        "every Deployment rolls out to the new release",
+        failures.clone(),
+    );
+    run.judged(
+        "ready-never-below-desired",
+        "no HA Deployment had fewer ready pods than desired at any moment of the rollout",
+        dips,
+    );
+    if !failures.is_empty() {
+        return Err(Abort);
+    }
+    run.deployed = Some((release, placed));
+    run.history.push(release);
+    Ok(())
+}
+
+/// Blue/green: the new release's Deployments beside the old, Services switched once they are ready.
+async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
+    if !run.config.pipeline.can_switch() {
+        run.skip(
+            "switch-after-ready",
+            "Services switch only after the new release is ready",
+            "not applicable: the pipeline gives no blue/green release to switch to (--next-manifests)".into(),
+        );
+        return Ok(());
+    }
+    let placed = run.place(release)?;
+    run.kube_event(
+        KubeEventKind::Apply,
+        None,
+        format!(
+            "apply the {} release beside the current one",
+            release.as_str()
+        ),
+    );
+    let result = rollback::bluegreen_switch(
+        &run.cluster.client,
+        &placed.bundle,
+        &run.namespace,
+        run.config.rollout_timeout,
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            run.kube_event(
+                KubeEventKind::Switch,
+                None,
+                format!("switched {}", report.switched.join(", ")),
+            );
+            let findings = if report.switched.is_empty() {
+                vec![Finding::new("the switch re-pointed no Service")]
+            } else {
+                Vec::new()
+            };
+            run.judged(
+                "switch-after-ready",
+                "Services switch only after the new release is ready",
+                findings,
+            );
+            run.deployed = Some((release, placed));
+            run.history.push(release);
+            Ok(())
+        }
+        Err(e) => {
+            run.judged(
+                "switch-after-ready",
+                "Services switch only after the new release is ready",
+                deploy_findings(&e),
+            );
+            Err(Abort)
+        }
+    }
+}
+
+/// A release that never becomes ready must fail its rollout within the progress
+/// deadline (plus a margin for the controller's sync), with the reason, while
+/// the previous release keeps every ready pod.
+async fn deploy_broken(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
+    let placed = run.place(release)?;
+    let broken: Vec<(String, String, i32)> = placed
+        .bundle
+        .deployments()
+        .filter(|d| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .is_some_and(|p| {
+                    p.containers.iter().any(|c| {
+                        c.image
+                            .as_deref()
+                            .is_some_and(|i| i.ends_with(super::pipeline::BROKEN_TAG))
+                    })
+                })
+        })
+        .map(|d| {
+            (
+                run.namespace.clone(),
+                d.name_any(),
+                d.spec
+                    .as_ref()
+                    .and_then(|s| s.progress_deadline_seconds)
+                    .unwrap_or(600),
+            )
+        })
+        .collect();
+    let Some((ns, name, deadline)) = broken.first().cloned() else {
+        return Err(run.error(
+            "broken-release",
+            "a broken release can be made",
+            "the broken release breaks no Deployment".into(),
+        ));
+    };
+    let watch = rollout::RolloutWatch::start(&run.cluster.client, &ns, &name).await;
+    let applied_at = Instant::now();
+    run.kube_event(
+        KubeEventKind::RolloutStarted,
+        Some(format!("Deployment/{ns}/{name}")),
+        format!("apply the broken release (progressDeadlineSeconds {deadline})"),
+    );
+    if let Err(e) =
+        apply::apply_bundle(&run.cluster.client, &placed.bundle, Some(&run.namespace)).await
+    {
+        return Err(run.error(
+            "broken-release-applies",
+            "the broken release applies",
+            chain(&e),
+        ));
+    }
+    let deadline = Duration::from_secs(deadline.max(0) as u64);
+    let bound = deadline + BROKEN_MARGIN;
+    let result = watch.wait(bound + Duration::from_secs(30)).await;
+    let took = applied_at.elapsed();
+    let key = format!("Deployment/{ns}/{name}");
+    let mut fail_fast = Vec::new();
+    let mut kept = Vec::new();
+    match &result {
+        Err(rollout::RolloutError::ProgressDeadline { reason, .. }) => {
+            run.kube_event(
+                KubeEventKind::RolloutFailed,
+                Some(key.clone()),
+                format!("{reason} after {took:?}"),
+            );
+            if took > bound {
+                fail_fast.push(Finding::about(
+                    key.clone(),
+                    format!(
+                        "the rollout failed after {took:?}, beyond its deadline {deadline:?} + {BROKEN_MARGIN:?}"
+                    ),
+                ));
+            }
+        }
+        Err(other) => fail_fast.push(Finding::about(
+            key.clone(),
+            format!("the broken rollout did not fail by its progress deadline: {}", chain(other)),
+        )),
+        Ok(_) => fail_fast.push(Finding::about(
+            key.clone(),
+            "the broken release rolled out: nothing tells a release that never becomes ready from a good one",
+        )),
+    }
+    // Mainline keeps serving: the previous ReplicaSet's pods stay ready.
+    let pods: Api<Pod> = Api::namespaced(run.cluster.client.clone(), &ns);
+    let desired = run
+        .deployed
+        .as_ref()
+        .and_then(|(_, p)| {
+            p.bundle
+                .deployments()
+                .find(|d| d.name_any() == name)
+                .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
+        })
+        .unwrap_or(1);
+    match pods.list(&ListParams::default()).await {
+        Ok(list) => {
+            let ready = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.spec.as_ref().is_some_and(|s| {
+                        s.containers.iter().all(|c| {
+                            !c.image
+                                .as_deref()
+                                .is_some_and(|i| i.ends_with(super::pipeline::BROKEN_TAG))
+                        })
+                    })
+                })
+                .filter(|p| {
+                    p.labels().get("app").map(String::as_str)
+                        == Some(super::pipeline::BROKEN_WORKLOAD)
+                })
+                .filter(|p| pod_is_ready(p))
+                .count() as i32;
+            if ready < desired {
+                kept.push(Finding::about(
+                    key.clone(),
+                    format!("only {ready} of {desired} mainline pod(s) stayed ready under the broken release"),
+                ));
+            }
+        }
+        Err(e) => {
+            return Err(run.error("mainline-keeps-serving", "mainline stays ready", chain(&e)));
+        }
+    }
+    run.judged(
+        "broken-release-fails-fast",
+        "a release whose pods never become ready fails its rollout within the progress deadline, with its reason",
+        fail_fast,
+    );
+    run.judged(
+        "mainline-keeps-serving",
+        "the previous release keeps all its ready pods while the broken one fails",
+        kept,
+    );
+    Ok(())
+}
+
+fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Margin over the progress deadline for a broken rollout to be reported: the
+/// deployment controller checks progress on its resync and on pod updates.
+pub const BROKEN_MARGIN: Duration = Duration::from_secs(10);
+
+/// Redeploys `release` and checks that every Deployment's pod template (images,
+/// env, annotations) is that release's again.
+async fn rollback_to(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
+    let placed = run.place(release)?;
+    run.kube_event(
+        KubeEventKind::Rollback,
+        None,
+        format!("redeploy the {} release", release.as_str()),
+    );
+    let result = rollback::redeploy_previous(
+        &run.cluster.client,
+        &placed.bundle,
+        &run.namespace,
+        run.config.rollout_timeout,
+    )
+    .await;
+    if let Err(e) = result {
+        run.judged(
+            "rollback-rolls-out",
+            "the previous release redeploys and rolls out",
+            deploy_findings(&e),
+        );
+        return Err(Abort);
+    }
+    let findings = templates_match(run, &placed).await?;
+    run.judged(
+        "rollback-restores-templates",
+        "after the rollback every Deployment runs the previous release's images, env and pod template",
+        findings,
+    );
+    run.deployed = Some((release, placed));
+    run.history.push(release);
+    Ok(())
+}
+
+/// Compares the live pod templates with the release's.
+async fn templates_match(
+    run: &mut ScenarioRun<'_>,
+    placed: &Placed,
+) -> Result<Vec<Finding>, Abort> {
+    let api: Api<Deployment> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
+    let mut findings = Vec::new();
+    for want in placed.bundle.deployments() {
+        let name = want.name_any();
+        let live = match api.get(&name).await {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(run.error("read-deployment", "read the live Deployment", chain(&e)));
+            }
+        };
+        let key = format!("Deployment/{}/{name}", run.namespace);
+        let wanted = want.spec.as_ref().map(|s| &s.template);
+        let got = live.spec.as_ref().map(|s| &s.template);
+        let containers = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+            t.and_then(|t| t.spec.as_ref())
+                .map(|s| {
+                    s.containers
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.name.clone(),
+                                c.image.clone(),
+                                c.env.clone().unwrap_or_default(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        for ((name_w, image_w, env_w), (_, image_g, env_g)) in
+            containers(wanted).iter().zip(containers(got).iter())
+        {
+            if image_w != image_g {
+                findings.push(Finding::about(
+                    key.clone(),
+                    format!("container {name_w} runs {image_g:?}, not {image_w:?}"),
+                ));
+            }
+            if env_w != env_g {
+                findings.push(Finding::about(
+                    key.clone(),
+                    format!("container {name_w}'s env differs from the release's"),
+                ));
+            }
+        }
+        let annotations = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+            t.and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.clone())
+                .unwrap_or_default()
+        };
+        let (aw, ag): (BTreeMap<_, _>, BTreeMap<_, _>) = (annotations(wanted), annotations(got));
+        if aw != ag {
+            findings.push(Finding::about(
+                key.clone(),
+                format!(
+                    "pod template annotations differ: expected {:?}, found {:?}",
+                    aw.keys().collect::<Vec<_>>(),
+                    ag.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+    }
+    Ok(findings)
+}
+
+/// `kubectl rollout undo` of every Deployment: the previous revision's template
+/// comes back. Blue/green Deployments hold one release and cannot be undone: that
+/// limitation is reported, not failed.
+async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
+    let Some((_, placed)) = run.deployed.clone() else {
+        return Err(run.error(
+            "undo",
+            "undo needs a deployed release",
+            "nothing was deployed".into(),
+        ));
+    };
+    let previous = run.history.iter().rev().nth(1).copied();
+    let mut failures = Vec::new();
+    let mut limitations = Vec::new();
+    let mut undone = 0;
+    for (ns, name) in deployment_keys(&placed) {
+        run.kube_event(
+            KubeEventKind::Undo,
+            Some(format!("Deployment/{ns}/{name}")),
+            "rollout undo".into(),
+        );
+        match rollback::undo(&run.cluster.client, &ns, &name, run.config.rollout_timeout).await {
+            Ok(_) => undone += 1,
+            Err(rollback::RollbackError::NoPreviousRevision { .. }) => limitations.push(name),
+            Err(e) => failures.push(Finding::about(format!("Deployment/{ns}/{name}"), chain(&e))),
+        }
+    }
+    let description =
+        "rollout undo brings every Deployment back to the previous release's pod template";
+    match previous {
+        _ if undone == 0 && failures.is_empty() => {}
+        Some(previous) if limitations.is_empty() && failures.is_empty() => {
+            let target = run.place(previous)?;
+            failures.extend(templates_match(run, &target).await?);
+            run.deployed = Some((previous, target));
+            run.history.push(previous);
+            run.judged("undo-restores-previous-revision", description, failures);
+        }
+        None if failures.is_empty() => run.skip(
+            "undo-restores-previous-revision",
+            description,
+            "not applicable: only one release was deployed before the undo".into(),
+        ),
+        _ => run.judged("undo-restores-previous-revision", description, failures),
+    }
+    if !limitations.is_empty() {
+        run.skip(
+            "undo-blue-green",
+            "rollout undo of blue/green Deployments",
+            format!(
+                "limitation: {} hold one release each (blue/green); roll back by switching the Services back",
+                limitations.join(", ")
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Drains the node holding the most pods of the scenario through the Eviction
+/// API, then uncordons it.
+async fn drain_node(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
+    let pods: Api<Pod> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
+    let list = match pods.list(&ListParams::default()).await {
+        Ok(l) => l,
+        Err(e) => return Err(run.error("drain", "drain a node", chain(&e))),
+    };
+    let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &list.items {
+        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            *by_node.entry(node).or_default() += 1;
+        }
+    }
+    let Some(node) = by_node
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(n, _)| n.clone())
+    else {
+        return Err(run.error(
+            "drain",
+            "drain a node",
+            "no pod of the scenario is scheduled".into(),
+        ));
+    };
+    run.kube_event(
+        KubeEventKind::Cordon,
+        Some(format!("Node//{node}")),
+        "cordon and drain".into(),
+    );
+    let ns = run.namespace.clone();
+    let result = drain::drain(
+        &run.cluster.config,
+        &node,
+        &[ns.as_str()],
+        run.config.rollout_timeout,
+    )
+    .await;
+    let _ = drain::uncordon(&run.cluster.client, &node).await;
+    match result {
+        Ok(report) => {
+            for pod in &report.evicted {
+                run.kube_event(
+                    KubeEventKind::Eviction,
+                    Some(format!("Pod/{pod}")),
+                    format!("evicted from {node}"),
+                );
+            }
+            let findings = if report.evicted.is_empty() {
+                vec![Finding::new(format!("node {node} held no pod to evict"))]
+            } else {
+                Vec::new()
+            };
+            run.judged(
+                "drain-by-eviction",
+                "a node drains through the Eviction API, PodDisruptionBudgets honoured",
+                findings,
+            );
+            Ok(())
+        }
+        Err(e) => {
+            run.judged(
+                "drain-by-eviction",
+                "a node drains through the Eviction API, PodDisruptionBudgets honoured",
+                vec![Finding::new(chain(&e))],
+            );
+            Err(Abort)
+        }
+    }
+}
+
+/// Deletes the scenario's namespaces and its objects in the gateway's namespace.
+pub async fn cleanup_scenario(client: &Client, namespace: &str) {
+    let selector = format!("{SCENARIO_LABEL}={namespace}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if let Ok(list) = namespaces
+        .list(&ListParams::default().labels(&selector))
+        .await
+    {
+        for ns in list.items {
+            let _ = namespaces
+                .delete(&ns.name_any(), &DeleteParams::default())
+                .await;
+        }
+    }
+    let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
+    delete_gateway_objects(client, &selector).await;
+}
+
+/// Deletes every namespace and gateway object of a run (Ctrl-C, a crash of a previous run).
+pub async fn cleanup_run(client: &Client, run_id: &str) {
+    let selector = format!("{RUN_LABEL}={run_id}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if let Ok(list) = namespaces
+        .list(&ListParams::default().labels(&selector))
+        .await
+    {
+        for ns in list.items {
+            let _ = namespaces
+                .delete(&ns.name_any(), &DeleteParams::default())
+                .await;
+        }
+    }
+    delete_gateway_objects(client, &selector).await;
+}
+
+async fn delete_gateway_objects(client: &Client, selector: &str) {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), GATEWAY_NAMESPACE);
+    let _ = secrets
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(selector),
+        )
+        .await;
+    let gateways: Api<crate::manifests::istio::Gateway> =
+        Api::namespaced(client.clone(), GATEWAY_NAMESPACE);
+    let _ = gateways
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(selector),
+        )
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(verdict: Verdict) -> CheckResult {
+        CheckResult {
+            name: "c".into(),
+            description: String::new(),
+            step: 0,
+            verdict,
+            findings: Vec::new(),
+            skip_reason: None,
+            at: Duration::ZERO,
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_scenario_is_as_bad_as_its_worst_check_and_never_passes_empty() {
+        assert_eq!(scenario_verdict(&[]), Verdict::Error);
+        assert_eq!(
+            scenario_verdict(&[check(Verdict::Passed), check(Verdict::Skipped)]),
+            Verdict::Passed
+        );
+        assert_eq!(
+            scenario_verdict(&[check(Verdict::Skipped), check(Verdict::Skipped)]),
+            Verdict::Skipped
+        );
+        assert_eq!(
+            scenario_verdict(&[check(Verdict::Skipped), check(Verdict::Failed)]),
+            Verdict::Failed
+        );
+        assert_eq!(
+            scenario_verdict(&[check(Verdict::Passed), check(Verdict::Passed)]),
+            Verdict::Passed
+        );
+    }
+
+    #[test]
+    fn scenario_namespaces_are_dns_labels() {
+        let ns = scenario_namespace("a-very-long-scenario-name-that-goes-on-and-on-and-on-forever");
+        assert!(ns.len() <= 63, "{ns}");
+        assert!(crate::manifests::options::is_dns_label(&ns), "{ns}");
+    }
+}
