@@ -71,6 +71,8 @@ fn run_one(scenario: Scenario) -> Result<(), Failed> {
             out.push_str(&format!("           {f}\n"));
         }
     }
+    // Shown with --nocapture (and for failures, in the message).
+    print!("{out}");
     match scenario.verdict {
         Verdict::Passed | Verdict::Skipped => {
             // Skips are not passes: show them even when the test passes (not captured).

@@ -205,8 +205,20 @@ impl<'a> ScenarioRun<'a> {
         findings: Vec<Finding>,
         skip_reason: Option<String>,
     ) {
+        // A check that runs twice in a scenario (e.g. two switches) gets `#2`, `#3`:
+        // JUnit testcases and report rows are told apart by name.
+        let repeats = self
+            .checks
+            .iter()
+            .filter(|c| c.name == name || c.name.starts_with(&format!("{name}#")))
+            .count();
+        let name = if repeats == 0 {
+            name.to_string()
+        } else {
+            format!("{name}#{}", repeats + 1)
+        };
         let result = CheckResult {
-            name: name.to_string(),
+            name,
             description: description.to_string(),
             step: self.step,
             verdict,
@@ -904,6 +916,21 @@ async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
                 "Services switch only after the new release is ready",
                 findings,
             );
+            let mixed = match services_select_only(run, &placed).await {
+                Ok(f) => f,
+                Err(message) => {
+                    return Err(run.error(
+                        "nothing-mixed-after",
+                        "read Services and pods",
+                        message,
+                    ));
+                }
+            };
+            run.judged(
+                "nothing-mixed-after",
+                "after the switch every Service selects pods of the new release only",
+                mixed,
+            );
             run.deployed = Some((release, placed));
             run.history.push(release);
             Ok(())
@@ -917,6 +944,79 @@ async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
             Err(Abort)
         }
     }
+}
+
+/// Every Service of the release selects at least one pod, and only pods of the
+/// release's own Deployments (by their ReplicaSet's name).
+async fn services_select_only(
+    run: &ScenarioRun<'_>,
+    placed: &Placed,
+) -> Result<Vec<Finding>, String> {
+    use k8s_openapi::api::core::v1::Service;
+    let deployments: Vec<String> = placed.bundle.deployments().map(|d| d.name_any()).collect();
+    let services: Api<Service> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
+    let pods: Api<Pod> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
+    let mut findings = Vec::new();
+    for wanted in placed
+        .bundle
+        .objects
+        .iter()
+        .filter(|o| matches!(o, Object::Service(_)))
+    {
+        let name = wanted.name();
+        let live = services
+            .get(&name)
+            .await
+            .map_err(|e| format!("read Service {name}: {}", chain(&e)))?;
+        let selector = live
+            .spec
+            .and_then(|s| s.selector)
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        if selector.is_empty() {
+            continue;
+        }
+        let selected = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| format!("list the pods of Service {name}: {}", chain(&e)))?;
+        let key = format!("Service/{}/{name}", run.namespace);
+        let live_pods: Vec<&Pod> = selected
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        if live_pods.is_empty() {
+            findings.push(Finding::about(
+                key.clone(),
+                format!("selects no pod ({selector})"),
+            ));
+        }
+        for pod in live_pods {
+            let replicaset = pod
+                .owner_references()
+                .iter()
+                .find(|o| o.kind == "ReplicaSet")
+                .map(|o| o.name.clone())
+                .unwrap_or_default();
+            if !deployments
+                .iter()
+                .any(|d| replicaset.starts_with(&format!("{d}-")))
+            {
+                findings.push(Finding::about(
+                    key.clone(),
+                    format!(
+                        "selects pod {} of {replicaset}, which is not of the new release",
+                        pod.name_any()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(findings)
 }
 
 /// A release that never becomes ready must fail its rollout within the progress
@@ -1192,7 +1292,7 @@ async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
     let previous = run.history.iter().rev().nth(1).copied();
     let mut failures = Vec::new();
     let mut limitations = Vec::new();
-    let mut undone = 0;
+    let mut undone: Vec<String> = Vec::new();
     for (ns, name) in deployment_keys(&placed) {
         run.kube_event(
             KubeEventKind::Undo,
@@ -1200,28 +1300,51 @@ async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
             "rollout undo".into(),
         );
         match rollback::undo(&run.cluster.client, &ns, &name, run.config.rollout_timeout).await {
-            Ok(_) => undone += 1,
+            Ok(_) => undone.push(name),
             Err(rollback::RollbackError::NoPreviousRevision { .. }) => limitations.push(name),
             Err(e) => failures.push(Finding::about(format!("Deployment/{ns}/{name}"), chain(&e))),
         }
     }
     let description =
         "rollout undo brings every Deployment back to the previous release's pod template";
+    let check = "undo-restores-previous-revision";
     match previous {
-        _ if undone == 0 && failures.is_empty() => {}
-        Some(previous) if limitations.is_empty() && failures.is_empty() => {
-            let target = run.place(previous)?;
-            failures.extend(templates_match(run, &target).await?);
-            run.deployed = Some((previous, target));
-            run.history.push(previous);
-            run.judged("undo-restores-previous-revision", description, failures);
-        }
-        None if failures.is_empty() => run.skip(
-            "undo-restores-previous-revision",
+        _ if !failures.is_empty() => run.judged(check, description, failures),
+        // Nothing could be undone: the limitation below says why; nothing was proven.
+        _ if undone.is_empty() => {}
+        None => run.skip(
+            check,
             description,
             "not applicable: only one release was deployed before the undo".into(),
         ),
-        _ => run.judged("undo-restores-previous-revision", description, failures),
+        Some(previous) => {
+            // Judge exactly the Deployments that were undone, against the previous release.
+            let mut target = run.place(previous)?;
+            target
+                .bundle
+                .objects
+                .retain(|o| !matches!(o, Object::Deployment(_)) || undone.contains(&o.name()));
+            let missing: Vec<Finding> = undone
+                .iter()
+                .filter(|n| target.bundle.find("Deployment", n).is_none())
+                .map(|n| {
+                    Finding::about(
+                        format!("Deployment/{}/{n}", run.namespace),
+                        format!(
+                            "was undone, but the {} release has no such Deployment",
+                            previous.as_str()
+                        ),
+                    )
+                })
+                .collect();
+            let mut findings = templates_match(run, &target).await?;
+            findings.extend(missing);
+            if limitations.is_empty() {
+                run.deployed = Some((previous, target));
+                run.history.push(previous);
+            }
+            run.judged(check, description, findings);
+        }
     }
     if !limitations.is_empty() {
         run.skip(
