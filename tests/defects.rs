@@ -1,0 +1,328 @@
+//! The defect catalogue: each `fixtures/defects/*.yaml` is a small mutation of
+//! the correct pipeline in `fixtures/pipeline/` that one scenario must fail with
+//! a named finding. Each is a test (`cargo test --test defects no-pdb`) that
+//! writes the mutated pipeline to a temporary directory and runs the real
+//! `cdcheck run --manifests` on it; `correct-pipeline` runs every scenario on the
+//! unmutated pipeline and must find nothing (no false alarm).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defect {
+    /// The scenario that must fail.
+    scenario: String,
+    /// The check of that scenario that must fail.
+    check: String,
+    /// Text one of the check's findings must contain.
+    finding: String,
+    /// How a pipeline author gets here.
+    #[allow(dead_code)]
+    why: String,
+    mutations: Vec<Mutation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mutation {
+    /// `current` or `feature`: which part of the pipeline.
+    file: String,
+    /// Documents to change: every document whose fields equal these.
+    #[serde(default, rename = "match")]
+    selector: Option<Selector>,
+    /// Dotted paths (list indices as numbers) set to values.
+    #[serde(default)]
+    set: serde_json::Map<String, Value>,
+    /// Dotted paths removed.
+    #[serde(default)]
+    remove: Vec<String>,
+    /// Two dotted paths whose values change places.
+    #[serde(default)]
+    swap: Vec<String>,
+    /// Remove the matching documents.
+    #[serde(default)]
+    drop: bool,
+    /// A document appended to the part.
+    #[serde(default)]
+    add: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Selector {
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every document of every YAML file of a directory, by file.
+fn read_part(dir: &Path) -> Vec<(String, Vec<Value>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            (
+                f.file_name().unwrap().to_string_lossy().to_string(),
+                docs.into_iter().filter(|d| !d.is_null()).collect(),
+            )
+        })
+        .collect()
+}
+
+fn write_part(dir: &Path, part: &[(String, Vec<Value>)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, docs) in part {
+        let mut out = String::new();
+        for d in docs {
+            out.push_str("---\n");
+            out.push_str(&serde_saphyr::to_string(d).unwrap());
+        }
+        std::fs::write(dir.join(name), out).unwrap();
+    }
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.split('.').collect()
+}
+
+fn get_mut<'a>(value: &'a mut Value, path: &[&str], create: bool) -> Option<&'a mut Value> {
+    let mut at = value;
+    for seg in path {
+        at = match at {
+            Value::Array(items) => items.get_mut(seg.parse::<usize>().ok()?)?,
+            Value::Object(map) if create => map
+                .entry(seg.to_string())
+                .or_insert(Value::Object(Default::default())),
+            Value::Object(map) => map.get_mut(*seg)?,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+fn mutate(doc: &mut Value, m: &Mutation) -> Result<(), String> {
+    for (path, value) in &m.set {
+        let segs = segments(path);
+        let (last, parent) = segs.split_last().unwrap();
+        let parent = get_mut(doc, parent, true).ok_or(format!("no path {path}"))?;
+        match parent {
+            Value::Object(map) => {
+                map.insert(last.to_string(), value.clone());
+            }
+            Value::Array(items) => {
+                let i: usize = last.parse().map_err(|_| format!("{path}: not an index"))?;
+                *items.get_mut(i).ok_or(format!("no path {path}"))? = value.clone();
+            }
+            _ => return Err(format!("{path}: parent is not a map or list")),
+        }
+    }
+    for path in &m.remove {
+        let segs = segments(path);
+        let (last, parent) = segs.split_last().unwrap();
+        let removed = match get_mut(doc, parent, false) {
+            Some(Value::Object(map)) => map.remove(*last).is_some(),
+            _ => false,
+        };
+        if !removed {
+            return Err(format!("nothing to remove at {path}"));
+        }
+    }
+    if let [a, b] = m.swap.as_slice() {
+        let va = get_mut(doc, &segments(a), false).ok_or(format!("no path {a}"))?.take();
+        let vb = get_mut(doc, &segments(b), false).ok_or(format!("no path {b}"))?.take();
+        *get_mut(doc, &segments(a), false).unwrap() = vb;
+        *get_mut(doc, &segments(b), false).unwrap() = va;
+    } else if !m.swap.is_empty() {
+        return Err("swap takes exactly two paths".into());
+    }
+    Ok(())
+}
+
+fn selects(selector: &Selector, doc: &Value) -> bool {
+    doc["kind"] == selector.kind.as_str()
+        && selector
+            .name
+            .as_ref()
+            .is_none_or(|n| doc["metadata"]["name"] == n.as_str())
+}
+
+/// Writes the pipeline with the defect's mutations into `dir/{current,feature}`.
+fn materialize(defect: Option<&Defect>, dir: &Path) -> Result<(), String> {
+    for part_name in ["current", "feature"] {
+        let mut part = read_part(&root().join("fixtures/pipeline").join(part_name));
+        for m in defect
+            .map(|d| d.mutations.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.file == part_name)
+        {
+            let mut touched = 0;
+            if let Some(selector) = &m.selector {
+                for (_, docs) in &mut part {
+                    if m.drop {
+                        let before = docs.len();
+                        docs.retain(|d| !selects(selector, d));
+                        touched += before - docs.len();
+                        continue;
+                    }
+                    for doc in docs.iter_mut().filter(|d| selects(selector, d)) {
+                        mutate(doc, m)?;
+                        touched += 1;
+                    }
+                }
+            }
+            if let Some(doc) = &m.add {
+                part[0].1.push(doc.clone());
+                touched += 1;
+            }
+            if touched == 0 {
+                return Err(format!("mutation {m:?} changed nothing"));
+            }
+        }
+        write_part(&dir.join(part_name), &part);
+    }
+    Ok(())
+}
+
+/// Runs `cdcheck run` on the materialized pipeline; returns the exit code and report.
+fn run_cdcheck(dir: &Path, scenario: Option<&str>) -> Result<(i32, Value, String), Failed> {
+    let report_dir = dir.join("report");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cdcheck"));
+    command
+        .arg("run")
+        .arg("--manifests")
+        .arg(dir.join("current"))
+        .arg("--feature-manifests")
+        .arg(dir.join("feature"))
+        .arg("--report-dir")
+        .arg(&report_dir)
+        .arg("--jobs")
+        .arg("2");
+    if let Some(s) = scenario {
+        command.args(["--filter", s, "--exact"]);
+    }
+    let output = command.output().map_err(|e| Failed::from(e.to_string()))?;
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let code = output.status.code().unwrap_or(-1);
+    let text = std::fs::read_to_string(report_dir.join("report.json")).map_err(|e| {
+        Failed::from(format!("no report.json (exit {code}): {e}\n{stderr}"))
+    })?;
+    let report: Value = serde_json::from_str(&text).map_err(|e| Failed::from(e.to_string()))?;
+    Ok((code, report, stderr))
+}
+
+fn check_defect(defect: Defect) -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+    materialize(Some(&defect), dir.path()).map_err(Failed::from)?;
+    let (code, report, stderr) = run_cdcheck(dir.path(), Some(&defect.scenario))?;
+    let scenario = report["scenarios"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == defect.scenario.as_str()))
+        .ok_or_else(|| Failed::from(format!("scenario {} not in the report\n{stderr}", defect.scenario)))?;
+    if code != 1 || scenario["verdict"] != "failed" {
+        return Err(format!(
+            "defect not caught: exit {code}, scenario verdict {}\n{stderr}",
+            scenario["verdict"]
+        )
+        .into());
+    }
+    let check = scenario["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == defect.check.as_str())
+        .ok_or_else(|| Failed::from(format!("no check {} ran\n{stderr}", defect.check)))?;
+    let findings: Vec<String> = check["findings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|f| format!("{}: {}", f["object"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or("")))
+        .collect();
+    if check["verdict"] != "failed" || !findings.iter().any(|f| f.contains(&defect.finding)) {
+        return Err(format!(
+            "check {} is {} without a finding containing {:?}: {findings:#?}\n{stderr}",
+            defect.check, check["verdict"], defect.finding
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn check_correct_pipeline() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+    materialize(None, dir.path()).map_err(Failed::from)?;
+    let (code, report, stderr) = run_cdcheck(dir.path(), None)?;
+    let failed: Vec<String> = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            s["checks"].as_array().unwrap().iter().filter_map(move |c| {
+                (c["verdict"] != "passed" && c["verdict"] != "skipped")
+                    .then(|| format!("{} / {}: {}", s["name"], c["name"], c["findings"]))
+            })
+        })
+        .collect();
+    if code != 0 || !failed.is_empty() {
+        return Err(format!("false alarm on the correct pipeline (exit {code}): {failed:#?}\n{stderr}").into());
+    }
+    let passed = report["check_totals"]["passed"].as_u64().unwrap_or(0);
+    if passed < 30 {
+        return Err(format!("only {passed} checks passed on the correct pipeline\n{stderr}").into());
+    }
+    Ok(())
+}
+
+fn substrate_missing() -> Option<String> {
+    if std::env::var_os("CDCHECK_KUBECONFIG").is_some() {
+        return None;
+    }
+    cdcheck::substrate::binaries::locate().err().map(|e| e.to_string())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let dir = root().join("fixtures/defects");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let missing = substrate_missing().filter(|_| std::env::var_os("CI").is_none());
+    if let Some(why) = &missing {
+        let _ = std::io::stderr()
+            .write_all(format!("defect tests NOT RUN (not in CI): no substrate: {why}\n").as_bytes());
+    }
+    let mut trials = vec![
+        Trial::test("correct-pipeline", check_correct_pipeline).with_ignored_flag(missing.is_some()),
+    ];
+    for file in files {
+        let name = file.file_stem().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let defect: Defect = serde_saphyr::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        trials.push(
+            Trial::test(name, move || check_defect(defect)).with_ignored_flag(missing.is_some()),
+        );
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
