@@ -1,5 +1,5 @@
 //! What a request is: an HTTP request or a unary gRPC call, with its headers, TLS trust,
-//! name overrides and timeout. How one is sent lives in [`super::caller`].
+//! name overrides and timeout. Sending one is the `caller` module's job.
 
 use std::net::SocketAddr;
 use std::time::Duration;
