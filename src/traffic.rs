@@ -1,7 +1,10 @@
 //! Traffic engine: load, per-request records, verdicts, attribution and probes.
 //!
 //! - [`record`]: one [`record::RequestRecord`] per request, the [`record::Timeline`] of a run and its [`record::Summary`].
-//! - [`target`]: what a request is ([`target::HttpTarget`], [`target::GrpcTarget`]) and how one is sent and classified.
+//! - [`target`]: what a request is ([`target::HttpTarget`], [`target::GrpcTarget`]).
+//! - [`tls`]: the rustls client configuration every transport uses.
+//! - [`caller`]: sends one request through one of four transports (pooled or direct, HTTP or gRPC).
+//! - [`classify`]: names a transport failure ([`record::ErrorClass`]) or a gRPC status.
 //! - [`load`]: open-loop (fixed schedule, latency from the scheduled send time) and closed-loop generation.
 //! - [`verdict`]: zero failures within a tolerance, outage windows, label distribution.
 //! - [`attribution`]: rules that name the workload that served a response.
@@ -13,13 +16,16 @@
 //! [`TrafficError`] is only for input that cannot describe a request.
 
 pub mod attribution;
-mod direct;
+pub mod caller;
+pub mod classify;
 pub mod grpc;
 pub mod load;
 pub mod probe;
 pub mod record;
 pub mod routing;
 pub mod target;
+pub mod tls;
+mod transport;
 pub mod verdict;
 
 /// Why a load, probe or rule could not be set up. Messages read after "failed to".

@@ -4,19 +4,22 @@
 
 mod support_envoy;
 
-use cdcheck::manifests::istio::{HttpMatchRequest, HttpRoute, StringMatch};
-use cdcheck::manifests::routing::{
-    SessionId, cookie_session_route, default_route, userid_session_route,
-};
+use std::net::SocketAddr;
+
 use rstest::rstest;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support_envoy::{
-    Envoy, GrpcBackend, HttpBackend, SERVED_BY, TestPki, bootstrap, cluster, envoy_or_skip,
-    http_listener, https_listener, routes_from_istio,
+    ADS_HOST, Envoy, GrpcBackend, HttpBackend, SERVED_BY, SHOP_HOST, TestPki, bootstrap, cluster,
+    envoy_or_skip, http_listener_with_hosts, https_listener_with_hosts, move_session_route_last,
+    render_virtual_services, service_cluster, set_session_match, virtual_host,
 };
 
 const SESSION: &str = "abc";
 const REQUESTS: &str = "20";
+/// Mainline pods are `frontend-<replicaset hash>-<pod hash>`; the feature's have the branch
+/// in between, and a label of any other shape is an unknown workload.
+const FRONTEND_MAINLINE: &str = "^frontend-[a-z0-9]+-[a-z0-9]+$";
+const ADS_MAINLINE: &str = "^adservice-[a-z0-9]+-[a-z0-9]+$";
 
 async fn cdcheck(args: &[&str]) -> (i32, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
@@ -29,10 +32,6 @@ async fn cdcheck(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-fn session() -> SessionId {
-    SessionId::parse(SESSION).unwrap()
 }
 
 /// The variant reports of a `--json` run, by name.
@@ -53,70 +52,121 @@ fn failed_variants(out: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Envoy in front of two backends; the backends live as long as the bench.
+/// Envoy in front of the backends; they live as long as the bench.
 struct Bench {
     envoy: Envoy,
     _backends: Vec<Box<dyn std::any::Any>>,
 }
 
-/// The routes `manifests` renders for the session's cookie: the session route, then the default.
-fn rendered_cookie_routes() -> Vec<HttpRoute> {
-    vec![
-        cookie_session_route(&session(), "frontend-myfeature", 80),
-        default_route("frontend", 80),
-    ]
-}
-
-/// The routes `manifests` renders for the session's gRPC calls: `userid`, then the default.
-fn rendered_userid_routes() -> Vec<HttpRoute> {
-    vec![
-        userid_session_route(&session(), "adservice-myfeature", 9555),
-        default_route("adservice", 9555),
-    ]
-}
-
-/// `routes` with the session route's match replaced by `header` matched by `value`.
-fn with_session_match(
-    mut routes: Vec<HttpRoute>,
-    header: &str,
-    value: StringMatch,
-) -> Vec<HttpRoute> {
-    routes[0].matches = vec![HttpMatchRequest {
-        headers: [(header.to_string(), value)].into(),
-    }];
-    routes
-}
-
-async fn frontend_bench(envoy: &std::path::Path, routes: &[HttpRoute]) -> Bench {
-    let mainline = HttpBackend::start("frontend-7d9c5-main1").await;
-    let feature = HttpBackend::start("frontend-myfeature-5f6b8-feat1").await;
-    let config = bootstrap(
-        vec![http_listener("shop", routes_from_istio(routes))],
-        vec![
-            cluster("frontend", &[mainline.addr], false, None),
-            cluster("frontend-myfeature", &[feature.addr], false, None),
-        ],
-    );
-    Bench {
-        envoy: Envoy::start(envoy, &config).await,
-        _backends: vec![Box::new(mainline), Box::new(feature)],
+impl Bench {
+    /// The URL and `--resolve` entry that reach `listener` by `host`, as a user reaches the
+    /// ingress by its name.
+    fn by_name(&self, listener: &str, scheme: &str, host: &str, path: &str) -> (String, String) {
+        let addr: SocketAddr = self.envoy.listener(listener);
+        (
+            format!("{scheme}://{host}:{}{path}", addr.port()),
+            format!("{host}:{}:{}", addr.port(), addr.ip()),
+        )
     }
 }
 
-async fn ads_bench(envoy: &std::path::Path, routes: &[HttpRoute]) -> Bench {
+/// Envoy serving `frontend` (a rendered VirtualService document, possibly edited): the
+/// mainline Service's cluster has a backend per name in `mainline`, the feature's one.
+async fn frontend_bench(envoy: &std::path::Path, frontend: &Value, mainline: &[&str]) -> Bench {
+    let mut backends: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut mainline_addrs = Vec::new();
+    for name in mainline {
+        let backend = HttpBackend::start(name).await;
+        mainline_addrs.push(backend.addr);
+        backends.push(Box::new(backend));
+    }
+    let feature = HttpBackend::start("frontend-myfeature-5f6b8-feat1").await;
+    let config = bootstrap(
+        vec![http_listener_with_hosts(
+            "shop",
+            vec![virtual_host(frontend)],
+        )],
+        vec![
+            cluster(
+                &service_cluster("frontend", 80),
+                &mainline_addrs,
+                false,
+                None,
+            ),
+            cluster(
+                &service_cluster("frontend-myfeature", 80),
+                &[feature.addr],
+                false,
+                None,
+            ),
+        ],
+    );
+    backends.push(Box::new(feature));
+    Bench {
+        envoy: Envoy::start(envoy, &config).await,
+        _backends: backends,
+    }
+}
+
+async fn ads_bench(envoy: &std::path::Path, adservice: &Value) -> Bench {
     let mainline = GrpcBackend::start("adservice-6c8f-main1").await;
     let feature = GrpcBackend::start("adservice-myfeature-9a1b-feat1").await;
     let config = bootstrap(
-        vec![http_listener("ads", routes_from_istio(routes))],
+        vec![http_listener_with_hosts(
+            "ads",
+            vec![virtual_host(adservice)],
+        )],
         vec![
-            cluster("adservice", &[mainline.addr], true, None),
-            cluster("adservice-myfeature", &[feature.addr], true, None),
+            cluster(
+                &service_cluster("adservice", 9555),
+                &[mainline.addr],
+                true,
+                None,
+            ),
+            cluster(
+                &service_cluster("adservice-myfeature", 9555),
+                &[feature.addr],
+                true,
+                None,
+            ),
         ],
     );
     Bench {
         envoy: Envoy::start(envoy, &config).await,
         _backends: vec![Box::new(mainline), Box::new(feature)],
     }
+}
+
+/// `args` with each label flag it lacks added with its value from `defaults` (clap refuses
+/// a flag given twice).
+fn with_labels<'a>(args: &[&'a str], defaults: [(&'a str, &'a str); 2]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    for (flag, value) in defaults {
+        if !args.contains(&flag) {
+            all.extend([flag, value]);
+        }
+    }
+    all
+}
+
+/// `probe routing` of the shop through `bench` with `extra`, and the frontend's labels
+/// unless `extra` gives them.
+async fn probe_shop(bench: &Bench, extra: &[&str]) -> (i32, String, String) {
+    let (url, resolve) = bench.by_name("shop", "http", SHOP_HOST, "/");
+    let args = [
+        "probe",
+        "routing",
+        &url,
+        "--resolve",
+        &resolve,
+        "--session",
+        SESSION,
+    ];
+    let labels = [
+        ("--feature-label", "^frontend-myfeature-"),
+        ("--mainline-label", FRONTEND_MAINLINE),
+    ];
+    cdcheck(&with_labels(&[&args[..], extra].concat(), labels)).await
 }
 
 #[tokio::test]
@@ -125,21 +175,10 @@ async fn probe_routing_passes_the_rendered_cookie_route_through_envoy() {
     else {
         return;
     };
-    let bench = frontend_bench(&envoy, &rendered_cookie_routes()).await;
-    let url = format!("http://{}/", bench.envoy.listener("shop"));
+    let frontend = render_virtual_services(SESSION).frontend;
+    let bench = frontend_bench(&envoy, &frontend, &["frontend-7d9c5-main1"]).await;
 
-    let (code, stdout, stderr) = cdcheck(&[
-        "probe",
-        "routing",
-        &url,
-        "--session",
-        SESSION,
-        "--feature-label",
-        "^frontend-myfeature-",
-        "--requests",
-        REQUESTS,
-    ])
-    .await;
+    let (code, stdout, stderr) = probe_shop(&bench, &["--requests", REQUESTS]).await;
     println!("{stdout}");
     assert_eq!(code, 0, "{stdout}{stderr}");
     // No progress bar when stderr is not a terminal.
@@ -156,20 +195,20 @@ async fn probe_routing_passes_the_rendered_cookie_route_through_envoy() {
     assert!(verdict.starts_with("routing: PASS"), "{verdict}");
 
     // The frontend's banner names the workload too; JSON carries the whole report.
-    let (code, stdout, stderr) = cdcheck(&[
-        "probe",
-        "routing",
-        &url,
-        "--session",
-        SESSION,
-        "--feature-label",
-        "myfeature",
-        "--attribution",
-        "banner",
-        "--requests",
-        REQUESTS,
-        "--json",
-    ])
+    let (code, stdout, stderr) = probe_shop(
+        &bench,
+        &[
+            "--feature-label",
+            "myfeature",
+            "--mainline-label",
+            "^served by frontend-",
+            "--attribution",
+            "banner",
+            "--requests",
+            REQUESTS,
+            "--json",
+        ],
+    )
     .await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     let out: Value = serde_json::from_str(&stdout).unwrap();
@@ -180,6 +219,7 @@ async fn probe_routing_passes_the_rendered_cookie_route_through_envoy() {
         assert_eq!(v["sent"], 20, "{name}");
         assert_eq!(v["reached_expected"], 20, "{name}");
         assert_eq!(v["leaked"], 0, "{name}");
+        assert_eq!(v["unknown"], 0, "{name}");
         assert!(
             v["leak_rate_upper_bound_95"].as_f64().unwrap() > 0.0,
             "{name}"
@@ -201,28 +241,16 @@ async fn probe_routing_fails_an_unanchored_cookie_regex_naming_the_look_alikes()
     else {
         return;
     };
-    let routes = with_session_match(
-        rendered_cookie_routes(),
+    let mut frontend = render_virtual_services(SESSION).frontend;
+    set_session_match(
+        &mut frontend,
         "cookie",
-        StringMatch::Regex(format!(".*shop_session-id={SESSION}.*")),
+        json!({"regex": format!(".*shop_session-id={SESSION}.*")}),
     );
-    let bench = frontend_bench(&envoy, &routes).await;
-    let url = format!("http://{}/", bench.envoy.listener("shop"));
-    let args = [
-        "probe",
-        "routing",
-        &url,
-        "--session",
-        SESSION,
-        "--feature-label",
-        "^frontend-myfeature-",
-        "--attribution",
-        "pod",
-        "--requests",
-        REQUESTS,
-    ];
+    let bench = frontend_bench(&envoy, &frontend, &["frontend-7d9c5-main1"]).await;
+    let args = ["--attribution", "pod", "--requests", REQUESTS];
 
-    let (code, stdout, stderr) = cdcheck(&[&args[..], &["--json"]].concat()).await;
+    let (code, stdout, stderr) = probe_shop(&bench, &[&args[..], &["--json"]].concat()).await;
     assert_eq!(code, 1, "{stdout}{stderr}");
     let out: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(out["passed"], false);
@@ -243,7 +271,7 @@ async fn probe_routing_fails_an_unanchored_cookie_regex_naming_the_look_alikes()
         }
     }
 
-    let (code, stdout, stderr) = cdcheck(&args).await;
+    let (code, stdout, stderr) = probe_shop(&bench, &args).await;
     println!("{stdout}");
     assert_eq!(code, 1, "{stdout}{stderr}");
     for name in leaking {
@@ -261,24 +289,158 @@ async fn probe_routing_fails_an_unanchored_cookie_regex_naming_the_look_alikes()
 }
 
 #[tokio::test]
+async fn probe_routing_fails_a_session_route_after_the_default_route() {
+    let Some(envoy) = envoy_or_skip("probe_routing_fails_a_session_route_after_the_default_route")
+    else {
+        return;
+    };
+    let mut frontend = render_virtual_services(SESSION).frontend;
+    move_session_route_last(&mut frontend);
+    let bench = frontend_bench(&envoy, &frontend, &["frontend-7d9c5-main1"]).await;
+
+    let (code, stdout, stderr) = probe_shop(&bench, &["--requests", REQUESTS, "--json"]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    let session_variants = [
+        "session alone",
+        "session among other cookies",
+        "session last after other cookies",
+    ];
+    assert_eq!(failed_variants(&out), session_variants);
+    for (name, v) in variants(&out) {
+        if session_variants.contains(&name.as_str()) {
+            assert_eq!(v["leaked"], 20, "{name}: {v}");
+            assert_eq!(v["distribution"]["frontend-7d9c5-main1"], 20, "{name}: {v}");
+        }
+    }
+
+    let (code, stdout, stderr) = probe_shop(&bench, &["--requests", REQUESTS]).await;
+    println!("{stdout}");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(
+        stdout.lines().last().unwrap(),
+        "routing: FAIL: variants `session alone`, `session among other cookies`, \
+         `session last after other cookies` leaked"
+    );
+}
+
+#[tokio::test]
+async fn probe_routing_catches_one_mainline_endpoint_in_eight_answering_as_the_feature() {
+    let Some(envoy) = envoy_or_skip(
+        "probe_routing_catches_one_mainline_endpoint_in_eight_answering_as_the_feature",
+    ) else {
+        return;
+    };
+    // The rendered routes are right, but the mainline Service has 8 endpoints and one of them
+    // is a stray feature pod (a label selector that also matches it): Envoy's round robin
+    // sends it every eighth request of every variant that belongs to mainline.
+    let frontend = render_virtual_services(SESSION).frontend;
+    let mut mainline: Vec<String> = (1..=7).map(|i| format!("frontend-7d9c5-main{i}")).collect();
+    mainline.push("frontend-myfeature-5f6b8-stray".to_string());
+    let mainline: Vec<&str> = mainline.iter().map(String::as_str).collect();
+    let bench = frontend_bench(&envoy, &frontend, &mainline).await;
+
+    let (code, stdout, stderr) = probe_shop(&bench, &["--requests", "40", "--json"]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(out["passed"], false);
+    let (mut mainline_sent, mut mainline_leaked) = (0, 0);
+    for (name, v) in variants(&out) {
+        let leaked = v["leaked"].as_u64().unwrap();
+        if v["variant"]["expected"] == "feature" {
+            assert_eq!(leaked, 0, "{name}: {v}");
+            continue;
+        }
+        // A fraction leaks, not all: the 1-in-N case every earlier control missed.
+        assert!(leaked > 0 && leaked < 40, "{name}: {v}");
+        assert_eq!(v["passed"], false, "{name}: {v}");
+        assert_eq!(
+            v["distribution"]["frontend-myfeature-5f6b8-stray"].as_u64(),
+            Some(leaked),
+            "{name}: {v}"
+        );
+        mainline_sent += 40;
+        mainline_leaked += leaked;
+    }
+    let rate = mainline_leaked as f64 / mainline_sent as f64;
+    println!("leaked {mainline_leaked} of {mainline_sent} mainline requests ({rate:.3})");
+    assert!((0.10..=0.15).contains(&rate), "leak rate {rate}");
+}
+
+#[tokio::test]
+async fn probe_routing_fails_when_an_unknown_workload_answers() {
+    let Some(envoy) = envoy_or_skip("probe_routing_fails_when_an_unknown_workload_answers") else {
+        return;
+    };
+    // A third workload behind the mainline Service (a canary, a leftover Deployment) is
+    // neither the feature nor mainline: counting it as mainline would pass a broken setup.
+    let frontend = render_virtual_services(SESSION).frontend;
+    let bench = frontend_bench(
+        &envoy,
+        &frontend,
+        &["frontend-7d9c5-main1", "frontend-canary-6e2a1-can1"],
+    )
+    .await;
+
+    let (code, stdout, stderr) = probe_shop(&bench, &["--requests", REQUESTS, "--json"]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    for (name, v) in variants(&out) {
+        assert_eq!(v["leaked"], 0, "{name}: {v}");
+        if v["variant"]["expected"] == "mainline" {
+            let unknown = v["unknown"].as_u64().unwrap();
+            assert!(unknown > 0, "{name}: {v}");
+            assert_eq!(v["passed"], false, "{name}: {v}");
+            assert_eq!(v["leak_rate_upper_bound_95"], Value::Null, "{name}: {v}");
+            assert_eq!(
+                v["distribution"]["frontend-canary-6e2a1-can1"].as_u64(),
+                Some(unknown),
+                "{name}: {v}"
+            );
+        } else {
+            assert_eq!(v["passed"], true, "{name}: {v}");
+        }
+    }
+
+    let (code, stdout, stderr) = probe_shop(&bench, &["--requests", REQUESTS]).await;
+    println!("{stdout}");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let verdict = stdout.lines().last().unwrap();
+    assert!(
+        verdict.starts_with("routing: FAIL: variants `no cookie`"),
+        "{verdict}"
+    );
+    assert!(
+        verdict.ends_with(" reached an unknown workload"),
+        "{verdict}"
+    );
+    assert!(!verdict.contains("leaked"), "{verdict}");
+}
+
+#[tokio::test]
 async fn probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_match() {
     let Some(envoy) = envoy_or_skip(
         "probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_match",
     ) else {
         return;
     };
-    let bench = ads_bench(&envoy, &rendered_userid_routes()).await;
-    let endpoint = format!("http://{}", bench.envoy.listener("ads"));
+    let rendered = render_virtual_services(SESSION);
+    let bench = ads_bench(&envoy, &rendered.adservice).await;
+    let (endpoint, resolve) = bench.by_name("ads", "http", ADS_HOST, "");
     let attribution = format!("header:{SERVED_BY}");
     let (code, stdout, stderr) = cdcheck(&[
         "probe",
         "routing",
         &endpoint,
         "--grpc",
+        "--resolve",
+        &resolve,
         "--session",
         SESSION,
         "--feature-label",
         "^adservice-myfeature-",
+        "--mainline-label",
+        ADS_MAINLINE,
         "--attribution",
         &attribution,
         "--requests",
@@ -294,22 +456,23 @@ async fn probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_
     assert!(report.iter().all(|l| l.starts_with("ok ")), "{stdout}");
     assert!(verdict.starts_with("routing: PASS"), "{verdict}");
 
-    let routes = with_session_match(
-        rendered_userid_routes(),
-        "userid",
-        StringMatch::Prefix(SESSION.to_string()),
-    );
-    let bench = ads_bench(&envoy, &routes).await;
-    let endpoint = format!("http://{}", bench.envoy.listener("ads"));
+    let mut adservice = rendered.adservice;
+    set_session_match(&mut adservice, "userid", json!({"prefix": SESSION}));
+    let bench = ads_bench(&envoy, &adservice).await;
+    let (endpoint, resolve) = bench.by_name("ads", "http", ADS_HOST, "");
     let args = [
         "probe",
         "routing",
         &endpoint,
         "--grpc",
+        "--resolve",
+        &resolve,
         "--session",
         SESSION,
         "--feature-label",
         "^adservice-myfeature-",
+        "--mainline-label",
+        ADS_MAINLINE,
         // The ad text names the backend too: `ad for clothing served by <name>`.
         "--attribution",
         r"body:served by (\S+)",
@@ -344,47 +507,69 @@ async fn probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve() {
     else {
         return;
     };
-    // The ingress shape: Envoy terminates TLS for the shop's name, cookie routes for the
-    // frontend and userid routes for the ad service behind it.
-    const SHOP: &str = "shop.example.test";
+    // The ingress shape: Envoy terminates TLS for the shop's name with the rendered frontend
+    // VirtualService behind it, and for the ad service's name with the adservice one.
+    let rendered = render_virtual_services(SESSION);
     let pki = TestPki::new("cdcheck routing test CA");
-    let leaf = pki.leaf(&[SHOP]);
-    let certificates = [(SHOP, leaf.cert_pem.as_str(), leaf.key_pem.as_str())];
+    let leaf = pki.leaf(&[SHOP_HOST, ADS_HOST]);
+    let certificates = [
+        (SHOP_HOST, leaf.cert_pem.as_str(), leaf.key_pem.as_str()),
+        (ADS_HOST, leaf.cert_pem.as_str(), leaf.key_pem.as_str()),
+    ];
     let frontend = HttpBackend::start("frontend-7d9c5-main1").await;
     let frontend_feature = HttpBackend::start("frontend-myfeature-5f6b8-feat1").await;
     let ads = GrpcBackend::start("adservice-6c8f-main1").await;
     let ads_feature = GrpcBackend::start("adservice-myfeature-9a1b-feat1").await;
     let config = bootstrap(
         vec![
-            https_listener(
+            https_listener_with_hosts(
                 "shops",
-                routes_from_istio(&rendered_cookie_routes()),
+                vec![virtual_host(&rendered.frontend)],
                 &certificates,
             ),
-            https_listener(
+            https_listener_with_hosts(
                 "adss",
-                routes_from_istio(&rendered_userid_routes()),
+                vec![virtual_host(&rendered.adservice)],
                 &certificates,
             ),
         ],
         vec![
-            cluster("frontend", &[frontend.addr], false, None),
-            cluster("frontend-myfeature", &[frontend_feature.addr], false, None),
-            cluster("adservice", &[ads.addr], true, None),
-            cluster("adservice-myfeature", &[ads_feature.addr], true, None),
+            cluster(
+                &service_cluster("frontend", 80),
+                &[frontend.addr],
+                false,
+                None,
+            ),
+            cluster(
+                &service_cluster("frontend-myfeature", 80),
+                &[frontend_feature.addr],
+                false,
+                None,
+            ),
+            cluster(&service_cluster("adservice", 9555), &[ads.addr], true, None),
+            cluster(
+                &service_cluster("adservice-myfeature", 9555),
+                &[ads_feature.addr],
+                true,
+                None,
+            ),
         ],
     );
-    let envoy = Envoy::start(&envoy, &config).await;
+    let bench = Bench {
+        envoy: Envoy::start(&envoy, &config).await,
+        _backends: vec![
+            Box::new(frontend),
+            Box::new(frontend_feature),
+            Box::new(ads),
+            Box::new(ads_feature),
+        ],
+    };
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let ca = ca.to_str().unwrap();
-    let shops = envoy.listener("shops");
-    let adss = envoy.listener("adss");
-    let shop_url = format!("https://{SHOP}:{}/", shops.port());
-    let shop_resolve = format!("{SHOP}:{}:{}", shops.port(), shops.ip());
-    let ads_url = format!("https://{SHOP}:{}", adss.port());
-    let ads_resolve = format!("{SHOP}:{}:{}", adss.port(), adss.ip());
+    let (shop_url, shop_resolve) = bench.by_name("shops", "https", SHOP_HOST, "/");
+    let (ads_url, ads_resolve) = bench.by_name("adss", "https", ADS_HOST, "");
     let cookie_args = [
         "probe",
         "routing",
@@ -395,6 +580,8 @@ async fn probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve() {
         SESSION,
         "--feature-label",
         "^frontend-myfeature-",
+        "--mainline-label",
+        FRONTEND_MAINLINE,
         "--requests",
         "5",
         "--timeout",
@@ -421,6 +608,8 @@ async fn probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve() {
         SESSION,
         "--feature-label",
         "^adservice-myfeature-",
+        "--mainline-label",
+        ADS_MAINLINE,
         "--attribution",
         "header:x-served-by",
         "--requests",
@@ -445,27 +634,50 @@ async fn probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve() {
 }
 
 #[rstest]
-#[case::invalid_session(&["http://127.0.0.1:1/", "--session", "a;b", "--feature-label", "x"], &["--session", "a;b"])]
-#[case::invalid_attribution_spec(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--attribution", "cookie:x"], &["attribution", "`cookie:x`"])]
-#[case::invalid_attribution_regex(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--attribution", "body:Pod: ("], &["attribution regex", "`Pod: (`"])]
+#[case::invalid_session(&["http://127.0.0.1:1/", "--session", "a;b"], &["--session", "a;b"])]
+#[case::invalid_attribution_spec(&["http://127.0.0.1:1/", "--session", "abc", "--attribution", "cookie:x"], &["attribution", "`cookie:x`"])]
+#[case::invalid_attribution_regex(&["http://127.0.0.1:1/", "--session", "abc", "--attribution", "body:Pod: ("], &["attribution regex", "`Pod: (`"])]
 #[case::invalid_feature_label(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "frontend-("], &["--feature-label", "`frontend-(`"])]
-#[case::invalid_url(&["not a url", "--session", "abc", "--feature-label", "x"], &["`not a url`"])]
-#[case::invalid_grpc_endpoint(&["ftp://127.0.0.1:1", "--grpc", "--session", "abc", "--feature-label", "x", "--attribution", "header:x-served-by"], &["`ftp://127.0.0.1:1`"])]
-#[case::grpc_without_attribution(&["http://127.0.0.1:1", "--grpc", "--session", "abc", "--feature-label", "x"], &["--attribution"])]
-#[case::zero_requests(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--requests", "0"], &["--requests 0"])]
-#[case::invalid_resolve(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--resolve", "shop.test:443"], &["`shop.test:443`"])]
-#[case::missing_cacert(&["https://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--cacert", "/nonexistent/ca.pem"], &["`/nonexistent/ca.pem`"])]
-#[case::invalid_timeout(&["http://127.0.0.1:1/", "--session", "abc", "--feature-label", "x", "--timeout", "soon"], &["`soon`"])]
+#[case::invalid_mainline_label(&["http://127.0.0.1:1/", "--session", "abc", "--mainline-label", "frontend-("], &["--mainline-label", "`frontend-(`"])]
+#[case::invalid_url(&["not a url", "--session", "abc"], &["`not a url`"])]
+#[case::invalid_grpc_endpoint(&["ftp://127.0.0.1:1", "--grpc", "--session", "abc", "--attribution", "header:x-served-by"], &["`ftp://127.0.0.1:1`"])]
+#[case::grpc_without_attribution(&["http://127.0.0.1:1", "--grpc", "--session", "abc"], &["--attribution"])]
+#[case::zero_requests(&["http://127.0.0.1:1/", "--session", "abc", "--requests", "0"], &["--requests 0"])]
+#[case::invalid_resolve(&["http://127.0.0.1:1/", "--session", "abc", "--resolve", "shop.test:443"], &["`shop.test:443`"])]
+#[case::missing_cacert(&["https://127.0.0.1:1/", "--session", "abc", "--cacert", "/nonexistent/ca.pem"], &["`/nonexistent/ca.pem`"])]
+#[case::invalid_timeout(&["http://127.0.0.1:1/", "--session", "abc", "--timeout", "soon"], &["`soon`"])]
 #[tokio::test]
 async fn probe_routing_refuses_bad_input_naming_it_with_nothing_on_stdout(
     #[case] args: &[&str],
     #[case] named: &[&str],
 ) {
-    let (code, stdout, stderr) = cdcheck(&[&["probe", "routing"], args].concat()).await;
+    // Both labels are required: the cases that do not test one get a valid one.
+    let args = with_labels(
+        &[&["probe", "routing"], args].concat(),
+        [("--feature-label", "x"), ("--mainline-label", "y")],
+    );
+    let (code, stdout, stderr) = cdcheck(&args).await;
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(stdout, "");
     assert!(stderr.starts_with("error: failed to "), "{stderr}");
     for name in named {
         assert!(stderr.contains(name), "{name} not in {stderr}");
     }
+}
+
+#[tokio::test]
+async fn probe_routing_requires_a_mainline_label() {
+    let (code, stdout, stderr) = cdcheck(&[
+        "probe",
+        "routing",
+        "http://127.0.0.1:1/",
+        "--session",
+        "abc",
+        "--feature-label",
+        "x",
+    ])
+    .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("--mainline-label"), "{stderr}");
 }

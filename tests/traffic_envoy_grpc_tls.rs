@@ -7,9 +7,11 @@ mod support_envoy;
 use std::time::Duration;
 
 use cdcheck::traffic::attribution::AttributionRule;
+use cdcheck::traffic::caller::Caller;
 use cdcheck::traffic::load::{self, LoadSpec};
 use cdcheck::traffic::record::{ErrorClass, Outcome};
-use cdcheck::traffic::target::{Caller, GrpcMethod, GrpcTarget, Target, TlsOptions};
+use cdcheck::traffic::target::{GrpcMethod, GrpcTarget, Target};
+use cdcheck::traffic::tls::TlsOptions;
 use support_envoy::{
     Envoy, GrpcBackend, SERVED_BY, TestPki, bootstrap, cluster, envoy_or_skip, https_listener,
     route,

@@ -1,31 +1,40 @@
-//! Session routing through a real Envoy: the VirtualService routes `manifests` renders (the
-//! anchored cookie regex, the exact `userid` match, the default route last), translated to
-//! Envoy routes the way Istio does, each next to a sloppier match that the look-alike
-//! variants catch leaking.
+//! Session routing through a real Envoy whose routes are the `frontend` and `adservice`
+//! VirtualServices that `cdcheck render --session` prints (hosts, matches and order as
+//! rendered, translated the way Istio does), and the same VirtualServices edited into the
+//! mistakes the probe must catch: a sloppier match, and the session route after the default.
 
 mod support_envoy;
 
 use std::time::Duration;
 
-use cdcheck::manifests::istio::{HttpMatchRequest, HttpRoute, StringMatch};
-use cdcheck::manifests::routing::{
-    SessionId, cookie_session_route, default_route, session_cookie_regex, userid_session_route,
-};
+use cdcheck::manifests::routing::SessionId;
 use cdcheck::traffic::attribution::AttributionRule;
+use cdcheck::traffic::caller::Caller;
 use cdcheck::traffic::load::{self, LoadSpec};
-use cdcheck::traffic::routing::{RoutingProbe, cookie_variants, userid_variants};
-use cdcheck::traffic::target::{Caller, GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Target};
+use cdcheck::traffic::record::Outcome;
+use cdcheck::traffic::routing::{RoutingProbe, RoutingReport, cookie_variants, userid_variants};
+use cdcheck::traffic::target::{GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Target};
 use regex::Regex;
+use serde_json::{Value, json};
 use support_envoy::{
-    Envoy, GrpcBackend, HttpBackend, SERVED_BY, bootstrap, cluster, envoy_or_skip, http_listener,
-    routes_from_istio,
+    ADS_HOST, Envoy, GrpcBackend, HttpBackend, SERVED_BY, SHOP_HOST, bootstrap, cluster,
+    envoy_or_skip, http_listener_with_hosts, move_session_route_last, render_virtual_services,
+    service_cluster, set_session_match, virtual_host,
 };
 
+const SESSION: &str = "3f1c9d2e-abc";
 const PER_VARIANT: u64 = 20;
 
 fn session() -> SessionId {
-    SessionId::parse("3f1c9d2e-abc").unwrap()
+    SessionId::parse(SESSION).unwrap()
 }
+
+/// The variants that must reach the feature.
+const SESSION_VARIANTS: [&str; 3] = [
+    "session alone",
+    "session among other cookies",
+    "session last after other cookies",
+];
 
 struct CookieBench {
     envoy: Envoy,
@@ -33,31 +42,40 @@ struct CookieBench {
     _feature: HttpBackend,
 }
 
-/// The routes `manifests` renders for the session: the cookie route, then the default.
-fn rendered_cookie_routes() -> Vec<HttpRoute> {
-    vec![
-        cookie_session_route(&session(), "frontend-myfeature", 80),
-        default_route("frontend", 80),
-    ]
+impl CookieBench {
+    /// `/` of the shop as a browser asks for it: by the ingress host name.
+    fn shop(&self) -> HttpTarget {
+        let listener = self.envoy.listener("shop");
+        let mut target =
+            HttpTarget::parse(&format!("http://{SHOP_HOST}:{}/", listener.port())).unwrap();
+        target.resolve = vec![(SHOP_HOST.to_string(), listener)];
+        target
+    }
 }
 
-/// The same routes with the session route's anchored regex replaced by `regex`.
-fn cookie_routes_with_regex(regex: &str) -> Vec<HttpRoute> {
-    let mut routes = rendered_cookie_routes();
-    routes[0].matches = vec![HttpMatchRequest {
-        headers: [("cookie".to_string(), StringMatch::Regex(regex.to_string()))].into(),
-    }];
-    routes
-}
-
-async fn cookie_bench(envoy: &std::path::Path, routes: &[HttpRoute]) -> CookieBench {
+/// Envoy serving `frontend` (a rendered VirtualService document, possibly edited) in front
+/// of a mainline and a feature backend behind the clusters of the Services the test expects.
+async fn cookie_bench(envoy: &std::path::Path, frontend: &Value) -> CookieBench {
     let mainline = HttpBackend::start("frontend-7d9c5-main1").await;
     let feature = HttpBackend::start("frontend-myfeature-5f6b8-feat1").await;
     let config = bootstrap(
-        vec![http_listener("shop", routes_from_istio(routes))],
+        vec![http_listener_with_hosts(
+            "shop",
+            vec![virtual_host(frontend)],
+        )],
         vec![
-            cluster("frontend", &[mainline.addr], false, None),
-            cluster("frontend-myfeature", &[feature.addr], false, None),
+            cluster(
+                &service_cluster("frontend", 80),
+                &[mainline.addr],
+                false,
+                None,
+            ),
+            cluster(
+                &service_cluster("frontend-myfeature", 80),
+                &[feature.addr],
+                false,
+                None,
+            ),
         ],
     );
     CookieBench {
@@ -72,59 +90,95 @@ fn frontend_probe() -> RoutingProbe {
         per_variant: PER_VARIANT,
         attribution: AttributionRule::frontend_pod(),
         feature_label: Regex::new("^frontend-myfeature-").unwrap(),
+        mainline_label: Regex::new("^frontend-[a-z0-9]+-[a-z0-9]+$").unwrap(),
+    }
+}
+
+fn assert_only_session_variants_leaked(report: &RoutingReport) {
+    assert!(!report.passed, "{report}");
+    assert_eq!(report.failed_variants(), SESSION_VARIANTS, "{report}");
+    for name in SESSION_VARIANTS {
+        let variant = report.variant(name).unwrap();
+        assert_eq!(variant.leaked, PER_VARIANT, "{name}: {report}");
+        assert_eq!(
+            variant.distribution.get("frontend-7d9c5-main1"),
+            Some(&PER_VARIANT),
+            "{name}: {report}"
+        );
     }
 }
 
 #[tokio::test]
-async fn rendered_cookie_regex_routes_only_the_session_to_the_feature_in_envoy() {
-    let Some(envoy) =
-        envoy_or_skip("rendered_cookie_regex_routes_only_the_session_to_the_feature_in_envoy")
-    else {
+async fn rendered_frontend_virtual_service_routes_only_the_session_to_the_feature_in_envoy() {
+    let Some(envoy) = envoy_or_skip(
+        "rendered_frontend_virtual_service_routes_only_the_session_to_the_feature_in_envoy",
+    ) else {
         return;
     };
-    // What Envoy gets is the VirtualService's own match: the anchored session regex.
-    assert_eq!(
-        rendered_cookie_routes()[0].matches[0].headers["cookie"],
-        StringMatch::Regex(session_cookie_regex(&session()))
-    );
-    let bench = cookie_bench(&envoy, &rendered_cookie_routes()).await;
-    let base = HttpTarget::parse(&format!("http://{}/", bench.envoy.listener("shop"))).unwrap();
+    let rendered = render_virtual_services(SESSION);
+    let bench = cookie_bench(&envoy, &rendered.frontend).await;
 
     let report = frontend_probe()
-        .run_cookies(&base, &cookie_variants(&session()))
+        .run_cookies(&bench.shop(), &cookie_variants(&session()))
         .await
         .unwrap();
     println!("{report}");
-
     assert!(
         report.passed,
         "failed variants: {:?}\n{report}",
         report.failed_variants()
     );
-    let alone = report.variant("session alone").unwrap();
-    assert_eq!(alone.reached_expected, PER_VARIANT);
+    for name in SESSION_VARIANTS {
+        let variant = report.variant(name).unwrap();
+        assert_eq!(
+            variant.distribution.get("frontend-myfeature-5f6b8-feat1"),
+            Some(&PER_VARIANT),
+            "{name}"
+        );
+    }
+    // The look-alikes of the session land on mainline: the rendered regex is anchored.
+    for name in [
+        "id plus one character",
+        "prefix of the id",
+        "id inside another cookie's value",
+    ] {
+        let variant = report.variant(name).unwrap();
+        assert_eq!(
+            variant.distribution.get("frontend-7d9c5-main1"),
+            Some(&PER_VARIANT),
+            "{name}"
+        );
+    }
     let look_alike = report.variant("id plus one character").unwrap();
-    assert_eq!(look_alike.leaked, 0);
     let bound = look_alike.leak_rate_upper_bound_95.unwrap();
     assert!((bound - (1.0 - 0.05_f64.powf(1.0 / PER_VARIANT as f64))).abs() < 1e-12);
+
+    // The routes belong to the rendered host: by another name the shop is not there.
+    let mut elsewhere = bench.shop();
+    elsewhere.url = format!("http://{}/", bench.envoy.listener("shop"))
+        .parse()
+        .unwrap();
+    let caller = Caller::new(&Target::Http(elsewhere)).unwrap();
+    let result = caller.call(uuid::Uuid::new_v4(), None).await;
+    assert_eq!(result.outcome, Outcome::Http { status: 404 });
 }
 
 #[tokio::test]
-async fn rendered_cookie_regex_matches_split_http2_cookie_crumbs_in_envoy() {
+async fn rendered_cookie_route_matches_split_http2_cookie_crumbs_in_envoy() {
     let Some(envoy) =
-        envoy_or_skip("rendered_cookie_regex_matches_split_http2_cookie_crumbs_in_envoy")
+        envoy_or_skip("rendered_cookie_route_matches_split_http2_cookie_crumbs_in_envoy")
     else {
         return;
     };
-    let bench = cookie_bench(&envoy, &rendered_cookie_routes()).await;
-    let mut target =
-        HttpTarget::parse(&format!("http://{}/", bench.envoy.listener("shop"))).unwrap();
+    let rendered = render_virtual_services(SESSION);
+    let bench = cookie_bench(&envoy, &rendered.frontend).await;
+    let mut target = bench.shop();
     target.version = HttpVersion::Http2;
     // Two `cookie` fields: HTTP/2 lets a client split cookies into crumbs; Envoy joins them.
     target = target
         .with_header("cookie: theme=dark")
         .unwrap()
-        .with_header(&format!("cookie: shop_session-id={}", session()))
+        .with_header(&format!("cookie: shop_session-id={SESSION}"))
         .unwrap();
     let caller = Caller::new(&Target::Http(target)).unwrap();
     let result = caller
@@ -144,12 +198,16 @@ async fn unanchored_cookie_regex_is_caught_leaking_look_alike_sessions() {
     else {
         return;
     };
-    let unanchored = format!(".*shop_session-id={}.*", session());
-    let bench = cookie_bench(&envoy, &cookie_routes_with_regex(&unanchored)).await;
-    let base = HttpTarget::parse(&format!("http://{}/", bench.envoy.listener("shop"))).unwrap();
+    let mut frontend = render_virtual_services(SESSION).frontend;
+    set_session_match(
+        &mut frontend,
+        "cookie",
+        json!({"regex": format!(".*shop_session-id={SESSION}.*")}),
+    );
+    let bench = cookie_bench(&envoy, &frontend).await;
 
     let report = frontend_probe()
-        .run_cookies(&base, &cookie_variants(&session()))
+        .run_cookies(&bench.shop(), &cookie_variants(&session()))
         .await
         .unwrap();
     println!("{report}");
@@ -170,28 +228,68 @@ async fn unanchored_cookie_regex_is_caught_leaking_look_alike_sessions() {
     }
 }
 
+#[tokio::test]
+async fn session_route_after_the_default_route_is_caught_sending_the_session_to_mainline() {
+    let Some(envoy) = envoy_or_skip(
+        "session_route_after_the_default_route_is_caught_sending_the_session_to_mainline",
+    ) else {
+        return;
+    };
+    let mut frontend = render_virtual_services(SESSION).frontend;
+    move_session_route_last(&mut frontend);
+    let bench = cookie_bench(&envoy, &frontend).await;
+
+    let report = frontend_probe()
+        .run_cookies(&bench.shop(), &cookie_variants(&session()))
+        .await
+        .unwrap();
+    println!("{report}");
+    assert_only_session_variants_leaked(&report);
+}
+
 struct AdsBench {
     envoy: Envoy,
     _mainline: GrpcBackend,
     _feature: GrpcBackend,
 }
 
-/// The routes `manifests` renders for the session's gRPC calls: `userid`, then the default.
-fn rendered_userid_routes() -> Vec<HttpRoute> {
-    vec![
-        userid_session_route(&session(), "adservice-myfeature", 9555),
-        default_route("adservice", 9555),
-    ]
+impl AdsBench {
+    /// `GetAds` as the frontend's sidecar sends it: to the adservice Service's name.
+    fn get_ads(&self) -> GrpcTarget {
+        let listener = self.envoy.listener("ads");
+        let mut target = GrpcTarget::new(
+            &format!("http://{ADS_HOST}:{}", listener.port()),
+            GrpcMethod::GetAds {
+                context_keys: vec!["clothing".into()],
+            },
+        )
+        .unwrap();
+        target.resolve = vec![(ADS_HOST.to_string(), listener)];
+        target
+    }
 }
 
-async fn ads_bench(envoy: &std::path::Path, routes: &[HttpRoute]) -> AdsBench {
+async fn ads_bench(envoy: &std::path::Path, adservice: &Value) -> AdsBench {
     let mainline = GrpcBackend::start("adservice-6c8f-main1").await;
     let feature = GrpcBackend::start("adservice-myfeature-9a1b-feat1").await;
     let config = bootstrap(
-        vec![http_listener("ads", routes_from_istio(routes))],
+        vec![http_listener_with_hosts(
+            "ads",
+            vec![virtual_host(adservice)],
+        )],
         vec![
-            cluster("adservice", &[mainline.addr], true, None),
-            cluster("adservice-myfeature", &[feature.addr], true, None),
+            cluster(
+                &service_cluster("adservice", 9555),
+                &[mainline.addr],
+                true,
+                None,
+            ),
+            cluster(
+                &service_cluster("adservice-myfeature", 9555),
+                &[feature.addr],
+                true,
+                None,
+            ),
         ],
     );
     AdsBench {
@@ -206,30 +304,22 @@ fn ads_probe() -> RoutingProbe {
         per_variant: PER_VARIANT,
         attribution: AttributionRule::header(SERVED_BY).unwrap(),
         feature_label: Regex::new("^adservice-myfeature-").unwrap(),
+        mainline_label: Regex::new("^adservice-[a-z0-9]+-[a-z0-9]+$").unwrap(),
     }
 }
 
-fn get_ads(bench: &AdsBench) -> GrpcTarget {
-    GrpcTarget::new(
-        &format!("http://{}", bench.envoy.listener("ads")),
-        GrpcMethod::GetAds {
-            context_keys: vec!["clothing".into()],
-        },
-    )
-    .unwrap()
-}
-
 #[tokio::test]
-async fn userid_metadata_routes_grpc_calls_to_the_feature_through_envoy_over_http2() {
-    let Some(envoy) =
-        envoy_or_skip("userid_metadata_routes_grpc_calls_to_the_feature_through_envoy_over_http2")
-    else {
+async fn rendered_adservice_virtual_service_routes_the_userid_to_the_feature_over_http2() {
+    let Some(envoy) = envoy_or_skip(
+        "rendered_adservice_virtual_service_routes_the_userid_to_the_feature_over_http2",
+    ) else {
         return;
     };
-    let bench = ads_bench(&envoy, &rendered_userid_routes()).await;
+    let rendered = render_virtual_services(SESSION);
+    let bench = ads_bench(&envoy, &rendered.adservice).await;
 
     let report = ads_probe()
-        .run_userids(&get_ads(&bench), &userid_variants(&session()))
+        .run_userids(&bench.get_ads(), &userid_variants(&session()))
         .await
         .unwrap();
     println!("{report}");
@@ -241,11 +331,7 @@ async fn userid_metadata_routes_grpc_calls_to_the_feature_through_envoy_over_htt
 
     // The same route under load: every call of a closed-loop run carrying the userid is
     // attributed to the feature by its response metadata.
-    let target = Target::Grpc(
-        get_ads(&bench)
-            .with_metadata("userid", session().as_str())
-            .unwrap(),
-    );
+    let target = Target::Grpc(bench.get_ads().with_metadata("userid", SESSION).unwrap());
     let spec = LoadSpec::closed(2, Duration::from_millis(500))
         .with_attribution(AttributionRule::header(SERVED_BY).unwrap());
     let timeline = load::run(&target, &spec, None).await.unwrap();
@@ -264,18 +350,12 @@ async fn userid_prefix_match_is_caught_leaking_a_look_alike_userid() {
     else {
         return;
     };
-    let mut routes = rendered_userid_routes();
-    routes[0].matches = vec![HttpMatchRequest {
-        headers: [(
-            "userid".to_string(),
-            StringMatch::Prefix(session().as_str().to_string()),
-        )]
-        .into(),
-    }];
-    let bench = ads_bench(&envoy, &routes).await;
+    let mut adservice = render_virtual_services(SESSION).adservice;
+    set_session_match(&mut adservice, "userid", json!({"prefix": SESSION}));
+    let bench = ads_bench(&envoy, &adservice).await;
 
     let report = ads_probe()
-        .run_userids(&get_ads(&bench), &userid_variants(&session()))
+        .run_userids(&bench.get_ads(), &userid_variants(&session()))
         .await
         .unwrap();
     println!("{report}");
@@ -284,5 +364,31 @@ async fn userid_prefix_match_is_caught_leaking_a_look_alike_userid() {
     assert_eq!(
         report.variant("userid plus one character").unwrap().leaked,
         PER_VARIANT
+    );
+}
+
+#[tokio::test]
+async fn userid_route_after_the_default_route_is_caught_sending_the_session_to_mainline() {
+    let Some(envoy) = envoy_or_skip(
+        "userid_route_after_the_default_route_is_caught_sending_the_session_to_mainline",
+    ) else {
+        return;
+    };
+    let mut adservice = render_virtual_services(SESSION).adservice;
+    move_session_route_last(&mut adservice);
+    let bench = ads_bench(&envoy, &adservice).await;
+
+    let report = ads_probe()
+        .run_userids(&bench.get_ads(), &userid_variants(&session()))
+        .await
+        .unwrap();
+    println!("{report}");
+    assert!(!report.passed);
+    assert_eq!(report.failed_variants(), vec!["userid of the session"]);
+    let variant = report.variant("userid of the session").unwrap();
+    assert_eq!(variant.leaked, PER_VARIANT);
+    assert_eq!(
+        variant.distribution.get("adservice-6c8f-main1"),
+        Some(&PER_VARIANT)
     );
 }

@@ -6,10 +6,12 @@ mod support_envoy;
 use std::time::Duration;
 
 use cdcheck::traffic::attribution::AttributionRule;
+use cdcheck::traffic::caller::Caller;
 use cdcheck::traffic::load::{self, LoadSpec};
 use cdcheck::traffic::probe;
 use cdcheck::traffic::record::{ErrorClass, Outcome};
-use cdcheck::traffic::target::{Caller, HttpTarget, HttpVersion, Target, TlsOptions};
+use cdcheck::traffic::target::{HttpTarget, HttpVersion, Target};
+use cdcheck::traffic::tls::TlsOptions;
 use support_envoy::{
     Envoy, HttpBackend, Leaf, TestPki, bootstrap, cluster, envoy_or_skip, https_listener, route,
 };

@@ -5,9 +5,10 @@ mod support_envoy;
 
 use std::time::Duration;
 
+use cdcheck::traffic::caller::Caller;
 use cdcheck::traffic::load::{self, LoadSpec};
 use cdcheck::traffic::record::{ErrorClass, Outcome};
-use cdcheck::traffic::target::{Caller, GrpcMethod, GrpcTarget, HttpTarget, Target};
+use cdcheck::traffic::target::{GrpcMethod, GrpcTarget, HttpTarget, Target};
 use support_envoy::{GrpcBackend, HttpBackend, free_port};
 use tokio::io::AsyncReadExt;
 

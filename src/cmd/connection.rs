@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use cdcheck::traffic::parse_resolve;
-use cdcheck::traffic::target::TlsOptions;
+use cdcheck::traffic::tls::TlsOptions;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct ConnectionArgs {

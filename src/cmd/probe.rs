@@ -100,9 +100,14 @@ pub struct RoutingArgs {
     /// The test session id the routes were rendered for (as `render --session` takes it).
     #[arg(long, value_name = "ID")]
     pub session: String,
-    /// Labels matching this regex are the feature workload; any other label is mainline.
+    /// Labels matching this regex are the feature workload.
     #[arg(long, value_name = "REGEX")]
     pub feature_label: String,
+    /// Labels matching this regex (and not --feature-label, which is tried first) are the
+    /// mainline workload. An answer labelled by neither came from an unknown workload and
+    /// fails the probe.
+    #[arg(long, value_name = "REGEX")]
+    pub mainline_label: String,
     /// How an answer names its server: `header:NAME` (response header, gRPC metadata or
     /// trailer), `body:REGEX` (first capture group, or the whole match), `pod` (the
     /// frontend's `Pod: <name>`) or `banner` (its `FRONTEND_MESSAGE` banner).
@@ -329,10 +334,13 @@ fn routing_probe(args: &RoutingArgs) -> anyhow::Result<RoutingProbe> {
     };
     let feature_label = regex::Regex::new(&args.feature_label)
         .with_context(|| format!("compile --feature-label regex `{}`", args.feature_label))?;
+    let mainline_label = regex::Regex::new(&args.mainline_label)
+        .with_context(|| format!("compile --mainline-label regex `{}`", args.mainline_label))?;
     Ok(RoutingProbe {
         per_variant: args.requests,
         attribution,
         feature_label,
+        mainline_label,
     })
 }
 
@@ -399,6 +407,9 @@ fn routing_verdict(report: &RoutingReport, requests: u64) -> String {
     let mut reasons = Vec::new();
     if let Some(leaked) = describe(|v| v.leaked > 0) {
         reasons.push(format!("{leaked} leaked"));
+    }
+    if let Some(unknown) = describe(|v| v.unknown > 0) {
+        reasons.push(format!("{unknown} reached an unknown workload"));
     }
     if let Some(unattributed) = describe(|v| v.unattributed > 0) {
         reasons.push(format!("{unattributed} had failed or unattributed answers"));

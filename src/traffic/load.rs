@@ -13,8 +13,9 @@ use serde::Serialize;
 
 use super::TrafficError;
 use super::attribution::{AttributionRule, LabelInterner};
+use super::caller::Caller;
 use super::record::{RequestRecord, Timeline};
-use super::target::{Caller, Target};
+use super::target::Target;
 
 /// How requests are paced.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

@@ -3,15 +3,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::TrafficError;
+use super::caller::Caller;
+use super::classify::classify_error;
 use super::record::{ErrorClass, Outcome};
-use super::target::{Caller, GrpcMethod, GrpcTarget, HttpTarget, Target, classify_error};
+use super::target::{GrpcMethod, GrpcTarget, HttpTarget, Target};
+use super::tls::{RecordingVerifier, crypto_provider};
+use crate::manifests::tls::name_covers_host;
 
 /// The cookie the pipeline's readiness probes send, so that the frontend does not
 /// mint a session for them.
@@ -260,9 +262,7 @@ pub async fn tls(
     let expected = expected_pem
         .map(|pem| leaf_from_pem(pem, "the expected certificate"))
         .transpose()?;
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let provider = crypto_provider();
     let recorder = Arc::new(RecordingVerifier {
         provider: provider.clone(),
     });
@@ -322,7 +322,10 @@ pub async fn tls(
         .filter_map(|c| CertificateInfo::from_der(c))
         .collect();
     if let Some(leaf) = report.chain.first() {
-        report.name_in_sans = leaf.sans.iter().any(|san| san_covers(san, server_name));
+        report.name_in_sans = leaf
+            .sans
+            .iter()
+            .any(|san| name_covers_host(san, server_name));
     }
     if let Some(expected) = &expected {
         report.matches_expected =
@@ -331,82 +334,16 @@ pub async fn tls(
     Ok(report)
 }
 
-/// A SAN covers a name exactly or as a one-label wildcard (`*.example.test`).
-fn san_covers(san: &str, name: &str) -> bool {
-    let (san, name) = (san.to_ascii_lowercase(), name.to_ascii_lowercase());
-    if san == name {
-        return true;
-    }
-    match (san.strip_prefix("*."), name.split_once('.')) {
-        (Some(suffix), Some((label, rest))) => !label.is_empty() && rest == suffix,
-        _ => false,
-    }
-}
-
-/// Accepts any chain so that the probe can report what was served; trust is decided
-/// by comparing with the expected certificate, not by the handshake.
-#[derive(Debug)]
-pub(crate) struct RecordingVerifier {
-    pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn wildcard_sans_cover_one_label_only() {
-        assert!(san_covers("shop.example.test", "SHOP.example.test"));
-        assert!(san_covers("*.example.test", "shop.example.test"));
-        assert!(!san_covers("*.example.test", "a.shop.example.test"));
-        assert!(!san_covers("*.example.test", "example.test"));
+        assert!(name_covers_host("shop.example.test", "SHOP.example.test"));
+        assert!(name_covers_host("*.example.test", "shop.example.test"));
+        assert!(!name_covers_host("*.example.test", "a.shop.example.test"));
+        assert!(!name_covers_host("*.example.test", "example.test"));
     }
 
     #[test]

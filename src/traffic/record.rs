@@ -267,7 +267,7 @@ impl Summary {
             errors,
             latency,
             send_lag,
-            labels: super::verdict::label_distribution(&timeline.records),
+            labels: label_distribution(&timeline.records),
         }
     }
 }
@@ -302,4 +302,15 @@ impl std::fmt::Display for Summary {
         }
         Ok(())
     }
+}
+
+/// Requests per attribution label; unlabelled requests are left out.
+pub fn label_distribution(records: &[RequestRecord]) -> BTreeMap<String, u64> {
+    let mut labels = BTreeMap::new();
+    for record in records {
+        if let Some(label) = &record.label {
+            *labels.entry(label.to_string()).or_insert(0) += 1;
+        }
+    }
+    labels
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::TrafficError;
 use super::attribution::AttributionRule;
-use super::target::{Caller, GrpcTarget, HttpTarget, Target};
+use super::caller::Caller;
+use super::target::{GrpcTarget, HttpTarget, Target};
 use super::verdict::zero_leak_upper_bound_95;
 use crate::manifests::routing::{SESSION_COOKIE, SessionId, USERID_METADATA};
 
@@ -144,8 +145,26 @@ pub struct RoutingProbe {
     /// Requests per variant.
     pub per_variant: u64,
     pub attribution: AttributionRule,
-    /// Labels matching this regex are the feature workload; any other label is mainline.
+    /// Labels matching this regex are the feature workload.
     pub feature_label: Regex,
+    /// Labels matching this regex, and not `feature_label`, are the mainline workload (the
+    /// feature is tried first, so `^frontend-` may stand for mainline beside
+    /// `^frontend-myfeature-`). A label matching neither is an unknown workload: it fails
+    /// the variant whichever side it expected.
+    pub mainline_label: Regex,
+}
+
+impl RoutingProbe {
+    /// Which workload `label` names, `None` when neither pattern matches it.
+    pub fn side_of(&self, label: &str) -> Option<Side> {
+        if self.feature_label.is_match(label) {
+            Some(Side::Feature)
+        } else if self.mainline_label.is_match(label) {
+            Some(Side::Mainline)
+        } else {
+            None
+        }
+    }
 }
 
 /// One variant's results.
@@ -159,10 +178,12 @@ pub struct VariantReport {
     pub reached_expected: u64,
     /// Answers attributed to the other side.
     pub leaked: u64,
+    /// Answers whose label names neither the feature nor the mainline workload.
+    pub unknown: u64,
     /// Requests that failed or could not be attributed.
     pub unattributed: u64,
-    /// When `leaked == 0`: the 95% upper bound on the leak rate, `1 - 0.05^(1/n)` over the
-    /// attributed answers.
+    /// When nothing leaked or reached an unknown workload: the 95% upper bound on the leak
+    /// rate, `1 - 0.05^(1/n)` over the attributed answers.
     pub leak_rate_upper_bound_95: Option<f64>,
     pub passed: bool,
 }
@@ -205,13 +226,18 @@ impl std::fmt::Display for RoutingReport {
                 .unwrap_or_default();
             writeln!(
                 f,
-                "{:<4} {:<36} expect {:<8} {}/{} reached it, {} leaked{} {:?}",
+                "{:<4} {:<36} expect {:<8} {}/{} reached it, {} leaked{}{} {:?}",
                 if v.passed { "ok" } else { "FAIL" },
                 v.variant.name,
                 format!("{:?}", v.variant.expected).to_lowercase(),
                 v.reached_expected,
                 v.sent,
                 v.leaked,
+                if v.unknown > 0 {
+                    format!(", {} reached an unknown workload", v.unknown)
+                } else {
+                    String::new()
+                },
                 bound,
                 v.distribution
             )?;
@@ -279,22 +305,17 @@ impl RoutingProbe {
         for (variant, target) in targets {
             let caller = Caller::new(&target)?;
             let mut distribution = BTreeMap::new();
-            let (mut reached_expected, mut leaked, mut unattributed) = (0, 0, 0);
+            let (mut reached_expected, mut leaked, mut unknown, mut unattributed) = (0, 0, 0, 0);
             for _ in 0..self.per_variant {
                 let result = caller
                     .call(uuid::Uuid::new_v4(), Some(&self.attribution))
                     .await;
                 let key = match (&result.label, result.outcome.is_success()) {
                     (Some(label), true) => {
-                        let side = if self.feature_label.is_match(label) {
-                            Side::Feature
-                        } else {
-                            Side::Mainline
-                        };
-                        if side == variant.expected {
-                            reached_expected += 1;
-                        } else {
-                            leaked += 1;
+                        match self.side_of(label) {
+                            Some(side) if side == variant.expected => reached_expected += 1,
+                            Some(_) => leaked += 1,
+                            None => unknown += 1,
                         }
                         label.clone()
                     }
@@ -311,8 +332,8 @@ impl RoutingProbe {
             }
             let attributed = reached_expected + leaked;
             reports.push(VariantReport {
-                passed: leaked == 0 && unattributed == 0 && self.per_variant > 0,
-                leak_rate_upper_bound_95: if leaked == 0 {
+                passed: leaked == 0 && unknown == 0 && unattributed == 0 && self.per_variant > 0,
+                leak_rate_upper_bound_95: if leaked == 0 && unknown == 0 {
                     zero_leak_upper_bound_95(attributed)
                 } else {
                     None
@@ -322,6 +343,7 @@ impl RoutingProbe {
                 distribution,
                 reached_expected,
                 leaked,
+                unknown,
                 unattributed,
             });
         }
@@ -365,6 +387,22 @@ mod tests {
             header("id inside another cookie's value"),
             (Some("a=shop_session-id=abc".into()), Side::Mainline)
         );
+    }
+
+    #[test]
+    fn labels_are_feature_first_then_mainline_and_anything_else_is_unknown() {
+        let probe = RoutingProbe {
+            per_variant: 1,
+            attribution: AttributionRule::frontend_pod(),
+            feature_label: Regex::new("^frontend-myfeature-").unwrap(),
+            mainline_label: Regex::new("^frontend-").unwrap(),
+        };
+        assert_eq!(
+            probe.side_of("frontend-myfeature-5f6b8-x1"),
+            Some(Side::Feature)
+        );
+        assert_eq!(probe.side_of("frontend-7d9c5-x1"), Some(Side::Mainline));
+        assert_eq!(probe.side_of("checkoutservice-1-x1"), None);
     }
 
     #[test]

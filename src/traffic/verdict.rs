@@ -1,6 +1,5 @@
 //! Verdicts from a timeline: failures within a tolerance, outage windows, label distribution.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -127,17 +126,6 @@ fn window(
     }
 }
 
-/// Requests per attribution label; unlabelled requests are left out.
-pub fn label_distribution(records: &[RequestRecord]) -> BTreeMap<String, u64> {
-    let mut labels = BTreeMap::new();
-    for record in records {
-        if let Some(label) = &record.label {
-            *labels.entry(label.to_string()).or_insert(0) += 1;
-        }
-    }
-    labels
-}
-
 /// The 95% upper confidence bound on a leak rate after `n` trials with no leak:
 /// `1 - 0.05^(1/n)` (about 3/n, the rule of three). `None` for `n == 0`.
 pub fn zero_leak_upper_bound_95(n: u64) -> Option<f64> {
@@ -208,6 +196,28 @@ mod tests {
         assert!((bound - 0.0295).abs() < 0.0005, "{bound}");
         assert_eq!(zero_leak_upper_bound_95(1), Some(0.95));
         assert_eq!(zero_leak_upper_bound_95(0), None);
+    }
+
+    #[test]
+    fn a_leak_at_the_bound_is_caught_with_95_percent_confidence_as_readme_states() {
+        // A leak rate p shows at least once in n requests with probability 1 - (1 - p)^n.
+        let caught = |p: f64, n: u64| 1.0 - (1.0 - p).powf(n as f64);
+        for n in [1, 20, 100, 1000] {
+            let bound = zero_leak_upper_bound_95(n).unwrap();
+            assert!((caught(bound, n) - 0.95).abs() < 1e-9, "n = {n}");
+            assert!(caught(bound * 0.9, n) < 0.95, "n = {n}");
+        }
+        // README's figures for the default --requests 100 and for the tests' 20.
+        assert_eq!(
+            format!("{:.2}%", zero_leak_upper_bound_95(100).unwrap() * 100.0),
+            "2.95%"
+        );
+        assert_eq!(
+            format!("{:.1}%", zero_leak_upper_bound_95(20).unwrap() * 100.0),
+            "13.9%"
+        );
+        assert!(caught(1.0 / 8.0, 100) > 0.99999);
+        assert_eq!(format!("{:.0}%", caught(0.01, 100) * 100.0), "63%");
     }
 
     #[test]

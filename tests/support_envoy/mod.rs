@@ -9,6 +9,8 @@
 //! - [`GrpcBackend`]: grpc.health.v1 and `hipstershop.AdService/GetAds`, naming itself in the
 //!   `x-served-by` response metadata.
 //! - bootstrap builders: [`bootstrap`], [`http_listener`], [`route`], [`cluster`].
+//! - [`render_virtual_services`] and [`virtual_host`]: the VirtualServices `cdcheck render`
+//!   prints, translated into Envoy virtual hosts the way Istio does.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -288,7 +290,12 @@ pub fn header_prefix(name: &str, value: &str) -> Value {
     json!({"name": name, "string_match": {"prefix": value}})
 }
 
-fn connection_manager(name: &str, routes: Vec<Value>) -> Value {
+/// The virtual host every test listener had before hosts mattered: all domains.
+fn any_host(name: &str, routes: Vec<Value>) -> Value {
+    json!({"name": name, "domains": ["*"], "routes": routes})
+}
+
+fn connection_manager(name: &str, virtual_hosts: Vec<Value>) -> Value {
     json!({
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -305,7 +312,7 @@ fn connection_manager(name: &str, routes: Vec<Value>) -> Value {
             }],
             "route_config": {
                 "name": name,
-                "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
+                "virtual_hosts": virtual_hosts,
             },
             "http_filters": [{
                 "name": "envoy.filters.http.router",
@@ -315,20 +322,35 @@ fn connection_manager(name: &str, routes: Vec<Value>) -> Value {
     })
 }
 
-/// A plaintext listener (HTTP/1.1 and h2c) on an ephemeral loopback port.
+/// A plaintext listener (HTTP/1.1 and h2c) on an ephemeral loopback port, `routes` for any host.
 pub fn http_listener(name: &str, routes: Vec<Value>) -> Value {
+    http_listener_with_hosts(name, vec![any_host(name, routes)])
+}
+
+/// A plaintext listener (HTTP/1.1 and h2c) on an ephemeral loopback port serving these
+/// virtual hosts; a request for any other host gets Envoy's 404.
+pub fn http_listener_with_hosts(name: &str, virtual_hosts: Vec<Value>) -> Value {
     json!({
         "name": name,
         "address": loopback_any(),
-        "filter_chains": [{"filters": [connection_manager(name, routes)]}],
+        "filter_chains": [{"filters": [connection_manager(name, virtual_hosts)]}],
     })
 }
 
 /// A TLS listener: one filter chain per `(server name, certificate PEM, key PEM)`, chosen by SNI,
-/// offering ALPN h2 and http/1.1.
+/// offering ALPN h2 and http/1.1; `routes` for any host.
 pub fn https_listener(
     name: &str,
     routes: Vec<Value>,
+    certificates: &[(&str, &str, &str)],
+) -> Value {
+    https_listener_with_hosts(name, vec![any_host(name, routes)], certificates)
+}
+
+/// [`https_listener`] serving these virtual hosts only.
+pub fn https_listener_with_hosts(
+    name: &str,
+    virtual_hosts: Vec<Value>,
     certificates: &[(&str, &str, &str)],
 ) -> Value {
     let chains: Vec<Value> = certificates
@@ -349,7 +371,7 @@ pub fn https_listener(
                         },
                     },
                 },
-                "filters": [connection_manager(name, routes.clone())],
+                "filters": [connection_manager(name, virtual_hosts.clone())],
             })
         })
         .collect();
@@ -717,30 +739,194 @@ impl TestPki {
     }
 }
 
-/// Envoy routes for Istio `http` routes as `manifests` renders them, in order: one Envoy
-/// route per match (Istio ORs a route's matches), headers matched the way Istio translates
-/// `exact`, `prefix` and `regex`, and each route sent to the cluster named after its first
-/// destination's host. A route without a match is a catch-all.
-pub fn routes_from_istio(routes: &[cdcheck::manifests::istio::HttpRoute]) -> Vec<Value> {
-    use cdcheck::manifests::istio::StringMatch;
-    let mut envoy_routes = Vec::new();
-    for istio_route in routes {
-        let cluster = &istio_route.route[0].destination.host;
-        if istio_route.matches.is_empty() {
-            envoy_routes.push(route(cluster, vec![]));
+/// The session id, feature tag and environment the routing tests render for.
+pub const RENDER_ENV: &str = "dev";
+pub const RENDER_FEATURE_TAG: &str = "0.10.6-myfeature";
+
+/// The `frontend` and `adservice` VirtualServices (whole documents) that
+/// `cdcheck render --feature frontend=… --feature adservice=… --session SESSION` prints,
+/// read back from its YAML.
+pub struct RenderedVirtualServices {
+    pub frontend: Value,
+    pub adservice: Value,
+}
+
+/// Runs the real CLI, as a user pipes it into `kubectl apply -f -`, and picks out the
+/// two VirtualServices that carry session routes.
+pub fn render_virtual_services(session: &str) -> RenderedVirtualServices {
+    let frontend = format!("frontend={RENDER_FEATURE_TAG}");
+    let adservice = format!("adservice={RENDER_FEATURE_TAG}");
+    let output = Command::new(env!("CARGO_BIN_EXE_cdcheck"))
+        .args([
+            "render",
+            "--env",
+            RENDER_ENV,
+            "--feature",
+            &frontend,
+            "--feature",
+        ])
+        .args([&adservice, "--session", session, "--no-loadgenerator"])
+        .output()
+        .expect("run cdcheck render");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cdcheck render failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&stdout).expect("cdcheck render prints YAML documents");
+    let pick = |name: &str| {
+        let found: Vec<&Value> = documents
+            .iter()
+            .filter(|d| d["kind"] == "VirtualService" && d["metadata"]["name"] == name)
+            .collect();
+        assert_eq!(found.len(), 1, "VirtualService {name} in:\n{stdout}");
+        found[0].clone()
+    };
+    RenderedVirtualServices {
+        frontend: pick("frontend"),
+        adservice: pick("adservice"),
+    }
+}
+
+/// The frontend VirtualService's host as the test expects it: `<env>.boutique.test`.
+pub const SHOP_HOST: &str = "dev.boutique.test";
+/// The adservice Service's cluster-local name, which the adservice VirtualService routes.
+pub const ADS_HOST: &str = "adservice.dev.svc.cluster.local";
+
+fn session_route_index(virtual_service: &Value) -> usize {
+    let http = virtual_service["spec"]["http"]
+        .as_array()
+        .expect("spec.http");
+    let found: Vec<usize> = (0..http.len())
+        .filter(|&i| {
+            http[i]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("session-"))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one session route in {virtual_service}");
+    found[0]
+}
+
+/// Moves the session route behind every other route (the default one included), the
+/// order mistake a renderer could make.
+pub fn move_session_route_last(virtual_service: &mut Value) {
+    let index = session_route_index(virtual_service);
+    let http = virtual_service["spec"]["http"].as_array_mut().unwrap();
+    assert!(index + 1 < http.len(), "the session route is already last");
+    let route = http.remove(index);
+    http.push(route);
+}
+
+/// Replaces the session route's match by one on `header` with this Istio string match
+/// (`{"regex": ...}`, `{"prefix": ...}`), a sloppier match a renderer could write.
+pub fn set_session_match(virtual_service: &mut Value, header: &str, string_match: Value) {
+    let index = session_route_index(virtual_service);
+    virtual_service["spec"]["http"][index]["match"] = json!([{"headers": {header: string_match}}]);
+}
+
+/// Istio's name for the outbound cluster of a Service host and port.
+pub fn istio_cluster(host: &str, port: u64) -> String {
+    format!("outbound|{port}||{host}")
+}
+
+/// The cluster of a Service `name` of the rendered environment, e.g. `frontend-myfeature`.
+pub fn service_cluster(name: &str, port: u64) -> String {
+    istio_cluster(&format!("{name}.{RENDER_ENV}.svc.cluster.local"), port)
+}
+
+fn keys_within(value: &Value, allowed: &[&str], what: &str) {
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} is not an object: {value}"));
+    for key in object.keys() {
+        assert!(
+            allowed.contains(&key.as_str()),
+            "{what} has `{key}`, which this translation does not know: {value}"
+        );
+    }
+}
+
+/// The Envoy virtual host Istio builds from a VirtualService document: its `spec.hosts` as
+/// domains (bare, and with any port, as a Host header carries one), and one Envoy route per
+/// match of each `spec.http` route, in order (Istio ORs a route's matches; a route without
+/// a match is a catch-all). Headers match the way Istio translates `exact`, `prefix` and
+/// `regex` (RE2, whole value); each route goes to the cluster of its destination, named as
+/// Istio names it ([`istio_cluster`]), weighted when there are several. A field it does
+/// not translate panics, so a renderer change cannot pass by being dropped here.
+pub fn virtual_host(virtual_service: &Value) -> Value {
+    let name = virtual_service["metadata"]["name"]
+        .as_str()
+        .expect("VirtualService name");
+    let spec = &virtual_service["spec"];
+    keys_within(spec, &["hosts", "gateways", "http"], "VirtualService spec");
+    let mut domains = Vec::new();
+    for host in spec["hosts"].as_array().expect("spec.hosts") {
+        let host = host.as_str().expect("a host is a string");
+        domains.push(host.to_string());
+        domains.push(format!("{host}:*"));
+    }
+    let mut routes = Vec::new();
+    for http in spec["http"].as_array().expect("spec.http") {
+        keys_within(http, &["name", "match", "route"], "http route");
+        let destinations = http["route"].as_array().expect("http route's route");
+        let clusters: Vec<(String, Option<u64>)> = destinations
+            .iter()
+            .map(|d| {
+                keys_within(d, &["destination", "weight"], "route destination");
+                let destination = &d["destination"];
+                keys_within(destination, &["host", "port"], "destination");
+                keys_within(&destination["port"], &["number"], "destination port");
+                let host = destination["host"].as_str().expect("destination host");
+                let port = destination["port"]["number"]
+                    .as_u64()
+                    .expect("destination port number");
+                (istio_cluster(host, port), d["weight"].as_u64())
+            })
+            .collect();
+        let action = match clusters.as_slice() {
+            [(cluster, _)] => json!({"cluster": cluster, "timeout": "5s"}),
+            many => json!({
+                "weighted_clusters": {"clusters": many
+                    .iter()
+                    .map(|(cluster, weight)| json!({"name": cluster, "weight": weight.unwrap_or(0)}))
+                    .collect::<Vec<_>>()},
+                "timeout": "5s",
+            }),
+        };
+        let matches = http["match"].as_array().cloned().unwrap_or_default();
+        let route_name = http["name"].as_str().unwrap_or_default();
+        if matches.is_empty() {
+            routes.push(json!({"name": route_name, "match": {"prefix": "/"}, "route": action}));
         }
-        for matched in &istio_route.matches {
-            let headers = matched
-                .headers
+        for matched in &matches {
+            keys_within(matched, &["headers"], "http match");
+            let headers: Vec<Value> = matched["headers"]
+                .as_object()
+                .expect("match headers")
                 .iter()
-                .map(|(name, value)| match value {
-                    StringMatch::Exact(v) => header_exact(name, v),
-                    StringMatch::Prefix(v) => header_prefix(name, v),
-                    StringMatch::Regex(v) => header_regex(name, v),
+                .map(|(header, string_match)| {
+                    keys_within(string_match, &["exact", "prefix", "regex"], "string match");
+                    let (kind, value) = string_match
+                        .as_object()
+                        .and_then(|m| m.iter().next())
+                        .expect("a string match has one form");
+                    let value = value.as_str().expect("string match value");
+                    match kind.as_str() {
+                        "exact" => header_exact(header, value),
+                        "prefix" => header_prefix(header, value),
+                        _ => header_regex(header, value),
+                    }
                 })
                 .collect();
-            envoy_routes.push(route(cluster, headers));
+            routes.push(json!({
+                "name": route_name,
+                "match": {"prefix": "/", "headers": headers},
+                "route": action,
+            }));
         }
     }
-    envoy_routes
+    json!({"name": name, "domains": domains, "routes": routes})
 }
