@@ -47,11 +47,31 @@ fn without_anti_affinity(bundle: &Bundle) -> Bundle {
     broken
 }
 
-/// Replicas on one node: no anti-affinity, and a preferred node affinity for
-/// `node` (the NodeAffinity score outweighs packing), so after a cordon the
-/// replacements may still go elsewhere.
-fn packed_on(bundle: &Bundle, node: &str) -> Bundle {
+/// How a test puts replicas on one node (anti-affinity removed in both cases).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pin {
+    /// A preferred node affinity (its score outweighs packing): after a cordon
+    /// the replacements may go elsewhere.
+    Preferred,
+    /// A required node affinity: after a cordon the replacements stay Pending.
+    /// On kwok a replacement is Ready within milliseconds, so without this a
+    /// careless drain could race its own replacements and show no dip.
+    Required,
+}
+
+fn packed_on(bundle: &Bundle, node: &str, pin: Pin) -> Bundle {
     let mut packed = without_anti_affinity(bundle);
+    let on_node = serde_json::json!({"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+    ]});
+    let node_affinity = match pin {
+        Pin::Preferred => serde_json::json!({
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "preference": on_node}]
+        }),
+        Pin::Required => serde_json::json!({
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [on_node]}
+        }),
+    };
     for object in &mut packed.objects {
         if let Object::Deployment(d) = object {
             let pod = d
@@ -60,17 +80,7 @@ fn packed_on(bundle: &Bundle, node: &str) -> Bundle {
                 .and_then(|s| s.template.spec.as_mut())
                 .expect("a pod spec");
             let mut affinity = pod.affinity.clone().unwrap_or_default();
-            affinity.node_affinity = Some(
-                serde_json::from_value(serde_json::json!({
-                    "preferredDuringSchedulingIgnoredDuringExecution": [{
-                        "weight": 100,
-                        "preference": {"matchExpressions": [
-                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
-                        ]}
-                    }]
-                }))
-                .unwrap(),
-            );
+            affinity.node_affinity = Some(serde_json::from_value(node_affinity.clone()).unwrap());
             pod.affinity = Some(affinity);
         }
     }
@@ -298,10 +308,14 @@ async fn draining_a_node_through_the_eviction_api_keeps_every_app_above_its_floo
             "drain findings: {:#?}",
             checked.findings
         );
-        // The floors the verdict held the apps to: the PDBs' minAvailable 1.
-        for app in ha_deployments(&bundle) {
-            assert_eq!(checked.floors.get(&app), Some(&1), "{app}: {:?}", checked.floors);
-        }
+        // The floors the verdict held the apps to: the PDBs' minAvailable 1 for
+        // each HA service; the single instances (redis-cart, loadgenerator) have none.
+        let mut judged: Vec<String> = checked.floors.keys().cloned().collect();
+        let mut ha = ha_deployments(&bundle);
+        judged.sort();
+        ha.sort();
+        assert_eq!(judged, ha, "{:?}", checked.floors);
+        assert!(checked.floors.values().all(|f| *f == 1), "{:?}", checked.floors);
         for name in ha_deployments(&bundle) {
             cdcheck::kube::rollout::wait_for_rollout(
                 &cluster.client,
@@ -323,13 +337,14 @@ async fn draining_a_node_through_the_eviction_api_keeps_every_app_above_its_floo
 async fn drain_packed_frontend(
     cluster: &Cluster,
     env: &str,
+    pin: Pin,
     with_pdb: bool,
     method: DrainMethod,
 ) -> drain::DrainCheck {
     let _nodes = common::lock_nodes().await;
     let node = busiest_schedulable_node(cluster, env).await;
     let bundle = common::only_services(&common::render(env, "v0.10.6", |_| {}), &["frontend"]);
-    let mut bundle = packed_on(&bundle, &node);
+    let mut bundle = packed_on(&bundle, &node, pin);
     if !with_pdb {
         bundle = without_pdbs(&bundle);
     }
@@ -344,32 +359,30 @@ async fn drain_packed_frontend(
 }
 
 /// Positive control of the packed case: the eviction API and the PDB keep one
-/// replica ready although both sat on the drained node.
+/// replica ready although both sat on the drained node. (Whether the PDB had to
+/// refuse depends on how fast the first replacement became Ready; it is printed.)
 #[tokio::test]
 async fn packed_replicas_drained_through_the_eviction_api_are_protected_by_the_pdb() {
     let cluster = &require_cluster!();
     common::with_temp_env(&cluster, "packed", |env| async move {
-        let checked = drain_packed_frontend(&cluster, &env, true, DrainMethod::Evict).await;
+        let checked =
+            drain_packed_frontend(cluster, &env, Pin::Preferred, true, DrainMethod::Evict).await;
         assert!(
             checked.findings.is_empty(),
             "drain findings: {:#?}",
             checked.findings
         );
-        assert!(
-            !checked.report.refusals.is_empty(),
-            "the PDB must have refused the second eviction at least once: {:?}",
-            checked.report
-        );
     })
     .await;
 }
 
-/// Negative control: a drain by plain DELETE takes both replicas at once.
+/// Negative control: a drain by plain DELETE takes both replicas at once, PDB or not.
 #[tokio::test]
 async fn a_drain_by_plain_delete_is_caught_as_a_dip() {
     let cluster = &require_cluster!();
     common::with_temp_env(&cluster, "delete", |env| async move {
-        let checked = drain_packed_frontend(&cluster, &env, true, DrainMethod::Delete).await;
+        let checked =
+            drain_packed_frontend(cluster, &env, Pin::Required, true, DrainMethod::Delete).await;
         assert_eq!(
             checked.findings,
             [DrainFinding::Dip {
@@ -387,7 +400,8 @@ async fn a_drain_by_plain_delete_is_caught_as_a_dip() {
 async fn a_drain_without_pdb_is_caught_as_a_dip() {
     let cluster = &require_cluster!();
     common::with_temp_env(&cluster, "nopdb", |env| async move {
-        let checked = drain_packed_frontend(&cluster, &env, false, DrainMethod::Evict).await;
+        let checked =
+            drain_packed_frontend(cluster, &env, Pin::Required, false, DrainMethod::Evict).await;
         assert!(checked.report.refusals.is_empty(), "{:?}", checked.report);
         assert_eq!(
             checked.findings,

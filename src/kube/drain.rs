@@ -521,9 +521,12 @@ async fn observe(
     }
 }
 
-/// The ready floor of every Deployment's app in `namespace`: at least 1 (a
-/// service with no ready pod serves nothing), raised to what a PodDisruptionBudget
+/// The ready floor of every app in `namespace` that promises to survive a
+/// drain: a Deployment with >= 2 replicas or a PodDisruptionBudget. Its floor is
+/// at least 1 (a service with no ready pod serves nothing), raised to what a PDB
 /// selecting its pods guarantees (`minAvailable`, or replicas - `maxUnavailable`).
+/// A single replica without a PDB (redis-cart, the loadgenerator) promises
+/// nothing and gets no floor: [`verdict`] does not judge it.
 pub async fn ready_floors(
     client: &Client,
     namespace: &str,
@@ -570,9 +573,10 @@ pub async fn ready_floors(
                     replicas,
                 )
             })
-            .max()
-            .unwrap_or(0);
-        floors.insert(app, from_pdbs.max(1));
+            .max();
+        if replicas >= 2 || from_pdbs.is_some() {
+            floors.insert(app, from_pdbs.unwrap_or(0).max(1));
+        }
     }
     Ok(floors)
 }
@@ -641,8 +645,8 @@ impl fmt::Display for DrainFinding {
 }
 
 /// The verdict on a drain of `report.node`: every removed pod was seen to go,
-/// and every app that had a pod there kept at least its floor of ready pods
-/// (an app without a floor gets 1) at every moment the watch saw.
+/// and every app with a floor ([`ready_floors`]) that had a pod there kept at
+/// least that many ready pods at every moment the watch saw.
 pub fn verdict(
     report: &DrainReport,
     observed: &Observed,
@@ -666,7 +670,9 @@ pub fn verdict(
         .map(|place| &place.app)
         .collect();
     for app in apps {
-        let floor = floors.get(app).copied().unwrap_or(1).max(1);
+        let Some(floor) = floors.get(app).copied() else {
+            continue;
+        };
         let min_ready = observed.min_ready.get(app).copied().unwrap_or(0);
         if min_ready < floor {
             findings.push(DrainFinding::Dip {
@@ -804,6 +810,10 @@ mod tests {
         let floors = BTreeMap::from([("frontend".to_string(), 1)]);
         // cartservice dipped to 0 but had no pod on node-1.
         let fine = observed(&[("frontend", 1), ("cartservice", 0)], &["ns/frontend-1"]);
+        assert_eq!(verdict(&report, &fine, &floors), []);
+        // An app without a floor (a single replica without PDB) is not judged.
+        let single = observed(&[("frontend", 0)], &["ns/frontend-1"]);
+        assert_eq!(verdict(&report, &single, &BTreeMap::new()), []);
         assert_eq!(verdict(&report, &fine, &floors), []);
         let dipped = observed(&[("frontend", 0)], &["ns/frontend-1"]);
         assert_eq!(
