@@ -187,10 +187,10 @@ async fn the_full_boutique_becomes_available_in_two_environments_and_passes_the_
 #[tokio::test]
 async fn without_anti_affinity_the_replicas_are_packed_and_the_ha_check_fails() {
     let cluster = &require_cluster!();
-    common::with_temp_env(&cluster, "noaa", |env| async move {
+    common::with_temp_env(cluster, "noaa", |env| async move {
         let bundle = without_anti_affinity(&common::render(&env, "v0.10.6", |_| {}));
-        common::deploy(&cluster, &bundle, &env).await;
-        let findings = ha_findings(&cluster, &env, &bundle).await;
+        common::deploy(cluster, &bundle, &env).await;
+        let findings = ha_findings(cluster, &env, &bundle).await;
         let ha = ha_deployments(&bundle);
         let no_term = findings
             .iter()
@@ -208,7 +208,7 @@ async fn without_anti_affinity_the_replicas_are_packed_and_the_ha_check_fails() 
         assert!(
             !shared.is_empty(),
             "the packing scheduler must put some replicas together: {:?}",
-            placement_of(&cluster, &env).await
+            placement_of(cluster, &env).await
         );
         eprintln!(
             "without anti-affinity: {} of {} HA Deployments packed on one node",
@@ -288,21 +288,21 @@ async fn judged_drain(
 #[tokio::test]
 async fn draining_a_node_through_the_eviction_api_keeps_every_app_above_its_floor() {
     let cluster = &require_cluster!();
-    common::with_temp_env(&cluster, "drain", |env| async move {
+    common::with_temp_env(cluster, "drain", |env| async move {
         let bundle = common::render(&env, "v0.10.6", |_| {});
-        let deployed = common::deploy(&cluster, &bundle, &env).await;
+        let deployed = common::deploy(cluster, &bundle, &env).await;
         eprintln!(
             "deployed the full boutique into a fresh namespace {env} in {:?} (apply {:?}, {} objects)",
             deployed.took,
             deployed.apply.took,
             deployed.apply.applied.len()
         );
-        let findings = ha_findings(&cluster, &env, &bundle).await;
+        let findings = ha_findings(cluster, &env, &bundle).await;
         assert!(findings.is_empty(), "HA findings before the drain: {findings:#?}");
 
         let _nodes = common::lock_nodes().await;
-        let node = busiest_schedulable_node(&cluster, &env).await;
-        let checked = judged_drain(&cluster, &env, &node, DrainMethod::Evict).await;
+        let node = busiest_schedulable_node(cluster, &env).await;
+        let checked = judged_drain(cluster, &env, &node, DrainMethod::Evict).await;
         assert!(
             checked.findings.is_empty(),
             "drain findings: {:#?}",
@@ -326,7 +326,7 @@ async fn draining_a_node_through_the_eviction_api_keeps_every_app_above_its_floo
             .await
             .unwrap_or_else(|e| panic!("{name} did not recover: {}", chain(&e)));
         }
-        for (app, nodes) in placement_of(&cluster, &env).await {
+        for (app, nodes) in placement_of(cluster, &env).await {
             assert!(!nodes.contains(&node), "{app} still on {node}");
         }
     })
@@ -364,7 +364,7 @@ async fn drain_packed_frontend(
 #[tokio::test]
 async fn packed_replicas_drained_through_the_eviction_api_are_protected_by_the_pdb() {
     let cluster = &require_cluster!();
-    common::with_temp_env(&cluster, "packed", |env| async move {
+    common::with_temp_env(cluster, "packed", |env| async move {
         let checked =
             drain_packed_frontend(cluster, &env, Pin::Preferred, true, DrainMethod::Evict).await;
         assert!(
@@ -380,7 +380,7 @@ async fn packed_replicas_drained_through_the_eviction_api_are_protected_by_the_p
 #[tokio::test]
 async fn a_drain_by_plain_delete_is_caught_as_a_dip() {
     let cluster = &require_cluster!();
-    common::with_temp_env(&cluster, "delete", |env| async move {
+    common::with_temp_env(cluster, "delete", |env| async move {
         let checked =
             drain_packed_frontend(cluster, &env, Pin::Required, true, DrainMethod::Delete).await;
         assert_eq!(
@@ -399,7 +399,7 @@ async fn a_drain_by_plain_delete_is_caught_as_a_dip() {
 #[tokio::test]
 async fn a_drain_without_pdb_is_caught_as_a_dip() {
     let cluster = &require_cluster!();
-    common::with_temp_env(&cluster, "nopdb", |env| async move {
+    common::with_temp_env(cluster, "nopdb", |env| async move {
         let checked =
             drain_packed_frontend(cluster, &env, Pin::Required, false, DrainMethod::Evict).await;
         assert!(checked.report.refusals.is_empty(), "{:?}", checked.report);
@@ -418,11 +418,11 @@ async fn a_drain_without_pdb_is_caught_as_a_dip() {
 #[tokio::test]
 async fn an_eviction_that_would_break_a_pdb_is_refused() {
     let cluster = &require_cluster!();
-    common::with_temp_env(&cluster, "pdb", |env| async move {
+    common::with_temp_env(cluster, "pdb", |env| async move {
         // One replica with minAvailable 1: the PDB allows no disruption at all.
         let bundle = common::render(&env, "v0.10.6", |o| o.ha.replicas = 1);
         let bundle = common::only_services(&bundle, &["frontend"]);
-        common::deploy(&cluster, &bundle, &env).await;
+        common::deploy(cluster, &bundle, &env).await;
         let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &env);
         let pod = pods
             .list(&ListParams::default().labels("app=frontend"))
