@@ -359,8 +359,9 @@ async fn drain_packed_frontend(
 }
 
 /// Positive control of the packed case: the eviction API and the PDB keep one
-/// replica ready although both sat on the drained node. (Whether the PDB had to
-/// refuse depends on how fast the first replacement became Ready; it is printed.)
+/// replica ready although both sat on the drained node. How the PDB holds back
+/// the second eviction varies (a 429, or the API server retrying its conflicting
+/// PDB update until the replacement is Ready), so refusals are printed, not asserted.
 #[tokio::test]
 async fn packed_replicas_drained_through_the_eviction_api_are_protected_by_the_pdb() {
     let cluster = &require_cluster!();

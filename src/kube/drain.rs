@@ -767,6 +767,20 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_watch_that_fails_before_its_sync_is_an_error_not_an_empty_observation() {
+        crate::install_crypto_provider();
+        // Nothing listens on port 1: the watch's initial list fails at once.
+        let config = Config::new("http://127.0.0.1:1".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let started = PodWatch::start(&client, "ns", Duration::from_secs(10)).await;
+        assert!(
+            matches!(started, Err(DrainError::Watch { .. })),
+            "{:?}",
+            started.err()
+        );
+    }
+
     #[test]
     fn pdb_floors_follow_min_available_and_max_unavailable() {
         let int = IntOrString::Int;
