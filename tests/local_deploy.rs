@@ -457,14 +457,7 @@ async fn an_eviction_that_would_break_a_pdb_is_refused() {
         );
         let node = pod.spec.and_then(|s| s.node_name).unwrap();
         let _nodes = common::lock_nodes().await;
-        let drained = drain::drain(
-            &cluster.config,
-            &node,
-            &[&env],
-            DrainMethod::Evict,
-            Duration::from_secs(3),
-        )
-        .await;
+        let drained = drain::drain(&cluster.config, &node, &[&env], Duration::from_secs(3)).await;
         drain::uncordon(&cluster.client, &node).await.unwrap();
         match drained {
             Err(drain::DrainError::Timeout { left, .. }) => assert!(

@@ -209,6 +209,17 @@ async fn evict_one(api: &Api<Pod>, pod: &Pod, deadline: Instant) -> Result<Remov
     }
 }
 
+/// Cordons `node` and evicts its pods, honouring every PodDisruptionBudget:
+/// [`drain_by`] with [`DrainMethod::Evict`].
+pub async fn drain(
+    config: &Config,
+    node: &str,
+    namespaces: &[&str],
+    timeout: Duration,
+) -> Result<DrainReport, DrainError> {
+    drain_by(config, node, namespaces, DrainMethod::Evict, timeout).await
+}
+
 /// Cordons `node` and removes its pods by `method`; with [`DrainMethod::Evict`]
 /// every PodDisruptionBudget is honoured. With a non-empty `namespaces`, only
 /// pods of those namespaces are touched (so a test drains its own workloads on
@@ -217,7 +228,7 @@ async fn evict_one(api: &Api<Pod>, pod: &Pod, deadline: Instant) -> Result<Remov
 /// Takes the client configuration rather than a client: kube's default client
 /// retries HTTP 429 for minutes, and a PDB's refusal is a 429 this function must
 /// see at once to report (and pace) it itself.
-pub async fn drain(
+pub async fn drain_by(
     config: &Config,
     node: &str,
     namespaces: &[&str],
@@ -707,7 +718,7 @@ pub async fn drain_and_judge(
 ) -> Result<DrainCheck, DrainError> {
     let floors = ready_floors(client, namespace).await?;
     let watch = PodWatch::start(client, namespace, timeout).await?;
-    let report = match drain(config, node, &[namespace], method, timeout).await {
+    let report = match drain_by(config, node, &[namespace], method, timeout).await {
         Ok(report) => report,
         Err(e) => {
             let _ = watch.finish().await;
