@@ -23,7 +23,7 @@ echo "reuse: $(echo "$(date +%s.%N) - $start" | bc) s"
 
 echo "== timings printed by the tests"
 cargo test --quiet --test local_deploy --test local_rollout -- --nocapture 2>&1 \
-  | grep -E "deployed the full boutique|status change -> wait returned|rolling update took|broken release detected after|drained node" || true
+  | grep -E "deployed the full boutique|without anti-affinity|status change -> wait returned|rolling update took|broken release detected after|drained node" || true
 
 echo "== suite wall time from no substrate"
 $cdcheck down >/dev/null 2>&1

@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod diagnostics;
 pub mod drain;
+pub mod placement;
 pub mod rbac;
 pub mod rollback;
 pub mod rollout;

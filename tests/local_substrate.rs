@@ -1,14 +1,14 @@
 //! The local substrate itself: nodes, kubeconfig, Istio CRD validation, and the
 //! lifecycle (`up` twice, a crashed substrate cleaned up, `down` leaves nothing).
 
-mod common_local;
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use cdcheck::kube::apply;
 use cdcheck::manifests::Object;
-use cdcheck::substrate::{ZONE_LABEL, binaries, local};
+use cdcheck::substrate::{ZONE_LABEL, local};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 
@@ -59,65 +59,80 @@ async fn the_admin_kubeconfig_is_readable_only_by_its_owner() {
 
 #[tokio::test]
 async fn an_invalid_virtualservice_is_rejected_with_the_api_servers_message_intact() {
-    let cluster = require_cluster!();
-    let env = common_local::unique_env("vs");
-    let bundle = common_local::render(&env, "v0.10.6", |_| {});
-    apply::apply_objects(
-        &cluster.client,
-        bundle
+    let cluster = &require_cluster!();
+    common::with_temp_env(cluster, "vs", |env| async move {
+        let bundle = common::render(&env, "v0.10.6", |_| {});
+        let vs = bundle
             .objects
             .iter()
-            .filter(|o| matches!(o, Object::Namespace(_))),
-    )
-    .await
-    .unwrap();
-    let vs = bundle
-        .objects
-        .iter()
-        .find(|o| matches!(o, Object::VirtualService(_)))
-        .expect("the bundle has a VirtualService");
+            .find(|o| matches!(o, Object::VirtualService(_)))
+            .expect("the bundle has a VirtualService");
 
-    // Positive control: the rendered VirtualService is accepted as is.
-    apply::apply_object(&cluster.client, vs)
-        .await
-        .unwrap_or_else(|e| panic!("valid VirtualService refused: {}", common_local::chain(&e)));
+        // Positive control: the rendered VirtualService is accepted as is.
+        apply::apply_object(&cluster.client, vs)
+            .await
+            .unwrap_or_else(|e| panic!("valid VirtualService refused: {}", common::chain(&e)));
 
-    // A route timeout below Istio's CEL minimum ("must be a valid duration greater than 1ms").
-    let mut invalid = vs.to_json().unwrap();
-    invalid["metadata"]["name"] = serde_json::json!("invalid-timeout");
-    invalid["spec"]["http"][0]["timeout"] = serde_json::json!("0s");
-    let error = apply::apply_value(&cluster.client, &vs.gvk(), &invalid)
-        .await
-        .expect_err("the API server must reject a 0s route timeout");
-    let status = error
-        .api_status()
-        .expect("the error carries the API Status")
-        .clone();
-    assert_eq!(status.code, 422, "{status:?}");
-    assert!(
-        status
+        // A route timeout below Istio's CEL minimum ("must be a valid duration greater than 1ms").
+        let mut invalid = vs.to_json().unwrap();
+        invalid["metadata"]["name"] = serde_json::json!("invalid-timeout");
+        invalid["spec"]["http"][0]["timeout"] = serde_json::json!("0s");
+        let error = apply::apply_value(&cluster.client, &vs.gvk(), &invalid)
+            .await
+            .expect_err("the API server must reject a 0s route timeout");
+        let status = error
+            .api_status()
+            .expect("the error carries the API Status")
+            .clone();
+        assert_eq!(status.code, 422, "{status:?}");
+        assert_eq!(
+            invalid_fields(&status),
+            ["spec.http[0].timeout"],
+            "{status:?}"
+        );
+        assert!(
+            status
+                .message
+                .contains("must be a valid duration greater than 1ms"),
+            "{}",
+            status.message
+        );
+        let shown = format!("{:#}", anyhow::Error::new(error));
+        assert!(shown.starts_with("apply VirtualService/"), "{shown}");
+        assert!(shown.contains(&status.message), "{shown}");
+
+        // A field Istio does not define is refused too. kube-apiserver answers a
+        // server-side apply with an undeclared field with 500 and no details (it
+        // fails building the typed patch before validation), naming the field
+        // path in the message: that path is what is asserted.
+        let mut unknown = vs.to_json().unwrap();
+        unknown["metadata"]["name"] = serde_json::json!("invalid-field");
+        unknown["spec"]["http"][0]["rout"] = unknown["spec"]["http"][0]["route"].clone();
+        let error = apply::apply_value(&cluster.client, &vs.gvk(), &unknown)
+            .await
+            .expect_err("the API server must reject an undeclared field");
+        let status = error
+            .api_status()
+            .expect("the error carries the API Status")
+            .clone();
+        assert_eq!(status.code, 500, "{status:?}");
+        let undeclared = status
             .message
-            .contains("must be a valid duration greater than 1ms"),
-        "{}",
-        status.message
-    );
-    let shown = format!("{:#}", anyhow::Error::new(error));
-    assert!(shown.starts_with("apply VirtualService/"), "{shown}");
-    assert!(shown.contains(&status.message), "{shown}");
+            .rsplit_once("): ")
+            .and_then(|(_, tail)| tail.strip_suffix(": field not declared in schema"));
+        assert_eq!(undeclared, Some(".spec.http[0].rout"), "{status:?}");
+    })
+    .await;
+}
 
-    // A field Istio does not define is refused by the schema too.
-    let mut unknown = vs.to_json().unwrap();
-    unknown["metadata"]["name"] = serde_json::json!("invalid-field");
-    unknown["spec"]["http"][0]["rout"] = unknown["spec"]["http"][0]["route"].clone();
-    let error = apply::apply_value(&cluster.client, &vs.gvk(), &unknown)
-        .await
-        .expect_err("the API server must reject an undeclared field");
-    let message = error
-        .api_status()
-        .map(|s| s.message.clone())
-        .unwrap_or_default();
-    assert!(message.contains("rout"), "{message}");
-    common_local::cleanup(&cluster, &env).await;
+/// The field paths of the API Status's causes (`details.causes[].field`).
+fn invalid_fields(status: &kube::core::Status) -> Vec<String> {
+    status
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .map(|c| c.field.clone())
+        .collect()
 }
 
 fn pids_mentioning(dir: &std::path::Path) -> Vec<i32> {
@@ -142,13 +157,8 @@ fn pids_mentioning(dir: &std::path::Path) -> Vec<i32> {
 #[tokio::test]
 async fn up_twice_is_safe_a_crash_is_cleaned_up_and_down_leaves_nothing() {
     cdcheck::install_crypto_provider();
-    let found = match binaries::locate() {
-        Ok(found) => found,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED (not in CI): {}", common_local::chain(&e));
-            return;
-        }
-        Err(e) => panic!("failed to find the binaries: {}", common_local::chain(&e)),
+    let Some(found) = common::binaries_or_skip() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
@@ -159,7 +169,7 @@ async fn up_twice_is_safe_a_crash_is_cleaned_up_and_down_leaves_nothing() {
     };
     let first = local::up(&found, &options)
         .await
-        .unwrap_or_else(|e| panic!("failed to boot: {}", common_local::chain(&e)));
+        .unwrap_or_else(|e| panic!("failed to boot: {}", common::chain(&e)));
     assert!(!first.reused);
     assert_eq!(first.nodes, ["node-1", "node-2"]);
     eprintln!("private substrate booted in {:?}", first.boot);

@@ -1,16 +1,36 @@
-//! Node drain as `kubectl drain` does it: cordon, then evict every pod on the node
-//! through the eviction API, retrying while a PodDisruptionBudget refuses (HTTP 429),
-//! until the node holds no pod of a controller.
+//! Node drain and its verdict. [`drain`] does what `kubectl drain` does: cordon,
+//! then evict every pod on the node through the eviction API, retrying while a
+//! PodDisruptionBudget refuses (HTTP 429), until the pods are gone.
+//! [`drain_and_judge`] watches the namespace's pods through the drain and
+//! returns [`DrainFinding`]s: an app that had a pod on the node and fell below
+//! its ready floor at any moment, or an evicted pod the watch never saw go.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::time::{Duration, Instant};
 
-use ::kube::api::{Api, EvictParams, ListParams};
+use ::kube::api::{Api, DeleteParams, EvictParams, ListParams};
+use ::kube::core::Status;
+use ::kube::runtime::wait::{await_condition, conditions};
+use ::kube::runtime::watcher;
 use ::kube::{Client, Config, ResourceExt};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::sync::oneshot;
+
+/// The pod label that names the app (the Online Boutique convention).
+pub const APP_LABEL: &str = "app";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
+    #[error("build a client that does not retry HTTP 429")]
+    Client {
+        #[source]
+        source: ::kube::Error,
+    },
     #[error("cordon node {node}")]
     Cordon {
         node: String,
@@ -30,23 +50,98 @@ pub enum DrainError {
         #[source]
         source: ::kube::Error,
     },
+    #[error("delete pod {namespace}/{name}")]
+    Delete {
+        namespace: String,
+        name: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("wait for the pods of node {node} to go")]
+    WaitGone {
+        node: String,
+        #[source]
+        source: ::kube::runtime::wait::Error,
+    },
     #[error("drain node {node} within {waited:?}: still holding {left:?}")]
     Timeout {
         node: String,
         waited: Duration,
         left: Vec<String>,
     },
+    #[error("read the ready floors of namespace {namespace}")]
+    Floors {
+        namespace: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("keep watching the pods of namespace {namespace}: the observation has a gap")]
+    Watch {
+        namespace: String,
+        #[source]
+        source: watcher::Error,
+    },
+    #[error("sync the pod watch of namespace {namespace} within {waited:?}")]
+    WatchSync { namespace: String, waited: Duration },
+    #[error("keep the pod watch of namespace {namespace} running: its task ended abruptly")]
+    WatchTask { namespace: String },
+}
+
+/// How the pods leave the node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DrainMethod {
+    /// The eviction API, which honours PodDisruptionBudgets (what `kubectl drain` does).
+    #[default]
+    Evict,
+    /// Plain DELETE of every pod, which no PodDisruptionBudget can stop: what a
+    /// careless pipeline does, kept as a negative control for the verdict.
+    Delete,
 }
 
 /// What a drain did.
 #[derive(Clone, Debug, Default)]
 pub struct DrainReport {
     pub node: String,
-    /// `namespace/name` of every evicted pod.
+    pub method: DrainMethod,
+    /// `namespace/name` of every pod evicted (or deleted, with [`DrainMethod::Delete`]).
     pub evicted: Vec<String>,
-    /// Evictions a PodDisruptionBudget refused (429) before they succeeded, per pod.
+    /// Evictions a PodDisruptionBudget refused (a 429 whose Status names the
+    /// disruption budget) before they succeeded, per pod.
     pub refusals: BTreeMap<String, u32>,
+    /// Evictions refused with a 429 that does not name a disruption budget
+    /// (API priority and fairness, a rate limit), per pod.
+    pub throttled: BTreeMap<String, u32>,
     pub took: Duration,
+}
+
+/// Why an eviction was answered 429.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The PodDisruptionBudget allows no disruption now (or is still being processed).
+    DisruptionBudget(String),
+    /// Any other 429: throttling, not the budget.
+    Throttled(String),
+}
+
+/// Reads a 429 Status: the eviction API names the budget in a cause with reason
+/// `DisruptionBudget` (and in its message); anything else is throttling.
+pub fn classify_429(status: &Status) -> Refusal {
+    let causes = status
+        .details
+        .as_ref()
+        .map(|d| d.causes.as_slice())
+        .unwrap_or(&[]);
+    if let Some(cause) = causes.iter().find(|c| c.reason == "DisruptionBudget") {
+        return Refusal::DisruptionBudget(cause.message.clone());
+    }
+    if status.message.contains("disruption budget") {
+        return Refusal::DisruptionBudget(status.message.clone());
+    }
+    Refusal::Throttled(if status.message.is_empty() {
+        status.reason.clone()
+    } else {
+        status.message.clone()
+    })
 }
 
 fn is_daemon_or_mirror(pod: &Pod) -> bool {
@@ -56,29 +151,98 @@ fn is_daemon_or_mirror(pod: &Pod) -> bool {
             .contains_key("kubernetes.io/config.mirror")
 }
 
-/// Cordons `node` and evicts its pods, honouring every PodDisruptionBudget.
-/// With a non-empty `namespaces`, only pods of those namespaces are evicted
-/// (so a test drains its own workloads on a shared cluster).
-///
-/// Takes the client configuration rather than a client: kube's default client
-/// retries HTTP 429 for minutes, and a PDB's refusal is a 429 this function must
-/// see at once to report (and pace) it itself.
+fn pod_key(pod: &Pod) -> String {
+    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+enum Removed {
+    Gone { refusals: u32, throttled: u32 },
+}
+
+/// Evicts one pod, retrying 429s until `deadline`.
+async fn evict_one(api: &Api<Pod>, pod: &Pod, deadline: Instant) -> Result<Removed, DrainError> {
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let (mut refusals, mut throttled) = (0u32, 0u32);
+    loop {
+        match api.evict(&name, &EvictParams::default()).await {
+            Ok(_) => {
+                return Ok(Removed::Gone {
+                    refusals,
+                    throttled,
+                });
+            }
+            Err(::kube::Error::Api(s)) if s.code == 404 => {
+                return Ok(Removed::Gone {
+                    refusals,
+                    throttled,
+                });
+            }
+            // Wait and retry, as kubectl drain does.
+            Err(::kube::Error::Api(s)) if s.code == 429 => {
+                let why = match classify_429(&s) {
+                    Refusal::DisruptionBudget(m) => {
+                        refusals += 1;
+                        format!("refused by a PodDisruptionBudget: {m}")
+                    }
+                    Refusal::Throttled(m) => {
+                        throttled += 1;
+                        format!("throttled (HTTP 429): {m}")
+                    }
+                };
+                if Instant::now() > deadline {
+                    return Err(DrainError::Timeout {
+                        node: String::new(),
+                        waited: Duration::ZERO,
+                        left: vec![format!("{ns}/{name} ({why})")],
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(source) => {
+                return Err(DrainError::Evict {
+                    namespace: ns,
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Cordons `node` and evicts its pods, honouring every PodDisruptionBudget:
+/// [`drain_by`] with [`DrainMethod::Evict`].
 pub async fn drain(
     config: &Config,
     node: &str,
     namespaces: &[&str],
     timeout: Duration,
 ) -> Result<DrainReport, DrainError> {
+    drain_by(config, node, namespaces, DrainMethod::Evict, timeout).await
+}
+
+/// Cordons `node` and removes its pods by `method`; with [`DrainMethod::Evict`]
+/// every PodDisruptionBudget is honoured. With a non-empty `namespaces`, only
+/// pods of those namespaces are touched (so a test drains its own workloads on
+/// a shared cluster). Returns once the removed pods are gone.
+///
+/// Takes the client configuration rather than a client: kube's default client
+/// retries HTTP 429 for minutes, and a PDB's refusal is a 429 this function must
+/// see at once to report (and pace) it itself.
+pub async fn drain_by(
+    config: &Config,
+    node: &str,
+    namespaces: &[&str],
+    method: DrainMethod,
+    timeout: Duration,
+) -> Result<DrainReport, DrainError> {
     let in_scope = |p: &Pod| {
         namespaces.is_empty() || namespaces.contains(&p.namespace().unwrap_or_default().as_str())
     };
     let started = Instant::now();
+    let deadline = started + timeout;
     let mut config = config.clone();
     config.default_retry = false;
-    let client = &Client::try_from(config).map_err(|source| DrainError::Cordon {
-        node: node.into(),
-        source,
-    })?;
+    let client = &Client::try_from(config).map_err(|source| DrainError::Client { source })?;
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .cordon(node)
@@ -103,91 +267,94 @@ pub async fn drain(
             in_scope(p) && !is_daemon_or_mirror(p) && p.metadata.deletion_timestamp.is_none()
         })
         .collect();
-    let evictions = victims.iter().map(|pod| {
-        let ns = pod.namespace().unwrap_or_default();
-        let name = pod.name_any();
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let removals = victims.iter().map(|pod| {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
         async move {
-            let mut refusals = 0u32;
-            loop {
-                match api.evict(&name, &EvictParams::default()).await {
-                    Ok(_) => return Ok((format!("{ns}/{name}"), refusals)),
-                    Err(::kube::Error::Api(s)) if s.code == 404 => {
-                        return Ok((format!("{ns}/{name}"), refusals));
-                    }
-                    // The PDB allows no disruption right now: wait and retry, as kubectl drain does.
-                    Err(::kube::Error::Api(s)) if s.code == 429 => {
-                        refusals += 1;
-                        if started.elapsed() > timeout {
-                            return Err(DrainError::Timeout {
-                                node: String::new(),
-                                waited: timeout,
-                                left: vec![format!(
-                                    "{ns}/{name} (refused by a PodDisruptionBudget)"
-                                )],
-                            });
-                        }
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    Err(source) => {
-                        return Err(DrainError::Evict {
-                            namespace: ns.clone(),
-                            name: name.clone(),
+            match method {
+                DrainMethod::Evict => evict_one(&api, pod, deadline).await,
+                DrainMethod::Delete => {
+                    match api.delete(&pod.name_any(), &DeleteParams::default()).await {
+                        Ok(_) => Ok(Removed::Gone {
+                            refusals: 0,
+                            throttled: 0,
+                        }),
+                        Err(::kube::Error::Api(s)) if s.code == 404 => Ok(Removed::Gone {
+                            refusals: 0,
+                            throttled: 0,
+                        }),
+                        Err(source) => Err(DrainError::Delete {
+                            namespace: pod.namespace().unwrap_or_default(),
+                            name: pod.name_any(),
                             source,
-                        });
+                        }),
                     }
                 }
             }
         }
     });
-    let results = futures::future::join_all(evictions).await;
+    let results = futures::future::join_all(removals).await;
     let mut report = DrainReport {
         node: node.into(),
+        method,
         ..Default::default()
     };
-    for result in results {
+    for (pod, result) in victims.iter().zip(results) {
         match result {
-            Ok((pod, refusals)) => {
+            Ok(Removed::Gone {
+                refusals,
+                throttled,
+            }) => {
                 if refusals > 0 {
-                    report.refusals.insert(pod.clone(), refusals);
+                    report.refusals.insert(pod_key(pod), refusals);
                 }
-                report.evicted.push(pod);
+                if throttled > 0 {
+                    report.throttled.insert(pod_key(pod), throttled);
+                }
+                report.evicted.push(pod_key(pod));
             }
-            Err(DrainError::Timeout { waited, left, .. }) => {
+            Err(DrainError::Timeout { left, .. }) => {
                 return Err(DrainError::Timeout {
                     node: node.into(),
-                    waited,
+                    waited: timeout,
                     left,
                 });
             }
             Err(e) => return Err(e),
         }
     }
-    // Wait until the evicted pods are gone from the node.
-    loop {
-        let left: Vec<String> = pods
-            .list(&on_node)
-            .await
-            .map_err(|source| DrainError::List {
+    // Watch each removed pod until it is gone (or replaced under the same name).
+    let gone = victims.iter().map(|pod| {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        let (name, uid) = (pod.name_any(), pod.uid().unwrap_or_default());
+        async move { await_condition(api, &name, conditions::is_deleted(&uid)).await }
+    });
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining, futures::future::try_join_all(gone)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(source)) => {
+            return Err(DrainError::WaitGone {
                 node: node.into(),
                 source,
-            })?
-            .items
-            .iter()
-            .filter(|p| in_scope(p) && !is_daemon_or_mirror(p))
-            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
-            .collect();
-        if left.is_empty() {
-            break;
+            });
         }
-        if started.elapsed() > timeout {
+        Err(_) => {
+            let left = pods
+                .list(&on_node)
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|p| in_scope(p) && !is_daemon_or_mirror(p))
+                        .map(pod_key)
+                        .collect()
+                })
+                .unwrap_or_else(|e| vec![format!("(could not list: {e})")]);
             return Err(DrainError::Timeout {
                 node: node.into(),
                 waited: timeout,
                 left,
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     report.took = started.elapsed();
     Ok(report)
@@ -204,4 +371,490 @@ pub async fn uncordon(client: &Client, node: &str) -> Result<(), DrainError> {
             node: node.into(),
             source,
         })
+}
+
+/// Where a pod was when the watch synced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodPlace {
+    pub app: String,
+    pub node: String,
+}
+
+/// What a pod watch saw between its initial sync and its end.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// `namespace/name` -> app and node of every pod present at the initial sync.
+    pub initial: BTreeMap<String, PodPlace>,
+    /// Per app, the fewest Ready, non-terminating pods at any moment after the sync.
+    pub min_ready: BTreeMap<String, usize>,
+    /// `namespace/name` of every pod seen terminating or deleted after the sync.
+    pub terminated: BTreeSet<String>,
+    /// Watch events received after the sync.
+    pub events: usize,
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn app_of(pod: &Pod) -> String {
+    pod.labels().get(APP_LABEL).cloned().unwrap_or_default()
+}
+
+/// A running watch of one namespace's pods; [`PodWatch::finish`] ends it.
+pub struct PodWatch {
+    namespace: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<Observed, DrainError>>,
+}
+
+impl PodWatch {
+    /// Starts watching and returns once the watch's initial list is complete
+    /// (kube's `InitDone`), so nothing after this call can be missed.
+    pub async fn start(
+        client: &Client,
+        namespace: &str,
+        sync_timeout: Duration,
+    ) -> Result<PodWatch, DrainError> {
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let (synced_tx, synced_rx) = oneshot::channel();
+        let (stop, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(observe(api, namespace.to_string(), synced_tx, stop_rx));
+        match tokio::time::timeout(sync_timeout, synced_rx).await {
+            Ok(Ok(())) => Ok(PodWatch {
+                namespace: namespace.to_string(),
+                stop,
+                task,
+            }),
+            // The task ended before the sync: its error says why.
+            Ok(Err(_)) => Err(match task.await {
+                Ok(Err(e)) => e,
+                _ => DrainError::WatchTask {
+                    namespace: namespace.into(),
+                },
+            }),
+            Err(_) => {
+                task.abort();
+                Err(DrainError::WatchSync {
+                    namespace: namespace.into(),
+                    waited: sync_timeout,
+                })
+            }
+        }
+    }
+
+    /// Stops the watch and returns what it saw, or the error that broke it:
+    /// a watch that failed midway has a gap, so it yields no observation.
+    pub async fn finish(self) -> Result<Observed, DrainError> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(Err(DrainError::WatchTask {
+            namespace: self.namespace,
+        }))
+    }
+}
+
+async fn observe(
+    api: Api<Pod>,
+    namespace: String,
+    synced: oneshot::Sender<()>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<Observed, DrainError> {
+    // No backoff: the watcher would retry an error silently, and whatever
+    // happened during the retry would be missed.
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut current: BTreeMap<String, Pod> = BTreeMap::new();
+    let mut observed = Observed::default();
+    let mut synced = Some(synced);
+    loop {
+        let event = tokio::select! {
+            _ = &mut stop => return Ok(observed),
+            event = stream.next() => event,
+        };
+        let event = match event {
+            Some(Ok(event)) => event,
+            Some(Err(source)) => return Err(DrainError::Watch { namespace, source }),
+            None => return Err(DrainError::WatchTask { namespace }),
+        };
+        let after_sync = synced.is_none();
+        match event {
+            watcher::Event::Init => current.clear(),
+            watcher::Event::InitApply(p) => {
+                current.insert(pod_key(&p), p);
+            }
+            watcher::Event::InitDone => {
+                observed.initial = current
+                    .iter()
+                    .map(|(key, p)| {
+                        let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                        let place = PodPlace {
+                            app: app_of(p),
+                            node: node.unwrap_or_default(),
+                        };
+                        (key.clone(), place)
+                    })
+                    .collect();
+                if let Some(tx) = synced.take() {
+                    let _ = tx.send(());
+                }
+            }
+            watcher::Event::Apply(p) => {
+                if p.metadata.deletion_timestamp.is_some() {
+                    observed.terminated.insert(pod_key(&p));
+                }
+                current.insert(pod_key(&p), p);
+            }
+            watcher::Event::Delete(p) => {
+                observed.terminated.insert(pod_key(&p));
+                current.remove(&pod_key(&p));
+            }
+        }
+        if synced.is_some() {
+            continue;
+        }
+        if after_sync {
+            observed.events += 1;
+        }
+        // Count every app ever seen, so one whose pods are all gone counts 0.
+        let mut ready: BTreeMap<String, usize> =
+            observed.min_ready.keys().map(|a| (a.clone(), 0)).collect();
+        for p in current.values() {
+            *ready.entry(app_of(p)).or_default() += usize::from(is_ready(p));
+        }
+        for (app, n) in ready {
+            let min = observed.min_ready.entry(app).or_insert(n);
+            *min = (*min).min(n);
+        }
+    }
+}
+
+/// The ready floor of every app in `namespace` that promises to survive a
+/// drain: a Deployment with >= 2 replicas or a PodDisruptionBudget. Its floor is
+/// at least 1 (a service with no ready pod serves nothing), raised to what a PDB
+/// selecting its pods guarantees (`minAvailable`, or replicas - `maxUnavailable`).
+/// A single replica without a PDB (redis-cart, the loadgenerator) promises
+/// nothing and gets no floor: [`verdict`] does not judge it.
+pub async fn ready_floors(
+    client: &Client,
+    namespace: &str,
+) -> Result<BTreeMap<String, usize>, DrainError> {
+    let err = |source| DrainError::Floors {
+        namespace: namespace.into(),
+        source,
+    };
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    let deployments = deployments
+        .list(&ListParams::default())
+        .await
+        .map_err(err)?;
+    let pdbs = pdbs.list(&ListParams::default()).await.map_err(err)?;
+    let mut floors = BTreeMap::new();
+    for d in &deployments.items {
+        let spec = d.spec.clone().unwrap_or_default();
+        let replicas = spec.replicas.unwrap_or(1).max(0);
+        let labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        let Some(app) = labels.get(APP_LABEL).cloned() else {
+            continue;
+        };
+        let from_pdbs = pdbs
+            .items
+            .iter()
+            .filter_map(|pdb| pdb.spec.as_ref())
+            .filter(|spec| {
+                let wanted = spec
+                    .selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.clone())
+                    .unwrap_or_default();
+                !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .map(|spec| {
+                pdb_floor(
+                    spec.min_available.as_ref(),
+                    spec.max_unavailable.as_ref(),
+                    replicas,
+                )
+            })
+            .max();
+        if replicas >= 2 || from_pdbs.is_some() {
+            floors.insert(app, from_pdbs.unwrap_or(0).max(1));
+        }
+    }
+    Ok(floors)
+}
+
+fn percent_of(value: &str, replicas: i32, round_up: bool) -> i32 {
+    let pct: i32 = value.trim_end_matches('%').parse().unwrap_or(0);
+    let scaled = pct * replicas;
+    if round_up {
+        (scaled + 99) / 100
+    } else {
+        scaled / 100
+    }
+}
+
+/// Pods a PodDisruptionBudget keeps ready, as the disruption controller counts
+/// them: percentages of the replicas round up, for `minAvailable` and `maxUnavailable` alike.
+fn pdb_floor(
+    min_available: Option<&IntOrString>,
+    max_unavailable: Option<&IntOrString>,
+    replicas: i32,
+) -> usize {
+    let floor = match (min_available, max_unavailable) {
+        (Some(IntOrString::Int(n)), _) => *n,
+        (Some(IntOrString::String(p)), _) => percent_of(p, replicas, true),
+        (None, Some(IntOrString::Int(n))) => replicas - n,
+        (None, Some(IntOrString::String(p))) => replicas - percent_of(p, replicas, true),
+        (None, None) => 0,
+    };
+    floor.max(0) as usize
+}
+
+/// One way a drain failed to keep the apps serving, or failed to be observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainFinding {
+    /// The node held none of the namespace's pods: the drain proved nothing.
+    NothingEvicted { node: String },
+    /// A removed pod the watch never saw terminate: the observation missed the drain.
+    NotSeen { pod: String },
+    /// An app with a pod on the drained node dropped below its ready floor.
+    Dip {
+        app: String,
+        min_ready: usize,
+        floor: usize,
+    },
+}
+
+impl fmt::Display for DrainFinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DrainFinding::NothingEvicted { node } => {
+                write!(f, "nothing of the namespace was on {node}")
+            }
+            DrainFinding::NotSeen { pod } => {
+                write!(f, "{pod} was removed but the watch never saw it go")
+            }
+            DrainFinding::Dip {
+                app,
+                min_ready,
+                floor,
+            } => write!(
+                f,
+                "{app} fell to {min_ready} ready pod(s) during the drain (floor {floor})"
+            ),
+        }
+    }
+}
+
+/// The verdict on a drain of `report.node`: every removed pod was seen to go,
+/// and every app with a floor ([`ready_floors`]) that had a pod there kept at
+/// least that many ready pods at every moment the watch saw.
+pub fn verdict(
+    report: &DrainReport,
+    observed: &Observed,
+    floors: &BTreeMap<String, usize>,
+) -> Vec<DrainFinding> {
+    let mut findings = Vec::new();
+    if report.evicted.is_empty() {
+        findings.push(DrainFinding::NothingEvicted {
+            node: report.node.clone(),
+        });
+    }
+    for pod in &report.evicted {
+        if !observed.terminated.contains(pod) {
+            findings.push(DrainFinding::NotSeen { pod: pod.clone() });
+        }
+    }
+    let apps: BTreeSet<&String> = observed
+        .initial
+        .values()
+        .filter(|place| place.node == report.node)
+        .map(|place| &place.app)
+        .collect();
+    for app in apps {
+        let Some(floor) = floors.get(app).copied() else {
+            continue;
+        };
+        let min_ready = observed.min_ready.get(app).copied().unwrap_or(0);
+        if min_ready < floor {
+            findings.push(DrainFinding::Dip {
+                app: app.clone(),
+                min_ready,
+                floor,
+            });
+        }
+    }
+    findings
+}
+
+/// A drain with its observation and verdict.
+#[derive(Clone, Debug)]
+pub struct DrainCheck {
+    pub report: DrainReport,
+    pub observed: Observed,
+    pub floors: BTreeMap<String, usize>,
+    /// Empty when the drain kept every app above its floor.
+    pub findings: Vec<DrainFinding>,
+}
+
+/// Drains `node` of `namespace`'s pods by `method` while watching them, and
+/// judges the drain. The node stays cordoned: the caller uncordons it.
+pub async fn drain_and_judge(
+    client: &Client,
+    config: &Config,
+    node: &str,
+    namespace: &str,
+    method: DrainMethod,
+    timeout: Duration,
+) -> Result<DrainCheck, DrainError> {
+    let floors = ready_floors(client, namespace).await?;
+    let watch = PodWatch::start(client, namespace, timeout).await?;
+    let report = match drain_by(config, node, &[namespace], method, timeout).await {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = watch.finish().await;
+            return Err(e);
+        }
+    };
+    let observed = watch.finish().await?;
+    let findings = verdict(&report, &observed, &floors);
+    Ok(DrainCheck {
+        report,
+        observed,
+        floors,
+        findings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::kube::core::response::{StatusCause, StatusDetails};
+
+    fn status(message: &str, causes: Vec<StatusCause>) -> Status {
+        Status {
+            code: 429,
+            message: message.into(),
+            reason: "TooManyRequests".into(),
+            details: Some(StatusDetails {
+                name: String::new(),
+                group: String::new(),
+                kind: "pods".into(),
+                uid: String::new(),
+                causes,
+                retry_after_seconds: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_429_is_the_budget_only_when_the_status_names_it() {
+        let budget = status(
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+            vec![StatusCause {
+                reason: "DisruptionBudget".into(),
+                message: "The disruption budget frontend needs 1 healthy pods and has 1 currently"
+                    .into(),
+                field: String::new(),
+            }],
+        );
+        assert!(
+            matches!(classify_429(&budget), Refusal::DisruptionBudget(m) if m.contains("frontend needs 1"))
+        );
+        let throttled = status("Too many requests, please try again later.", vec![]);
+        assert_eq!(
+            classify_429(&throttled),
+            Refusal::Throttled("Too many requests, please try again later.".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_fails_before_its_sync_is_an_error_not_an_empty_observation() {
+        crate::install_crypto_provider();
+        // Nothing listens on port 1: the watch's initial list fails at once.
+        let config = Config::new("http://127.0.0.1:1".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let started = PodWatch::start(&client, "ns", Duration::from_secs(10)).await;
+        assert!(
+            matches!(started, Err(DrainError::Watch { .. })),
+            "{:?}",
+            started.err()
+        );
+    }
+
+    #[test]
+    fn pdb_floors_follow_min_available_and_max_unavailable() {
+        let int = IntOrString::Int;
+        let pct = |s: &str| IntOrString::String(s.into());
+        assert_eq!(pdb_floor(Some(&int(1)), None, 2), 1);
+        assert_eq!(pdb_floor(Some(&pct("50%")), None, 3), 2);
+        assert_eq!(pdb_floor(None, Some(&int(1)), 3), 2);
+        assert_eq!(pdb_floor(None, Some(&pct("50%")), 3), 1);
+        assert_eq!(pdb_floor(None, None, 3), 0);
+    }
+
+    fn observed(min_ready: &[(&str, usize)], terminated: &[&str]) -> Observed {
+        Observed {
+            initial: [
+                ("ns/frontend-1", "frontend", "node-1"),
+                ("ns/frontend-2", "frontend", "node-2"),
+                ("ns/cart-1", "cartservice", "node-2"),
+            ]
+            .iter()
+            .map(|(k, app, node)| {
+                let place = PodPlace {
+                    app: app.to_string(),
+                    node: node.to_string(),
+                };
+                (k.to_string(), place)
+            })
+            .collect(),
+            min_ready: min_ready.iter().map(|(a, n)| (a.to_string(), *n)).collect(),
+            terminated: terminated.iter().map(|s| s.to_string()).collect(),
+            events: 3,
+        }
+    }
+
+    #[test]
+    fn only_apps_on_the_drained_node_are_judged_and_a_dip_below_the_floor_is_found() {
+        let report = DrainReport {
+            node: "node-1".into(),
+            evicted: vec!["ns/frontend-1".into()],
+            ..Default::default()
+        };
+        let floors = BTreeMap::from([("frontend".to_string(), 1)]);
+        // cartservice dipped to 0 but had no pod on node-1.
+        let fine = observed(&[("frontend", 1), ("cartservice", 0)], &["ns/frontend-1"]);
+        assert_eq!(verdict(&report, &fine, &floors), []);
+        // An app without a floor (a single replica without PDB) is not judged.
+        let single = observed(&[("frontend", 0)], &["ns/frontend-1"]);
+        assert_eq!(verdict(&report, &single, &BTreeMap::new()), []);
+        assert_eq!(verdict(&report, &fine, &floors), []);
+        let dipped = observed(&[("frontend", 0)], &["ns/frontend-1"]);
+        assert_eq!(
+            verdict(&report, &dipped, &floors),
+            [DrainFinding::Dip {
+                app: "frontend".into(),
+                min_ready: 0,
+                floor: 1
+            }]
+        );
+        let unseen = observed(&[("frontend", 1)], &[]);
+        assert_eq!(
+            verdict(&report, &unseen, &floors),
+            [DrainFinding::NotSeen {
+                pod: "ns/frontend-1".into()
+            }]
+        );
+    }
 }

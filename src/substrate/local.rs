@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ::kube::Client;
-use ::kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use ::kube::api::{Api, ListParams, Patch, PatchParams};
+use ::kube::runtime::wait::await_condition;
+use ::kube::{Client, ResourceExt};
 use base64::Engine;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,11 @@ pub enum LocalError {
         path: PathBuf,
         #[source]
         source: crate::kube::ConnectError,
+    },
+    #[error("watch the nodes become Ready")]
+    WatchNodes {
+        #[source]
+        source: ::kube::runtime::wait::Error,
     },
     #[error("install the Istio CRDs")]
     Crds(#[from] CrdError),
@@ -544,6 +550,11 @@ async fn boot(
     )?;
     let stages = dir.join("kwok-stages.yaml");
     write(&stages, KWOK_STAGES.to_string())?;
+    let scheduler_config = dir.join("kube-scheduler.yaml");
+    write(
+        &scheduler_config,
+        scheduler_config_yaml(&scheduler_kubeconfig),
+    )?;
 
     let p = |path: &Path| path.display().to_string();
     let etcd_client = format!("http://127.0.0.1:{}", ports.etcd_client);
@@ -652,12 +663,12 @@ async fn boot(
         "--node-monitor-grace-period=1h".to_string(),
         "--node-startup-grace-period=1h".to_string(),
     ];
+    // With --config, kube-scheduler ignores --kubeconfig and --leader-elect: both are in the file.
     let scheduler_args = vec![
-        format!("--kubeconfig={}", p(&scheduler_kubeconfig)),
+        format!("--config={}", p(&scheduler_config)),
         format!("--authentication-kubeconfig={}", p(&scheduler_kubeconfig)),
         format!("--authorization-kubeconfig={}", p(&scheduler_kubeconfig)),
         "--secure-port=0".to_string(),
-        "--leader-elect=false".to_string(),
     ];
     let kwok_args = vec![
         format!("--kubeconfig={}", p(&kubeconfig)),
@@ -709,6 +720,53 @@ async fn boot(
     })
 }
 
+/// A scheduler that packs pods instead of spreading them, so where replicas land
+/// follows the manifests alone: `NodeResourcesFit` scores the fullest node best
+/// (`MostAllocated`), no default topology spread constraints are added to pods,
+/// and `NodeResourcesBalancedAllocation` (which favours emptier nodes too) is off.
+/// A preferred pod anti-affinity (the `InterPodAffinity` score, weight 2) still
+/// outweighs packing (weight 1): both are normalised to 0..100 per node.
+fn scheduler_config_yaml(kubeconfig: &Path) -> String {
+    format!(
+        "apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: {kubeconfig}
+leaderElection:
+  leaderElect: false
+profiles:
+- schedulerName: default-scheduler
+  plugins:
+    score:
+      disabled:
+      - name: NodeResourcesBalancedAllocation
+  pluginConfig:
+  - name: NodeResourcesFit
+    args:
+      scoringStrategy:
+        type: MostAllocated
+        resources:
+        - name: cpu
+          weight: 1
+        - name: memory
+          weight: 1
+  - name: PodTopologySpread
+    args:
+      defaultingType: List
+      defaultConstraints: []
+",
+        kubeconfig = serde_json::Value::String(kubeconfig.display().to_string()),
+    )
+}
+
+/// Allocatable resources of a fake node. Small enough that a 100m pod moves a
+/// node's `MostAllocated` score (an integer percentage) by more than half a
+/// point, so packing rarely ties; large enough for about ten Online Boutique
+/// environments at once (one requests 2.8 CPUs and 2.2 GiB) on the two nodes
+/// a drain leaves schedulable.
+const NODE_CPU: &str = "16";
+const NODE_MEMORY: &str = "64Gi";
+
 fn node_json(name: &str, zone: &str) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "v1",
@@ -726,10 +784,16 @@ fn node_json(name: &str, zone: &str) -> serde_json::Value {
             }
         },
         "status": {
-            "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
-            "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" }
+            "allocatable": { "cpu": NODE_CPU, "memory": NODE_MEMORY, "pods": "110" },
+            "capacity": { "cpu": NODE_CPU, "memory": NODE_MEMORY, "pods": "110" }
         }
     })
+}
+
+fn is_node_ready(node: Option<&Node>) -> bool {
+    node.and_then(|n| n.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(::kube::Error) -> LocalError {
@@ -772,61 +836,33 @@ async fn prepare_cluster(
     };
     let logs = state_dir.join("logs");
     let ready = async {
-        loop {
-            let list = node_api
-                .list(&ListParams::default().labels("type=kwok"))
-                .await
-                .map_err(kube_err("list nodes"))?;
-            let ready: BTreeMap<String, bool> = list
-                .items
-                .iter()
-                .map(|n| {
-                    let ready = n
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        });
-                    (n.metadata.name.clone().unwrap_or_default(), ready)
-                })
-                .collect();
-            if nodes.iter().all(|n| ready.get(n) == Some(&true)) {
-                return Ok(());
-            }
-            if started.elapsed() > timeout {
-                return Err(LocalError::Timeout {
+        let each = nodes
+            .iter()
+            .map(|name| await_condition(node_api.clone(), name, is_node_ready));
+        match tokio::time::timeout(timeout, futures::future::try_join_all(each)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(LocalError::WatchNodes { source }),
+            Err(_) => {
+                let ready: BTreeMap<String, bool> = node_api
+                    .list(&ListParams::default().labels("type=kwok"))
+                    .await
+                    .map(|list| {
+                        list.items
+                            .iter()
+                            .map(|n| (n.name_any(), is_node_ready(Some(n))))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Err(LocalError::Timeout {
                     what: "Ready nodes".into(),
-                    waited: timeout,
+                    waited: started.elapsed(),
                     logs: logs.clone(),
                     detail: format!(" (nodes ready: {ready:?})"),
-                });
+                })
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     tokio::try_join!(crds, ready).map(|_| ())
-}
-
-/// Creates a namespace (idempotent), for tests and scenarios that need one.
-pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), LocalError> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns =
-        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-    match api
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(ns).unwrap_or_default(),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(::kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(source) => Err(LocalError::Kube {
-            what: format!("create namespace {name}"),
-            source,
-        }),
-    }
 }
 
 #[cfg(test)]
@@ -873,6 +909,37 @@ mod tests {
             .unwrap();
         let text = ready["spec"]["selector"].to_string();
         assert!(text.contains(NEVER_READY_ANNOTATION));
+    }
+
+    #[test]
+    fn the_scheduler_packs_and_adds_no_default_spreading() {
+        let text = scheduler_config_yaml(Path::new("/state/pki/scheduler.kubeconfig"));
+        let config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(
+            config["clientConnection"]["kubeconfig"],
+            "/state/pki/scheduler.kubeconfig"
+        );
+        let profile = &config["profiles"][0];
+        let args = |name: &str| {
+            profile["pluginConfig"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()["args"]
+                .clone()
+        };
+        assert_eq!(
+            args("NodeResourcesFit")["scoringStrategy"]["type"],
+            "MostAllocated"
+        );
+        let spread = args("PodTopologySpread");
+        assert_eq!(spread["defaultingType"], "List");
+        assert_eq!(spread["defaultConstraints"], serde_json::json!([]));
+        assert_eq!(
+            profile["plugins"]["score"]["disabled"][0]["name"],
+            "NodeResourcesBalancedAllocation"
+        );
     }
 
     #[test]

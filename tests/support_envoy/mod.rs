@@ -51,22 +51,20 @@ pub fn envoy_binary() -> Option<PathBuf> {
     (output.status.success() && path.is_file()).then_some(path)
 }
 
-/// Envoy's path, or `None` after saying why the test returns. Panics when `CI` is set:
-/// a CI run must never pass a data-plane test it did not run.
+/// Envoy's path, or `None` after the suite's one skip-or-fail (`tests/common/skip.rs`):
+/// it panics when `CI` is set, since a CI run must never pass a data-plane test it did
+/// not run, and otherwise reports the skip visibly and in the ledger.
 pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
-    match envoy_binary() {
-        Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some() => panic!(
-            "{test}: envoy is required when CI is set; install it with scripts/install-envoy.sh \
+    #[path = "../common/skip.rs"]
+    mod skip;
+    let found = envoy_binary();
+    if found.is_none() {
+        skip::skip_or_fail(&format!(
+            "{test}: envoy not found; install it with scripts/install-envoy.sh \
              or point CDCHECK_ENVOY at the binary"
-        ),
-        None => {
-            eprintln!(
-                "{test}: NOT RUN: envoy not found (set CDCHECK_ENVOY or run scripts/install-envoy.sh)"
-            );
-            None
-        }
+        ));
     }
+    found
 }
 
 /// A running Envoy; killed when dropped.

@@ -1,0 +1,261 @@
+//! The test harness of the `local_*` tests: the cluster under test (the local
+//! substrate, started once per test binary and shared through its file lock, or
+//! the cluster `CDCHECK_KUBECONFIG` names), [`skip::skip_or_fail`] when it
+//! cannot start, [`with_temp_env`] for a per-test namespace that is deleted
+//! afterwards and explained (events, pods, ReplicaSets) when the test fails,
+//! and the rendering and deploy helpers the tests share.
+//!
+//! No test touches the shared `dev` or `test` namespaces, so test binaries (and
+//! cargo-nextest's per-test processes) can run at the same time.
+#![allow(dead_code)]
+
+pub mod skip;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cdcheck::kube::{diagnostics, rollback};
+use cdcheck::manifests::{self, Bundle, Options};
+use cdcheck::substrate::{binaries, local};
+use futures::FutureExt;
+use kube::Client;
+
+/// Generous upper bound of one rollout on the shared 2-core machine.
+pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Set to `1` to keep each test's namespace (its name is printed) for inspection.
+pub const KEEP_VAR: &str = "CDCHECK_KEEP";
+
+/// A connection to the cluster under test.
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub config: kube::Config,
+    pub client: Client,
+}
+
+fn start() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("CDCHECK_KUBECONFIG").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let found = binaries::locate()
+        .map_err(|e| format!("{} (run `cargo run -- substrate install` first)", chain(&e)))?;
+    // `up` takes a file lock and reuses a healthy substrate, so concurrent
+    // test binaries share one. It runs on its own runtime: tests each have theirs.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let options = local::UpOptions {
+            nodes: 3,
+            ..Default::default()
+        };
+        runtime
+            .block_on(local::up(&found, &options))
+            .map(|s| {
+                eprintln!(
+                    "local substrate {} in {:?}: {}",
+                    if s.reused { "reused" } else { "started" },
+                    s.boot,
+                    s.kubeconfig.display()
+                );
+                s.kubeconfig
+            })
+            .map_err(|e| chain(&e))
+    })
+    .join()
+    .map_err(|_| "the substrate start-up thread panicked".to_string())?
+}
+
+/// An error and its sources on one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The control-plane binaries, or `None` after [`skip::skip_or_fail`] (which
+/// panics in CI) for a test that boots its own substrate.
+pub fn binaries_or_skip() -> Option<binaries::Binaries> {
+    match binaries::locate() {
+        Ok(found) => Some(found),
+        Err(e) => {
+            skip::skip_or_fail(&format!(
+                "the control-plane binaries are missing: {}",
+                chain(&e)
+            ));
+            None
+        }
+    }
+}
+
+/// The cluster, or `None` after [`skip::skip_or_fail`] (which panics in CI).
+pub async fn cluster() -> Option<Cluster> {
+    cdcheck::install_crypto_provider();
+    static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let kubeconfig = match KUBECONFIG.get_or_init(start) {
+        Ok(path) => path.clone(),
+        Err(why) => {
+            skip::skip_or_fail(&format!("failed to start the local substrate: {why}"));
+            return None;
+        }
+    };
+    let config = cdcheck::kube::config_from(&kubeconfig)
+        .await
+        .unwrap_or_else(|e| panic!("failed to read {}: {}", kubeconfig.display(), chain(&e)));
+    let client = Client::try_from(config.clone()).expect("failed to build a client");
+    Some(Cluster {
+        kubeconfig,
+        config,
+        client,
+    })
+}
+
+/// Returns the cluster, or returns from the test (outside CI only) after
+/// recording the skip.
+#[macro_export]
+macro_rules! require_cluster {
+    () => {
+        match $crate::common::cluster().await {
+            Some(cluster) => cluster,
+            None => return,
+        }
+    };
+}
+
+/// A unique environment name (and namespace) for one test: `<prefix>-<6 hex>`.
+pub fn unique_env(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..6])
+}
+
+fn keep() -> bool {
+    std::env::var(KEEP_VAR).is_ok_and(|v| v == "1")
+}
+
+/// Runs `body` with a fresh environment `<prefix>-<6 hex>` (its namespace is
+/// created first). When the body panics, prints the namespace's diagnostics
+/// (ReplicaSets, pods, events) and re-raises the panic; either way the
+/// namespace is deleted unless `CDCHECK_KEEP=1`.
+pub async fn with_temp_env<T, F, Fut>(cluster: &Cluster, prefix: &str, body: F) -> T
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = T>,
+{
+    use k8s_openapi::api::core::v1::Namespace;
+    let env = unique_env(prefix);
+    let namespaces: kube::Api<Namespace> = kube::Api::all(cluster.client.clone());
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": env, "labels": {"cdcheck.io/temporary": "true"}}
+    }))
+    .expect("a Namespace");
+    namespaces
+        .create(&Default::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("failed to create namespace {env}: {e}"));
+    let outcome = AssertUnwindSafe(body(env.clone())).catch_unwind().await;
+    if outcome.is_err() {
+        let found = diagnostics::gather(&cluster.client, &env, None).await;
+        eprintln!("test failed in environment {env}; {found}");
+    }
+    if keep() {
+        eprintln!("{KEEP_VAR}=1: keeping namespace {env}");
+    } else if let Err(e) = namespaces.delete(&env, &Default::default()).await {
+        eprintln!("could not delete namespace {env}: {e}");
+    }
+    match outcome {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Holds a cluster-wide lock (a file lock beside the target directory) while
+/// a test cordons a node, so two drains never leave one schedulable node.
+pub struct NodeLock {
+    _file: std::fs::File,
+}
+
+pub async fn lock_nodes() -> NodeLock {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cdcheck-nodes.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("failed to open {}: {e}", path.display()));
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    tokio::task::spawn_blocking(move || {
+        // SAFETY: flock on a descriptor the returned guard keeps open.
+        let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    })
+    .await
+    .expect("the lock task");
+    NodeLock { _file: file }
+}
+
+/// The pipeline's rendering for `env` at `release`.
+pub fn render(env: &str, release: &str, configure: impl FnOnce(&mut Options)) -> Bundle {
+    let mut options = Options::for_env(env);
+    options.release = release.to_string();
+    configure(&mut options);
+    manifests::render(&options).expect("render the bundle")
+}
+
+/// Only the objects of the bundle a test needs: namespace, RBAC and the named services.
+pub fn only_services(bundle: &Bundle, services: &[&str]) -> Bundle {
+    use cdcheck::manifests::Object;
+    let keep = |o: &Object| match o {
+        Object::Namespace(_) | Object::Role(_) | Object::RoleBinding(_) => true,
+        Object::ServiceAccount(_) => true,
+        Object::Deployment(d) => {
+            let app = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.match_labels.as_ref())
+                .and_then(|l| l.get("app").cloned())
+                .unwrap_or_default();
+            services.contains(&app.as_str())
+        }
+        Object::Service(s) => {
+            let app = s
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|l| l.get("app").cloned())
+                .unwrap_or_default();
+            services.contains(&app.as_str())
+        }
+        Object::PodDisruptionBudget(p) => services
+            .iter()
+            .any(|s| p.metadata.name.as_deref() == Some(*s)),
+        _ => false,
+    };
+    Bundle {
+        objects: bundle.objects.iter().filter(|o| keep(o)).cloned().collect(),
+    }
+}
+
+/// Deploys `bundle` for `env` and panics with the diagnostics when it fails.
+pub async fn deploy(cluster: &Cluster, bundle: &Bundle, env: &str) -> rollback::DeployReport {
+    match rollback::deploy(&cluster.client, bundle, env, ROLLOUT_TIMEOUT).await {
+        Ok(report) => report,
+        Err(e) => panic!("failed to deploy {env}: {}", chain(&e)),
+    }
+}
+
+/// Deletes the test's namespace (best effort; the substrate is throwaway).
+/// Tests that use [`with_temp_env`] need not call it.
+pub async fn cleanup(cluster: &Cluster, env: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(cluster.client.clone());
+    let _ = api.delete(env, &Default::default()).await;
+}
