@@ -107,10 +107,12 @@ fn get_mut<'a>(value: &'a mut Value, path: &[&str], create: bool) -> Option<&'a 
     for seg in path {
         at = match at {
             Value::Array(items) => items.get_mut(seg.parse::<usize>().ok()?)?,
-            Value::Object(map) if create => map
-                .entry(seg.to_string())
-                .or_insert(Value::Object(Default::default())),
-            Value::Object(map) => map.get_mut(*seg)?,
+            Value::Object(map) => {
+                if create && !map.contains_key(*seg) {
+                    map.insert(seg.to_string(), Value::Object(Default::default()));
+                }
+                map.get_mut(*seg)?
+            }
             _ => return None,
         };
     }
@@ -145,8 +147,12 @@ fn mutate(doc: &mut Value, m: &Mutation) -> Result<(), String> {
         }
     }
     if let [a, b] = m.swap.as_slice() {
-        let va = get_mut(doc, &segments(a), false).ok_or(format!("no path {a}"))?.take();
-        let vb = get_mut(doc, &segments(b), false).ok_or(format!("no path {b}"))?.take();
+        let va = get_mut(doc, &segments(a), false)
+            .ok_or(format!("no path {a}"))?
+            .take();
+        let vb = get_mut(doc, &segments(b), false)
+            .ok_or(format!("no path {b}"))?
+            .take();
         *get_mut(doc, &segments(a), false).unwrap() = vb;
         *get_mut(doc, &segments(b), false).unwrap() = va;
     } else if !m.swap.is_empty() {
@@ -221,9 +227,8 @@ fn run_cdcheck(dir: &Path, scenario: Option<&str>) -> Result<(i32, Value, String
     let output = command.output().map_err(|e| Failed::from(e.to_string()))?;
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     let code = output.status.code().unwrap_or(-1);
-    let text = std::fs::read_to_string(report_dir.join("report.json")).map_err(|e| {
-        Failed::from(format!("no report.json (exit {code}): {e}\n{stderr}"))
-    })?;
+    let text = std::fs::read_to_string(report_dir.join("report.json"))
+        .map_err(|e| Failed::from(format!("no report.json (exit {code}): {e}\n{stderr}")))?;
     let report: Value = serde_json::from_str(&text).map_err(|e| Failed::from(e.to_string()))?;
     Ok((code, report, stderr))
 }
@@ -235,7 +240,12 @@ fn check_defect(defect: Defect) -> Result<(), Failed> {
     let scenario = report["scenarios"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == defect.scenario.as_str()))
-        .ok_or_else(|| Failed::from(format!("scenario {} not in the report\n{stderr}", defect.scenario)))?;
+        .ok_or_else(|| {
+            Failed::from(format!(
+                "scenario {} not in the report\n{stderr}",
+                defect.scenario
+            ))
+        })?;
     if code != 1 || scenario["verdict"] != "failed" {
         return Err(format!(
             "defect not caught: exit {code}, scenario verdict {}\n{stderr}",
@@ -254,7 +264,13 @@ fn check_defect(defect: Defect) -> Result<(), Failed> {
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|f| format!("{}: {}", f["object"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or("")))
+        .map(|f| {
+            format!(
+                "{}: {}",
+                f["object"].as_str().unwrap_or(""),
+                f["message"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     if check["verdict"] != "failed" || !findings.iter().any(|f| f.contains(&defect.finding)) {
         return Err(format!(
@@ -282,11 +298,16 @@ fn check_correct_pipeline() -> Result<(), Failed> {
         })
         .collect();
     if code != 0 || !failed.is_empty() {
-        return Err(format!("false alarm on the correct pipeline (exit {code}): {failed:#?}\n{stderr}").into());
+        return Err(format!(
+            "false alarm on the correct pipeline (exit {code}): {failed:#?}\n{stderr}"
+        )
+        .into());
     }
     let passed = report["check_totals"]["passed"].as_u64().unwrap_or(0);
     if passed < 30 {
-        return Err(format!("only {passed} checks passed on the correct pipeline\n{stderr}").into());
+        return Err(
+            format!("only {passed} checks passed on the correct pipeline\n{stderr}").into(),
+        );
     }
     Ok(())
 }
@@ -295,7 +316,9 @@ fn substrate_missing() -> Option<String> {
     if std::env::var_os("CDCHECK_KUBECONFIG").is_some() {
         return None;
     }
-    cdcheck::substrate::binaries::locate().err().map(|e| e.to_string())
+    cdcheck::substrate::binaries::locate()
+        .err()
+        .map(|e| e.to_string())
 }
 
 fn main() {
@@ -309,17 +332,19 @@ fn main() {
     files.sort();
     let missing = substrate_missing().filter(|_| std::env::var_os("CI").is_none());
     if let Some(why) = &missing {
-        let _ = std::io::stderr()
-            .write_all(format!("defect tests NOT RUN (not in CI): no substrate: {why}\n").as_bytes());
+        let _ = std::io::stderr().write_all(
+            format!("defect tests NOT RUN (not in CI): no substrate: {why}\n").as_bytes(),
+        );
     }
     let mut trials = vec![
-        Trial::test("correct-pipeline", check_correct_pipeline).with_ignored_flag(missing.is_some()),
+        Trial::test("correct-pipeline", check_correct_pipeline)
+            .with_ignored_flag(missing.is_some()),
     ];
     for file in files {
         let name = file.file_stem().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&file).unwrap();
-        let defect: Defect = serde_saphyr::from_str(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let defect: Defect =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         trials.push(
             Trial::test(name, move || check_defect(defect)).with_ignored_flag(missing.is_some()),
         );

@@ -17,6 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::checks::{self, CheckName, GATEWAY_NAMESPACE, Judgement, PipelineView};
 use super::pipeline::{Pipeline, Placed, RUN_LABEL, ReferenceOverrides, SCENARIO_LABEL};
 use super::spec::{Need, Release, Scenario, Step};
+use crate::kube::placement::{self, HaFinding};
 use crate::kube::{apply, diagnostics, drain, rbac, rollback, rollout};
 use crate::manifests::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, Object};
 use crate::report::{
@@ -646,7 +647,7 @@ async fn expect(run: &mut ScenarioRun<'_>, names: &[CheckName]) -> Result<(), Ab
 
 async fn live_check(run: &mut ScenarioRun<'_>, name: CheckName, placed: &Placed) {
     let result = match name {
-        CheckName::Placement => placement(run, placed).await,
+        CheckName::Placement => placement_check(run, placed).await,
         CheckName::RbacMatrix => rbac_matrix(run, placed).await,
         _ => unreachable!("only live checks come here"),
     };
@@ -658,8 +659,9 @@ async fn live_check(run: &mut ScenarioRun<'_>, name: CheckName, placed: &Placed)
     }
 }
 
-/// Pods of each HA Deployment, by node, read from the API.
-async fn placement(run: &ScenarioRun<'_>, placed: &Placed) -> Result<Vec<Finding>, String> {
+/// Where the pods of each HA Deployment run, as the API server has them
+/// ([`placement::check`]); its spec findings are the static checks' business.
+async fn placement_check(run: &ScenarioRun<'_>, placed: &Placed) -> Result<Vec<Finding>, String> {
     let single = run.config.single_instance.clone();
     let view = view(
         &run.namespace,
@@ -667,33 +669,30 @@ async fn placement(run: &ScenarioRun<'_>, placed: &Placed) -> Result<Vec<Finding
         &single,
         run.config.certificate_min_days,
     );
-    let pods: Api<Pod> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
-    let list = pods
-        .list(&ListParams::default())
+    let names: Vec<String> = checks::ha_deployments(&view)
+        .iter()
+        .map(|d| d.name_any())
+        .collect();
+    let findings = placement::check(&run.cluster.client, &run.namespace, &names)
         .await
-        .map_err(|e| format!("list the pods of {}: {}", run.namespace, chain(&e)))?;
-    let mut findings = Vec::new();
-    for d in checks::ha_deployments(&view) {
-        let app = checks::app_of(d);
-        let nodes: BTreeSet<String> = list
-            .items
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| p.labels().get("app") == Some(&app))
-            .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
-            .collect();
-        if nodes.len() < 2 {
-            findings.push(Finding::about(
-                format!("Deployment/{}/{}", run.namespace, d.name_any()),
-                format!(
-                    "its pods run on {} node(s) ({}): losing one node stops it",
-                    nodes.len(),
-                    nodes.into_iter().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(findings)
+        .map_err(|e| chain(&e))?;
+    Ok(findings
+        .into_iter()
+        .filter_map(|f| {
+            let deployment = match &f {
+                HaFinding::PodCount { deployment, .. }
+                | HaFinding::Unscheduled { deployment, .. }
+                | HaFinding::SharedNode { deployment, .. } => deployment.clone(),
+                HaFinding::TooFewReplicas { .. } | HaFinding::NoAntiAffinity { .. } => {
+                    return None;
+                }
+            };
+            Some(Finding::about(
+                format!("Deployment/{}/{deployment}", run.namespace),
+                f.to_string(),
+            ))
+        })
+        .collect())
 }
 
 /// The deployer: the ServiceAccount a RoleBinding of the namespace binds (the
@@ -1390,39 +1389,38 @@ async fn drain_node(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
         "cordon and drain".into(),
     );
     let ns = run.namespace.clone();
-    let result = drain::drain(
+    let result = drain::drain_and_judge(
+        &run.cluster.client,
         &run.cluster.config,
         &node,
-        &[ns.as_str()],
+        &ns,
+        drain::DrainMethod::Evict,
         run.config.rollout_timeout,
     )
     .await;
     let _ = drain::uncordon(&run.cluster.client, &node).await;
+    let description = "a node drains through the Eviction API, PodDisruptionBudgets honoured, and every app with a pod there keeps a ready pod (or its PDB's floor) throughout";
     match result {
-        Ok(report) => {
-            for pod in &report.evicted {
+        Ok(check) => {
+            for pod in &check.report.evicted {
                 run.kube_event(
                     KubeEventKind::Eviction,
                     Some(format!("Pod/{pod}")),
                     format!("evicted from {node}"),
                 );
             }
-            let findings = if report.evicted.is_empty() {
-                vec![Finding::new(format!("node {node} held no pod to evict"))]
-            } else {
-                Vec::new()
-            };
-            run.judged(
-                "drain-by-eviction",
-                "a node drains through the Eviction API, PodDisruptionBudgets honoured",
-                findings,
-            );
+            let findings = check
+                .findings
+                .iter()
+                .map(|f| Finding::about(format!("Node//{node}"), f.to_string()))
+                .collect();
+            run.judged("drain-keeps-ready-pods", description, findings);
             Ok(())
         }
         Err(e) => {
             run.judged(
-                "drain-by-eviction",
-                "a node drains through the Eviction API, PodDisruptionBudgets honoured",
+                "drain-keeps-ready-pods",
+                description,
                 vec![Finding::new(chain(&e))],
             );
             Err(Abort)
