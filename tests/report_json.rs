@@ -68,12 +68,15 @@ fn the_written_report_matches_the_published_schema() {
     assert!(errors.is_empty(), "{errors:#?}");
 }
 
+/// Breaks a written report the way a buggy writer could.
+type Mutation = fn(&mut Value);
+
 #[test]
 fn the_schema_rejects_reports_a_consumer_could_not_read() {
     let (_temp, text) = written_report();
     let report: Value = serde_json::from_str(&text).unwrap();
     let validator = validator();
-    let broken: [(&str, fn(&mut Value)); 4] = [
+    let broken: [(&str, Mutation); 4] = [
         ("unknown verdict", |r| {
             r["scenarios"][0]["verdict"] = "pass".into()
         }),
