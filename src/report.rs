@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the serialized [`RunReport`] that a consumer could notice.
@@ -30,7 +31,9 @@ pub enum ReportError {
 }
 
 /// The verdict of a check or a scenario.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Passed,
@@ -65,7 +68,7 @@ impl std::fmt::Display for Verdict {
 }
 
 /// One thing found wrong, tied to the object it concerns when there is one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Finding {
     /// `Kind/namespace/name` (namespace empty for cluster-scoped objects).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,7 +102,7 @@ impl std::fmt::Display for Finding {
 }
 
 /// The result of one check of a scenario (a JUnit testcase).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CheckResult {
     /// Stable identifier, e.g. `anti-affinity-in-spec`.
     pub name: String,
@@ -116,16 +119,19 @@ pub struct CheckResult {
     pub skip_reason: Option<String>,
     /// Since the run started.
     #[serde(with = "millis")]
+    #[schemars(with = "u64")]
     pub at: Duration,
     #[serde(with = "millis")]
+    #[schemars(with = "u64")]
     pub duration: Duration,
 }
 
 /// A timestamped Kubernetes operation or observation, for lining up with traffic.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct KubeEvent {
     /// Since the run started.
     #[serde(with = "millis")]
+    #[schemars(with = "u64")]
     pub at: Duration,
     pub kind: KubeEventKind,
     /// `Kind/namespace/name` when the event concerns one object.
@@ -134,7 +140,7 @@ pub struct KubeEvent {
     pub detail: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum KubeEventKind {
     Apply,
@@ -172,7 +178,7 @@ impl KubeEventKind {
 }
 
 /// One request of a background load, reduced to what a timeline draws.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RequestPoint {
     /// Scheduled send time, since the run started.
     pub at_ms: f64,
@@ -183,7 +189,7 @@ pub struct RequestPoint {
 }
 
 /// A maximal span in which every request failed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OutageWindow {
     pub from_ms: f64,
     pub to_ms: f64,
@@ -191,7 +197,7 @@ pub struct OutageWindow {
 }
 
 /// A background load of a scenario, with its request timeline.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LoadResult {
     pub name: String,
     pub target: String,
@@ -206,7 +212,7 @@ pub struct LoadResult {
 }
 
 /// Everything one scenario produced.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScenarioReport {
     pub name: String,
     /// The scenario file, as given.
@@ -218,8 +224,10 @@ pub struct ScenarioReport {
     pub namespace: String,
     pub verdict: Verdict,
     #[serde(with = "millis")]
+    #[schemars(with = "u64")]
     pub started_at: Duration,
     #[serde(with = "millis")]
+    #[schemars(with = "u64")]
     pub duration: Duration,
     pub checks: Vec<CheckResult>,
     pub events: Vec<KubeEvent>,
@@ -230,7 +238,7 @@ pub struct ScenarioReport {
 }
 
 /// Counts of checks and scenarios by verdict.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Totals {
     pub passed: usize,
     pub failed: usize,
@@ -250,13 +258,14 @@ impl Totals {
 }
 
 /// The whole run: what the JSON report holds, and what the other file reporters render.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunReport {
     pub schema_version: u32,
     pub cdcheck_version: String,
     /// RFC 3339, UTC.
     pub started: String,
     #[serde(with = "millis")]
+    #[schemars(with = "u64")]
     pub duration: Duration,
     /// `local`, `kind` or `existing`.
     pub substrate: String,
@@ -316,6 +325,42 @@ pub enum Event {
 pub trait Reporter: Send {
     fn event(&mut self, event: &Event) -> Result<(), ReportError>;
 }
+
+impl ScenarioReport {
+    /// Its checks counted by verdict.
+    pub fn check_totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for check in &self.checks {
+            totals.add(check.verdict);
+        }
+        totals
+    }
+
+    /// The distinct reasons its checks were skipped, in order of first appearance.
+    pub fn skip_reasons(&self) -> Vec<&str> {
+        let mut reasons: Vec<&str> = Vec::new();
+        for reason in self.checks.iter().filter_map(|c| c.skip_reason.as_deref()) {
+            if !reasons.contains(&reason) {
+                reasons.push(reason);
+            }
+        }
+        reasons
+    }
+}
+
+impl Totals {
+    pub fn total(&self) -> usize {
+        self.passed + self.failed + self.skipped + self.error
+    }
+}
+
+pub mod console;
+mod files;
+pub mod html;
+pub mod json;
+pub mod junit;
+
+pub use files::{FileReporter, ReportFiles, write_all};
 
 /// Durations as integer milliseconds in JSON.
 mod millis {
