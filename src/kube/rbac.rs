@@ -287,8 +287,8 @@ pub fn classify_status(status: u16) -> Answer {
         // Past authorization: the object is missing, exists already, or admission refused it.
         404 | 409 | 422 => Answer::Allowed,
         403 => Answer::Denied,
-        401 => Answer::Error("HTTP 401: the credentials were not accepted".into()),
-        429 => Answer::Error("HTTP 429: throttled".into()),
+        401 => Answer::Error("HTTP 401, the credentials were not accepted".into()),
+        429 => Answer::Error("HTTP 429, throttled".into()),
         other => Answer::Error(format!("HTTP {other}")),
     }
 }
@@ -353,12 +353,8 @@ impl Matrix {
                 let want = if want { "allowed" } else { "denied" };
                 if c.is_error() {
                     return Some(format!(
-                        "{} may {}: expected {want}, but no verdict: SubjectAccessReview {}, real request {} ({})",
-                        self.subject,
-                        c.probe,
-                        c.review,
-                        c.request,
-                        c.status()
+                        "{} may {}: expected {want}, but no verdict: SubjectAccessReview {}, real request {}",
+                        self.subject, c.probe, c.review, c.request
                     ));
                 }
                 Some(format!(
@@ -531,8 +527,15 @@ async fn real_request(client: &Client, probe: &Probe) -> Result<(Answer, Option<
     if let Some(ns) = probe.namespace.as_ref().filter(|_| r.namespaced) {
         metadata["namespace"] = serde_json::json!(ns);
     }
-    let body =
+    let mut body =
         serde_json::json!({ "apiVersion": r.api_version(), "kind": r.kind, "metadata": metadata });
+    if r.kind == "RoleBinding" || r.kind == "ClusterRoleBinding" {
+        // Without a roleRef the server fails (500) before deciding anything; a
+        // ClusterRole that does not exist grants nothing even if created.
+        body["roleRef"] = serde_json::json!({
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": PROBE_OBJECT
+        });
+    }
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let (method, uri, body, content_type) = match probe.verb {
         Verb::Get => (Method::GET, item, Vec::new(), None),
@@ -577,7 +580,16 @@ async fn real_request(client: &Client, probe: &Probe) -> Result<(Answer, Option<
     })?;
     match client.request_text(request).await {
         Ok(_) => Ok((Answer::Allowed, Some(200))),
-        Err(::kube::Error::Api(status)) => Ok((classify_status(status.code), Some(status.code))),
+        Err(::kube::Error::Api(status)) => {
+            let answer = match classify_status(status.code) {
+                // The server's reason says why there is no verdict.
+                Answer::Error(reason) if !status.message.is_empty() => {
+                    Answer::Error(format!("{reason}: {}", status.message))
+                }
+                answer => answer,
+            };
+            Ok((answer, Some(status.code)))
+        }
         Err(error) => Ok((Answer::Error(format!("no answer: {error}")), None)),
     }
 }
