@@ -73,10 +73,13 @@ pub enum LoadError {
         message: String,
     },
     #[error("read {at} as a Kubernetes object: it has no {missing}")]
-    NotAnObject { at: Source, missing: &'static str },
+    NotAnObject {
+        at: Box<Source>,
+        missing: &'static str,
+    },
     #[error("read {at} as {kind}: field {path}{}: {message}", on_line(*.field_line))]
     InvalidObject {
-        at: Source,
+        at: Box<Source>,
         kind: String,
         /// Dotted path of the offending field, e.g. `spec.replicas`.
         path: String,
@@ -87,8 +90,8 @@ pub enum LoadError {
     #[error("load {key} from {second}: {first} defines it already")]
     Duplicate {
         key: String,
-        first: Source,
-        second: Source,
+        first: Box<Source>,
+        second: Box<Source>,
     },
 }
 
@@ -131,8 +134,8 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
             if let Some(first) = loaded.sources.get(&key) {
                 return Err(LoadError::Duplicate {
                     key,
-                    first: first.clone(),
-                    second: source,
+                    first: Box::new(first.clone()),
+                    second: Box::new(source),
                 });
             }
             loaded.sources.insert(key, source);
@@ -292,7 +295,7 @@ pub fn load_str(file: &Path, text: &str) -> Result<Vec<(Object, Source)>, LoadEr
         if is_list {
             let Some(Value::Array(items)) = value.get("items").cloned() else {
                 return Err(LoadError::NotAnObject {
-                    at,
+                    at: Box::new(at),
                     missing: "items (a List needs them)",
                 });
             };
@@ -344,7 +347,7 @@ fn string_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
 /// The typed object of a document (or List item) that has apiVersion, kind and metadata.name.
 fn to_object(value: Value, at: &Source, document: Option<&Document>) -> Result<Object, LoadError> {
     let not_an_object = |missing| LoadError::NotAnObject {
-        at: at.clone(),
+        at: Box::new(at.clone()),
         missing,
     };
     if !value.is_object() {
@@ -409,7 +412,7 @@ impl Typed<'_> {
         serde_path_to_error::deserialize::<_, K>(value).map_err(|error| {
             let path = error.path().to_string();
             LoadError::InvalidObject {
-                at: self.at.clone(),
+                at: Box::new(self.at.clone()),
                 kind: self.kind.to_string(),
                 field_line: self.field_line::<K>(&path),
                 path,
@@ -611,8 +614,8 @@ pub fn place_in_namespace(
                     if let Some(first) = kept.sources.get(&key) {
                         return Err(LoadError::Duplicate {
                             key,
-                            first: first.clone(),
-                            second: source,
+                            first: Box::new(first.clone()),
+                            second: Box::new(source),
                         });
                     }
                     kept.sources.insert(key, source);
