@@ -188,3 +188,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn no_flag_means_the_options_defaults() {
+        let cli = Cli::try_parse_from(["render"]).unwrap();
+        assert_eq!(cli.args.options().unwrap(), Options::default());
+    }
+
+    #[test]
+    fn each_flag_changes_its_option() {
+        let cli = Cli::try_parse_from([
+            "render",
+            "--strategy",
+            "recreate",
+            "--rbac",
+            "least",
+            "--replicas",
+            "3",
+            "--no-loadgenerator",
+        ])
+        .unwrap();
+        let options = cli.args.options().unwrap();
+        assert_eq!(options.strategy, Strategy::Recreate);
+        assert_eq!(options.rbac, RbacMode::Least);
+        assert_eq!(options.ha.replicas, 3);
+        assert!(!options.loadgenerator);
+    }
+}
