@@ -1,21 +1,23 @@
 //! Pure functions from the catalog and the pipeline's options to the objects it deploys.
 //!
-//! Nothing here does I/O except reading the certificate files the user names;
-//! the result is a [`Bundle`] of typed objects (k8s-openapi types and the Istio
-//! types of [`istio`]) that the `kube` module applies and the CLI prints.
+//! Nothing here does I/O except [`load`], which reads a pipeline's own manifests
+//! from a directory; the result is a [`Bundle`] of typed objects (k8s-openapi
+//! types and the Istio types of [`istio`]) that the `kube` module applies and the
+//! CLI prints.
 
 pub mod environment;
 pub mod feature;
 pub mod istio;
+pub mod load;
 pub mod options;
 pub mod routing;
 pub mod tls;
 pub mod workload;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
@@ -85,12 +87,19 @@ pub enum Object {
     ServiceAccount(ServiceAccount),
     Role(Role),
     RoleBinding(RoleBinding),
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    ConfigMap(ConfigMap),
     Secret(Secret),
     Deployment(Deployment),
     Service(Service),
     PodDisruptionBudget(PodDisruptionBudget),
     Gateway(istio::Gateway),
     VirtualService(istio::VirtualService),
+    /// Any other kind a pipeline ships (HorizontalPodAutoscaler, NetworkPolicy,
+    /// DestinationRule...), kept as written so that nothing is dropped. Its
+    /// `types` are always set (the loader refuses a document without them).
+    Other(DynamicObject),
 }
 
 macro_rules! each_object {
@@ -100,12 +109,16 @@ macro_rules! each_object {
             Object::ServiceAccount($inner) => $body,
             Object::Role($inner) => $body,
             Object::RoleBinding($inner) => $body,
+            Object::ClusterRole($inner) => $body,
+            Object::ClusterRoleBinding($inner) => $body,
+            Object::ConfigMap($inner) => $body,
             Object::Secret($inner) => $body,
             Object::Deployment($inner) => $body,
             Object::Service($inner) => $body,
             Object::PodDisruptionBudget($inner) => $body,
             Object::Gateway($inner) => $body,
             Object::VirtualService($inner) => $body,
+            Object::Other($inner) => $body,
         }
     };
 }
@@ -125,12 +138,20 @@ impl Object {
             Object::ServiceAccount(_) => gvk_of::<ServiceAccount>(),
             Object::Role(_) => gvk_of::<Role>(),
             Object::RoleBinding(_) => gvk_of::<RoleBinding>(),
+            Object::ClusterRole(_) => gvk_of::<ClusterRole>(),
+            Object::ClusterRoleBinding(_) => gvk_of::<ClusterRoleBinding>(),
+            Object::ConfigMap(_) => gvk_of::<ConfigMap>(),
             Object::Secret(_) => gvk_of::<Secret>(),
             Object::Deployment(_) => gvk_of::<Deployment>(),
             Object::Service(_) => gvk_of::<Service>(),
             Object::PodDisruptionBudget(_) => gvk_of::<PodDisruptionBudget>(),
             Object::Gateway(_) => gvk_of::<istio::Gateway>(),
             Object::VirtualService(_) => gvk_of::<istio::VirtualService>(),
+            Object::Other(o) => o
+                .types
+                .as_ref()
+                .and_then(|types| GroupVersionKind::try_from(types).ok())
+                .unwrap_or_else(|| GroupVersionKind::gvk("", "", "")),
         }
     }
 
@@ -140,6 +161,10 @@ impl Object {
 
     pub fn namespace(&self) -> Option<String> {
         each_object!(self, o => o.namespace())
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        each_object!(self, o => o.meta_mut())
     }
 
     /// `kind/namespace/name`, for messages and for comparing bundles.
@@ -162,21 +187,6 @@ impl Object {
             name: self.name(),
             source,
         })
-    }
-
-    /// The object as a `DynamicObject`, for server-side apply through one code path.
-    pub fn to_dynamic(&self) -> Result<DynamicObject, ManifestError> {
-        let value = self.to_json()?;
-        serde_json::from_value(value).map_err(|source| ManifestError::Serialize {
-            kind: self.kind(),
-            name: self.name(),
-            source,
-        })
-    }
-
-    /// The object's metadata, for labelling or moving it (the runner's use).
-    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        each_object!(self, o => o.meta_mut())
     }
 
     pub fn as_deployment(&self) -> Option<&Deployment> {

@@ -9,6 +9,69 @@ use cdcheck::manifests::{
     self, FeatureBranch, Options, RbacMode, SessionId, Strategy, TlsSource, tls,
 };
 
+/// The rendering's defaults, stated once in [`Options`]; the flags show them.
+fn defaults() -> Options {
+    Options::default()
+}
+
+/// `--strategy`: the command-line spelling of [`Strategy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyArg {
+    /// RollingUpdate with maxUnavailable 0 and maxSurge 1.
+    Rolling,
+    /// Kill every pod, then start the new ones (downtime by design: a negative control).
+    Recreate,
+    /// A Deployment per release (`<svc>-<release>`); the Service's selector moves to it.
+    Bluegreen,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(arg: StrategyArg) -> Self {
+        match arg {
+            StrategyArg::Rolling => Strategy::Rolling,
+            StrategyArg::Recreate => Strategy::Recreate,
+            StrategyArg::Bluegreen => Strategy::Bluegreen,
+        }
+    }
+}
+
+impl From<Strategy> for StrategyArg {
+    fn from(strategy: Strategy) -> Self {
+        match strategy {
+            Strategy::Rolling => StrategyArg::Rolling,
+            Strategy::Recreate => StrategyArg::Recreate,
+            Strategy::Bluegreen => StrategyArg::Bluegreen,
+        }
+    }
+}
+
+/// `--rbac`: the command-line spelling of [`RbacMode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RbacArg {
+    /// The pipeline's Role: every verb on every resource, in its own namespace only.
+    Full,
+    /// Exactly the resources and verbs the pipeline uses.
+    Least,
+}
+
+impl From<RbacArg> for RbacMode {
+    fn from(arg: RbacArg) -> Self {
+        match arg {
+            RbacArg::Full => RbacMode::Full,
+            RbacArg::Least => RbacMode::Least,
+        }
+    }
+}
+
+impl From<RbacMode> for RbacArg {
+    fn from(mode: RbacMode) -> Self {
+        match mode {
+            RbacMode::Full => RbacArg::Full,
+            RbacMode::Least => RbacArg::Least,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Example:\n  cdcheck render --env dev --feature frontend=0.10.6-myfeature \
@@ -16,11 +79,11 @@ use cdcheck::manifests::{
 )]
 pub struct Args {
     /// Environment name: the namespace, and the prefix of its deployer (`<env>-deployer`).
-    #[arg(long, default_value = "dev")]
+    #[arg(long, default_value_t = defaults().env)]
     pub env: String,
 
     /// Release id: the mainline image tag, and the suffix of blue/green Deployments.
-    #[arg(long, default_value = cdcheck::versions::ONLINE_BOUTIQUE)]
+    #[arg(long, default_value_t = defaults().release)]
     pub release: String,
 
     /// Deploy a feature branch beside mainline: SERVICE=TAG, e.g. frontend=0.10.6-myfeature.
@@ -30,15 +93,15 @@ pub struct Args {
 
     /// How a new release replaces the running one: rolling (maxUnavailable 0, maxSurge 1),
     /// recreate, or bluegreen (a Deployment per release; the Service's selector switches).
-    #[arg(long, value_enum, default_value_t = Strategy::Rolling)]
-    pub strategy: Strategy,
+    #[arg(long, value_enum, default_value_t = defaults().strategy.into())]
+    pub strategy: StrategyArg,
 
     /// Replicas of each of the 10 stateless services (redis-cart keeps 1, loadgenerator 1).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = defaults().ha.replicas)]
     pub replicas: i32,
 
     /// Topology key of the preferred pod anti-affinity on `app`.
-    #[arg(long, default_value = "kubernetes.io/hostname")]
+    #[arg(long, default_value_t = defaults().ha.topology_key)]
     pub topology_key: String,
 
     /// PEM certificate chain for the ingress (with --tls-key); default: self-signed.
@@ -62,8 +125,8 @@ pub struct Args {
 
     /// The deployer's Role: full (all verbs in its namespace, as the pipeline ships)
     /// or least (exactly the resources and verbs the pipeline uses).
-    #[arg(long, value_enum, default_value_t = RbacMode::Full)]
-    pub rbac: RbacMode,
+    #[arg(long, value_enum, default_value_t = defaults().rbac.into())]
+    pub rbac: RbacArg,
 
     /// Leave out the loadgenerator.
     #[arg(long)]
@@ -75,11 +138,13 @@ impl Args {
     pub fn options(&self) -> anyhow::Result<Options> {
         let mut options = Options::for_env(&self.env);
         options.release = self.release.clone();
-        options.strategy = self.strategy;
+        options.strategy = self.strategy.into();
         options.ha.replicas = self.replicas;
         options.ha.topology_key = self.topology_key.clone();
-        options.rbac = self.rbac;
-        options.loadgenerator = !self.no_loadgenerator;
+        options.rbac = self.rbac.into();
+        if self.no_loadgenerator {
+            options.loadgenerator = false;
+        }
         for feature in &self.features {
             options.features.push(FeatureBranch::parse(feature)?);
         }
@@ -88,15 +153,21 @@ impl Args {
         }
         options.host = self.tls_host.clone();
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            // Read once here: rendering checks this very content and does no I/O.
+            let pem = tls::PemPair {
+                cert_pem: std::fs::read_to_string(cert)
+                    .with_context(|| format!("read certificate file {}", cert.display()))?,
+                key_pem: std::fs::read_to_string(key)
+                    .with_context(|| format!("read private key file {}", key.display()))?,
+            };
             if options.host.is_none() {
-                let pem = std::fs::read_to_string(cert)
-                    .with_context(|| format!("read certificate file {}", cert.display()))?;
-                let names = tls::certificate_dns_names(&pem, cert)?;
+                let names = tls::certificate_dns_names(&pem.cert_pem, cert)?;
                 options.host = names.into_iter().find(|n| !n.starts_with("*."));
             }
             options.tls = TlsSource::Files {
                 cert: cert.clone(),
                 key: key.clone(),
+                pem,
             };
         }
         Ok(options)
@@ -116,4 +187,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("note: {service} is a known single point of failure ({reason})");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn no_flag_means_the_options_defaults() {
+        let cli = Cli::try_parse_from(["render"]).unwrap();
+        assert_eq!(cli.args.options().unwrap(), Options::default());
+    }
+
+    #[test]
+    fn each_flag_changes_its_option() {
+        let cli = Cli::try_parse_from([
+            "render",
+            "--strategy",
+            "recreate",
+            "--rbac",
+            "least",
+            "--replicas",
+            "3",
+            "--no-loadgenerator",
+        ])
+        .unwrap();
+        let options = cli.args.options().unwrap();
+        assert_eq!(options.strategy, Strategy::Recreate);
+        assert_eq!(options.rbac, RbacMode::Least);
+        assert_eq!(options.ha.replicas, 3);
+        assert!(!options.loadgenerator);
+    }
 }

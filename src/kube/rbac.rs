@@ -1,7 +1,10 @@
 //! The allow/deny matrix of a ServiceAccount over namespaces x resources x verbs,
 //! decided twice: by SubjectAccessReview, and by real requests made with a token
 //! from the TokenRequest API (mutations as `dryRun=All`, so nothing changes).
-//! A real request is "allowed" when the API server does not answer 403.
+//! A real request is allowed only when it succeeds or fails past authorization
+//! (2xx, or 404/409/422: the object is missing, exists, or admission refused it),
+//! denied on 403, and anything else (401, 429, 5xx, no connection) is an error
+//! of the cell, which every verdict reports: never an agreement.
 //! The token lives only inside the client; it is never logged or displayed.
 
 use std::fmt;
@@ -37,12 +40,6 @@ pub enum RbacError {
     TokenHeader,
     #[error("build the real request for {probe}: {reason}")]
     Build { probe: String, reason: String },
-    #[error("send the real request for {probe}")]
-    Request {
-        probe: String,
-        #[source]
-        source: ::kube::Error,
-    },
 }
 
 /// A ServiceAccount whose access is checked.
@@ -129,6 +126,24 @@ impl Resource {
             "v1",
             "clusterroles",
             "ClusterRole",
+            false,
+        )
+    }
+    pub fn rolebindings() -> Self {
+        Self::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            true,
+        )
+    }
+    pub fn customresourcedefinitions() -> Self {
+        Self::new(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
             false,
         )
     }
@@ -228,16 +243,79 @@ impl fmt::Display for Probe {
     }
 }
 
+/// One answer to a probe: a verdict, or the reason there is none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Allowed,
+    Denied,
+    /// No verdict: the question did not reach authorization, or its answer
+    /// does not say (401, 429, 5xx, a transport error...).
+    Error(String),
+}
+
+impl Answer {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Answer::Allowed)
+    }
+    pub fn is_error(&self) -> bool {
+        matches!(self, Answer::Error(_))
+    }
+    /// The verdict, `None` for an error.
+    pub fn verdict(&self) -> Option<bool> {
+        match self {
+            Answer::Allowed => Some(true),
+            Answer::Denied => Some(false),
+            Answer::Error(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Answer::Allowed => f.write_str("allowed"),
+            Answer::Denied => f.write_str("denied"),
+            Answer::Error(reason) => write!(f, "error ({reason})"),
+        }
+    }
+}
+
+/// What the HTTP status of a real request proves about its authorization.
+pub fn classify_status(status: u16) -> Answer {
+    match status {
+        200..=299 => Answer::Allowed,
+        // Past authorization: the object is missing, exists already, or admission refused it.
+        404 | 409 | 422 => Answer::Allowed,
+        403 => Answer::Denied,
+        401 => Answer::Error("HTTP 401, the credentials were not accepted".into()),
+        429 => Answer::Error("HTTP 429, throttled".into()),
+        other => Answer::Error(format!("HTTP {other}")),
+    }
+}
+
 /// The two answers to one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cell {
     pub probe: Probe,
     /// SubjectAccessReview's answer.
-    pub review_allowed: bool,
-    /// The real request's answer (not 403).
-    pub request_allowed: bool,
-    /// HTTP status of the real request.
-    pub request_status: u16,
+    pub review: Answer,
+    /// The real request's answer.
+    pub request: Answer,
+    /// HTTP status of the real request, when one came back.
+    pub request_status: Option<u16>,
+}
+
+impl Cell {
+    /// Either answer is an error: the cell decides nothing.
+    pub fn is_error(&self) -> bool {
+        self.review.is_error() || self.request.is_error()
+    }
+
+    fn status(&self) -> String {
+        self.request_status
+            .map(|s| format!("HTTP {s}"))
+            .unwrap_or_else(|| "no HTTP status".into())
+    }
 }
 
 /// The full matrix for one subject.
@@ -248,34 +326,44 @@ pub struct Matrix {
 }
 
 impl Matrix {
-    /// Cells where SubjectAccessReview and the real request disagree.
+    /// Cells where SubjectAccessReview and the real request do not agree,
+    /// including every cell where either answer is an error.
     pub fn disagreements(&self) -> Vec<&Cell> {
         self.cells
             .iter()
-            .filter(|c| c.review_allowed != c.request_allowed)
+            .filter(|c| c.is_error() || c.review != c.request)
             .collect()
     }
 
-    /// Every cell whose answer (either one) differs from `expected(probe)`, as sentences.
+    /// Cells without a verdict (either answer is an error).
+    pub fn errors(&self) -> Vec<&Cell> {
+        self.cells.iter().filter(|c| c.is_error()).collect()
+    }
+
+    /// Every cell whose answer (either one) is not `expected(probe)`, as
+    /// sentences; a cell with an error is one too, said as such.
     pub fn violations(&self, expected: impl Fn(&Probe) -> bool) -> Vec<String> {
         self.cells
             .iter()
             .filter_map(|c| {
                 let want = expected(&c.probe);
-                if c.review_allowed == want && c.request_allowed == want {
+                if c.review.verdict() == Some(want) && c.request.verdict() == Some(want) {
                     return None;
                 }
+                let want = if want { "allowed" } else { "denied" };
+                if c.is_error() {
+                    return Some(format!(
+                        "{} may {}: expected {want}, but no verdict: SubjectAccessReview {}, real request {}",
+                        self.subject, c.probe, c.review, c.request
+                    ));
+                }
                 Some(format!(
-                    "{} may {}: expected {}, SubjectAccessReview said {}, real request got HTTP {}",
+                    "{} may {}: expected {want}, SubjectAccessReview said {}, real request got {} ({})",
                     self.subject,
                     c.probe,
-                    if want { "allowed" } else { "denied" },
-                    if c.review_allowed {
-                        "allowed"
-                    } else {
-                        "denied"
-                    },
-                    c.request_status
+                    c.review,
+                    c.status(),
+                    c.request
                 ))
             })
             .collect()
@@ -296,11 +384,11 @@ impl fmt::Display for Matrix {
         for c in &self.cells {
             writeln!(
                 f,
-                "  {:<60} review={:<5} request={:<5} ({})",
+                "  {:<60} review={:<8} request={:<8} ({})",
                 c.probe.to_string(),
-                if c.review_allowed { "allow" } else { "deny" },
-                if c.request_allowed { "allow" } else { "deny" },
-                c.request_status
+                c.review.to_string(),
+                c.request.to_string(),
+                c.status()
             )?;
         }
         Ok(())
@@ -310,6 +398,25 @@ impl fmt::Display for Matrix {
 /// The expectation of a namespace-scoped deployer: allowed in `own` namespace, denied elsewhere and on cluster scope.
 pub fn own_namespace_only(own: &str) -> impl Fn(&Probe) -> bool + '_ {
     move |probe| probe.namespace.as_deref() == Some(own) && probe.resource.namespaced
+}
+
+/// What a deployer's matrix asks about: what it deploys, and cluster-scoped
+/// resources it must never touch (each expected denied by [`own_namespace_only`]).
+pub fn deployer_resources() -> Vec<Resource> {
+    vec![
+        Resource::deployments(),
+        Resource::services(),
+        Resource::configmaps(),
+        Resource::secrets(),
+        Resource::virtualservices(),
+        Resource::roles(),
+        Resource::rolebindings(),
+        Resource::namespaces(),
+        Resource::nodes(),
+        Resource::clusterroles(),
+        Resource::clusterrolebindings(),
+        Resource::customresourcedefinitions(),
+    ]
 }
 
 /// Name used by the real requests; it never exists, and mutations are dry runs.
@@ -338,6 +445,12 @@ pub async fn client_as(admin: &Config, subject: &Subject) -> Result<Client, Rbac
         .status
         .and_then(|s| s.token)
         .unwrap_or_default();
+    client_with_token(admin, &token)
+}
+
+/// A client of the same API server as `admin` that authenticates with `token`
+/// only (no client certificate, no other credential).
+pub fn client_with_token(admin: &Config, token: &str) -> Result<Client, RbacError> {
     let mut config = admin.clone();
     config.auth_info = Default::default();
     let mut value =
@@ -350,7 +463,7 @@ pub async fn client_as(admin: &Config, subject: &Subject) -> Result<Client, Rbac
     Client::try_from(config).map_err(RbacError::Client)
 }
 
-async fn review(admin: &Client, subject: &Subject, probe: &Probe) -> Result<bool, RbacError> {
+async fn review(admin: &Client, subject: &Subject, probe: &Probe) -> Answer {
     let sar = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(subject.username()),
@@ -376,19 +489,37 @@ async fn review(admin: &Client, subject: &Subject, probe: &Probe) -> Result<bool
         ..Default::default()
     };
     let api: Api<SubjectAccessReview> = Api::all(admin.clone());
-    let answer = api
-        .create(&PostParams::default(), &sar)
-        .await
-        .map_err(|source| RbacError::Review {
-            subject: subject.to_string(),
-            probe: probe.to_string(),
-            source,
-        })?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
+    match api.create(&PostParams::default(), &sar).await {
+        Ok(answer) => match answer.status {
+            Some(status) if status.allowed => Answer::Allowed,
+            Some(status)
+                if status
+                    .evaluation_error
+                    .as_deref()
+                    .is_some_and(|e| !e.is_empty()) =>
+            {
+                Answer::Error(format!(
+                    "evaluation error: {}",
+                    status.evaluation_error.unwrap_or_default()
+                ))
+            }
+            Some(_) => Answer::Denied,
+            None => Answer::Error("no status in the SubjectAccessReview".into()),
+        },
+        Err(error) => Answer::Error(
+            RbacError::Review {
+                subject: subject.to_string(),
+                probe: probe.to_string(),
+                source: error,
+            }
+            .to_string(),
+        ),
+    }
 }
 
-/// Sends the real request of `probe` and returns its HTTP status.
-async fn real_request(client: &Client, probe: &Probe) -> Result<u16, RbacError> {
+/// Sends the real request of `probe`: its answer and HTTP status (none when no
+/// answer came back).
+async fn real_request(client: &Client, probe: &Probe) -> Result<(Answer, Option<u16>), RbacError> {
     let r = &probe.resource;
     let collection = r.collection_path(probe.namespace.as_deref());
     let item = format!("{collection}/{PROBE_OBJECT}");
@@ -396,8 +527,15 @@ async fn real_request(client: &Client, probe: &Probe) -> Result<u16, RbacError> 
     if let Some(ns) = probe.namespace.as_ref().filter(|_| r.namespaced) {
         metadata["namespace"] = serde_json::json!(ns);
     }
-    let body =
+    let mut body =
         serde_json::json!({ "apiVersion": r.api_version(), "kind": r.kind, "metadata": metadata });
+    if r.kind == "RoleBinding" || r.kind == "ClusterRoleBinding" {
+        // Without a roleRef the server fails (500) before deciding anything; a
+        // ClusterRole that does not exist grants nothing even if created.
+        body["roleRef"] = serde_json::json!({
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": PROBE_OBJECT
+        });
+    }
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let (method, uri, body, content_type) = match probe.verb {
         Verb::Get => (Method::GET, item, Vec::new(), None),
@@ -441,12 +579,18 @@ async fn real_request(client: &Client, probe: &Probe) -> Result<u16, RbacError> 
         reason: e.to_string(),
     })?;
     match client.request_text(request).await {
-        Ok(_) => Ok(200),
-        Err(::kube::Error::Api(status)) => Ok(status.code),
-        Err(source) => Err(RbacError::Request {
-            probe: probe.to_string(),
-            source,
-        }),
+        Ok(_) => Ok((Answer::Allowed, Some(200))),
+        Err(::kube::Error::Api(status)) => {
+            let answer = match classify_status(status.code) {
+                // The server's reason says why there is no verdict.
+                Answer::Error(reason) if !status.message.is_empty() => {
+                    Answer::Error(format!("{reason}: {}", status.message))
+                }
+                answer => answer,
+            };
+            Ok((answer, Some(status.code)))
+        }
+        Err(error) => Ok((Answer::Error(format!("no answer: {error}")), None)),
     }
 }
 
@@ -479,19 +623,30 @@ pub async fn matrix(
     subject: &Subject,
     probes: Vec<Probe>,
 ) -> Result<Matrix, RbacError> {
-    let admin_client = Client::try_from(admin.clone()).map_err(RbacError::Client)?;
     let as_subject = client_as(admin, subject).await?;
+    matrix_with_client(admin, subject, &as_subject, probes).await
+}
+
+/// [`matrix`] with the real requests sent by `as_subject`, a client that is
+/// meant to authenticate as `subject` (a test can hand it a broken one).
+pub async fn matrix_with_client(
+    admin: &Config,
+    subject: &Subject,
+    as_subject: &Client,
+    probes: Vec<Probe>,
+) -> Result<Matrix, RbacError> {
+    let admin_client = Client::try_from(admin.clone()).map_err(RbacError::Client)?;
     let checks = probes.into_iter().map(|probe| {
         let admin_client = admin_client.clone();
         let as_subject = as_subject.clone();
         async move {
-            let review_allowed = review(&admin_client, subject, &probe).await?;
-            let status = real_request(&as_subject, &probe).await?;
+            let review = review(&admin_client, subject, &probe).await;
+            let (request, request_status) = real_request(&as_subject, &probe).await?;
             Ok::<Cell, RbacError>(Cell {
                 probe,
-                review_allowed,
-                request_allowed: status != 403,
-                request_status: status,
+                review,
+                request,
+                request_status,
             })
         }
     });
@@ -531,9 +686,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_cell_that_either_answer_gets_wrong_is_a_violation() {
-        let cell = |ns: Option<&str>, review: bool, status: u16| Cell {
+    fn cell(ns: Option<&str>, review: Answer, status: u16) -> Cell {
+        Cell {
             probe: Probe {
                 namespace: ns.map(String::from),
                 resource: if ns.is_some() {
@@ -543,27 +697,96 @@ mod tests {
                 },
                 verb: Verb::Create,
             },
-            review_allowed: review,
-            request_allowed: status != 403,
-            request_status: status,
-        };
-        let matrix = Matrix {
+            review,
+            request: classify_status(status),
+            request_status: Some(status),
+        }
+    }
+
+    fn matrix_of(cells: Vec<Cell>) -> Matrix {
+        Matrix {
             subject: Subject::service_account("dev", "dev-deployer"),
-            cells: vec![
-                cell(Some("dev"), true, 201),
-                cell(Some("test"), false, 403),
-                cell(Some("test"), false, 201),
-                cell(None, true, 403),
-            ],
-        };
+            cells,
+        }
+    }
+
+    #[test]
+    fn a_cell_that_either_answer_gets_wrong_is_a_violation() {
+        let matrix = matrix_of(vec![
+            cell(Some("dev"), Answer::Allowed, 201),
+            cell(Some("test"), Answer::Denied, 403),
+            cell(Some("test"), Answer::Denied, 201),
+            cell(None, Answer::Allowed, 403),
+        ]);
         let violations = matrix.violations(own_namespace_only("dev"));
         assert_eq!(violations.len(), 2, "{violations:#?}");
         assert!(violations[0].contains("create deployments.apps in test: expected denied"));
-        assert!(violations[0].contains("real request got HTTP 201"));
+        assert!(violations[0].contains("real request got HTTP 201 (allowed)"));
         assert!(
             violations[1].contains("(cluster): expected denied, SubjectAccessReview said allowed")
         );
         assert_eq!(matrix.disagreements().len(), 2);
+        assert!(matrix.errors().is_empty());
+    }
+
+    #[test]
+    fn only_success_or_an_answer_past_authorization_is_allowed() {
+        for status in [200, 201, 404, 409, 422] {
+            assert_eq!(classify_status(status), Answer::Allowed, "{status}");
+        }
+        assert_eq!(classify_status(403), Answer::Denied);
+        for status in [400, 401, 405, 429, 500, 502, 503, 504] {
+            assert!(classify_status(status).is_error(), "{status}");
+            assert_eq!(classify_status(status).verdict(), None, "{status}");
+        }
+        assert!(classify_status(401).to_string().contains("401"));
+        assert!(classify_status(429).to_string().contains("throttled"));
+    }
+
+    #[test]
+    fn an_error_cell_is_a_violation_and_a_disagreement_whatever_was_expected() {
+        // SubjectAccessReview and the expectation both say "denied" in test; the
+        // real request was throttled: no verdict, so not an agreement.
+        for status in [401, 429, 500, 503] {
+            let matrix = matrix_of(vec![
+                cell(Some("test"), Answer::Denied, status),
+                cell(Some("dev"), Answer::Allowed, status),
+            ]);
+            let violations = matrix.violations(own_namespace_only("dev"));
+            assert_eq!(violations.len(), 2, "{status}: {violations:#?}");
+            for v in &violations {
+                assert!(v.contains("no verdict"), "{v}");
+                assert!(v.contains(&format!("HTTP {status}")), "{v}");
+            }
+            assert_eq!(matrix.disagreements().len(), 2, "{status}");
+            assert_eq!(matrix.errors().len(), 2, "{status}");
+        }
+        // A review error is no verdict either, even when the request agrees.
+        let matrix = matrix_of(vec![cell(
+            Some("test"),
+            Answer::Error("timeout".into()),
+            403,
+        )]);
+        assert_eq!(matrix.violations(own_namespace_only("dev")).len(), 1);
+        assert_eq!(matrix.disagreements().len(), 1);
+    }
+
+    #[test]
+    fn the_deployer_matrix_probes_cluster_scoped_resources_expecting_denial() {
+        let resources = deployer_resources();
+        let cluster: Vec<_> = resources.iter().filter(|r| !r.namespaced).collect();
+        for plural in ["namespaces", "nodes", "clusterroles", "clusterrolebindings"] {
+            assert!(cluster.iter().any(|r| r.plural == plural), "{plural}");
+        }
+        let probes = probes(&["dev"], &resources, &Verb::ALL);
+        let expected = own_namespace_only("dev");
+        assert!(
+            probes
+                .iter()
+                .filter(|p| p.namespace.is_none())
+                .all(|p| !expected(p))
+        );
+        assert!(probes.iter().any(|p| p.namespace.is_none()));
     }
 
     #[test]

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use super::ManifestError;
 use super::feature::FeatureBranch;
 use super::routing::SessionId;
+use super::tls::PemPair;
 use crate::versions;
 
 /// How a new release replaces the running one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Strategy {
     /// RollingUpdate with maxUnavailable 0 and maxSurge 1.
     #[default]
@@ -20,7 +21,7 @@ pub enum Strategy {
 }
 
 /// Which Role the environment's deployer gets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RbacMode {
     /// The pipeline's Role: every verb on every resource, in its own namespace only.
     #[default]
@@ -32,8 +33,13 @@ pub enum RbacMode {
 /// Where the ingress certificate comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsSource {
-    /// A PEM certificate chain and private key the user gives.
-    Files { cert: PathBuf, key: PathBuf },
+    /// A PEM certificate chain and private key the user gives, read once by the
+    /// caller (rendering does no I/O); the paths only name the files in messages.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        pem: PemPair,
+    },
     /// A self-signed certificate generated for the ingress host.
     SelfSigned,
 }

@@ -22,13 +22,6 @@ pub const DEFAULT_DOMAIN_WILDCARD: &str = "*.boutique.test";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("read {what} file {path}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("find a PEM certificate in {path}")]
     NoCertificate { path: PathBuf },
     #[error("find a PEM private key in {path}")]
@@ -125,20 +118,12 @@ fn first_certificate_der(cert_pem: &str, path: &Path) -> Result<Vec<u8>, TlsErro
     }
 }
 
-fn read(what: &'static str, path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Reads a user's PEM pair and checks it: a certificate and a key are present,
-/// the key is the certificate's, the certificate has not expired and covers `host`.
-pub fn load_pair(cert: &Path, key: &Path, host: &str) -> Result<PemPair, TlsError> {
-    let cert_pem = read("certificate", cert)?;
-    let key_pem = read("private key", key)?;
-    let cert_der = first_certificate_der(&cert_pem, cert)?;
+/// Checks a user's PEM pair (read from `cert` and `key`, which name it in errors):
+/// a certificate and a key are present, the key is the certificate's, the
+/// certificate has not expired and covers `host`.
+pub fn check_pair(pem: &PemPair, cert: &Path, key: &Path, host: &str) -> Result<(), TlsError> {
+    let PemPair { cert_pem, key_pem } = pem;
+    let cert_der = first_certificate_der(cert_pem, cert)?;
     let (_, parsed) =
         x509_parser::parse_x509_certificate(&cert_der).map_err(|e| TlsError::BadCertificate {
             path: cert.to_path_buf(),
@@ -175,7 +160,7 @@ pub fn load_pair(cert: &Path, key: &Path, host: &str) -> Result<PemPair, TlsErro
             not_after: parsed.validity().not_after.to_string(),
         });
     }
-    let names = certificate_dns_names(&cert_pem, cert)?;
+    let names = certificate_dns_names(cert_pem, cert)?;
     if !names.iter().any(|n| name_covers_host(n, host)) {
         return Err(TlsError::HostNotCovered {
             host: host.to_string(),
@@ -183,7 +168,7 @@ pub fn load_pair(cert: &Path, key: &Path, host: &str) -> Result<PemPair, TlsErro
             names,
         });
     }
-    Ok(PemPair { cert_pem, key_pem })
+    Ok(())
 }
 
 /// A self-signed certificate for `host`, valid from an hour ago for 90 days.
@@ -218,7 +203,10 @@ pub fn self_signed(host: &str) -> Result<PemPair, TlsError> {
 pub fn pair_for(options: &Options) -> Result<PemPair, TlsError> {
     let host = options.ingress_host();
     match &options.tls {
-        TlsSource::Files { cert, key } => load_pair(cert, key, &host),
+        TlsSource::Files { cert, key, pem } => {
+            check_pair(pem, cert, key, &host)?;
+            Ok(pem.clone())
+        }
         TlsSource::SelfSigned => self_signed(&host),
     }
 }
