@@ -183,9 +183,10 @@ async fn bluegreen_switches_the_service_and_rollback_points_it_back() {
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
     let services: Api<Service> = Api::namespaced(cluster.client.clone(), &env);
 
-    release::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
+    let first = release::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("failed to deploy blue: {}", chain(&e)));
+    assert_switched_after_ready(&blue, &first);
     assert_eq!(
         selector_release(&services.get("frontend").await.unwrap()),
         "v0.10.6"
