@@ -248,8 +248,9 @@ fn labels_match(labels: &BTreeMap<String, String>, selector: &BTreeMap<String, S
 }
 
 enum Seen {
-    Pod(String, Event<Pod>),
-    Service(String, Event<Service>),
+    // Boxed: watch events are large and an error is small.
+    Pod(String, Box<Event<Pod>>),
+    Service(String, Box<Event<Service>>),
     Error(String),
 }
 
@@ -299,7 +300,7 @@ impl SwitchObserver {
                 watcher::watcher(pods, watcher::Config::default())
                     .default_backoff()
                     .map(move |r| match r {
-                        Ok(e) => Seen::Pod(pod_ns.clone(), e),
+                        Ok(e) => Seen::Pod(pod_ns.clone(), Box::new(e)),
                         Err(e) => Seen::Error(e.to_string()),
                     })
                     .boxed(),
@@ -308,7 +309,7 @@ impl SwitchObserver {
                 watcher::watcher(services, watcher::Config::default())
                     .default_backoff()
                     .map(move |r| match r {
-                        Ok(e) => Seen::Service(service_ns.clone(), e),
+                        Ok(e) => Seen::Service(service_ns.clone(), Box::new(e)),
                         Err(e) => Seen::Error(e.to_string()),
                     })
                     .boxed(),
@@ -328,9 +329,9 @@ impl SwitchObserver {
             let mut switch_seen: BTreeSet<String> = BTreeSet::new();
             while let Some(event) = seen.next().await {
                 match event {
-                    Seen::Pod(ns, e) => pods.entry(ns).or_insert_with(Store::new).apply(e),
+                    Seen::Pod(ns, e) => pods.entry(ns).or_insert_with(Store::new).apply(*e),
                     Seen::Service(ns, e) => {
-                        live_services.entry(ns).or_insert_with(Store::new).apply(e)
+                        live_services.entry(ns).or_insert_with(Store::new).apply(*e)
                     }
                     Seen::Error(e) => {
                         tx.send_modify(|t| {
