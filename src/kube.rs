@@ -3,7 +3,8 @@
 //! - [`connect`]: a client from a kubeconfig file.
 //! - [`apply`]: server-side apply of a rendered bundle with one field manager, and prune.
 //! - [`rollout`]: watch-based rollout waits (observedGeneration, ready = desired, no old pods).
-//! - [`rollback`]: redeploy the previous bundle, `rollout undo`, blue/green switch and back.
+//! - [`release`]: deploy a release (apply, prune, wait), and the blue/green switch with its timeline and verdict.
+//! - [`rollback`]: redeploy the previous bundle, `rollout undo`.
 //! - [`rbac`]: the allow/deny matrix of a ServiceAccount, by SubjectAccessReview and real requests.
 //! - [`drain`]: cordon a node and evict its pods through the eviction API (PDBs honoured).
 //! - [`diagnostics`]: events, pod statuses and ReplicaSet history for a failure report.
@@ -13,6 +14,7 @@ pub mod diagnostics;
 pub mod drain;
 pub mod placement;
 pub mod rbac;
+pub mod release;
 pub mod rollback;
 pub mod rollout;
 

@@ -1,11 +1,16 @@
 //! Rollback: redeploying the previous release restores image and env and prunes
 //! what only the newer one had; `undo` restores the previous ReplicaSet revision;
-//! blue/green switches the Service and switches it back, and `undo` reports its
-//! limitation there.
+//! blue/green switches the Service only after the new pods are all Ready (a
+//! switch that moves the Service first is caught), switches it back, and `undo`
+//! reports its limitation there.
 
 mod common_local;
 
+use std::time::Instant;
+
+use cdcheck::kube::release::{self, DeployEventKind, DeployReport, SwitchFinding, SwitchObserver};
 use cdcheck::kube::rollback::{self, RollbackError};
+use cdcheck::kube::{apply, rollout};
 use cdcheck::manifests::{Bundle, Object, Strategy};
 use common_local::{Cluster, ROLLOUT_TIMEOUT, chain};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -142,6 +147,24 @@ async fn undo_restores_the_previous_revision() {
     common_local::cleanup(&cluster, &env).await;
 }
 
+/// The switch's own timeline passes the verdict, and has the events it judged.
+fn assert_switched_after_ready(bundle: &Bundle, report: &DeployReport) {
+    let findings = release::check_bluegreen_switch(bundle, &report.events);
+    assert!(
+        findings.is_empty(),
+        "blue/green verdict: {findings:?}\ntimeline: {:#?}",
+        report.events
+    );
+    let has = |ready: bool| {
+        report.events.iter().any(|e| match &e.what {
+            DeployEventKind::PodsReady { .. } => ready,
+            DeployEventKind::ServiceSwitched { .. } => !ready,
+        })
+    };
+    assert!(has(true) && has(false), "{:#?}", report.events);
+    eprintln!("blue/green timeline: {:#?}", report.events);
+}
+
 fn selector_release(service: &Service) -> String {
     service
         .spec
@@ -160,17 +183,19 @@ async fn bluegreen_switches_the_service_and_rollback_points_it_back() {
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
     let services: Api<Service> = Api::namespaced(cluster.client.clone(), &env);
 
-    rollback::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
+    let first = release::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("failed to deploy blue: {}", chain(&e)));
+    assert_switched_after_ready(&blue, &first);
     assert_eq!(
         selector_release(&services.get("frontend").await.unwrap()),
         "v0.10.6"
     );
 
-    let switch = rollback::bluegreen_switch(&cluster.client, &green, &env, ROLLOUT_TIMEOUT)
+    let switch = release::bluegreen_switch(&cluster.client, &green, &env, ROLLOUT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("failed to switch to green: {}", chain(&e)));
+    assert_switched_after_ready(&green, &switch);
     assert!(
         switch
             .switched
@@ -209,13 +234,15 @@ async fn bluegreen_switches_the_service_and_rollback_points_it_back() {
         Ok(r) => panic!("undo of a single-revision Deployment succeeded: {r:?}"),
     }
 
-    let back = rollback::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
+    let back = release::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("failed to switch back: {}", chain(&e)));
+    assert_switched_after_ready(&blue, &back);
     assert_eq!(
         selector_release(&services.get("frontend").await.unwrap()),
         "v0.10.6"
     );
+    assert!(!back.rollouts.is_empty());
     assert!(back.rollouts.iter().all(|r| r.desired() == 2));
     assert!(
         deployments
@@ -226,5 +253,48 @@ async fn bluegreen_switches_the_service_and_rollback_points_it_back() {
     );
     let blue_deploy = deployments.get("frontend-v0.10.6").await.unwrap();
     assert_eq!(blue_deploy.status.unwrap().ready_replicas, Some(2));
+    common_local::cleanup(&cluster, &env).await;
+}
+
+#[tokio::test]
+async fn a_switch_that_moves_the_service_before_the_new_pods_are_ready_is_caught() {
+    // Negative control of the blue/green verdict: the same observer watches a
+    // switch done in the wrong order (Services first, then the Deployments).
+    let cluster = require_cluster!();
+    let env = common_local::unique_env("bgfirst");
+    let blue = frontend_bundle(&env, "v0.10.6", Strategy::Bluegreen);
+    let green = frontend_bundle(&env, "v0.10.7", Strategy::Bluegreen);
+    release::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to deploy blue: {}", chain(&e)));
+
+    let observer = SwitchObserver::start(&cluster.client, &green, Instant::now())
+        .await
+        .unwrap_or_else(|e| panic!("failed to start the observer: {}", chain(&e)));
+    let (services, rest): (Vec<&Object>, Vec<&Object>) = green
+        .objects
+        .iter()
+        .partition(|o| matches!(o, Object::Service(_)));
+    apply::apply_objects(&cluster.client, services)
+        .await
+        .unwrap();
+    apply::apply_objects(&cluster.client, rest).await.unwrap();
+    let deployments: Vec<(String, String)> = green
+        .objects
+        .iter()
+        .filter(|o| matches!(o, Object::Deployment(_)))
+        .map(|o| (env.clone(), o.name()))
+        .collect();
+    rollout::wait_for_all(&cluster.client, &deployments, ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to roll out green: {}", chain(&e)));
+    let events = observer.finish(std::time::Duration::from_secs(10)).await;
+    let findings = release::check_bluegreen_switch(&green, &events);
+    assert!(
+        findings
+            .iter()
+            .any(|f| matches!(f, SwitchFinding::SwitchedBeforeReady { .. })),
+        "negative control not caught: Services moved before the pods were Ready, verdict {findings:?}, timeline {events:#?}"
+    );
     common_local::cleanup(&cluster, &env).await;
 }

@@ -1,14 +1,17 @@
 //! Rollout waits against real controllers: a rolling update of frontend keeps
 //! every desired replica ready (and the negative controls, maxUnavailable 1 and
-//! Recreate, are caught); a broken release fails the wait with its reason before
-//! the deadline while mainline keeps serving; the wait returns promptly.
+//! Recreate, are caught); a broken release fails the wait with its reason within
+//! its progress deadline plus a margin while mainline keeps serving (and a long
+//! deadline misses that bound); a wait never settles on an older generation, and
+//! returns on a state where the rollout is complete (how soon: the
+//! `rollout_wait` bench).
 
 mod common_local;
 
 use std::time::{Duration, Instant};
 
-use cdcheck::kube::rollout::{self, RolloutError, RolloutWatch};
-use cdcheck::kube::{apply, rollback};
+use cdcheck::kube::rollout::{self, FAIL_FAST_MARGIN, RolloutError, RolloutWatch};
+use cdcheck::kube::{apply, release};
 use cdcheck::manifests::{Bundle, Object, Strategy};
 use cdcheck::substrate::NEVER_READY_ANNOTATION;
 use common_local::{Cluster, ROLLOUT_TIMEOUT, chain};
@@ -32,6 +35,12 @@ fn deployment_mut<'a>(bundle: &'a mut Bundle, name: &str) -> &'a mut Deployment 
         .unwrap_or_else(|| panic!("no Deployment {name} in the bundle"))
 }
 
+async fn start_watch(cluster: &Cluster, env: &str) -> RolloutWatch {
+    RolloutWatch::start(&cluster.client, env, "frontend")
+        .await
+        .unwrap_or_else(|e| panic!("failed to start the rollout watch: {}", chain(&e)))
+}
+
 /// Deploys `first`, then watches while `second` is applied; returns the rollout report.
 async fn update(
     cluster: &Cluster,
@@ -40,7 +49,7 @@ async fn update(
     second: &Bundle,
 ) -> rollout::RolloutReport {
     common_local::deploy(cluster, first, env).await;
-    let watch = RolloutWatch::start(&cluster.client, env, "frontend").await;
+    let watch = start_watch(cluster, env).await;
     apply::apply_bundle(&cluster.client, second, Some(env))
         .await
         .unwrap_or_else(|e| panic!("failed to apply: {}", chain(&e)));
@@ -131,14 +140,10 @@ async fn a_recreate_update_is_caught_with_no_ready_pod_left() {
     common_local::cleanup(&cluster, &env).await;
 }
 
-#[tokio::test]
-async fn a_broken_release_fails_the_wait_with_its_reason_and_mainline_keeps_its_ready_pods() {
-    let cluster = require_cluster!();
-    let env = common_local::unique_env("broken");
-    let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
-    let mut broken = frontend_only(&env, "v0.10.7", Strategy::Rolling);
-    let deadline_seconds = 8;
-    // The broken release: its pods never become Ready (kwok's pod-never-ready stage).
+/// frontend at `release` whose pods never become Ready (kwok's pod-never-ready
+/// stage), with the given progress deadline.
+fn broken_release(env: &str, deadline_seconds: i32) -> Bundle {
+    let mut broken = frontend_only(env, "v0.10.7", Strategy::Rolling);
     let spec = deployment_mut(&mut broken, "frontend")
         .spec
         .as_mut()
@@ -150,16 +155,32 @@ async fn a_broken_release_fails_the_wait_with_its_reason_and_mainline_keeps_its_
         .annotations
         .get_or_insert_with(Default::default)
         .insert(NEVER_READY_ANNOTATION.into(), "true".into());
+    broken
+}
+
+/// The deadline the fail-fast checks hold a broken release to: short, so the
+/// bound (deadline + FAIL_FAST_MARGIN) is tight.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_broken_release_fails_the_wait_on_its_deadline_and_mainline_keeps_its_ready_pods() {
+    let cluster = require_cluster!();
+    let env = common_local::unique_env("broken");
+    let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
+    let broken = broken_release(&env, DEADLINE.as_secs() as i32);
     common_local::deploy(&cluster, &first, &env).await;
-    let started = Instant::now();
-    let wait_timeout = Duration::from_secs(90);
-    let result = rollback::deploy(&cluster.client, &broken, &env, wait_timeout).await;
-    let elapsed = started.elapsed();
-    let error = match result {
-        Ok(_) => panic!("a release whose pods never become Ready was reported as rolled out"),
-        Err(rollback::RollbackError::Rollout(e)) => e,
+    // Measured from the apply: `deploy` applies first thing.
+    let applied = Instant::now();
+    let result = release::deploy(&cluster.client, &broken, &env, Duration::from_secs(90)).await;
+    let after = applied.elapsed();
+    let outcome = match result {
+        Ok(report) => Ok(report.rollouts.into_iter().next().unwrap()),
+        Err(release::ReleaseError::Rollout(e)) => Err(e),
         Err(e) => panic!("failed differently: {}", chain(&e)),
     };
+    let findings = rollout::check_fail_fast(&outcome, DEADLINE, FAIL_FAST_MARGIN, after);
+    assert!(findings.is_empty(), "fail-fast check failed: {findings:?}");
+    let Err(error) = outcome else { unreachable!() };
     match &error {
         RolloutError::ProgressDeadline {
             reason,
@@ -180,13 +201,13 @@ async fn a_broken_release_fails_the_wait_with_its_reason_and_mainline_keeps_its_
         }
         other => panic!("expected ProgressDeadlineExceeded, got: {}", chain(other)),
     }
-    assert!(
-        elapsed < wait_timeout,
-        "the wait must fail on the deadline ({deadline_seconds}s), not time out: {elapsed:?}"
-    );
     let shown = chain(&error);
     assert!(shown.contains("ProgressDeadlineExceeded"), "{shown}");
-    eprintln!("broken release detected after {elapsed:?}:\n{shown}");
+    eprintln!(
+        "broken release detected after {after:?} from the apply (progressDeadlineSeconds {}, bound {:?}):\n{shown}",
+        DEADLINE.as_secs(),
+        DEADLINE + FAIL_FAST_MARGIN
+    );
 
     // Mainline keeps its ready pods (maxUnavailable 0 never took one away).
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &env);
@@ -214,26 +235,105 @@ async fn a_broken_release_fails_the_wait_with_its_reason_and_mainline_keeps_its_
 }
 
 #[tokio::test]
-async fn the_wait_returns_within_200ms_of_the_completing_status_change() {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
+async fn a_broken_release_with_a_long_deadline_misses_the_fail_fast_bound() {
+    // Negative control of the check above: the same broken release, but its
+    // controller will only give up after 600 s. Waiting as long as the bound
+    // allows must not satisfy the check.
     let cluster = require_cluster!();
-    let env = common_local::unique_env("delay");
-    let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
-    let second = frontend_only(&env, "v0.10.7", Strategy::Rolling);
-    common_local::deploy(&cluster, &first, &env).await;
+    let env = common_local::unique_env("slowfail");
+    common_local::deploy(
+        &cluster,
+        &frontend_only(&env, "v0.10.6", Strategy::Rolling),
+        &env,
+    )
+    .await;
+    let broken = broken_release(&env, 600);
+    let bound = DEADLINE + FAIL_FAST_MARGIN;
+    let applied = Instant::now();
+    let result = release::deploy(&cluster.client, &broken, &env, bound).await;
+    let after = applied.elapsed();
+    let outcome = match result {
+        Ok(report) => Ok(report.rollouts.into_iter().next().unwrap()),
+        Err(release::ReleaseError::Rollout(e)) => Err(e),
+        Err(e) => panic!("failed differently: {}", chain(&e)),
+    };
+    let findings = rollout::check_fail_fast(&outcome, DEADLINE, FAIL_FAST_MARGIN, after);
+    assert!(
+        findings
+            .iter()
+            .any(|f| matches!(f, rollout::FailFastFinding::OtherOutcome { .. })),
+        "negative control not caught: a 600 s deadline passed the {bound:?} fail-fast bound: {findings:?}"
+    );
+    common_local::cleanup(&cluster, &env).await;
+}
 
-    // An independent raw watch notes when the Deployment's status first shows the
-    // finished rollout; the wait must return soon after.
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
-    let generation_before = deployments
-        .get("frontend")
+#[tokio::test]
+async fn a_wait_for_a_generation_the_controller_has_not_observed_never_succeeds() {
+    let cluster = require_cluster!();
+    let env = common_local::unique_env("stale");
+    common_local::deploy(
+        &cluster,
+        &frontend_only(&env, "v0.10.6", Strategy::Rolling),
+        &env,
+    )
+    .await;
+    let current = rollout::current_generation(&cluster.client, &env, "frontend")
+        .await
+        .unwrap_or_else(|e| panic!("failed to read the generation: {}", chain(&e)));
+    // The Deployment is fully rolled out at `current`: a wait for that settles...
+    start_watch(&cluster, &env)
+        .await
+        .wait_for_generation(current, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "failed to see generation {current} rolled out: {}",
+                chain(&e)
+            )
+        });
+    // ...but a wait for the next one (an apply the controller has not observed)
+    // must not settle on that state.
+    match start_watch(&cluster, &env)
+        .await
+        .wait_for_generation(current + 1, Duration::from_secs(3))
+        .await
+    {
+        Err(RolloutError::Timeout { state, .. }) => {
+            assert!(
+                state.contains(&format!("waiting for generation {}", current + 1)),
+                "{state}"
+            )
+        }
+        Err(e) => panic!("expected a timeout, got {}", chain(&e)),
+        Ok(report) => panic!(
+            "a wait for generation {} succeeded on generation {}: {report:?}",
+            current + 1,
+            report.generation
+        ),
+    }
+    // And a wait on a Deployment that does not exist fails instead of settling.
+    match RolloutWatch::start(&cluster.client, &env, "no-such-deployment")
         .await
         .unwrap()
-        .metadata
-        .generation
-        .unwrap();
-    let raw = tokio::spawn(async move {
+        .wait(Duration::from_secs(3))
+        .await
+    {
+        Err(RolloutError::NotFound { .. }) => {}
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    common_local::cleanup(&cluster, &env).await;
+}
+
+/// Every state of frontend an independent watch sees, by resourceVersion:
+/// whether it shows the rollout of a generation after `before` complete.
+fn watch_completions(
+    deployments: Api<Deployment>,
+    before: i64,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, bool)> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
         let mut stream = watcher(
             deployments,
             watcher::Config::default().fields("metadata.name=frontend"),
@@ -244,36 +344,107 @@ async fn the_wait_returns_within_200ms_of_the_completing_status_change() {
             let generation = d.metadata.generation.unwrap_or(0);
             let s = d.status.clone().unwrap_or_default();
             let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            if generation > generation_before
+            let complete = generation > before
                 && s.observed_generation == Some(generation)
                 && s.updated_replicas == Some(desired)
                 && s.ready_replicas == Some(desired)
                 && s.available_replicas == Some(desired)
-                && s.replicas == Some(desired)
+                && s.replicas == Some(desired);
+            if tx
+                .send((d.metadata.resource_version.unwrap_or_default(), complete))
+                .is_err()
             {
-                return Instant::now();
+                return;
             }
         }
-        panic!("the raw watch ended");
     });
-    let watch = RolloutWatch::start(&cluster.client, &env, "frontend").await;
-    apply::apply_bundle(&cluster.client, &second, Some(&env))
+    rx
+}
+
+/// Whether the independent watch saw the state the wait decided on as complete
+/// (it may see that state after the wait returned, so it gets 10 s).
+async fn decided_on_a_complete_state(
+    completions: &mut tokio::sync::mpsc::UnboundedReceiver<(String, bool)>,
+    decided_resource_version: &str,
+) -> bool {
+    let find = async {
+        while let Some((rv, complete)) = completions.recv().await {
+            if rv == decided_resource_version {
+                return complete;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(Duration::from_secs(10), find)
+        .await
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn the_wait_returns_on_a_state_where_the_rollout_is_complete() {
+    let cluster = require_cluster!();
+    let env = common_local::unique_env("order");
+    let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
+    let second = frontend_only(&env, "v0.10.7", Strategy::Rolling);
+    common_local::deploy(&cluster, &first, &env).await;
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
+    let before = rollout::current_generation(&cluster.client, &env, "frontend")
         .await
         .unwrap();
-    let report = watch.wait(ROLLOUT_TIMEOUT).await.unwrap();
-    let returned = Instant::now();
-    let seen = tokio::time::timeout(Duration::from_secs(10), raw)
+    let mut completions = watch_completions(deployments, before);
+
+    let watch = start_watch(&cluster, &env).await;
+    let applied = apply::apply_bundle(&cluster.client, &second, Some(&env))
         .await
-        .unwrap()
         .unwrap();
-    let delay = returned.saturating_duration_since(seen);
-    eprintln!(
-        "status change -> wait returned: {delay:?} (internal event -> return {:?}; rollout {:?})",
-        report.return_delay, report.took
-    );
+    let generation = applied.generations[&format!("Deployment/{env}/frontend")];
+    assert!(generation > before);
+    let report = watch
+        .wait_for_generation(generation, ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to roll out: {}", chain(&e)));
+    // Ordering: the state the wait returned on already showed the finished
+    // rollout (how long after it the wait returned is the bench's business).
     assert!(
-        delay < Duration::from_millis(200),
-        "the wait returned {delay:?} after the status change"
+        decided_on_a_complete_state(&mut completions, &report.decided_resource_version).await,
+        "the wait returned on resourceVersion {}, which does not show generation {generation} rolled out",
+        report.decided_resource_version
+    );
+    common_local::cleanup(&cluster, &env).await;
+}
+
+#[tokio::test]
+async fn a_wait_that_returns_before_the_rollout_is_caught_by_the_ordering_check() {
+    // Negative control of the ordering check: a wait asked about the previous
+    // generation returns at once, on a state that does not show the new rollout.
+    let cluster = require_cluster!();
+    let env = common_local::unique_env("early");
+    common_local::deploy(
+        &cluster,
+        &frontend_only(&env, "v0.10.6", Strategy::Rolling),
+        &env,
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
+    let before = rollout::current_generation(&cluster.client, &env, "frontend")
+        .await
+        .unwrap();
+    let mut completions = watch_completions(deployments, before);
+    let early = start_watch(&cluster, &env)
+        .await
+        .wait_for_generation(before, ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to see generation {before}: {}", chain(&e)));
+    apply::apply_bundle(
+        &cluster.client,
+        &frontend_only(&env, "v0.10.7", Strategy::Rolling),
+        Some(&env),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !decided_on_a_complete_state(&mut completions, &early.decided_resource_version).await,
+        "negative control not caught: a wait on generation {before} passed the ordering check of the update"
     );
     common_local::cleanup(&cluster, &env).await;
 }

@@ -1,7 +1,7 @@
 //! Server-side apply of a rendered [`Bundle`] with one field manager, and prune
 //! of what an environment's previous release deployed and this one dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use ::kube::api::{
@@ -72,6 +72,9 @@ pub struct ApplyReport {
     pub applied: Vec<String>,
     /// Keys deleted because the bundle no longer has them.
     pub pruned: Vec<String>,
+    /// `metadata.generation` each applied object has after the apply, by key:
+    /// the generation a rollout wait must see completed.
+    pub generations: BTreeMap<String, i64>,
     pub took: Duration,
 }
 
@@ -129,17 +132,38 @@ pub async fn apply_value(
     .map_err(|source| ApplyError::Apply { key, source })
 }
 
-/// Applies `objects` in order.
+/// Applies `objects` in order; returns their keys.
 pub async fn apply_objects<'a>(
     client: &Client,
     objects: impl IntoIterator<Item = &'a Object>,
 ) -> Result<Vec<String>, ApplyError> {
+    Ok(apply_with_generations(client, objects)
+        .await?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
+}
+
+/// Applies `objects` in order; returns each key with the `metadata.generation`
+/// the API server gave the object (kinds without one have none).
+pub async fn apply_with_generations<'a>(
+    client: &Client,
+    objects: impl IntoIterator<Item = &'a Object>,
+) -> Result<Vec<(String, Option<i64>)>, ApplyError> {
     let mut applied = Vec::new();
     for object in objects {
-        apply_object(client, object).await?;
-        applied.push(object.key());
+        let live = apply_object(client, object).await?;
+        applied.push((object.key(), live.metadata.generation));
     }
     Ok(applied)
+}
+
+/// The generations among applied keys, for [`ApplyReport::generations`].
+pub fn generations_of(applied: &[(String, Option<i64>)]) -> BTreeMap<String, i64> {
+    applied
+        .iter()
+        .filter_map(|(key, generation)| Some((key.clone(), (*generation)?)))
+        .collect()
 }
 
 /// Applies the whole bundle in order; with `prune_env`, then deletes every object
@@ -150,13 +174,14 @@ pub async fn apply_bundle(
     prune_env: Option<&str>,
 ) -> Result<ApplyReport, ApplyError> {
     let started = Instant::now();
-    let applied = apply_objects(client, &bundle.objects).await?;
+    let applied = apply_with_generations(client, &bundle.objects).await?;
     let pruned = match prune_env {
         Some(env) => prune(client, bundle, env).await?,
         None => Vec::new(),
     };
     Ok(ApplyReport {
-        applied,
+        generations: generations_of(&applied),
+        applied: applied.into_iter().map(|(key, _)| key).collect(),
         pruned,
         took: started.elapsed(),
     })

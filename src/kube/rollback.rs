@@ -1,25 +1,24 @@
-//! Deploying a release and taking it back: `deploy` (apply + prune + wait),
-//! rollback by redeploying the previous release's bundle, `undo` to the previous
-//! ReplicaSet revision (what `kubectl rollout undo` does), and the blue/green
-//! switch (new Deployments ready, then Services re-pointed, then the old ones
-//! deleted), whose rollback is the same switch back to the previous bundle.
+//! Taking a release back: redeploying the previous release's bundle, and `undo`
+//! to the previous ReplicaSet revision (what `kubectl rollout undo` does). A
+//! blue/green release is taken back by switching to the previous bundle
+//! ([`super::release::bluegreen_switch`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::kube::api::{Api, ListParams, PostParams};
 use ::kube::{Client, ResourceExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 
 use super::FIELD_MANAGER;
-use super::apply::{self, ApplyError, ApplyReport};
 use super::diagnostics::REVISION_ANNOTATION;
+use super::release::{self, DeployReport, ReleaseError};
 use super::rollout::{self, RolloutError, RolloutReport};
-use crate::manifests::{Bundle, Object, Strategy};
+use crate::manifests::Bundle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
-    #[error("apply the bundle")]
-    Apply(#[from] ApplyError),
+    #[error("redeploy the previous release")]
+    Redeploy(#[from] ReleaseError),
     #[error("wait for the rollout")]
     Rollout(#[from] RolloutError),
     #[error("{what}")]
@@ -38,59 +37,6 @@ pub enum RollbackError {
     },
 }
 
-/// What a deploy did.
-#[derive(Clone, Debug)]
-pub struct DeployReport {
-    pub apply: ApplyReport,
-    pub rollouts: Vec<RolloutReport>,
-    /// Services re-pointed by a blue/green switch (empty for a rolling deploy).
-    pub switched: Vec<String>,
-    pub took: Duration,
-}
-
-fn deployments_of(bundle: &Bundle) -> Vec<(String, String)> {
-    bundle
-        .objects
-        .iter()
-        .filter(|o| matches!(o, Object::Deployment(_)))
-        .map(|o| (o.namespace().unwrap_or_default(), o.name()))
-        .collect()
-}
-
-/// Applies the bundle, prunes what `env`'s previous release had and this one
-/// dropped, and waits for every Deployment to roll out.
-pub async fn deploy(
-    client: &Client,
-    bundle: &Bundle,
-    env: &str,
-    timeout: Duration,
-) -> Result<DeployReport, RollbackError> {
-    let started = Instant::now();
-    let apply = apply::apply_bundle(client, bundle, Some(env)).await?;
-    let rollouts = rollout::wait_for_all(client, &deployments_of(bundle), timeout).await?;
-    Ok(DeployReport {
-        apply,
-        rollouts,
-        switched: Vec::new(),
-        took: started.elapsed(),
-    })
-}
-
-/// Deploys a release the way its strategy asks: a blue/green bundle through
-/// [`bluegreen_switch`], anything else through [`deploy`].
-pub async fn deploy_release(
-    client: &Client,
-    bundle: &Bundle,
-    env: &str,
-    strategy: Strategy,
-    timeout: Duration,
-) -> Result<DeployReport, RollbackError> {
-    match strategy {
-        Strategy::Bluegreen => bluegreen_switch(client, bundle, env, timeout).await,
-        Strategy::Rolling | Strategy::Recreate => deploy(client, bundle, env, timeout).await,
-    }
-}
-
 /// Rollback by redeploying the previous release's bundle: image, env, ConfigMaps
 /// and Secrets come back as that release rendered them; what only the newer
 /// release had is pruned.
@@ -100,38 +46,7 @@ pub async fn redeploy_previous(
     env: &str,
     timeout: Duration,
 ) -> Result<DeployReport, RollbackError> {
-    deploy(client, previous, env, timeout).await
-}
-
-/// Blue/green: applies everything but the Services, waits until every Deployment
-/// of the bundle is rolled out, then points the Services at it, then prunes the
-/// previous release's Deployments. Switching to the previous bundle is the rollback.
-pub async fn bluegreen_switch(
-    client: &Client,
-    bundle: &Bundle,
-    env: &str,
-    timeout: Duration,
-) -> Result<DeployReport, RollbackError> {
-    let started = Instant::now();
-    let (services, rest): (Vec<&Object>, Vec<&Object>) = bundle
-        .objects
-        .iter()
-        .partition(|o| matches!(o, Object::Service(_)));
-    let mut applied = apply::apply_objects(client, rest).await?;
-    let rollouts = rollout::wait_for_all(client, &deployments_of(bundle), timeout).await?;
-    let switched = apply::apply_objects(client, services).await?;
-    applied.extend(switched.iter().cloned());
-    let pruned = apply::prune(client, bundle, env).await?;
-    Ok(DeployReport {
-        apply: ApplyReport {
-            applied,
-            pruned,
-            took: started.elapsed(),
-        },
-        rollouts,
-        switched,
-        took: started.elapsed(),
-    })
+    Ok(release::deploy(client, previous, env, timeout).await?)
 }
 
 /// What an undo did.
@@ -162,7 +77,7 @@ pub async fn undo(
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
     let kube_err = |what: String| move |source| RollbackError::Kube { what, source };
-    let watch = rollout::RolloutWatch::start(client, namespace, name).await;
+    let watch = rollout::RolloutWatch::start(client, namespace, name).await?;
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -170,7 +85,7 @@ pub async fn undo(
     let mut attempt = 0;
     // Read-modify-write: the controller updates the Deployment too, so a
     // conflict (409) means "read again", as kubectl does.
-    let (current, previous) = loop {
+    let (current, previous, generation) = loop {
         attempt += 1;
         let mut deployment = deployments
             .get(name)
@@ -212,7 +127,17 @@ pub async fn undo(
             spec.template = template;
         }
         match deployments.replace(name, &params, &deployment).await {
-            Ok(_) => break (current, previous),
+            Ok(updated) => {
+                let generation =
+                    updated
+                        .metadata
+                        .generation
+                        .ok_or_else(|| RolloutError::NoGeneration {
+                            namespace: namespace.into(),
+                            name: name.into(),
+                        })?;
+                break (current, previous, generation);
+            }
             Err(::kube::Error::Api(s)) if s.code == 409 && attempt < 10 => continue,
             Err(source) => {
                 return Err(RollbackError::Kube {
@@ -222,7 +147,7 @@ pub async fn undo(
             }
         }
     };
-    let rollout = watch.wait(timeout).await?;
+    let rollout = watch.wait_for_generation(generation, timeout).await?;
     Ok(UndoReport {
         from_revision: current,
         to_revision: revision_of(&previous),

@@ -1,6 +1,10 @@
 //! Watch-based rollout waits. A Deployment is rolled out when its controller has
-//! observed the current generation, updated = ready = available = total = desired,
-//! and no pod of an older ReplicaSet is left (terminating ones included).
+//! observed the generation the wait was asked about (the one an apply produced,
+//! or the one read when the wait starts; never an older one), updated = ready =
+//! available = total = desired, and no pod of an older ReplicaSet is left
+//! (terminating ones included). A wait that cannot read that generation, or whose
+//! watches do not list in time, fails with its own error instead of deciding on
+//! stale state.
 //! `ProgressDeadlineExceeded` fails the wait at once, with its reason, message
 //! and diagnostics. Every status change is sampled, so a caller can prove the
 //! number of ready pods never dropped below the desired count.
@@ -27,6 +31,7 @@ pub enum RolloutError {
         name: String,
         reason: String,
         message: String,
+        /// From the start of the watch to the watch seeing the condition.
         after: Duration,
         diagnostics: Box<Diagnostics>,
     },
@@ -40,6 +45,27 @@ pub enum RolloutError {
     },
     #[error("watch {namespace}/{name}: the watch ended")]
     WatchEnded { namespace: String, name: String },
+    #[error(
+        "start watching {namespace}/{name}: the watches did not list within {waited:?}{}",
+        last_watch_error.as_ref().map(|e| format!(" (last watch error: {e})")).unwrap_or_default()
+    )]
+    NotSynced {
+        namespace: String,
+        name: String,
+        waited: Duration,
+        last_watch_error: Option<String>,
+    },
+    #[error("read the generation of Deployment {namespace}/{name} to wait for")]
+    ReadGeneration {
+        namespace: String,
+        name: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("find Deployment {namespace}/{name} to wait for: it does not exist")]
+    NotFound { namespace: String, name: String },
+    #[error("read the generation of Deployment {namespace}/{name}: the API server returned none")]
+    NoGeneration { namespace: String, name: String },
 }
 
 impl RolloutError {
@@ -47,7 +73,11 @@ impl RolloutError {
         match self {
             RolloutError::ProgressDeadline { diagnostics, .. }
             | RolloutError::Timeout { diagnostics, .. } => Some(diagnostics),
-            RolloutError::WatchEnded { .. } => None,
+            RolloutError::WatchEnded { .. }
+            | RolloutError::NotSynced { .. }
+            | RolloutError::ReadGeneration { .. }
+            | RolloutError::NotFound { .. }
+            | RolloutError::NoGeneration { .. } => None,
         }
     }
 }
@@ -91,7 +121,19 @@ struct Progress {
     decided_at: Option<Instant>,
     /// `metadata.generation` of the Deployment the phase was evaluated on.
     generation: i64,
+    /// `metadata.resourceVersion` of the Deployment when the phase was decided.
+    decided_resource_version: Option<String>,
     watch_errors: Vec<String>,
+}
+
+impl Progress {
+    /// Whether a wait asked about `target` may return: the phase was decided on
+    /// `target` or a later generation, never on an older one.
+    fn settles(&self, target: i64) -> bool {
+        self.generation >= target
+            && self.decided_at.is_some()
+            && matches!(self.phase, Phase::Complete | Phase::Failed { .. })
+    }
 }
 
 /// What a completed rollout looked like.
@@ -103,6 +145,11 @@ pub struct RolloutReport {
     pub took: Duration,
     /// Time between the event that completed the rollout and the wait returning.
     pub return_delay: Duration,
+    /// The generation the rollout completed (at least the one asked about).
+    pub generation: i64,
+    /// `metadata.resourceVersion` of the Deployment state that completed the
+    /// rollout: lets a caller check which state the wait decided on.
+    pub decided_resource_version: String,
     pub samples: Vec<Sample>,
 }
 
@@ -128,21 +175,21 @@ enum Ev {
 }
 
 /// A Store that follows a watcher's Init/InitApply/InitDone protocol.
-struct Store<K> {
-    items: BTreeMap<String, K>,
+pub(super) struct Store<K> {
+    pub(super) items: BTreeMap<String, K>,
     buffer: Option<BTreeMap<String, K>>,
-    synced: bool,
+    pub(super) synced: bool,
 }
 
 impl<K: ResourceExt> Store<K> {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             items: BTreeMap::new(),
             buffer: None,
             synced: false,
         }
     }
-    fn apply(&mut self, event: Event<K>) {
+    pub(super) fn apply(&mut self, event: Event<K>) {
         match event {
             Event::Init => self.buffer = Some(BTreeMap::new()),
             Event::InitApply(k) => {
@@ -182,7 +229,8 @@ fn owner_is(
     refs.is_some_and(|refs| refs.iter().any(|r| r.kind == kind && r.name == name))
 }
 
-fn is_ready(pod: &Pod) -> bool {
+/// Ready and not terminating.
+pub(super) fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status
@@ -317,9 +365,27 @@ impl Drop for RolloutWatch {
     }
 }
 
+/// How long [`RolloutWatch::start`] waits for its watches' initial lists.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl RolloutWatch {
-    /// Starts the watches and returns once their initial lists are in.
-    pub async fn start(client: &Client, namespace: &str, name: &str) -> RolloutWatch {
+    /// Starts the watches and returns once their initial lists are in, or fails
+    /// with [`RolloutError::NotSynced`] after [`SYNC_TIMEOUT`].
+    pub async fn start(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<RolloutWatch, RolloutError> {
+        Self::start_within(client, namespace, name, SYNC_TIMEOUT).await
+    }
+
+    /// [`RolloutWatch::start`] with its own limit for the initial lists.
+    pub async fn start_within(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+        sync_timeout: Duration,
+    ) -> Result<RolloutWatch, RolloutError> {
         let started = Instant::now();
         let cfg = watcher::Config::default();
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
@@ -352,6 +418,7 @@ impl RolloutWatch {
             samples: Vec::new(),
             decided_at: None,
             generation: 0,
+            decided_resource_version: None,
             watch_errors: Vec::new(),
         });
         let mut tracker = Tracker {
@@ -377,6 +444,11 @@ impl RolloutWatch {
                     }
                 }
                 let (phase, sample) = tracker.evaluate();
+                let resource_version = tracker
+                    .deployment
+                    .items
+                    .get(&tracker.name)
+                    .and_then(|d| d.metadata.resource_version.clone());
                 tx.send_if_modified(|p| {
                     let mut changed = false;
                     let generation = sample.as_ref().map(|s| s.generation).unwrap_or(0);
@@ -384,6 +456,7 @@ impl RolloutWatch {
                         // A new spec: whatever was decided was about the old one.
                         p.generation = generation;
                         p.decided_at = None;
+                        p.decided_resource_version = None;
                         changed = true;
                     }
                     if let Some(s) = sample {
@@ -401,10 +474,12 @@ impl RolloutWatch {
                     let decided = matches!(phase, Phase::Complete | Phase::Failed { .. });
                     if decided && p.decided_at.is_none() {
                         p.decided_at = Some(Instant::now());
+                        p.decided_resource_version = resource_version;
                         changed = true;
                     }
                     if !decided {
                         p.decided_at = None;
+                        p.decided_resource_version = None;
                     }
                     if p.phase != phase {
                         p.phase = phase;
@@ -422,13 +497,33 @@ impl RolloutWatch {
             rx,
             task,
         };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(30),
+        let synced = tokio::time::timeout(
+            sync_timeout,
             watch.rx.wait_for(|p| p.phase != Phase::Starting),
         )
-        .await;
+        .await
+        .map(|listed| listed.is_ok());
+        match synced {
+            Ok(true) => {}
+            Ok(false) => return Err(watch.ended()),
+            Err(_) => {
+                return Err(RolloutError::NotSynced {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    waited: sync_timeout,
+                    last_watch_error: watch.rx.borrow().watch_errors.last().cloned(),
+                });
+            }
+        }
         watch.rx.mark_changed();
-        watch
+        Ok(watch)
+    }
+
+    fn ended(&self) -> RolloutError {
+        RolloutError::WatchEnded {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 
     /// Current phase.
@@ -441,46 +536,44 @@ impl RolloutWatch {
         self.rx.borrow().samples.clone()
     }
 
-    /// Waits until the rollout of the Deployment's current spec completes, fails,
-    /// or `timeout` passes. "Current" is read from the API server when `wait` is
-    /// called, so a change made after [`RolloutWatch::start`] is never mistaken
-    /// for the previous rollout's completion.
-    pub async fn wait(mut self, timeout: Duration) -> Result<RolloutReport, RolloutError> {
-        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
-        let target = api
-            .get_opt(&self.name)
+    /// Waits for the rollout of the Deployment's generation as the API server
+    /// has it when `wait` is called, so a change made after
+    /// [`RolloutWatch::start`] is never mistaken for the previous rollout's
+    /// completion. A failed read is an error, not "any generation".
+    pub async fn wait(self, timeout: Duration) -> Result<RolloutReport, RolloutError> {
+        let generation = current_generation(&self.client, &self.namespace, &self.name).await?;
+        self.wait_for_generation(generation, timeout).await
+    }
+
+    /// Waits until the rollout of `generation` (or a later one) completes, fails,
+    /// or `timeout` passes. A completion of an older generation never counts.
+    pub async fn wait_for_generation(
+        mut self,
+        generation: i64,
+        timeout: Duration,
+    ) -> Result<RolloutReport, RolloutError> {
+        let decided = tokio::time::timeout(timeout, self.rx.wait_for(|p| p.settles(generation)))
             .await
-            .ok()
-            .flatten()
-            .and_then(|d| d.metadata.generation)
-            .unwrap_or(0);
-        let decided = tokio::time::timeout(
-            timeout,
-            self.rx.wait_for(|p| {
-                p.generation >= target
-                    && p.decided_at.is_some()
-                    && matches!(p.phase, Phase::Complete | Phase::Failed { .. })
-            }),
-        )
-        .await;
+            .map(|settled| settled.is_ok());
         let returned = Instant::now();
-        let decided = decided.map(|r| r.map(|_| ()));
         let progress = self.rx.borrow().clone();
-        match (decided, progress.phase.clone()) {
-            (Ok(Ok(_)), Phase::Complete) => Ok(RolloutReport {
+        match decided {
+            Ok(false) => return Err(self.ended()),
+            Err(_) => return Err(self.timed_out(progress, generation, timeout).await),
+            Ok(true) => {}
+        }
+        let decided_at = progress.decided_at.unwrap_or(returned);
+        match progress.phase {
+            Phase::Complete => Ok(RolloutReport {
                 namespace: self.namespace.clone(),
                 name: self.name.clone(),
-                took: progress
-                    .decided_at
-                    .map(|t| t.duration_since(self.started))
-                    .unwrap_or_else(|| self.started.elapsed()),
-                return_delay: progress
-                    .decided_at
-                    .map(|t| returned.duration_since(t))
-                    .unwrap_or_default(),
+                took: decided_at.duration_since(self.started),
+                return_delay: returned.duration_since(decided_at),
+                generation: progress.generation,
+                decided_resource_version: progress.decided_resource_version.unwrap_or_default(),
                 samples: progress.samples,
             }),
-            (Ok(Ok(_)), Phase::Failed { reason, message }) => {
+            Phase::Failed { reason, message } => {
                 let diagnostics =
                     diagnostics::gather(&self.client, &self.namespace, Some(&self.name)).await;
                 Err(RolloutError::ProgressDeadline {
@@ -488,37 +581,73 @@ impl RolloutWatch {
                     name: self.name.clone(),
                     reason,
                     message,
-                    after: self.started.elapsed(),
+                    after: decided_at.duration_since(self.started),
                     diagnostics: Box::new(diagnostics),
                 })
             }
-            (Ok(Err(_)), _) => Err(RolloutError::WatchEnded {
-                namespace: self.namespace.clone(),
-                name: self.name.clone(),
-            }),
-            (_, phase) => {
-                let diagnostics =
-                    diagnostics::gather(&self.client, &self.namespace, Some(&self.name)).await;
-                let mut state = match phase {
-                    Phase::Progressing(s) => s,
-                    other => format!("{other:?}"),
-                };
-                if let Some(e) = progress.watch_errors.last() {
-                    state.push_str(&format!("; last watch error: {e}"));
-                }
-                Err(RolloutError::Timeout {
-                    namespace: self.namespace.clone(),
-                    name: self.name.clone(),
-                    waited: timeout,
-                    state,
-                    diagnostics: Box::new(diagnostics),
-                })
+            // `settles` only accepts a decided phase.
+            Phase::Starting | Phase::Progressing(_) => {
+                Err(self.timed_out(progress, generation, timeout).await)
             }
+        }
+    }
+
+    async fn timed_out(&self, progress: Progress, target: i64, waited: Duration) -> RolloutError {
+        let diagnostics =
+            diagnostics::gather(&self.client, &self.namespace, Some(&self.name)).await;
+        let mut state = if progress.generation < target {
+            format!(
+                "waiting for generation {target}; the watch has seen generation {} ({:?})",
+                progress.generation, progress.phase
+            )
+        } else {
+            match progress.phase {
+                Phase::Progressing(s) => s,
+                other => format!("{other:?}"),
+            }
+        };
+        if let Some(e) = progress.watch_errors.last() {
+            state.push_str(&format!("; last watch error: {e}"));
+        }
+        RolloutError::Timeout {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            waited,
+            state,
+            diagnostics: Box::new(diagnostics),
         }
     }
 }
 
-/// Waits for one Deployment's rollout (see the module docs for what "done" means).
+/// `metadata.generation` of a Deployment as the API server has it now.
+pub async fn current_generation(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<i64, RolloutError> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let deployment = api
+        .get_opt(name)
+        .await
+        .map_err(|source| RolloutError::ReadGeneration {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        })?
+        .ok_or_else(|| RolloutError::NotFound {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })?;
+    deployment
+        .metadata
+        .generation
+        .ok_or_else(|| RolloutError::NoGeneration {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+}
+
+/// Waits for one Deployment's rollout of its current generation (see the module docs).
 pub async fn wait_for_rollout(
     client: &Client,
     namespace: &str,
@@ -526,12 +655,13 @@ pub async fn wait_for_rollout(
     timeout: Duration,
 ) -> Result<RolloutReport, RolloutError> {
     RolloutWatch::start(client, namespace, name)
-        .await
+        .await?
         .wait(timeout)
         .await
 }
 
-/// Waits for every `(namespace, name)` concurrently; returns every report, or the first failure.
+/// Waits for every `(namespace, name)` concurrently, each at its current
+/// generation; returns every report, or the first failure.
 pub async fn wait_for_all(
     client: &Client,
     deployments: &[(String, String)],
@@ -541,6 +671,109 @@ pub async fn wait_for_all(
         .iter()
         .map(|(ns, name)| wait_for_rollout(client, ns, name, timeout));
     futures::future::try_join_all(waits).await
+}
+
+/// One Deployment at the generation an apply produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+}
+
+/// Waits for every target's rollout of (at least) its generation, concurrently.
+pub async fn wait_for_generations(
+    client: &Client,
+    targets: &[Target],
+    timeout: Duration,
+) -> Result<Vec<RolloutReport>, RolloutError> {
+    let waits = targets.iter().map(|t| async move {
+        RolloutWatch::start(client, &t.namespace, &t.name)
+            .await?
+            .wait_for_generation(t.generation, timeout)
+            .await
+    });
+    futures::future::try_join_all(waits).await
+}
+
+/// Slack a fail-fast check allows past `progressDeadlineSeconds`, measured from
+/// the apply. The deployment controller marks the rollout stuck when it next
+/// syncs after the deadline (it requeues the Deployment for then); on top come
+/// up to 1 s of truncation of the condition's timestamps (whole seconds), the
+/// watch delivering the condition, the wait gathering diagnostics (a few LISTs)
+/// and scheduling delays on a loaded 2-core machine. Measured: 0.6 s past an
+/// 8 s deadline on an idle box; 5 s leaves room for the load while a wait
+/// that ran to its own timeout instead (90 s before) is far outside.
+pub const FAIL_FAST_MARGIN: Duration = Duration::from_secs(5);
+
+/// What a fail-fast check found wrong with a broken release's wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailFastFinding {
+    /// The wait did not end on `ProgressDeadlineExceeded`.
+    OtherOutcome { outcome: String },
+    /// It ended later than the deadline plus [`FAIL_FAST_MARGIN`].
+    TooLate { after: Duration, bound: Duration },
+    /// It ended before the deadline could have passed (a stale condition).
+    TooEarly { after: Duration, deadline: Duration },
+}
+
+impl std::fmt::Display for FailFastFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailFastFinding::OtherOutcome { outcome } => {
+                write!(
+                    f,
+                    "the wait ended without ProgressDeadlineExceeded: {outcome}"
+                )
+            }
+            FailFastFinding::TooLate { after, bound } => {
+                write!(
+                    f,
+                    "the wait ended {after:?} after the apply, beyond {bound:?}"
+                )
+            }
+            FailFastFinding::TooEarly { after, deadline } => write!(
+                f,
+                "the wait ended {after:?} after the apply, before the {deadline:?} deadline"
+            ),
+        }
+    }
+}
+
+/// Judges a broken release's wait: it must end with `ProgressDeadlineExceeded`,
+/// `after` (measured from the apply) within `deadline` + `margin`, and not
+/// before `deadline` less the 1 s the condition's timestamps are truncated to.
+/// An empty result is a pass.
+pub fn check_fail_fast(
+    outcome: &Result<RolloutReport, RolloutError>,
+    deadline: Duration,
+    margin: Duration,
+    after: Duration,
+) -> Vec<FailFastFinding> {
+    let mut findings = Vec::new();
+    match outcome {
+        Err(RolloutError::ProgressDeadline { reason, .. })
+            if reason == "ProgressDeadlineExceeded" => {}
+        Err(other) => findings.push(FailFastFinding::OtherOutcome {
+            outcome: other
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        }),
+        Ok(_) => findings.push(FailFastFinding::OtherOutcome {
+            outcome: "rolled out".into(),
+        }),
+    }
+    let bound = deadline + margin;
+    if after > bound {
+        findings.push(FailFastFinding::TooLate { after, bound });
+    }
+    if after + Duration::from_secs(1) < deadline {
+        findings.push(FailFastFinding::TooEarly { after, deadline });
+    }
+    findings
 }
 
 #[cfg(test)]
@@ -689,5 +922,134 @@ mod tests {
         );
         t.pods.synced = false;
         assert_eq!(t.evaluate().0, Phase::Starting);
+    }
+
+    fn decided(phase: Phase, generation: i64) -> Progress {
+        Progress {
+            phase,
+            samples: Vec::new(),
+            decided_at: Some(Instant::now()),
+            generation,
+            decided_resource_version: Some("7".into()),
+            watch_errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_completion_of_an_older_generation_never_settles_a_wait_for_a_newer_one() {
+        // The controller has observed and completed generation 1 only.
+        let t = tracker(
+            deployment(1, 1, "1", [2, 2, 2, 2], false),
+            vec![replicaset("web-1", "1")],
+            vec![pod("a", "web-1", true), pod("b", "web-1", true)],
+        );
+        let (phase, sample) = t.evaluate();
+        assert_eq!(phase, Phase::Complete);
+        let progress = decided(phase, sample.unwrap().generation);
+        assert!(progress.settles(1));
+        assert!(
+            !progress.settles(2),
+            "a wait for generation 2 settled on generation 1's completion"
+        );
+    }
+
+    #[test]
+    fn an_undecided_phase_never_settles() {
+        let mut progress = decided(Phase::Progressing("1 of 2 replicas updated".into()), 2);
+        assert!(!progress.settles(2));
+        progress.phase = Phase::Complete;
+        progress.decided_at = None;
+        assert!(!progress.settles(2));
+    }
+
+    /// A client for an address where nothing listens.
+    fn unreachable_client() -> Client {
+        crate::install_crypto_provider();
+        let config = ::kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_cannot_list_fails_to_start_instead_of_waiting_on_nothing() {
+        let started = RolloutWatch::start_within(
+            &unreachable_client(),
+            "ns",
+            "web",
+            Duration::from_millis(500),
+        )
+        .await;
+        match started {
+            Err(RolloutError::NotSynced {
+                last_watch_error, ..
+            }) => assert!(last_watch_error.is_some()),
+            Err(other) => panic!("expected NotSynced, got {other}"),
+            Ok(_) => panic!("a watch that never listed was reported as started"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_of_the_generation_is_an_error_not_generation_zero() {
+        match current_generation(&unreachable_client(), "ns", "web").await {
+            Err(RolloutError::ReadGeneration { .. }) => {}
+            other => panic!("expected ReadGeneration, got {other:?}"),
+        }
+    }
+
+    fn deadline_exceeded() -> Result<RolloutReport, RolloutError> {
+        Err(RolloutError::ProgressDeadline {
+            namespace: "ns".into(),
+            name: "web".into(),
+            reason: "ProgressDeadlineExceeded".into(),
+            message: "ReplicaSet \"web-2\" has timed out progressing.".into(),
+            after: Duration::from_secs(10),
+            diagnostics: Box::default(),
+        })
+    }
+
+    #[test]
+    fn a_broken_release_caught_on_its_deadline_passes_the_fail_fast_check() {
+        let deadline = Duration::from_secs(10);
+        let findings = check_fail_fast(
+            &deadline_exceeded(),
+            deadline,
+            FAIL_FAST_MARGIN,
+            Duration::from_millis(10_600),
+        );
+        assert_eq!(findings, vec![]);
+    }
+
+    #[test]
+    fn the_fail_fast_check_rejects_a_late_end_another_outcome_and_an_early_end() {
+        let deadline = Duration::from_secs(10);
+        let late = deadline + FAIL_FAST_MARGIN + Duration::from_millis(1);
+        assert!(matches!(
+            check_fail_fast(&deadline_exceeded(), deadline, FAIL_FAST_MARGIN, late)[..],
+            [FailFastFinding::TooLate { .. }]
+        ));
+        let timed_out = Err(RolloutError::Timeout {
+            namespace: "ns".into(),
+            name: "web".into(),
+            waited: Duration::from_secs(12),
+            state: "1 of 2 replicas updated".into(),
+            diagnostics: Box::default(),
+        });
+        assert!(matches!(
+            check_fail_fast(
+                &timed_out,
+                deadline,
+                FAIL_FAST_MARGIN,
+                Duration::from_secs(12)
+            )[..],
+            [FailFastFinding::OtherOutcome { .. }]
+        ));
+        assert!(matches!(
+            check_fail_fast(
+                &deadline_exceeded(),
+                deadline,
+                FAIL_FAST_MARGIN,
+                Duration::from_secs(2)
+            )[..],
+            [FailFastFinding::TooEarly { .. }]
+        ));
     }
 }

@@ -18,7 +18,7 @@ use super::checks::{self, CheckName, GATEWAY_NAMESPACE, Judgement, PipelineView}
 use super::pipeline::{Pipeline, Placed, RUN_LABEL, ReferenceOverrides, SCENARIO_LABEL};
 use super::spec::{Need, Release, Scenario, Step};
 use crate::kube::placement::{self, HaFinding};
-use crate::kube::{apply, diagnostics, drain, rbac, rollback, rollout};
+use crate::kube::{apply, diagnostics, drain, rbac, release, rollback, rollout};
 use crate::manifests::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, Object};
 use crate::report::{
     CheckResult, Event, Finding, KubeEvent, KubeEventKind, RunReport, SCHEMA_VERSION,
@@ -556,7 +556,7 @@ async fn deploy(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
         "the {} release applies and every Deployment rolls out",
         release.as_str()
     );
-    let result = rollback::deploy(
+    let result = release::deploy(
         &run.cluster.client,
         &placed.bundle,
         &run.namespace,
@@ -588,9 +588,9 @@ async fn deploy(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
     }
 }
 
-fn deploy_findings(error: &rollback::RollbackError) -> Vec<Finding> {
+fn deploy_findings(error: &release::ReleaseError) -> Vec<Finding> {
     match error {
-        rollback::RollbackError::Rollout(rollout::RolloutError::ProgressDeadline {
+        release::ReleaseError::Rollout(rollout::RolloutError::ProgressDeadline {
             namespace,
             name,
             reason,
@@ -600,7 +600,7 @@ fn deploy_findings(error: &rollback::RollbackError) -> Vec<Finding> {
             format!("Deployment/{namespace}/{name}"),
             format!("{reason}: {message}"),
         )],
-        rollback::RollbackError::Rollout(rollout::RolloutError::Timeout {
+        release::ReleaseError::Rollout(rollout::RolloutError::Timeout {
             namespace,
             name,
             waited,
@@ -805,7 +805,16 @@ async fn update(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
     let keys = deployment_keys(&placed);
     let mut watches = Vec::new();
     for (ns, name) in &keys {
-        watches.push(rollout::RolloutWatch::start(&run.cluster.client, ns, name).await);
+        match rollout::RolloutWatch::start(&run.cluster.client, ns, name).await {
+            Ok(watch) => watches.push(watch),
+            Err(e) => {
+                return Err(run.error(
+                    &format!("update-{}", release.as_str()),
+                    "the rollout watches start",
+                    chain(&e),
+                ));
+            }
+        }
     }
     run.kube_event(
         KubeEventKind::RolloutStarted,
@@ -846,7 +855,7 @@ async fn update(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
                     ));
                 }
             }
-            Err(e) => failures.extend(deploy_findings(&rollback::RollbackError::Rollout(e))),
+            Err(e) => failures.extend(deploy_findings(&release::ReleaseError::Rollout(e))),
         }
     }
     run.kube_event(
@@ -891,7 +900,7 @@ async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
             release.as_str()
         ),
     );
-    let result = rollback::bluegreen_switch(
+    let result = release::bluegreen_switch(
         &run.cluster.client,
         &placed.bundle,
         &run.namespace,
@@ -1056,7 +1065,12 @@ async fn deploy_broken(run: &mut ScenarioRun<'_>, release: Release) -> Result<()
             "the broken release breaks no Deployment".into(),
         ));
     };
-    let watch = rollout::RolloutWatch::start(&run.cluster.client, &ns, &name).await;
+    let watch = match rollout::RolloutWatch::start(&run.cluster.client, &ns, &name).await {
+        Ok(watch) => watch,
+        Err(e) => {
+            return Err(run.error("broken-release", "the rollout watch starts", chain(&e)));
+        }
+    };
     let applied_at = Instant::now();
     run.kube_event(
         KubeEventKind::RolloutStarted,
@@ -1192,7 +1206,10 @@ async fn rollback_to(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), 
         run.judged(
             "rollback-rolls-out",
             "the previous release redeploys and rolls out",
-            deploy_findings(&e),
+            match &e {
+                rollback::RollbackError::Redeploy(inner) => deploy_findings(inner),
+                other => vec![Finding::new(chain(other))],
+            },
         );
         return Err(Abort);
     }

@@ -11,8 +11,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 /// `crd-all.gen.yaml` of Istio 1.30.3 (provenance next to the file).
 pub const CRD_YAML: &str = include_str!("../../fixtures/istio-1.30.3-crd-all.gen.yaml");
 
-/// Field manager of every object cdcheck applies.
-pub const FIELD_MANAGER: &str = "cdcheck";
+/// The one field manager, defined in [`crate::kube`].
+pub use crate::kube::FIELD_MANAGER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CrdError {

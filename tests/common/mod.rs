@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cdcheck::kube::{diagnostics, rollback};
+use cdcheck::kube::{diagnostics, release};
 use cdcheck::manifests::{self, Bundle, Options};
 use cdcheck::substrate::{binaries, local};
 use futures::FutureExt;
@@ -245,8 +245,8 @@ pub fn only_services(bundle: &Bundle, services: &[&str]) -> Bundle {
 }
 
 /// Deploys `bundle` for `env` and panics with the diagnostics when it fails.
-pub async fn deploy(cluster: &Cluster, bundle: &Bundle, env: &str) -> rollback::DeployReport {
-    match rollback::deploy(&cluster.client, bundle, env, ROLLOUT_TIMEOUT).await {
+pub async fn deploy(cluster: &Cluster, bundle: &Bundle, env: &str) -> release::DeployReport {
+    match release::deploy(&cluster.client, bundle, env, ROLLOUT_TIMEOUT).await {
         Ok(report) => report,
         Err(e) => panic!("failed to deploy {env}: {}", chain(&e)),
     }
