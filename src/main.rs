@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the conformance scenarios against the pipeline on a substrate and write the reports.
+    Run(cmd::run::Args),
     /// Send open- or closed-loop load to an HTTP(S) or gRPC target and summarize every request.
     Load(cmd::load::Args),
     /// Probe HTTP health, gRPC health or the TLS certificate served for an SNI name.
@@ -40,6 +42,7 @@ fn main() -> std::process::ExitCode {
     cdcheck::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => cmd::run::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::Probe(args) => cmd::probe::run(args),
         Command::Render(args) => cmd::render::run(args),

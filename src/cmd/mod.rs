@@ -4,5 +4,6 @@ mod connection;
 pub mod load;
 pub mod probe;
 pub mod render;
+pub mod run;
 pub mod substrate;
 pub mod versions;

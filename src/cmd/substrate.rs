@@ -70,7 +70,7 @@ fn state_dir(dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(local::default_state_dir)
 }
 
-fn ensure_binaries() -> anyhow::Result<binaries::Binaries> {
+pub fn ensure_binaries() -> anyhow::Result<binaries::Binaries> {
     use std::io::IsTerminal;
     if let Ok(found) = binaries::locate() {
         return Ok(found);

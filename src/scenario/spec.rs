@@ -185,7 +185,7 @@ impl Step {
             Step::Deploy(r) => format!("deploy {}", r.as_str()),
             Step::Update(r) => format!("update to {}", r.as_str()),
             Step::Switch(r) => format!("switch to {}", r.as_str()),
-            Step::DeployBroken(r) => format!("deploy broken {}", r.as_str()),
+            Step::DeployBroken(r) => format!("deploy {} (must fail)", r.as_str()),
             Step::Rollback(r) => format!("roll back to {}", r.as_str()),
             Step::Undo {} => "rollout undo".into(),
             Step::Drain(_) => "drain a node".into(),

@@ -1,0 +1,275 @@
+//! `cdcheck run`: the main job. Ensures a substrate, runs the scenarios against
+//! the pipeline under test, writes the reports; exit 0 all passed, 1 a scenario
+//! failed, 2 bad input or no substrate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cdcheck::report::{self, Event, Reporter, Verdict};
+use cdcheck::scenario::pipeline::Pipeline;
+use cdcheck::scenario::runner::{self, Cluster, RunConfig};
+use cdcheck::scenario::spec::Need;
+use cdcheck::scenario::{self, Scenario};
+use cdcheck::substrate::local;
+
+/// Where the run happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SubstrateChoice {
+    /// A real control plane as local processes, kwok for the nodes: no Docker,
+    /// no data plane (load and probe steps are skipped, and said so).
+    Local,
+    /// kind + Istio (needs Docker): not driven by cdcheck yet.
+    Kind,
+    /// A cluster of yours, through a kubeconfig: not driven by cdcheck yet.
+    Existing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Requirement {
+    /// Fail, rather than skip, every step that needs a data plane when the substrate has none.
+    DataPlane,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  cdcheck run                                   # every scenario, reference pipeline, local substrate
+  cdcheck run --filter ha --filter rollback     # scenarios whose name contains ha or rollback
+  cdcheck run --tag zero-downtime --jobs 2
+  cdcheck run --list                            # what would run
+Exit status: 0 all passed (skips allowed), 1 a scenario failed, 2 bad input or no substrate.")]
+pub struct Args {
+    /// Substrate to run on. Default: local (kind is not driven yet).
+    #[arg(long, value_enum)]
+    pub substrate: Option<SubstrateChoice>,
+
+    /// Scenario files to run instead of the built-in ones (a directory of *.yaml).
+    #[arg(long, value_name = "DIR")]
+    pub scenarios: Option<PathBuf>,
+
+    /// Run only scenarios whose name contains this (repeatable: any of them).
+    #[arg(long = "filter", value_name = "TEXT")]
+    pub filters: Vec<String>,
+
+    /// --filter matches whole names only.
+    #[arg(long)]
+    pub exact: bool,
+
+    /// Run only scenarios with this tag (repeatable: any of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// List the selected scenarios and their steps, run nothing.
+    #[arg(long)]
+    pub list: bool,
+
+    /// Scenarios run at once (each in namespaces of its own).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+
+    /// Where the JUnit, JSON and HTML reports go.
+    #[arg(long, value_name = "DIR", default_value = "cdcheck-report")]
+    pub report_dir: PathBuf,
+
+    /// Keep the namespaces and objects the run created (for debugging).
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Turn skips of this kind into failures.
+    #[arg(long, value_enum)]
+    pub require: Vec<Requirement>,
+
+    /// Bound of one rollout.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub rollout_timeout: Duration,
+
+    /// Apps held to no HA check (single instances by design), replacing the default
+    /// (Online Boutique's redis-cart and loadgenerator).
+    #[arg(long = "single-instance", value_name = "APP")]
+    pub single_instance: Vec<String>,
+
+    /// Fake nodes of the local substrate (when this run starts it).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub nodes: u32,
+
+    /// State directory of the local substrate.
+    #[arg(long, env = "CDCHECK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+fn select(all: Vec<Scenario>, args: &Args) -> Vec<Scenario> {
+    all.into_iter()
+        .filter(|s| {
+            args.filters.is_empty()
+                || args.filters.iter().any(|f| {
+                    if args.exact {
+                        s.name == *f
+                    } else {
+                        s.name.contains(f)
+                    }
+                })
+        })
+        .filter(|s| args.tags.is_empty() || args.tags.iter().any(|t| s.tags.contains(t)))
+        .collect()
+}
+
+fn list(scenarios: &[Scenario]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for s in scenarios {
+        let needs: Vec<&str> = s.needs.iter().map(|n| n.as_str()).collect();
+        writeln!(
+            out,
+            "{}  [{}]  needs {}",
+            s.name,
+            s.tags.join(", "),
+            needs.join(", ")
+        )?;
+        for (i, step) in s.steps.iter().enumerate() {
+            let data = if step.need() == Need::DataPlane {
+                "  (data plane)"
+            } else {
+                ""
+            };
+            writeln!(out, "  {i:>2}. {}{data}", step.label())?;
+        }
+    }
+    Ok(())
+}
+
+/// Bad input or a substrate that cannot be had: exit 2 with the cause.
+fn usage_error(error: anyhow::Error) -> anyhow::Result<ExitCode> {
+    eprintln!("error: failed to {error:#}");
+    Ok(ExitCode::from(2))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let all = match &args.scenarios {
+        Some(dir) => scenario::spec::read_dir(dir),
+        None => scenario::builtin::scenarios(),
+    };
+    let all = match all {
+        Ok(all) => all,
+        Err(e) => return usage_error(anyhow::Error::new(e)),
+    };
+    let selected = select(all, &args);
+    if selected.is_empty() {
+        return usage_error(anyhow::anyhow!(
+            "select scenarios: none matches the filters {:?} and tags {:?}",
+            args.filters,
+            args.tags
+        ));
+    }
+    if args.list {
+        // A closed pipe (`| head`) is not an error of ours.
+        let _ = list(&selected);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match args.substrate.unwrap_or(SubstrateChoice::Local) {
+        SubstrateChoice::Local => {}
+        other => {
+            return usage_error(anyhow::anyhow!(
+                "use substrate {other:?}: cdcheck drives only the local substrate yet (use --substrate local)"
+            ));
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let cluster = match runtime.block_on(local_cluster(&args)) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    let mut config = RunConfig::new("local", Pipeline::reference());
+    config.jobs = usize::from(args.jobs);
+    config.keep = args.keep;
+    config.require_data_plane = args.require.contains(&Requirement::DataPlane);
+    config.rollout_timeout = args.rollout_timeout;
+    if !args.single_instance.is_empty() {
+        config.single_instance = args.single_instance.clone();
+    }
+    let report_dir = args.report_dir.clone();
+    let code = runtime.block_on(run_with_reporters(cluster, selected, config, report_dir))?;
+    Ok(code)
+}
+
+async fn local_cluster(args: &Args) -> anyhow::Result<Cluster> {
+    let found = super::substrate::ensure_binaries()?;
+    let options = local::UpOptions {
+        nodes: args.nodes,
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(local::default_state_dir),
+        ..Default::default()
+    };
+    let substrate = local::up(&found, &options)
+        .await
+        .context("bring up the local substrate")?;
+    eprintln!(
+        "local substrate {} ({} nodes, {:.1?}); KUBECONFIG={}",
+        if substrate.reused {
+            "reused"
+        } else {
+            "started"
+        },
+        substrate.nodes.len(),
+        substrate.boot,
+        substrate.kubeconfig.display()
+    );
+    let config = cdcheck::kube::config_from(&substrate.kubeconfig)
+        .await
+        .context("read the substrate's kubeconfig")?;
+    let client = kube::Client::try_from(config.clone()).context("build a Kubernetes client")?;
+    Ok(Cluster { config, client })
+}
+
+async fn run_with_reporters(
+    cluster: Cluster,
+    scenarios: Vec<Scenario>,
+    config: RunConfig,
+    report_dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let files = report::ReportFiles::in_dir(&report_dir);
+    let reporters = std::thread::spawn(move || -> Result<(), report::ReportError> {
+        let mut console = report::console::ConsoleReporter::stderr().with_report_files(files);
+        let mut writer = report::FileReporter::new(report_dir);
+        while let Some(event) = rx.blocking_recv() {
+            // The files first, so the console's summary can point at them.
+            writer.event(&event)?;
+            console.event(&event)?;
+        }
+        Ok(())
+    });
+    let run_id = config.run_id.clone();
+    let keep = config.keep;
+    let outcome = tokio::select! {
+        report = runner::run(&cluster, scenarios, &config, tx) => Some(report),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let Some(report) = outcome else {
+        eprintln!(
+            "interrupted: {}",
+            if keep {
+                "keeping what the run created (--keep)"
+            } else {
+                "deleting what the run created"
+            }
+        );
+        if !keep {
+            runner::cleanup_run(&cluster.client, &run_id).await;
+        }
+        return Ok(ExitCode::from(130));
+    };
+    reporters
+        .join()
+        .map_err(|_| anyhow::anyhow!("write the reports: a reporter panicked"))?
+        .context("write the reports")?;
+    Ok(match report.verdict {
+        Verdict::Passed | Verdict::Skipped => ExitCode::SUCCESS,
+        Verdict::Failed | Verdict::Error => ExitCode::from(1),
+    })
+}
