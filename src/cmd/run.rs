@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cdcheck::report::{self, Event, Reporter, Verdict};
-use cdcheck::scenario::pipeline::Pipeline;
+use cdcheck::scenario::pipeline::{Manifests, Pipeline};
 use cdcheck::scenario::runner::{self, Cluster, RunConfig};
 use cdcheck::scenario::spec::Need;
 use cdcheck::scenario::{self, Scenario};
@@ -43,6 +43,21 @@ pub struct Args {
     /// Substrate to run on. Default: local (kind is not driven yet).
     #[arg(long, value_enum)]
     pub substrate: Option<SubstrateChoice>,
+
+    /// The pipeline under test: the YAML a real pipeline produced for one environment
+    /// (any number of files and documents), instead of cdcheck's reference rendering.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+
+    /// The feature branch's objects (Deployments, Services, the VirtualServices with its
+    /// session routes), added to --manifests for the feature-branch scenario.
+    #[arg(long, value_name = "DIR", requires = "manifests")]
+    pub feature_manifests: Option<PathBuf>,
+
+    /// The next release, whole; without it release N+1 is --manifests with a changed
+    /// pod template (as `kubectl rollout restart` does).
+    #[arg(long, value_name = "DIR", requires = "manifests")]
+    pub next_manifests: Option<PathBuf>,
 
     /// Scenario files to run instead of the built-in ones (a directory of *.yaml).
     #[arg(long, value_name = "DIR")]
@@ -166,6 +181,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let _ = list(&selected);
         return Ok(ExitCode::SUCCESS);
     }
+    let pipeline = match &args.manifests {
+        None => Pipeline::reference(),
+        Some(dir) => match Manifests::load(
+            dir,
+            args.feature_manifests.as_deref(),
+            args.next_manifests.as_deref(),
+        ) {
+            Ok(m) => Pipeline::Manifests(Box::new(m)),
+            Err(e) => return usage_error(anyhow::Error::new(e)),
+        },
+    };
     match args.substrate.unwrap_or(SubstrateChoice::Local) {
         SubstrateChoice::Local => {}
         other => {
@@ -182,7 +208,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
-    let mut config = RunConfig::new("local", Pipeline::reference());
+    let mut config = RunConfig::new("local", pipeline);
     config.jobs = usize::from(args.jobs);
     config.keep = args.keep;
     config.require_data_plane = args.require.contains(&Requirement::DataPlane);

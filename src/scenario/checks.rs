@@ -540,7 +540,7 @@ fn grpc_probes(view: &PipelineView) -> Vec<Finding> {
         }
         for c in containers(d) {
             let probe = c.readiness_probe.as_ref();
-            if !probe.is_some_and(|p| p.grpc.is_some()) {
+            if probe.is_none_or(|p| p.grpc.is_none()) {
                 out.push(Finding::about(
                     deployment_key(d),
                     format!(

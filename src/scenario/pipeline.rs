@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 
+use std::path::Path;
+
 use super::checks::GATEWAY_NAMESPACE;
 use super::spec::Release;
+use crate::manifests::load::{self, LoadError, Loaded};
 use crate::manifests::{
     self, Bundle, ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ManifestError, Object,
     Options, RELEASE_LABEL, SessionId, Strategy,
@@ -38,8 +41,16 @@ pub const REFERENCE_SESSION: &str = "5e3b9c1a-cdcheck-test-session";
 pub enum PipelineError {
     #[error("render the reference pipeline")]
     Render(#[from] ManifestError),
+    #[error("load the pipeline's manifests")]
+    Load(#[from] LoadError),
     #[error("make the {release} release: {why}")]
     Release { release: &'static str, why: String },
+    /// The pipeline does not have this release: what needs it does not apply.
+    #[error("make the {release} release: the pipeline gives none ({flag})")]
+    NotGiven {
+        release: &'static str,
+        flag: &'static str,
+    },
 }
 
 /// Where the pipeline's objects come from.
@@ -48,6 +59,65 @@ pub enum Pipeline {
     /// cdcheck's own rendering with these options (`env` is replaced by each
     /// scenario's namespace).
     Reference(Box<Options>),
+    /// The objects a real pipeline produced for one environment (`--manifests`).
+    Manifests(Box<Manifests>),
+}
+
+/// A pipeline's own manifests, loaded once.
+#[derive(Clone, Debug)]
+pub struct Manifests {
+    /// `--manifests`, as given (for the report).
+    pub dir: String,
+    /// The environment's namespace: its Namespace object's name, else the
+    /// namespace most of its objects name, else `default`.
+    pub namespace: String,
+    pub current: Loaded,
+    /// `--feature-manifests`: objects added to (or replacing) the current ones.
+    pub feature: Option<Loaded>,
+    /// `--next-manifests`: the next release, whole.
+    pub next: Option<Loaded>,
+}
+
+impl Manifests {
+    pub fn load(
+        current: &Path,
+        feature: Option<&Path>,
+        next: Option<&Path>,
+    ) -> Result<Manifests, PipelineError> {
+        let loaded = load::load_dir(current)?;
+        let namespace = environment_namespace(&loaded.bundle);
+        Ok(Manifests {
+            dir: current.display().to_string(),
+            namespace,
+            current: loaded,
+            feature: feature.map(load::load_dir).transpose()?,
+            next: next.map(load::load_dir).transpose()?,
+        })
+    }
+}
+
+/// The namespace a pipeline's output is for.
+fn environment_namespace(bundle: &Bundle) -> String {
+    if let Some(ns) = bundle
+        .objects
+        .iter()
+        .find(|o| matches!(o, Object::Namespace(_)))
+    {
+        return ns.name();
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for o in &bundle.objects {
+        if let Some(ns) = o.namespace()
+            && ns != GATEWAY_NAMESPACE
+        {
+            *counts.entry(ns).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(ns, _)| ns)
+        .unwrap_or_else(|| "default".to_string())
 }
 
 /// A release placed in a scenario's namespace.
@@ -76,13 +146,17 @@ impl Pipeline {
     pub fn describe(&self) -> String {
         match self {
             Pipeline::Reference(_) => "reference rendering".to_string(),
+            Pipeline::Manifests(m) => format!("manifests in {} (namespace {})", m.dir, m.namespace),
         }
     }
 
     /// True when blue/green releases can be made (the reference rendering can
     /// render one; a pipeline's own must give `--next-manifests`).
     pub fn can_switch(&self) -> bool {
-        matches!(self, Pipeline::Reference(_))
+        match self {
+            Pipeline::Reference(_) => true,
+            Pipeline::Manifests(m) => m.next.is_some(),
+        }
     }
 
     /// `release` of the pipeline, in `namespace`, labelled for `run`.
@@ -128,6 +202,7 @@ impl Pipeline {
                     not_deployed: Vec::new(),
                 }
             }
+            Pipeline::Manifests(m) => place_manifests(m, release, namespace)?,
         };
         match release {
             Release::Next if !self.renames_next(overrides) => restart(&mut placed.bundle),
@@ -144,6 +219,91 @@ impl Pipeline {
             Pipeline::Reference(o) => {
                 overrides.strategy.unwrap_or(o.strategy) == Strategy::Bluegreen
             }
+            // A given next release is taken as it is.
+            Pipeline::Manifests(m) => m.next.is_some(),
+        }
+    }
+}
+
+/// A pipeline's own release moved into `namespace`: what sits outside the
+/// environment's namespace is set aside as findings, references to the
+/// namespace follow it.
+fn place_manifests(
+    m: &Manifests,
+    release: Release,
+    namespace: &str,
+) -> Result<Placed, PipelineError> {
+    let mut loaded = match release {
+        Release::Next => m.next.clone().unwrap_or_else(|| m.current.clone()),
+        _ => m.current.clone(),
+    };
+    if release == Release::Feature {
+        let Some(feature) = &m.feature else {
+            return Err(PipelineError::NotGiven {
+                release: "feature",
+                flag: "--feature-manifests",
+            });
+        };
+        for object in &feature.bundle.objects {
+            let key = object.key();
+            match loaded.bundle.objects.iter().position(|o| o.key() == key) {
+                Some(at) => loaded.bundle.objects[at] = object.clone(),
+                None => loaded.bundle.objects.push(object.clone()),
+            }
+            if let Some(source) = feature.sources.get(&key) {
+                loaded.sources.insert(key, source.clone());
+            }
+        }
+    }
+    let misplaced = load::place_in_namespace(&mut loaded, &m.namespace)?;
+    let not_deployed = misplaced
+        .iter()
+        .map(|x| Finding::about(x.object.key(), format!("not deployed: {x}")))
+        .collect();
+    let mut bundle = loaded.bundle;
+    move_namespace(&mut bundle, &m.namespace, namespace);
+    Ok(Placed {
+        bundle,
+        not_deployed,
+    })
+}
+
+/// Moves every object of namespace `from` to `to`, with what names the
+/// namespace: the Namespace object, RoleBinding subjects, and service host
+/// names (`svc.from.svc.cluster.local`, `svc.from`).
+fn move_namespace(bundle: &mut Bundle, from: &str, to: &str) {
+    for o in &mut bundle.objects {
+        match o {
+            Object::Namespace(n) => {
+                n.metadata.name = Some(to.to_string());
+            }
+            Object::RoleBinding(rb) => {
+                for s in rb.subjects.iter_mut().flatten() {
+                    if s.namespace.as_deref() == Some(from) {
+                        s.namespace = Some(to.to_string());
+                    }
+                }
+            }
+            Object::VirtualService(vs) => {
+                let rename = |h: &mut String| {
+                    if let Some(rest) = h.strip_suffix(&format!(".{from}.svc.cluster.local")) {
+                        *h = format!("{rest}.{to}.svc.cluster.local");
+                    } else if let Some(rest) = h.strip_suffix(&format!(".{from}")) {
+                        *h = format!("{rest}.{to}");
+                    }
+                };
+                vs.spec.hosts.iter_mut().for_each(rename);
+                for route in &mut vs.spec.http {
+                    for d in &mut route.route {
+                        rename(&mut d.destination.host);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let meta = o.metadata_mut();
+        if meta.namespace.as_deref() == Some(from) {
+            meta.namespace = Some(to.to_string());
         }
     }
 }
@@ -348,19 +508,6 @@ mod tests {
             let strip = |d: &Deployment| {
                 let mut d = d.clone();
                 d.metadata.labels.as_mut().unwrap().remove(RELEASE_LABEL);
-                if let Some(a) = d
-                    .spec
-                    .as_mut()
-                    .unwrap()
-                    .template
-                    .metadata
-                    .as_mut()
-                    .unwrap()
-                    .annotations
-                    .as_mut()
-                {
-                    if a.is_empty() {}
-                }
                 d
             };
             let (mut x, mut y) = (strip(a), strip(&b));

@@ -15,7 +15,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::checks::{self, CheckName, GATEWAY_NAMESPACE, Judgement, PipelineView};
-use super::pipeline::{Pipeline, Placed, RUN_LABEL, ReferenceOverrides, SCENARIO_LABEL};
+use super::pipeline::{
+    Pipeline, PipelineError, Placed, RUN_LABEL, ReferenceOverrides, SCENARIO_LABEL,
+};
 use super::spec::{Need, Release, Scenario, Step};
 use crate::kube::placement::{self, HaFinding};
 use crate::kube::{apply, diagnostics, drain, rbac, release, rollback, rollout};
@@ -291,6 +293,14 @@ impl<'a> ScenarioRun<'a> {
             self.overrides,
         ) {
             Ok(p) => Ok(p),
+            Err(e @ PipelineError::NotGiven { .. }) => {
+                self.skip(
+                    &format!("release-{}", release.as_str()),
+                    "the pipeline has the release this scenario needs",
+                    format!("not applicable: {e}"),
+                );
+                Err(Abort)
+            }
             Err(e) => Err(self.error("release", "the pipeline's release can be made", chain(&e))),
         }
     }
@@ -1311,13 +1321,24 @@ async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
     let mut failures = Vec::new();
     let mut limitations = Vec::new();
     let mut undone: Vec<String> = Vec::new();
-    for (ns, name) in deployment_keys(&placed) {
+    let keys = deployment_keys(&placed);
+    for (ns, name) in &keys {
         run.kube_event(
             KubeEventKind::Undo,
             Some(format!("Deployment/{ns}/{name}")),
             "rollout undo".into(),
         );
-        match rollback::undo(&run.cluster.client, &ns, &name, run.config.rollout_timeout).await {
+    }
+    // Every Deployment at once, as a pipeline's rollback job would.
+    let timeout = run.config.rollout_timeout;
+    let client = run.cluster.client.clone();
+    let results = futures::future::join_all(
+        keys.iter()
+            .map(|(ns, name)| rollback::undo(&client, ns, name, timeout)),
+    )
+    .await;
+    for ((ns, name), result) in keys.into_iter().zip(results) {
+        match result {
             Ok(_) => undone.push(name),
             Err(rollback::RollbackError::NoPreviousRevision { .. }) => limitations.push(name),
             Err(e) => failures.push(Finding::about(format!("Deployment/{ns}/{name}"), chain(&e))),
