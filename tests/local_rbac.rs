@@ -5,19 +5,19 @@
 //! cluster-admin or edit, a `*` Role in another namespace) are violations.
 //! Every test works in namespaces of its own, so test binaries can run in parallel.
 
-mod common_local;
+mod common;
 
 use cdcheck::kube::apply;
 use cdcheck::kube::rbac::{self, Answer, Matrix, Probe, Subject, Verb};
 use cdcheck::manifests::{Object, RbacMode};
-use common_local::{Cluster, chain};
+use common::{Cluster, chain};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 /// Applies the env's namespace and deployer RBAC (and creates the `others` namespaces).
 async fn apply_rbac(cluster: &Cluster, env: &str, mode: RbacMode, others: &[&str]) {
-    let bundle = common_local::render(env, "v0.10.6", |o| o.rbac = mode);
+    let bundle = common::render(env, "v0.10.6", |o| o.rbac = mode);
     let rbac = bundle.objects.iter().filter(|o| {
         matches!(
             o,
@@ -28,7 +28,7 @@ async fn apply_rbac(cluster: &Cluster, env: &str, mode: RbacMode, others: &[&str
         .await
         .unwrap_or_else(|e| panic!("failed to apply RBAC: {}", chain(&e)));
     for other in others {
-        let ns = common_local::render(other, "v0.10.6", |_| {});
+        let ns = common::render(other, "v0.10.6", |_| {});
         apply::apply_objects(
             &cluster.client,
             ns.objects
@@ -49,8 +49,8 @@ struct Envs {
 impl Envs {
     async fn create(cluster: &Cluster, prefix: &str, mode: RbacMode) -> Self {
         let envs = Envs {
-            own: common_local::unique_env(prefix),
-            other: common_local::unique_env(&format!("{prefix}-other")),
+            own: common::unique_env(prefix),
+            other: common::unique_env(&format!("{prefix}-other")),
         };
         apply_rbac(cluster, &envs.own, mode, &[&envs.other]).await;
         envs
@@ -71,8 +71,8 @@ impl Envs {
             .unwrap_or_else(|e| panic!("failed to build the matrix: {}", chain(&e)))
     }
     async fn cleanup(&self, cluster: &Cluster) {
-        common_local::cleanup(cluster, &self.own).await;
-        common_local::cleanup(cluster, &self.other).await;
+        common::cleanup(cluster, &self.own).await;
+        common::cleanup(cluster, &self.other).await;
     }
 }
 

@@ -1,7 +1,7 @@
 //! The rendered bundle on a real API server: `cdcheck render | kubectl apply -f -` works as
 //! printed, and the least-privilege deployer can deploy its environment with nothing more.
 
-mod common_local;
+mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -24,7 +24,7 @@ fn platform_owned(object: &Object, env: &str) -> bool {
 #[tokio::test]
 async fn rendered_yaml_applies_with_kubectl_as_printed() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("kubectl");
+    let env = common::unique_env("kubectl");
     let render = Command::new(env!("CARGO_BIN_EXE_cdcheck"))
         .args([
             "render",
@@ -91,14 +91,14 @@ async fn rendered_yaml_applies_with_kubectl_as_printed() {
         "12 mainline + 2 feature branches: {names:?}"
     );
     assert!(names.contains(&"frontend-myfeature".to_string()));
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 #[tokio::test]
 async fn least_privilege_deployer_deploys_and_waits_for_its_environment() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("least");
-    let bundle = common_local::render(&env, "v0.10.6", |o| {
+    let env = common::unique_env("least");
+    let bundle = common::render(&env, "v0.10.6", |o| {
         o.rbac = RbacMode::Least;
         o.loadgenerator = false;
     });
@@ -117,7 +117,7 @@ async fn least_privilege_deployer_deploys_and_waits_for_its_environment() {
     if let Err(e) = apply::apply_objects(&deployer, workloads.iter().copied()).await {
         panic!(
             "the least-privilege deployer could not apply its workloads: {}",
-            common_local::chain(&e)
+            common::chain(&e)
         );
     }
     let deployments: Vec<(String, String)> = bundle
@@ -126,11 +126,11 @@ async fn least_privilege_deployer_deploys_and_waits_for_its_environment() {
         .collect();
     assert_eq!(deployments.len(), 11);
     if let Err(e) =
-        rollout::wait_for_all(&deployer, &deployments, common_local::ROLLOUT_TIMEOUT).await
+        rollout::wait_for_all(&deployer, &deployments, common::ROLLOUT_TIMEOUT).await
     {
         panic!(
             "the deployer could not wait for its rollouts: {}",
-            common_local::chain(&e)
+            common::chain(&e)
         );
     }
 
@@ -141,5 +141,5 @@ async fn least_privilege_deployer_deploys_and_waits_for_its_environment() {
         .expect_err("the deployer must not change istio-system");
     let status = error.api_status().expect("an API status");
     assert_eq!(status.code, 403, "{status:?}");
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }

@@ -4,7 +4,7 @@
 //! switch that moves the Service first is caught), switches it back, and `undo`
 //! reports its limitation there.
 
-mod common_local;
+mod common;
 
 use std::time::Instant;
 
@@ -12,14 +12,14 @@ use cdcheck::kube::release::{self, DeployEventKind, DeployReport, SwitchFinding,
 use cdcheck::kube::rollback::{self, RollbackError};
 use cdcheck::kube::{apply, rollout};
 use cdcheck::manifests::{Bundle, Object, Strategy};
-use common_local::{Cluster, ROLLOUT_TIMEOUT, chain};
+use common::{Cluster, ROLLOUT_TIMEOUT, chain};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{EnvVar, Service};
 use kube::api::Api;
 
 fn frontend_bundle(env: &str, release: &str, strategy: Strategy) -> Bundle {
-    let bundle = common_local::render(env, release, |o| o.strategy = strategy);
-    common_local::only_services(&bundle, &["frontend"])
+    let bundle = common::render(env, release, |o| o.strategy = strategy);
+    common::only_services(&bundle, &["frontend"])
 }
 
 /// The release v0.10.7 also sets a banner env var, and ships an extra Service.
@@ -78,11 +78,11 @@ fn image_and_env(d: &Deployment) -> (String, Vec<String>) {
 #[tokio::test]
 async fn redeploying_the_previous_release_restores_image_and_env_and_prunes_the_rest() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("redeploy");
+    let env = common::unique_env("redeploy");
     let previous = frontend_bundle(&env, "v0.10.6", Strategy::Rolling);
-    common_local::deploy(&cluster, &previous, &env).await;
+    common::deploy(&cluster, &previous, &env).await;
     let (image_before, env_before) = image_and_env(&frontend(&cluster, &env, "frontend").await);
-    common_local::deploy(&cluster, &newer_release(&env), &env).await;
+    common::deploy(&cluster, &newer_release(&env), &env).await;
     let (image_new, env_new) = image_and_env(&frontend(&cluster, &env, "frontend").await);
     assert!(image_new.ends_with(":v0.10.7"), "{image_new}");
     assert!(env_new.contains(&"FRONTEND_MESSAGE".to_string()));
@@ -107,21 +107,21 @@ async fn redeploying_the_previous_release_restores_image_and_env_and_prunes_the_
     );
     let services: Api<Service> = Api::namespaced(cluster.client.clone(), &env);
     assert!(services.get_opt("frontend-canary").await.unwrap().is_none());
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 #[tokio::test]
 async fn undo_restores_the_previous_revision() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("undo");
-    common_local::deploy(
+    let env = common::unique_env("undo");
+    common::deploy(
         &cluster,
         &frontend_bundle(&env, "v0.10.6", Strategy::Rolling),
         &env,
     )
     .await;
     let (image_before, env_before) = image_and_env(&frontend(&cluster, &env, "frontend").await);
-    common_local::deploy(&cluster, &newer_release(&env), &env).await;
+    common::deploy(&cluster, &newer_release(&env), &env).await;
 
     let report = rollback::undo(&cluster.client, &env, "frontend", ROLLOUT_TIMEOUT)
         .await
@@ -144,7 +144,7 @@ async fn undo_restores_the_previous_revision() {
         "{:#?}",
         report.rollout.samples
     );
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 /// The switch's own timeline passes the verdict, and has the events it judged.
@@ -177,7 +177,7 @@ fn selector_release(service: &Service) -> String {
 #[tokio::test]
 async fn bluegreen_switches_the_service_and_rollback_points_it_back() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("bluegreen");
+    let env = common::unique_env("bluegreen");
     let blue = frontend_bundle(&env, "v0.10.6", Strategy::Bluegreen);
     let green = frontend_bundle(&env, "v0.10.7", Strategy::Bluegreen);
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
@@ -253,7 +253,7 @@ async fn bluegreen_switches_the_service_and_rollback_points_it_back() {
     );
     let blue_deploy = deployments.get("frontend-v0.10.6").await.unwrap();
     assert_eq!(blue_deploy.status.unwrap().ready_replicas, Some(2));
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 #[tokio::test]
@@ -261,7 +261,7 @@ async fn a_switch_that_moves_the_service_before_the_new_pods_are_ready_is_caught
     // Negative control of the blue/green verdict: the same observer watches a
     // switch done in the wrong order (Services first, then the Deployments).
     let cluster = require_cluster!();
-    let env = common_local::unique_env("bgfirst");
+    let env = common::unique_env("bgfirst");
     let blue = frontend_bundle(&env, "v0.10.6", Strategy::Bluegreen);
     let green = frontend_bundle(&env, "v0.10.7", Strategy::Bluegreen);
     release::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
@@ -296,5 +296,5 @@ async fn a_switch_that_moves_the_service_before_the_new_pods_are_ready_is_caught
             .any(|f| matches!(f, SwitchFinding::SwitchedBeforeReady { .. })),
         "negative control not caught: Services moved before the pods were Ready, verdict {findings:?}, timeline {events:#?}"
     );
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }

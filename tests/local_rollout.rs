@@ -6,7 +6,7 @@
 //! returns on a state where the rollout is complete (how soon: the
 //! `rollout_wait` bench).
 
-mod common_local;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,14 @@ use cdcheck::kube::rollout::{self, FAIL_FAST_MARGIN, RolloutError, RolloutWatch}
 use cdcheck::kube::{apply, release};
 use cdcheck::manifests::{Bundle, Object, Strategy};
 use cdcheck::substrate::NEVER_READY_ANNOTATION;
-use common_local::{Cluster, ROLLOUT_TIMEOUT, chain};
+use common::{Cluster, ROLLOUT_TIMEOUT, chain};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
 fn frontend_only(env: &str, release: &str, strategy: Strategy) -> Bundle {
-    let bundle = common_local::render(env, release, |o| o.strategy = strategy);
-    common_local::only_services(&bundle, &["frontend"])
+    let bundle = common::render(env, release, |o| o.strategy = strategy);
+    common::only_services(&bundle, &["frontend"])
 }
 
 fn deployment_mut<'a>(bundle: &'a mut Bundle, name: &str) -> &'a mut Deployment {
@@ -48,7 +48,7 @@ async fn update(
     first: &Bundle,
     second: &Bundle,
 ) -> rollout::RolloutReport {
-    common_local::deploy(cluster, first, env).await;
+    common::deploy(cluster, first, env).await;
     let watch = start_watch(cluster, env).await;
     apply::apply_bundle(&cluster.client, second, Some(env))
         .await
@@ -62,7 +62,7 @@ async fn update(
 #[tokio::test]
 async fn a_rolling_update_of_frontend_never_has_fewer_ready_pods_than_desired() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("roll");
+    let env = common::unique_env("roll");
     let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
     let second = frontend_only(&env, "v0.10.7", Strategy::Rolling);
     let report = update(&cluster, &env, &first, &second).await;
@@ -97,13 +97,13 @@ async fn a_rolling_update_of_frontend_never_has_fewer_ready_pods_than_desired() 
     assert_eq!(images.len(), 2);
     assert!(images.iter().all(|i| i.ends_with(":v0.10.7")), "{images:?}");
     eprintln!("rolling update took {:?}", report.took);
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 #[tokio::test]
 async fn a_rolling_update_with_max_unavailable_one_is_caught_dropping_a_ready_pod() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("unavail");
+    let env = common::unique_env("unavail");
     let mut first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
     let mut second = frontend_only(&env, "v0.10.7", Strategy::Rolling);
     for bundle in [&mut first, &mut second] {
@@ -121,13 +121,13 @@ async fn a_rolling_update_with_max_unavailable_one_is_caught_dropping_a_ready_po
         report.desired(),
         report.samples
     );
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 #[tokio::test]
 async fn a_recreate_update_is_caught_with_no_ready_pod_left() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("recreate");
+    let env = common::unique_env("recreate");
     let first = frontend_only(&env, "v0.10.6", Strategy::Recreate);
     let second = frontend_only(&env, "v0.10.7", Strategy::Recreate);
     let report = update(&cluster, &env, &first, &second).await;
@@ -137,7 +137,7 @@ async fn a_recreate_update_is_caught_with_no_ready_pod_left() {
         "Recreate must be seen with zero ready pods: {:#?}",
         report.samples
     );
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 /// frontend at `release` whose pods never become Ready (kwok's pod-never-ready
@@ -165,10 +165,10 @@ const DEADLINE: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn a_broken_release_fails_the_wait_on_its_deadline_and_mainline_keeps_its_ready_pods() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("broken");
+    let env = common::unique_env("broken");
     let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
     let broken = broken_release(&env, DEADLINE.as_secs() as i32);
-    common_local::deploy(&cluster, &first, &env).await;
+    common::deploy(&cluster, &first, &env).await;
     // Measured from the apply: `deploy` applies first thing.
     let applied = Instant::now();
     let result = release::deploy(&cluster.client, &broken, &env, Duration::from_secs(90)).await;
@@ -231,7 +231,7 @@ async fn a_broken_release_fails_the_wait_on_its_deadline_and_mainline_keeps_its_
         })
         .count();
     assert_eq!(ready_mainline, 2, "mainline lost ready pods");
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 #[tokio::test]
@@ -240,8 +240,8 @@ async fn a_broken_release_with_a_long_deadline_misses_the_fail_fast_bound() {
     // controller will only give up after 600 s. Waiting as long as the bound
     // allows must not satisfy the check.
     let cluster = require_cluster!();
-    let env = common_local::unique_env("slowfail");
-    common_local::deploy(
+    let env = common::unique_env("slowfail");
+    common::deploy(
         &cluster,
         &frontend_only(&env, "v0.10.6", Strategy::Rolling),
         &env,
@@ -264,14 +264,14 @@ async fn a_broken_release_with_a_long_deadline_misses_the_fail_fast_bound() {
             .any(|f| matches!(f, rollout::FailFastFinding::OtherOutcome { .. })),
         "negative control not caught: a 600 s deadline passed the {bound:?} fail-fast bound: {findings:?}"
     );
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 #[tokio::test]
 async fn a_wait_for_a_generation_the_controller_has_not_observed_never_succeeds() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("stale");
-    common_local::deploy(
+    let env = common::unique_env("stale");
+    common::deploy(
         &cluster,
         &frontend_only(&env, "v0.10.6", Strategy::Rolling),
         &env,
@@ -321,7 +321,7 @@ async fn a_wait_for_a_generation_the_controller_has_not_observed_never_succeeds(
         Err(RolloutError::NotFound { .. }) => {}
         other => panic!("expected NotFound, got {other:?}"),
     }
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 /// Every state of frontend an independent watch sees, by resourceVersion:
@@ -383,10 +383,10 @@ async fn decided_on_a_complete_state(
 #[tokio::test]
 async fn the_wait_returns_on_a_state_where_the_rollout_is_complete() {
     let cluster = require_cluster!();
-    let env = common_local::unique_env("order");
+    let env = common::unique_env("order");
     let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
     let second = frontend_only(&env, "v0.10.7", Strategy::Rolling);
-    common_local::deploy(&cluster, &first, &env).await;
+    common::deploy(&cluster, &first, &env).await;
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
     let before = rollout::current_generation(&cluster.client, &env, "frontend")
         .await
@@ -410,7 +410,7 @@ async fn the_wait_returns_on_a_state_where_the_rollout_is_complete() {
         "the wait returned on resourceVersion {}, which does not show generation {generation} rolled out",
         report.decided_resource_version
     );
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
 
 #[tokio::test]
@@ -418,8 +418,8 @@ async fn a_wait_that_returns_before_the_rollout_is_caught_by_the_ordering_check(
     // Negative control of the ordering check: a wait asked about the previous
     // generation returns at once, on a state that does not show the new rollout.
     let cluster = require_cluster!();
-    let env = common_local::unique_env("early");
-    common_local::deploy(
+    let env = common::unique_env("early");
+    common::deploy(
         &cluster,
         &frontend_only(&env, "v0.10.6", Strategy::Rolling),
         &env,
@@ -446,5 +446,5 @@ async fn a_wait_that_returns_before_the_rollout_is_caught_by_the_ordering_check(
         !decided_on_a_complete_state(&mut completions, &early.decided_resource_version).await,
         "negative control not caught: a wait on generation {before} passed the ordering check of the update"
     );
-    common_local::cleanup(&cluster, &env).await;
+    common::cleanup(&cluster, &env).await;
 }
