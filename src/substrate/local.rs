@@ -662,6 +662,12 @@ async fn boot(
         // kwok renews leases, but a fake node must never flap to NotReady.
         "--node-monitor-grace-period=1h".to_string(),
         "--node-startup-grace-period=1h".to_string(),
+        // Scenarios roll a dozen Deployments each, several at once: the default
+        // 20 requests/s client limit, not the API server, paced every rollout.
+        "--kube-api-qps=200".to_string(),
+        "--kube-api-burst=400".to_string(),
+        "--concurrent-deployment-syncs=20".to_string(),
+        "--concurrent-replicaset-syncs=20".to_string(),
     ];
     // With --config, kube-scheduler ignores --kubeconfig and --leader-elect: both are in the file.
     let scheduler_args = vec![
@@ -732,6 +738,8 @@ fn scheduler_config_yaml(kubeconfig: &Path) -> String {
 kind: KubeSchedulerConfiguration
 clientConnection:
   kubeconfig: {kubeconfig}
+  qps: 200
+  burst: 400
 leaderElection:
   leaderElect: false
 profiles:
