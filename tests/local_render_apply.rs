@@ -125,9 +125,7 @@ async fn least_privilege_deployer_deploys_and_waits_for_its_environment() {
         .map(|d| (env.clone(), d.metadata.name.clone().unwrap()))
         .collect();
     assert_eq!(deployments.len(), 11);
-    if let Err(e) =
-        rollout::wait_for_all(&deployer, &deployments, common::ROLLOUT_TIMEOUT).await
-    {
+    if let Err(e) = rollout::wait_for_all(&deployer, &deployments, common::ROLLOUT_TIMEOUT).await {
         panic!(
             "the deployer could not wait for its rollouts: {}",
             common::chain(&e)

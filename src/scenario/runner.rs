@@ -272,8 +272,26 @@ impl<'a> ScenarioRun<'a> {
     }
 
     fn kube_event(&mut self, kind: KubeEventKind, object: Option<String>, detail: String) {
+        let at = self.emitter.at();
+        self.kube_event_at(at, kind, object, detail);
+    }
+
+    /// A wall-clock instant as time since the run started.
+    fn since_run_start(&self, wall: std::time::SystemTime) -> Duration {
+        let now = std::time::SystemTime::now();
+        let back = now.duration_since(wall).unwrap_or_default();
+        self.emitter.at().saturating_sub(back)
+    }
+
+    fn kube_event_at(
+        &mut self,
+        at: Duration,
+        kind: KubeEventKind,
+        object: Option<String>,
+        detail: String,
+    ) {
         let event = KubeEvent {
-            at: self.emitter.at(),
+            at,
             kind,
             object,
             detail,
@@ -921,19 +939,34 @@ async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
     .await;
     match result {
         Ok(report) => {
-            run.kube_event(
-                KubeEventKind::Switch,
-                None,
-                format!("switched {}", report.switched.join(", ")),
-            );
-            let findings = if report.switched.is_empty() {
-                vec![Finding::new("the switch re-pointed no Service")]
-            } else {
-                Vec::new()
-            };
+            // The switch's own timeline, observed by watches apart from the switch itself.
+            let origin = run.since_run_start(report.started_at);
+            for event in &report.events {
+                let (kind, object, detail) = match &event.what {
+                    release::DeployEventKind::PodsReady {
+                        deployment,
+                        ready,
+                        desired,
+                    } => (
+                        KubeEventKind::RolloutComplete,
+                        format!("Deployment/{deployment}"),
+                        format!("{ready}/{desired} new pods ready"),
+                    ),
+                    release::DeployEventKind::ServiceSwitched { service, .. } => (
+                        KubeEventKind::Switch,
+                        format!("Service/{service}"),
+                        "selects the new release".to_string(),
+                    ),
+                };
+                run.kube_event_at(origin + event.at, kind, Some(object), detail);
+            }
+            let findings = release::check_bluegreen_switch(&placed.bundle, &report.events)
+                .iter()
+                .map(|f| Finding::new(f.to_string()))
+                .collect();
             run.judged(
                 "switch-after-ready",
-                "Services switch only after the new release is ready",
+                "every Service switched to the new release only after all of its new pods were ready",
                 findings,
             );
             let mixed = match services_select_only(run, &placed).await {
@@ -1099,37 +1132,24 @@ async fn deploy_broken(run: &mut ScenarioRun<'_>, release: Release) -> Result<()
         ));
     }
     let deadline = Duration::from_secs(deadline.max(0) as u64);
-    let bound = deadline + BROKEN_MARGIN;
+    let bound = deadline + rollout::FAIL_FAST_MARGIN;
+    // Wait past the bound, so a late failure is measured rather than cut off.
     let result = watch.wait(bound + Duration::from_secs(30)).await;
     let took = applied_at.elapsed();
     let key = format!("Deployment/{ns}/{name}");
-    let mut fail_fast = Vec::new();
-    let mut kept = Vec::new();
-    match &result {
-        Err(rollout::RolloutError::ProgressDeadline { reason, .. }) => {
-            run.kube_event(
-                KubeEventKind::RolloutFailed,
-                Some(key.clone()),
-                format!("{reason} after {took:?}"),
-            );
-            if took > bound {
-                fail_fast.push(Finding::about(
-                    key.clone(),
-                    format!(
-                        "the rollout failed after {took:?}, beyond its deadline {deadline:?} + {BROKEN_MARGIN:?}"
-                    ),
-                ));
-            }
-        }
-        Err(other) => fail_fast.push(Finding::about(
-            key.clone(),
-            format!("the broken rollout did not fail by its progress deadline: {}", chain(other)),
-        )),
-        Ok(_) => fail_fast.push(Finding::about(
-            key.clone(),
-            "the broken release rolled out: nothing tells a release that never becomes ready from a good one",
-        )),
+    if let Err(rollout::RolloutError::ProgressDeadline { reason, .. }) = &result {
+        run.kube_event(
+            KubeEventKind::RolloutFailed,
+            Some(key.clone()),
+            format!("{reason} after {took:.1?}"),
+        );
     }
+    let fail_fast: Vec<Finding> =
+        rollout::check_fail_fast(&result, deadline, rollout::FAIL_FAST_MARGIN, took)
+            .iter()
+            .map(|f| Finding::about(key.clone(), f.to_string()))
+            .collect();
+    let mut kept = Vec::new();
     // Mainline keeps serving: the previous ReplicaSet's pods stay ready.
     let pods: Api<Pod> = Api::namespaced(run.cluster.client.clone(), &ns);
     let desired = run
@@ -1193,10 +1213,6 @@ fn pod_is_ready(pod: &Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
-
-/// Margin over the progress deadline for a broken rollout to be reported: the
-/// deployment controller checks progress on its resync and on pod updates.
-pub const BROKEN_MARGIN: Duration = Duration::from_secs(10);
 
 /// Redeploys `release` and checks that every Deployment's pod template (images,
 /// env, annotations) is that release's again.
