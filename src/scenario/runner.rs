@@ -120,6 +120,10 @@ pub async fn run(
     });
     let order: Vec<String> = scenarios.iter().map(|s| s.name.clone()).collect();
     let config = Arc::new(config.clone());
+    // Longest first: the run then lasts about as long as its longest scenario
+    // rather than that plus whatever was started before it.
+    let mut scenarios = scenarios;
+    scenarios.sort_by_key(|s| std::cmp::Reverse(expected_cost(s)));
     let mut reports: Vec<ScenarioReport> = futures::stream::iter(scenarios)
         .map(|scenario| {
             let cluster = cluster.clone();
@@ -156,6 +160,22 @@ pub async fn run(
         report: Box::new(report.clone()),
     });
     report
+}
+
+/// A rough cost of a scenario, in rollouts: what its steps wait for.
+fn expected_cost(scenario: &Scenario) -> u32 {
+    scenario
+        .steps
+        .iter()
+        .map(|step| match step {
+            Step::Deploy(_) | Step::Update(_) | Step::Switch(_) | Step::Rollback(_) => 2,
+            Step::Undo {} => 2,
+            // Waits out a progress deadline.
+            Step::DeployBroken(_) => 3,
+            Step::Drain(_) => 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// The verdict of a scenario from its checks: failed or error when one is;
