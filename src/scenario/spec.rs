@@ -480,3 +480,34 @@ steps:
         assert!(scenarios.len() >= 9, "{}", scenarios.len());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SHIPPED: &str = include_str!("../../scenarios/rollback.yaml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Random text is refused or accepted, never a panic.
+        #[test]
+        fn random_text_never_panics(text in "\\PC{0,400}") {
+            let _ = Scenario::parse(Path::new("random.yaml"), &text);
+        }
+
+        /// A shipped scenario with one span of bytes replaced is refused or
+        /// accepted, never a panic; a refusal names the file.
+        #[test]
+        fn mutated_scenarios_never_panic(at in 0usize..SHIPPED.len(), len in 0usize..12, with in "[ -~\\n]{0,12}") {
+            let start = (0..=at).rev().find(|i| SHIPPED.is_char_boundary(*i)).unwrap_or(0);
+            let end = (start + len).min(SHIPPED.len());
+            let end = (end..=SHIPPED.len()).find(|i| SHIPPED.is_char_boundary(*i)).unwrap_or(SHIPPED.len());
+            let text = format!("{}{}{}", &SHIPPED[..start], with, &SHIPPED[end..]);
+            if let Err(e) = Scenario::parse(Path::new("mutated.yaml"), &text) {
+                prop_assert!(e.to_string().contains("mutated.yaml"), "{}", e);
+            }
+        }
+    }
+}
