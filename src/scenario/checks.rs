@@ -915,7 +915,34 @@ fn session_routes_anchored(view: &PipelineView) -> Judgement {
         }
     }
     if routes == 0 {
-        return Judgement::NotApplicable("no VirtualService routes by session".into());
+        // A feature branch nobody can reach is the pipeline's fault; no branch, no question.
+        let branches: Vec<String> = view
+            .bundle
+            .deployments()
+            .filter(|d| {
+                containers(d)
+                    .first()
+                    .and_then(|c| c.image.as_deref())
+                    .and_then(image_tag)
+                    .and_then(|tag| crate::manifests::feature::branch_suffix("", tag).ok())
+                    .is_some_and(|suffix| !suffix.is_empty())
+            })
+            .map(deployment_key)
+            .collect();
+        if branches.is_empty() {
+            return Judgement::NotApplicable("no VirtualService routes by session".into());
+        }
+        return Judgement::Findings(
+            branches
+                .into_iter()
+                .map(|b| {
+                    Finding::about(
+                        b,
+                        "is a feature branch, but no VirtualService routes a session (cookie or userid) to anything",
+                    )
+                })
+                .collect(),
+        );
     }
     Judgement::Findings(out)
 }
@@ -1284,6 +1311,19 @@ mod tests {
         let f = findings(CheckName::FeatureNames, &b);
         assert!(
             f.iter().any(|f| f.message.contains("app label frontend")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_feature_branch_without_session_routes_is_found() {
+        let mut b = bundle(|_| {});
+        b.objects
+            .retain(|o| !matches!(o, Object::VirtualService(_)));
+        let f = findings(CheckName::SessionRoutesAnchored, &b);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(
+            f[0].message.contains("no VirtualService routes a session"),
             "{f:?}"
         );
     }
