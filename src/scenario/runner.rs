@@ -1506,28 +1506,22 @@ async fn drain_node(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
 
 /// Deletes the scenario's namespaces and its objects in the gateway's namespace.
 pub async fn cleanup_scenario(client: &Client, namespace: &str) {
-    let selector = format!("{SCENARIO_LABEL}={namespace}");
+    delete_labelled(client, &format!("{SCENARIO_LABEL}={namespace}")).await;
+    // Created from the pipeline's own Namespace object, it may carry no label of ours.
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    if let Ok(list) = namespaces
-        .list(&ListParams::default().labels(&selector))
-        .await
-    {
-        for ns in list.items {
-            let _ = namespaces
-                .delete(&ns.name_any(), &DeleteParams::default())
-                .await;
-        }
-    }
     let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
-    delete_gateway_objects(client, &selector).await;
 }
 
 /// Deletes every namespace and gateway object of a run (Ctrl-C, a crash of a previous run).
 pub async fn cleanup_run(client: &Client, run_id: &str) {
-    let selector = format!("{RUN_LABEL}={run_id}");
+    delete_labelled(client, &format!("{RUN_LABEL}={run_id}")).await;
+}
+
+/// Best effort: what cannot be deleted now is left to the next run's clean-up.
+async fn delete_labelled(client: &Client, selector: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if let Ok(list) = namespaces
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(selector))
         .await
     {
         for ns in list.items {
@@ -1536,7 +1530,7 @@ pub async fn cleanup_run(client: &Client, run_id: &str) {
                 .await;
         }
     }
-    delete_gateway_objects(client, &selector).await;
+    delete_gateway_objects(client, selector).await;
 }
 
 async fn delete_gateway_objects(client: &Client, selector: &str) {
