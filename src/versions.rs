@@ -18,9 +18,13 @@ pub const REDIS_IMAGE: &str = "redis:alpine";
 /// supports Kubernetes 1.32–1.36.
 pub const ISTIO: &str = "1.30.3";
 
-/// istioctl 1.30.3 as a Go pseudo-version (Istio tags lack the `v`, so the module
-/// proxy only knows the commit of the 1.30.3 tag).
+/// Istio 1.30.3 (istioctl, and the local mesh's istiod) as a Go pseudo-version (Istio
+/// tags lack the `v`, so the module proxy only knows the commit of the 1.30.3 tag).
 pub const ISTIOCTL_GO_MODULE_VERSION: &str = "v0.0.0-20260713165634-56df41f63e51";
+
+/// The commit of Istio's 1.30.3 tag, stamped into the istiod the local mesh builds
+/// (with the version) so `pilot-discovery version` and the proxies' ISTIO_VERSION agree.
+pub const ISTIO_COMMIT: &str = "56df41f63e513f834c9a3af33d8aed82d1d961f2";
 
 /// kind release that creates the full substrate's cluster.
 pub const KIND: &str = "v0.32.0";
@@ -51,6 +55,7 @@ pub fn all() -> Vec<(&'static str, &'static str)> {
         ("REDIS_IMAGE", REDIS_IMAGE),
         ("ISTIO", ISTIO),
         ("ISTIOCTL_GO_MODULE_VERSION", ISTIOCTL_GO_MODULE_VERSION),
+        ("ISTIO_COMMIT", ISTIO_COMMIT),
         ("KIND", KIND),
         ("KIND_NODE_IMAGE", KIND_NODE_IMAGE),
         ("KUBERNETES", KUBERNETES),
