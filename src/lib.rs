@@ -7,6 +7,7 @@
 //! - [`manifests`]: pure functions from catalog + pipeline options to a [`manifests::Bundle`].
 //! - [`traffic`]: load generation, probes and request attribution.
 //! - [`substrate`]: provisions the cluster (kind or the local control plane).
+//! - [`mesh`]: the local substrate's Istio data plane (istiod, Envoy, pods as processes).
 //! - [`kube`]: apply, wait, rollback, RBAC checks and diagnostics against a cluster.
 //! - [`scenario`]: scenario files, their checks, and the runner that emits events.
 //! - [`report`]: the runner's events, the run report, and the reporters that write it.
@@ -14,6 +15,7 @@
 pub mod catalog;
 pub mod kube;
 pub mod manifests;
+pub mod mesh;
 pub mod report;
 pub mod scenario;
 pub mod substrate;

@@ -36,6 +36,9 @@ enum Command {
     Kubeconfig(cmd::substrate::StateArgs),
     /// Manage the local substrate's binaries.
     Substrate(cmd::substrate::SubstrateArgs),
+    /// The local mesh's pod runner and relays (started by `cdcheck up --mesh`).
+    #[command(hide = true)]
+    MeshDaemon(cmd::substrate::MeshDaemonArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Down(args) => cmd::substrate::down(args),
         Command::Kubeconfig(args) => cmd::substrate::kubeconfig(args),
         Command::Substrate(args) => cmd::substrate::install(args),
+        Command::MeshDaemon(args) => cmd::substrate::mesh_daemon(args),
     };
     match result {
         Ok(code) => code,

@@ -36,6 +36,20 @@ pub struct UpArgs {
     /// Upper bound on the boot.
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+
+    /// Run a real Istio data plane on the local substrate: istiod, Envoy as the ingress
+    /// gateway on 127.0.0.1:30080/30443, every pod a process (needs root, istiod from
+    /// `cdcheck substrate install --mesh`, and Envoy).
+    #[arg(long)]
+    pub mesh: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MeshDaemonArgs {
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    #[arg(long)]
+    pub envoy: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,7 +70,15 @@ pub enum SubstrateCommand {
     /// Find or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
     /// (env vars CDCHECK_ETCD, CDCHECK_KUBE_APISERVER, ... and PATH win; else the cache
     /// $CDCHECK_BIN_CACHE or ~/.cache/cdcheck/bin; else `go build` from the module proxy).
-    Install,
+    Install(InstallArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    /// Also find or build istiod (pilot-discovery) for the local mesh
+    /// (CDCHECK_PILOT_DISCOVERY wins; about 11–14 min cold) and check Envoy is there.
+    #[arg(long)]
+    pub mesh: bool,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -96,10 +118,24 @@ pub fn ensure_binaries() -> anyhow::Result<binaries::Binaries> {
 }
 
 pub fn install(args: SubstrateArgs) -> anyhow::Result<ExitCode> {
-    let SubstrateCommand::Install = args.command;
+    let SubstrateCommand::Install(install) = args.command;
     let found = ensure_binaries()?;
     for binary in binaries::Binary::ALL {
         println!("{:<24} {}", binary.file_name(), found.get(binary).display());
+    }
+    if install.mesh {
+        if cdcheck::mesh::locate_istiod().is_err() {
+            eprintln!(
+                "building istiod {} into {} (11–14 min cold on 2 cores)",
+                cdcheck::versions::ISTIO,
+                binaries::cache_root().display()
+            );
+        }
+        let istiod = binaries::ensure_istiod(|line| eprintln!("  {line}"))
+            .context("install istiod for the local mesh")?;
+        println!("{:<24} {}", "pilot-discovery", istiod.display());
+        let envoy = cdcheck::mesh::locate_envoy().context("find Envoy for the local mesh")?;
+        println!("{:<24} {}", "envoy", envoy.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -111,14 +147,28 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let found = ensure_binaries()?;
+    let mesh = if args.mesh {
+        Some(cdcheck::mesh::locate().context("start the local mesh")?)
+    } else {
+        None
+    };
     let options = local::UpOptions {
         nodes: args.nodes,
         state_dir: state_dir(args.state_dir),
         timeout: args.timeout,
+        mesh,
     };
     let substrate = runtime()?
         .block_on(local::up(&found, &options))
         .context("bring up the local substrate")?;
+    if substrate.mesh {
+        eprintln!(
+            "local mesh: istiod {} serving; ingress gateway on http://127.0.0.1:{} and https://127.0.0.1:{}",
+            cdcheck::versions::ISTIO,
+            cdcheck::mesh::gateway::HTTP_NODE_PORT,
+            cdcheck::mesh::gateway::HTTPS_NODE_PORT,
+        );
+    }
     eprintln!(
         "local substrate {} at {} with {} nodes in {:.1?} (logs: {})",
         if substrate.reused {
@@ -160,5 +210,20 @@ pub fn kubeconfig(args: StateArgs) -> anyhow::Result<ExitCode> {
             .context("print the local substrate's kubeconfig");
     }
     println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The mesh daemon `up --mesh` starts: the pod network, relays and pod runner.
+pub fn mesh_daemon(args: MeshDaemonArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CDCHECK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let options = cdcheck::mesh::DaemonOptions {
+        state_dir: args.state_dir,
+        envoy: args.envoy,
+    };
+    runtime()?
+        .block_on(cdcheck::mesh::run_daemon(options))
+        .context("run the local mesh")?;
     Ok(ExitCode::SUCCESS)
 }
