@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cdcheck::report::{self, Event, Reporter, Verdict};
+use cdcheck::scenario::dataplane::Ingress;
 use cdcheck::scenario::pipeline::{Manifests, Pipeline};
 use cdcheck::scenario::runner::{self, Cluster, RunConfig};
 use cdcheck::scenario::spec::Need;
@@ -111,6 +112,19 @@ pub struct Args {
     /// State directory of the local substrate.
     #[arg(long, env = "CDCHECK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// The local substrate's Istio data plane: auto starts it when istiod and Envoy are
+    /// installed and cdcheck runs as root (and keeps a running substrate as it is).
+    #[arg(long, value_enum, default_value_t = MeshChoice::Auto)]
+    pub mesh: MeshChoice,
+}
+
+/// Whether `run` starts the local mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeshChoice {
+    Auto,
+    On,
+    Off,
 }
 
 fn select(all: Vec<Scenario>, args: &Args) -> Vec<Scenario> {
@@ -204,11 +218,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let cluster = match runtime.block_on(local_cluster(&args)) {
+    let (cluster, ingress) = match runtime.block_on(local_cluster(&args)) {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
     let mut config = RunConfig::new("local", pipeline);
+    config.data_plane = ingress.is_some();
+    config.ingress = ingress;
     config.jobs = usize::from(args.jobs);
     config.keep = args.keep;
     config.require_data_plane = args.require.contains(&Requirement::DataPlane);
@@ -221,14 +237,49 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-async fn local_cluster(args: &Args) -> anyhow::Result<Cluster> {
+/// The mesh to start: `on` (or `--require data-plane`) needs it, `auto` takes it
+/// when it can be had and no substrate without it is already running.
+async fn mesh_for(
+    args: &Args,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Option<cdcheck::mesh::MeshBinaries>> {
+    let required = args.mesh == MeshChoice::On || args.require.contains(&Requirement::DataPlane);
+    if args.mesh == MeshChoice::Off {
+        return Ok(None);
+    }
+    let found = cdcheck::mesh::locate().and_then(|b| cdcheck::mesh::check_root().map(|_| b));
+    match found {
+        Ok(binaries) => {
+            if !required
+                && let Some(running) = local::running(state_dir).await
+                    && !running.mesh {
+                        eprintln!(
+                            "note: the local substrate in {} runs without the mesh: data-plane steps will be skipped (`cdcheck down` and run again for the mesh)",
+                            state_dir.display()
+                        );
+                        return Ok(None);
+                    }
+            Ok(Some(binaries))
+        }
+        Err(e) if required => Err(anyhow::Error::new(e).context("start the local mesh")),
+        Err(e) => {
+            eprintln!("note: no local mesh, data-plane steps will be skipped: failed to {e}");
+            Ok(None)
+        }
+    }
+}
+
+async fn local_cluster(args: &Args) -> anyhow::Result<(Cluster, Option<Ingress>)> {
     let found = super::substrate::ensure_binaries()?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(local::default_state_dir);
+    let mesh = mesh_for(args, &state_dir).await?;
     let options = local::UpOptions {
         nodes: args.nodes,
-        state_dir: args
-            .state_dir
-            .clone()
-            .unwrap_or_else(local::default_state_dir),
+        state_dir: state_dir.clone(),
+        mesh,
         ..Default::default()
     };
     let substrate = local::up(&found, &options)
@@ -249,7 +300,8 @@ async fn local_cluster(args: &Args) -> anyhow::Result<Cluster> {
         .await
         .context("read the substrate's kubeconfig")?;
     let client = kube::Client::try_from(config.clone()).context("build a Kubernetes client")?;
-    Ok(Cluster { config, client })
+    let ingress = substrate.mesh.then(|| Ingress::local_mesh(state_dir));
+    Ok((Cluster { config, client }, ingress))
 }
 
 async fn run_with_reporters(
