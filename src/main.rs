@@ -36,6 +36,9 @@ enum Command {
     Kubeconfig(cmd::substrate::StateArgs),
     /// Manage the local substrate's binaries.
     Substrate(cmd::substrate::SubstrateArgs),
+    /// Run as one pod's process on the local mesh: a stand-in workload serving what the
+    /// pipeline's checks need of its Online Boutique service (health, GetAds, pod name).
+    Standin(cmd::standin::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Down(args) => cmd::substrate::down(args),
         Command::Kubeconfig(args) => cmd::substrate::kubeconfig(args),
         Command::Substrate(args) => cmd::substrate::install(args),
+        Command::Standin(args) => cmd::standin::run(args),
     };
     match result {
         Ok(code) => code,
