@@ -11,6 +11,7 @@
 //! - [`kube`]: apply, wait, rollback, RBAC checks and diagnostics against a cluster.
 //! - [`scenario`]: scenario files, their checks, and the runner that emits events.
 //! - [`report`]: the runner's events, the run report, and the reporters that write it.
+//! - [`standin`]: the local mesh's pod process, a stand-in for each Online Boutique workload.
 
 pub mod catalog;
 pub mod kube;
@@ -18,6 +19,7 @@ pub mod manifests;
 pub mod mesh;
 pub mod report;
 pub mod scenario;
+pub mod standin;
 pub mod substrate;
 pub mod traffic;
 pub mod versions;

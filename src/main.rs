@@ -39,6 +39,9 @@ enum Command {
     /// The local mesh's pod runner and relays (started by `cdcheck up --mesh`).
     #[command(hide = true)]
     MeshDaemon(cmd::substrate::MeshDaemonArgs),
+    /// Run as one pod's process on the local mesh: a stand-in workload serving what the
+    /// pipeline's checks need of its Online Boutique service (health, GetAds, pod name).
+    Standin(cmd::standin::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Kubeconfig(args) => cmd::substrate::kubeconfig(args),
         Command::Substrate(args) => cmd::substrate::install(args),
         Command::MeshDaemon(args) => cmd::substrate::mesh_daemon(args),
+        Command::Standin(args) => cmd::standin::run(args),
     };
     match result {
         Ok(code) => code,
