@@ -13,8 +13,9 @@
 //! - `loadgenerator`: listens nowhere and waits to be signalled.
 //!
 //! Every HTTP response and gRPC response carries [`POD_HEADER`]. An image tagged
-//! [`BROKEN_TAG`] starts and listens but fails every health check (`/_healthz` 500, gRPC
-//! NOT_SERVING): a release that never becomes ready.
+//! [`BROKEN_TAG`] starts and listens but fails every health check (gRPC NOT_SERVING) and,
+//! for the frontend, every page (500): a release that never becomes ready, whose failures
+//! show if traffic reaches it anyway.
 //!
 //! It is the mesh's pod process, not a fake of the application's behaviour. On SIGTERM it
 //! dies at once, as the real Go, Node and Python services do: open connections, in-flight
@@ -484,16 +485,16 @@ impl Frontend {
                 "text/plain",
                 Bytes::from_static(b"method not allowed\n"),
             )
+        } else if self.broken {
+            // A release that never becomes ready serves nothing right: traffic that
+            // reaches it (a pod Ready without a readiness probe) shows as failures.
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                Bytes::from_static(b"never ready: broken release\n"),
+            )
         } else if path == crate::catalog::FRONTEND_HEALTH_PATH {
-            if self.broken {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    Bytes::from_static(b"never ready: broken release\n"),
-                )
-            } else {
-                (StatusCode::OK, "text/plain", Bytes::from_static(b"ok"))
-            }
+            (StatusCode::OK, "text/plain", Bytes::from_static(b"ok"))
         } else {
             (
                 StatusCode::OK,
