@@ -12,10 +12,10 @@
 //! - `redis` (redis-cart): a TCP listener that answers `PING` with `+PONG`.
 //! - `loadgenerator`: listens nowhere and waits to be signalled.
 //!
-//! Every HTTP response and gRPC response carries [`POD_HEADER`]. An image tagged
-//! [`BROKEN_TAG`] starts and listens but fails every health check (gRPC NOT_SERVING) and,
-//! for the frontend, every page (500): a release that never becomes ready, whose failures
-//! show if traffic reaches it anyway.
+//! Every HTTP response and gRPC response carries [`POD_HEADER`] (gRPC: in the headers and,
+//! when the response has them, the trailers). An image tagged [`BROKEN_TAG`] starts and
+//! listens but fails every health check (gRPC NOT_SERVING) and, for the frontend, every
+//! page (500): a release that never becomes ready, whose failures show if traffic reaches it.
 //!
 //! It is the mesh's pod process, not a fake of the application's behaviour. On SIGTERM it
 //! dies at once, as the real Go, Node and Python services do: open connections, in-flight
@@ -27,13 +27,15 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -593,13 +595,19 @@ async fn serve_grpc(
     routes: tonic::service::Routes,
     pod_header: HeaderValue,
 ) -> Result<(), StandinError> {
-    // Every gRPC response (health, GetAds, UNIMPLEMENTED) names the pod in its headers.
-    let name_pod = tower::util::MapResponseLayer::new(move |mut response: http::Response<_>| {
-        response
-            .headers_mut()
-            .insert(POD_HEADER, pod_header.clone());
-        response
-    });
+    // Every gRPC response (health, GetAds, UNIMPLEMENTED) names the pod in its headers, and
+    // in its trailers when it has any (a trailers-only response carries just the headers).
+    let name_pod =
+        tower::util::MapResponseLayer::new(move |response: http::Response<tonic::body::Body>| {
+            let mut response = response.map(|inner| PodTrailer {
+                inner,
+                pod: pod_header.clone(),
+            });
+            response
+                .headers_mut()
+                .insert(POD_HEADER, pod_header.clone());
+            response
+        });
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .layer(name_pod)
@@ -607,6 +615,45 @@ async fn serve_grpc(
         .serve_with_incoming(incoming)
         .await
         .map_err(|source| StandinError::Grpc { address, source })
+}
+
+/// A response body whose trailers gain [`POD_HEADER`].
+struct PodTrailer<B> {
+    inner: B,
+    pod: HeaderValue,
+}
+
+impl<B> hyper::body::Body for PodTrailer<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    trailers.insert(POD_HEADER, this.pod.clone());
+                    Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            }))),
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn serve_redis(listener: TcpListener) -> Result<(), StandinError> {

@@ -314,6 +314,43 @@ async fn adservice_get_ads_names_the_pod_and_other_services_do_not_implement_it(
     assert_eq!(status.code(), tonic::Code::Unimplemented);
 }
 
+/// A raw HTTP/2 GetAds call: the pod is named in the response headers and in the trailers.
+#[tokio::test]
+async fn get_ads_names_the_pod_in_headers_and_trailers() {
+    use http_body_util::BodyExt;
+    let standin = Standin::start(&image("adservice", "v0.10.6"), "adservice-2", 1, &[]);
+    let stream = tokio::net::TcpStream::connect(standin.addresses[0])
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // One gRPC message: uncompressed, length 0 (an empty AdRequest).
+    let request = http::Request::post(format!(
+        "http://{}/hipstershop.AdService/GetAds",
+        standin.addresses[0]
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+        &[0; 5],
+    )))
+    .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.headers()[POD_HEADER], "adservice-2");
+    let body = response.into_body().collect().await.unwrap();
+    let trailers = body
+        .trailers()
+        .expect("a gRPC response with a message has trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers[POD_HEADER], "adservice-2");
+    assert!(String::from_utf8_lossy(&body.to_bytes()).contains("adservice-2"));
+}
+
 /// The negative control: the readiness checks that pass at a release tag fail at the
 /// broken release's tag, for the HTTP frontend and for a gRPC backend.
 #[tokio::test]
