@@ -247,12 +247,13 @@ async fn write_root_cert(client: &Client, path: &Path) -> Result<(), MeshError> 
     let started = Instant::now();
     loop {
         if let Ok(Some(cm)) = api.get_opt("istio-ca-root-cert").await
-            && let Some(pem) = cm.data.as_ref().and_then(|d| d.get("root-cert.pem")) {
-                return std::fs::write(path, pem).map_err(|source| MeshError::Write {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
+            && let Some(pem) = cm.data.as_ref().and_then(|d| d.get("root-cert.pem"))
+        {
+            return std::fs::write(path, pem).map_err(|source| MeshError::Write {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
         if started.elapsed() > Duration::from_secs(120) {
             return Err(MeshError::Timeout {
                 what: "istiod's root certificate (ConfigMap istio-system/istio-ca-root-cert)"

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cdcheck::manifests::{Bundle, Object};
+use cdcheck::manifests::Bundle;
 use cdcheck::scenario::dataplane::{Ingress, gateway_target};
 use cdcheck::traffic::attribution::AttributionRule;
 use cdcheck::traffic::load::{self, LoadSpec};
@@ -31,7 +31,9 @@ async fn mesh() -> Option<common::Cluster> {
             return None;
         }
     };
-    let config = cdcheck::kube::config_from(&kubeconfig).await.expect("kubeconfig");
+    let config = cdcheck::kube::config_from(&kubeconfig)
+        .await
+        .expect("kubeconfig");
     let client = kube::Client::try_from(config.clone()).expect("client");
     Some(common::Cluster {
         kubeconfig,
@@ -40,18 +42,41 @@ async fn mesh() -> Option<common::Cluster> {
     })
 }
 
-/// The frontend of `env` with the gateway objects that expose it.
-fn frontend_behind_gateway(env: &str) -> Bundle {
+/// The frontend of `env`.
+fn frontend(env: &str) -> Bundle {
+    common::only_services(&common::render(env, "v0.10.6", |_| {}), &["frontend"])
+}
+
+/// Exposes `env`'s frontend on the gateway with a Gateway of the namespace's own (port 80,
+/// the environment's host only) and the rendered `frontend` VirtualService bound to it:
+/// nothing outlives the namespace, and no `*` server competes with other tests' Gateways.
+async fn expose(client: &kube::Client, env: &str) {
     let full = common::render(env, "v0.10.6", |_| {});
-    let mut bundle = common::only_services(&full, &["frontend"]);
-    bundle.objects.extend(full.objects.iter().filter(|o| match o {
-        Object::Secret(_) => true,
-        other => {
-            let kind = other.kind();
-            kind == "Gateway" || (kind == "VirtualService" && other.name() == "frontend")
+    let mut vs = full
+        .objects
+        .iter()
+        .find(|o| o.kind() == "VirtualService" && o.name() == "frontend")
+        .expect("the frontend VirtualService")
+        .to_json()
+        .expect("json");
+    vs["spec"]["gateways"] = serde_json::json!([format!("{env}/{env}")]);
+    let gateway = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+        "metadata": { "name": env, "namespace": env },
+        "spec": {
+            "selector": { "istio": "ingressgateway" },
+            "servers": [{
+                "port": { "number": 80, "name": "http", "protocol": "HTTP" },
+                "hosts": [format!("{env}.boutique.test")]
+            }]
         }
-    }).cloned());
-    bundle
+    });
+    for (object, kind) in [(gateway, "Gateway"), (vs, "VirtualService")] {
+        let gvk = kube::api::GroupVersionKind::gvk("networking.istio.io", "v1", kind);
+        cdcheck::kube::apply::apply_value(client, &gvk, &object)
+            .await
+            .unwrap_or_else(|e| panic!("apply the {kind}: {}", common::chain(&e)));
+    }
 }
 
 /// Sends `n` requests through the gateway at 100/s; answers per pod and failures.
@@ -103,7 +128,8 @@ async fn the_gateway_serves_the_rendered_frontend_from_both_of_its_pods() {
     let cluster_ref = &cluster;
     common::with_temp_env(&cluster, "mesh-gw", |env| async move {
         let host = format!("{env}.boutique.test");
-        common::deploy(cluster_ref, &frontend_behind_gateway(&env), &env).await;
+        common::deploy(cluster_ref, &frontend(&env), &env).await;
+        expose(&client, &env).await;
         wait_serving(&host).await;
         let (by_pod, failed) = through_gateway(&host, 60).await;
         assert_eq!(failed, 0, "requests failed through the gateway: {by_pod:?}");
@@ -172,7 +198,8 @@ async fn with_broken_pod(with_readiness_probe: bool) -> (BTreeMap<String, u64>, 
     let cluster_ref = &cluster;
     common::with_temp_env(&cluster, "mesh-ready", |env| async move {
         let host = format!("{env}.boutique.test");
-        common::deploy(cluster_ref, &frontend_behind_gateway(&env), &env).await;
+        common::deploy(cluster_ref, &frontend(&env), &env).await;
+        expose(&client, &env).await;
         wait_serving(&host).await;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &env);
         deployments
@@ -193,7 +220,10 @@ async fn with_broken_pod(with_readiness_probe: bool) -> (BTreeMap<String, u64>, 
                 .items
                 .iter()
                 .filter(|p| {
-                    p.metadata.name.as_deref().is_some_and(|n| n.starts_with("frontend-broken"))
+                    p.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("frontend-broken"))
                         && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
                 })
                 .count();

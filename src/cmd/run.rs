@@ -252,13 +252,14 @@ async fn mesh_for(
         Ok(binaries) => {
             if !required
                 && let Some(running) = local::running(state_dir).await
-                    && !running.mesh {
-                        eprintln!(
-                            "note: the local substrate in {} runs without the mesh: data-plane steps will be skipped (`cdcheck down` and run again for the mesh)",
-                            state_dir.display()
-                        );
-                        return Ok(None);
-                    }
+                && !running.mesh
+            {
+                eprintln!(
+                    "note: the local substrate in {} runs without the mesh: data-plane steps will be skipped (`cdcheck down` and run again for the mesh)",
+                    state_dir.display()
+                );
+                return Ok(None);
+            }
             Ok(Some(binaries))
         }
         Err(e) if required => Err(anyhow::Error::new(e).context("start the local mesh")),

@@ -309,9 +309,10 @@ async fn start_container(
         .append(true)
         .open(&log);
     if let Ok(out) = out
-        && let Ok(err) = out.try_clone() {
-            command.stdout(out).stderr(err);
-        }
+        && let Ok(err) = out.try_clone()
+    {
+        command.stdout(out).stderr(err);
+    }
     command
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
@@ -645,9 +646,10 @@ async fn pre_stop(dialer: &Dialer, ip: Ipv4Addr, container: &Container) {
         )
         .await;
     } else if let Some(exec) = &hook.exec
-        && let Some(seconds) = sleep_seconds(exec.command.as_deref().unwrap_or_default()) {
-            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-        }
+        && let Some(seconds) = sleep_seconds(exec.command.as_deref().unwrap_or_default())
+    {
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    }
 }
 
 /// `["sleep", "5"]` or `["/bin/sh", "-c", "sleep 5"]` → 5.

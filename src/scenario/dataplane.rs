@@ -82,9 +82,10 @@ pub fn session_of(placed: &Placed) -> Option<String> {
                     return Some(v.to_string());
                 }
                 if let Some(r) = m["headers"]["cookie"]["regex"].as_str()
-                    && let Some(c) = cookie.captures(r) {
-                        return Some(c[1].replace('\\', ""));
-                    }
+                    && let Some(c) = cookie.captures(r)
+                {
+                    return Some(c[1].replace('\\', ""));
+                }
             }
         }
     }

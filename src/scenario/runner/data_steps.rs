@@ -462,11 +462,12 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
         },
     );
     if let Ok(health) = health
-        && let Err(why) = call_until_ok(&health).await {
-            return vec![Finding::new(format!(
-                "adservice:9555 does not answer from inside the mesh: {why}"
-            ))];
-        }
+        && let Err(why) = call_until_ok(&health).await
+    {
+        return vec![Finding::new(format!(
+            "adservice:9555 does not answer from inside the mesh: {why}"
+        ))];
+    }
     let probe = RoutingProbe {
         per_variant: 40,
         attribution: crate::traffic::attribution::AttributionRule::header("x-cdcheck-pod")
