@@ -108,6 +108,8 @@ pub struct RunningLoad {
     pub target: String,
     /// When it started, since the run started.
     pub started_at: Duration,
+    /// The scenario's checks recorded before it started (the runner sets it).
+    pub checks_before: usize,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<Timeline, TrafficError>>,
 }
@@ -131,6 +133,7 @@ pub fn start_frontend_load(
     Ok(RunningLoad {
         target: format!("frontend via http://{host}/ on {}", ingress.http),
         started_at,
+        checks_before: 0,
         stop,
         task,
     })

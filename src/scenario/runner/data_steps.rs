@@ -96,7 +96,8 @@ pub(super) async fn load_start(
     }
     let started_at = run.emitter.at();
     match dataplane::start_frontend_load(&ingress, &host, load.rate, started_at) {
-        Ok(running) => {
+        Ok(mut running) => {
+            running.checks_before = run.checks.len();
             run.kube_event(
                 KubeEventKind::Other,
                 None,
@@ -128,7 +129,24 @@ pub(super) async fn load_stop(
     };
     let target = load.target.clone();
     let started_at = load.started_at;
+    // The load proves something only if a step ran under it: when every step since
+    // `load-start` was skipped (e.g. no blue/green release to switch to), so is this.
+    let ran_under_load = run
+        .checks
+        .iter()
+        .skip(load.checks_before + 1)
+        .any(|c| c.verdict != crate::report::Verdict::Skipped);
     match load.finish().await {
+        Ok(_) if !ran_under_load => {
+            run.record(
+                &name,
+                &format!("load {} fails at most {} requests", stop.name, stop.max_failed),
+                crate::report::Verdict::Skipped,
+                Vec::new(),
+                Some("not applicable: no step ran under the load".into()),
+            );
+            Ok(())
+        }
         Ok(timeline) => {
             let findings = dataplane::judge_load(&stop.name, &timeline, stop.max_failed);
             run.load_results.push(dataplane::load_result(
@@ -163,9 +181,24 @@ pub(super) async fn probe(
         ProbeKind::Http => dataplane::probe_http(&ingress, &host).await,
         ProbeKind::Tls => probe_tls(run, &ingress, &host).await,
         ProbeKind::Routing => {
-            let mut findings = probe_routing(run, &ingress, &host).await;
-            findings.extend(probe_userid_routing(run).await);
-            findings
+            // The userid hop inside the mesh is a check of its own, recorded first:
+            // a pipeline without userid routes gets it skipped as not applicable,
+            // never passed for what did not run.
+            match probe_userid_routing(run).await {
+                Some(findings) => run.judged(
+                    &format!("{name}-userid"),
+                    "gRPC calls with the session's userid reach the feature adservice from inside the mesh, and no other call does",
+                    findings,
+                ),
+                None => run.record(
+                    &format!("{name}-userid"),
+                    "gRPC calls with the session's userid reach the feature adservice",
+                    crate::report::Verdict::Skipped,
+                    Vec::new(),
+                    Some("not applicable: the release has no userid route".into()),
+                ),
+            }
+            probe_routing(run, &ingress, &host).await
         }
         ProbeKind::Grpc => probe_grpc(run).await,
     };
@@ -408,21 +441,22 @@ async fn probe_grpc(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
 
 /// `userid` routing inside the mesh: GetAds with the session's userid reaches the
 /// feature adservice, look-alikes and calls without it stay on mainline.
-async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
+/// `None` when the release has no userid route to probe.
+async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Option<Vec<Finding>> {
     use crate::traffic::routing::{RoutingProbe, userid_variants};
-    let Some((_, placed)) = run.deployed.as_ref() else {
-        return Vec::new();
-    };
+    let (_, placed) = run.deployed.as_ref()?;
     let has_userid_route = placed
         .bundle
         .of_kind("VirtualService")
         .filter_map(|o| o.to_json().ok())
         .any(|vs| vs.to_string().contains("\"userid\""));
     if !has_userid_route {
-        return Vec::new();
+        return None;
     }
     let Some(session) = dataplane::session_of(placed) else {
-        return Vec::new();
+        return Some(vec![Finding::new(
+            "a userid route exists but no session id could be read from it".to_string(),
+        )]);
     };
     let Some(feature) = placed
         .bundle
@@ -430,28 +464,28 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
         .filter_map(|d| d.metadata.name.clone())
         .find(|n| n.starts_with("adservice-"))
     else {
-        return vec![Finding::new(
+        return Some(vec![Finding::new(
             "a userid route exists but the release has no feature Deployment of adservice (adservice-<branch>)".to_string(),
-        )];
+        )]);
     };
     let session = match crate::manifests::routing::SessionId::parse(&session) {
         Ok(s) => s,
-        Err(e) => return vec![Finding::new(format!("session id {session}: {e}"))],
+        Err(e) => return Some(vec![Finding::new(format!("session id {session}: {e}"))]),
     };
     let client = match mesh_client(run).await {
         Ok(c) => c,
-        Err(why) => return vec![Finding::new(why)],
+        Err(why) => return Some(vec![Finding::new(why)]),
     };
     let local = match client.forward(9555, Duration::from_secs(15)).await {
         Ok(a) => a,
-        Err(e) => return vec![Finding::new(chain(&e))],
+        Err(e) => return Some(vec![Finding::new(chain(&e))]),
     };
     let method = crate::traffic::target::GrpcMethod::GetAds {
         context_keys: vec!["clothing".to_string()],
     };
     let base = match dataplane::in_mesh_target("adservice", 9555, local, method) {
         Ok(t) => t,
-        Err(e) => return vec![Finding::new(chain(&e))],
+        Err(e) => return Some(vec![Finding::new(chain(&e))]),
     };
     let health = dataplane::in_mesh_target(
         "adservice",
@@ -464,9 +498,9 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
     if let Ok(health) = health
         && let Err(why) = call_until_ok(&health).await
     {
-        return vec![Finding::new(format!(
+        return Some(vec![Finding::new(format!(
             "adservice:9555 does not answer from inside the mesh: {why}"
-        ))];
+        ))]);
     }
     let probe = RoutingProbe {
         per_variant: 40,
@@ -476,7 +510,7 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
             .expect("escaped regex"),
         mainline_label: regex::Regex::new("^adservice-").expect("static regex"),
     };
-    match probe.run_userids(&base, &userid_variants(&session)).await {
+    Some(match probe.run_userids(&base, &userid_variants(&session)).await {
         Ok(report) if report.passed => Vec::new(),
         Ok(report) => report
             .variants
@@ -497,5 +531,5 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
             })
             .collect(),
         Err(e) => vec![Finding::new(chain(&e))],
-    }
+    })
 }
