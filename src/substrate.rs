@@ -8,9 +8,11 @@
 //! - [`host`]: the machine behind a trait (commands, files, free disk), for plans and preflight.
 //! - [`doctor`]: the kind substrate's preflight (`cdcheck doctor`).
 //! - [`kind`]: the kind substrate as a plan of commands, its fingerprint and reuse rule.
+//! - [`existing`]: a cluster of the user's: the Istio check and namespaces labelled as cdcheck's.
 
 pub mod binaries;
 pub mod doctor;
+pub mod existing;
 pub mod host;
 pub mod kind;
 pub mod istio_crds;
