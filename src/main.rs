@@ -36,6 +36,8 @@ enum Command {
     Doctor(cmd::substrate::DoctorArgs),
     /// Print the path of the local substrate's admin kubeconfig.
     Kubeconfig(cmd::substrate::StateArgs),
+    /// In-mesh client: gRPC requests by userid and health checks, attributed by the sidecar's counters (JSON lines).
+    Agent(cmd::agent::Args),
     /// Manage the local substrate's binaries.
     Substrate(cmd::substrate::SubstrateArgs),
 }
@@ -54,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Doctor(args) => cmd::substrate::doctor(args),
         Command::Kubeconfig(args) => cmd::substrate::kubeconfig(args),
         Command::Substrate(args) => cmd::substrate::install(args),
+        Command::Agent(args) => cmd::agent::run(args),
     };
     match result {
         Ok(code) => code,
