@@ -37,7 +37,9 @@ pub const STATS_ANNOTATION: (&str, &str) = (
 pub enum AgentError {
     #[error("parse --batch {value:?}: expected USERID=N or -=N (no userid), N >= 1")]
     Batch { value: String },
-    #[error("parse --health {value:?}: expected SERVICE=URL, e.g. hipstershop.CartService=http://cartservice:7070")]
+    #[error(
+        "parse --health {value:?}: expected SERVICE=URL, e.g. hipstershop.CartService=http://cartservice:7070"
+    )]
     Health { value: String },
     #[error(transparent)]
     Traffic(#[from] TrafficError),
@@ -121,8 +123,12 @@ pub enum Record {
         latency_us: u64,
     },
     /// Something the agent could not do (the stats could not be read, a bad target).
-    Error { message: String },
-    Done { failed: bool },
+    Error {
+        message: String,
+    },
+    Done {
+        failed: bool,
+    },
 }
 
 fn chain(error: &dyn std::error::Error) -> String {
@@ -274,7 +280,10 @@ pub fn judge_batch(record: &Record, expected: &str) -> Result<(), String> {
         .filter(|(s, _)| s.as_str() != expected)
         .map(|(s, n)| format!("{n} to {s}"))
         .collect();
-    let who = userid.as_deref().map(|u| format!("userid {u}")).unwrap_or("no userid".into());
+    let who = userid
+        .as_deref()
+        .map(|u| format!("userid {u}"))
+        .unwrap_or("no userid".into());
     if !elsewhere.is_empty() {
         return Err(format!(
             "{who}: {} of {requests} requests went elsewhere than {expected} ({})",
@@ -298,15 +307,32 @@ mod tests {
     fn batches_and_health_targets_parse_or_name_the_bad_value() {
         assert_eq!(
             Batch::parse("s1=20").unwrap(),
-            Batch { userid: Some("s1".into()), requests: 20 }
+            Batch {
+                userid: Some("s1".into()),
+                requests: 20
+            }
         );
-        assert_eq!(Batch::parse("-=5").unwrap(), Batch { userid: None, requests: 5 });
+        assert_eq!(
+            Batch::parse("-=5").unwrap(),
+            Batch {
+                userid: None,
+                requests: 5
+            }
+        );
         for bad in ["s1", "s1=0", "=3", "s1=x"] {
-            assert!(Batch::parse(bad).unwrap_err().to_string().contains(&format!("{bad:?}")));
+            assert!(
+                Batch::parse(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains(&format!("{bad:?}"))
+            );
         }
         assert_eq!(
             parse_health("hipstershop.CartService=http://cartservice:7070").unwrap(),
-            ("hipstershop.CartService".into(), "http://cartservice:7070".into())
+            (
+                "hipstershop.CartService".into(),
+                "http://cartservice:7070".into()
+            )
         );
         assert!(parse_health("cartservice").is_err());
     }
@@ -324,10 +350,22 @@ mod tests {
 
     #[test]
     fn a_batch_passes_only_when_every_request_is_counted_at_the_expected_service() {
-        assert_eq!(judge_batch(&batch(&[("adservice-myfeature", 10)], 10), "adservice-myfeature"), Ok(()));
-        let leak = judge_batch(&batch(&[("adservice-myfeature", 9), ("adservice", 1)], 10), "adservice-myfeature");
+        assert_eq!(
+            judge_batch(
+                &batch(&[("adservice-myfeature", 10)], 10),
+                "adservice-myfeature"
+            ),
+            Ok(())
+        );
+        let leak = judge_batch(
+            &batch(&[("adservice-myfeature", 9), ("adservice", 1)], 10),
+            "adservice-myfeature",
+        );
         assert_eq!(leak, Err("userid s1: 1 of 10 requests went elsewhere than adservice-myfeature (1 to adservice)".into()));
-        let lost = judge_batch(&batch(&[("adservice-myfeature", 4)], 10), "adservice-myfeature");
+        let lost = judge_batch(
+            &batch(&[("adservice-myfeature", 4)], 10),
+            "adservice-myfeature",
+        );
         assert!(lost.unwrap_err().contains("only 4 of 10"));
     }
 }

@@ -14,8 +14,8 @@ pub mod binaries;
 pub mod doctor;
 pub mod existing;
 pub mod host;
-pub mod kind;
 pub mod istio_crds;
+pub mod kind;
 pub mod local;
 mod pki;
 

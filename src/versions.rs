@@ -82,7 +82,10 @@ pub fn all() -> Vec<(&'static str, &'static str)> {
         ("ISTIOCTL_GO_MODULE_VERSION", ISTIOCTL_GO_MODULE_VERSION),
         ("KIND", KIND),
         ("ISTIOCTL", ISTIOCTL),
-        ("ISTIO_ARCHIVE_SHA256", ISTIO_ARCHIVE_SHA256.unwrap_or("unverified")),
+        (
+            "ISTIO_ARCHIVE_SHA256",
+            ISTIO_ARCHIVE_SHA256.unwrap_or("unverified"),
+        ),
         ("KUBECTL", KUBECTL),
         ("AGENT_BUILDER_IMAGE", AGENT_BUILDER_IMAGE),
         ("AGENT_RUNTIME_IMAGE", AGENT_RUNTIME_IMAGE),
@@ -129,7 +132,10 @@ mod tests {
             .find_map(|l| l.strip_prefix("rust-version = "))
             .unwrap()
             .trim_matches('"');
-        assert!(rust.starts_with(crate_rust), "{rust} vs rust-version {crate_rust}");
+        assert!(
+            rust.starts_with(crate_rust),
+            "{rust} vs rust-version {crate_rust}"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use cdcheck::agent::{self, AgentOptions, Batch, Record};
 use serde_json::{Value, json};
-use support_envoy::{Envoy, GrpcBackend, bootstrap, cluster, header_exact, header_prefix, http_listener, route};
+use support_envoy::{
+    Envoy, GrpcBackend, bootstrap, cluster, header_exact, header_prefix, http_listener, route,
+};
 
 const NS: &str = "dev";
 
@@ -30,7 +32,10 @@ fn sidecar(userid_match: Value, main: &GrpcBackend, feat: &GrpcBackend) -> Value
     let mut config = bootstrap(
         vec![http_listener(
             "outbound",
-            vec![route(&feature(), vec![userid_match]), route(&mainline(), vec![])],
+            vec![
+                route(&feature(), vec![userid_match]),
+                route(&mainline(), vec![]),
+            ],
         )],
         vec![
             cluster(&mainline(), &[main.addr], true, None),
@@ -84,28 +89,52 @@ async fn batches_are_attributed_by_the_sidecars_cluster_counters_and_a_leaky_rou
     let feat = GrpcBackend::start("adservice-myfeature-0").await;
 
     // The route Istio renders from `userid: {exact: s1}`.
-    let envoy = Envoy::start(&binary, &sidecar(header_exact("userid", "s1"), &main, &feat)).await;
+    let envoy = Envoy::start(
+        &binary,
+        &sidecar(header_exact("userid", "s1"), &main, &feat),
+    )
+    .await;
     let (records, failed) = run(&options(&envoy, &["s1=20", "-=15", "s1x=10"])).await;
     assert!(!failed, "{records:#?}");
     let by_user = batches(&records);
-    let Record::Batch { clusters, .. } = &by_user[&Some("s1".into())] else { unreachable!() };
+    let Record::Batch { clusters, .. } = &by_user[&Some("s1".into())] else {
+        unreachable!()
+    };
     assert_eq!(*clusters, BTreeMap::from([(feature(), 20)]), "{records:#?}");
-    assert_eq!(agent::judge_batch(&by_user[&Some("s1".into())], "adservice-myfeature"), Ok(()));
+    assert_eq!(
+        agent::judge_batch(&by_user[&Some("s1".into())], "adservice-myfeature"),
+        Ok(())
+    );
     assert_eq!(agent::judge_batch(&by_user[&None], "adservice"), Ok(()));
-    assert_eq!(agent::judge_batch(&by_user[&Some("s1x".into())], "adservice"), Ok(()));
-    let Record::Batch { services, .. } = &by_user[&None] else { unreachable!() };
+    assert_eq!(
+        agent::judge_batch(&by_user[&Some("s1x".into())], "adservice"),
+        Ok(())
+    );
+    let Record::Batch { services, .. } = &by_user[&None] else {
+        unreachable!()
+    };
     assert_eq!(*services, BTreeMap::from([("adservice".to_string(), 15)]));
-    let requests = records.iter().filter(|r| matches!(r, Record::Request { .. })).count();
+    let requests = records
+        .iter()
+        .filter(|r| matches!(r, Record::Request { .. }))
+        .count();
     assert_eq!(requests, 45);
     assert_eq!(records.last(), Some(&Record::Done { failed: false }));
     drop(envoy);
 
     // Control: `userid` matched by prefix, as a careless VirtualService would. The exact
     // session still goes to the feature, but the look-alike leaks there too.
-    let leaky = Envoy::start(&binary, &sidecar(header_prefix("userid", "s1"), &main, &feat)).await;
+    let leaky = Envoy::start(
+        &binary,
+        &sidecar(header_prefix("userid", "s1"), &main, &feat),
+    )
+    .await;
     let (records, _) = run(&options(&leaky, &["s1=20", "-=15", "s1x=10"])).await;
     let by_user = batches(&records);
-    assert_eq!(agent::judge_batch(&by_user[&Some("s1".into())], "adservice-myfeature"), Ok(()));
+    assert_eq!(
+        agent::judge_batch(&by_user[&Some("s1".into())], "adservice-myfeature"),
+        Ok(())
+    );
     assert_eq!(agent::judge_batch(&by_user[&None], "adservice"), Ok(()));
     assert_eq!(
         agent::judge_batch(&by_user[&Some("s1x".into())], "adservice"),
@@ -121,7 +150,11 @@ async fn stats_that_cannot_be_read_are_an_error_record_not_an_attribution() {
     };
     let main = GrpcBackend::start("adservice-0").await;
     let feat = GrpcBackend::start("adservice-myfeature-0").await;
-    let envoy = Envoy::start(&binary, &sidecar(header_exact("userid", "s1"), &main, &feat)).await;
+    let envoy = Envoy::start(
+        &binary,
+        &sidecar(header_exact("userid", "s1"), &main, &feat),
+    )
+    .await;
     let mut options = options(&envoy, &["s1=3"]);
     options.stats_url = format!("http://{}/no-such-stats", envoy.admin);
     let (records, failed) = run(&options).await;
@@ -130,7 +163,13 @@ async fn stats_that_cannot_be_read_are_an_error_record_not_an_attribution() {
     let Some(Record::Error { message }) = records.first() else {
         panic!("{records:#?}")
     };
-    assert!(message.starts_with(&format!("read the sidecar's stats at http://{}/no-such-stats: HTTP 404", envoy.admin)), "{message}");
+    assert!(
+        message.starts_with(&format!(
+            "read the sidecar's stats at http://{}/no-such-stats: HTTP 404",
+            envoy.admin
+        )),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +180,11 @@ async fn cdcheck_agent_streams_json_lines_with_attribution_and_health() {
     };
     let main = GrpcBackend::start("adservice-0").await;
     let feat = GrpcBackend::start("adservice-myfeature-0").await;
-    let envoy = Envoy::start(&binary, &sidecar(header_exact("userid", "s1"), &main, &feat)).await;
+    let envoy = Envoy::start(
+        &binary,
+        &sidecar(header_exact("userid", "s1"), &main, &feat),
+    )
+    .await;
     let agent = |health: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
             .args([
@@ -160,19 +203,43 @@ async fn cdcheck_agent_streams_json_lines_with_attribution_and_health() {
             .output()
             .unwrap()
     };
-    let out = tokio::task::block_in_place(|| agent(&format!("hipstershop.AdService=http://{}", main.addr)));
+    let out = tokio::task::block_in_place(|| {
+        agent(&format!("hipstershop.AdService=http://{}", main.addr))
+    });
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let kinds: Vec<&str> = lines.iter().map(|l| l["record"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["request", "request", "request", "request", "request", "batch", "health", "done"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines
+        .iter()
+        .map(|l| l["record"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "request", "request", "request", "request", "request", "batch", "health", "done"
+        ]
+    );
     assert_eq!(lines[5]["services"], json!({"adservice-myfeature": 5}));
     assert_eq!(lines[6]["status"], "SERVING");
 
     // Control: a service the backend does not serve is not healthy, and the exit says so.
-    let out = tokio::task::block_in_place(|| agent(&format!("hipstershop.CartService=http://{}", main.addr)));
+    let out = tokio::task::block_in_place(|| {
+        agent(&format!("hipstershop.CartService=http://{}", main.addr))
+    });
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    let health: Value = stdout.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|l| l["record"] == "health").unwrap();
+    let health: Value = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["record"] == "health")
+        .unwrap();
     assert_eq!(health["healthy"], false, "{health}");
 }

@@ -11,7 +11,11 @@ use cdcheck::versions;
 use support_host::{FakeHost, fails, ok};
 
 fn checks(host: &FakeHost) -> Vec<Check> {
-    doctor::diagnose(host).problems.iter().map(|p| p.check).collect()
+    doctor::diagnose(host)
+        .problems
+        .iter()
+        .map(|p| p.check)
+        .collect()
 }
 
 #[test]
@@ -20,7 +24,13 @@ fn a_ready_host_has_no_problem_and_names_what_it_found() {
     assert_eq!(report.problems, vec![], "{report:#?}");
     assert_eq!(report.engine, Some(Engine::Docker));
     let ok = report.ok.join("\n");
-    for found in [versions::KIND, versions::ISTIOCTL, versions::KUBECTL, "524288", "512"] {
+    for found in [
+        versions::KIND,
+        versions::ISTIOCTL,
+        versions::KUBECTL,
+        "524288",
+        "512",
+    ] {
         assert!(ok.contains(found), "{found} not in {ok}");
     }
 }
@@ -28,7 +38,11 @@ fn a_ready_host_has_no_problem_and_names_what_it_found() {
 #[test]
 fn a_missing_tool_is_one_problem_with_its_pinned_install_command() {
     for (prefix, check, fix) in [
-        ("kind version", Check::Kind, format!("go install sigs.k8s.io/kind@{}", versions::KIND)),
+        (
+            "kind version",
+            Check::Kind,
+            format!("go install sigs.k8s.io/kind@{}", versions::KIND),
+        ),
         (
             "istioctl version",
             Check::Istioctl,
@@ -70,19 +84,39 @@ fn a_wrong_version_names_the_found_and_the_pinned_one() {
         "{report:#?}"
     );
     let text: Vec<String> = report.problems.iter().map(|p| p.message.clone()).collect();
-    assert!(text[0].contains("v0.31.0") && text[0].contains(versions::KIND), "{text:?}");
-    assert!(text[1].contains("1.29.2") && text[1].contains(versions::ISTIOCTL), "{text:?}");
-    assert!(text[2].contains("v1.32.4") && text[2].contains(versions::KUBECTL), "{text:?}");
+    assert!(
+        text[0].contains("v0.31.0") && text[0].contains(versions::KIND),
+        "{text:?}"
+    );
+    assert!(
+        text[1].contains("1.29.2") && text[1].contains(versions::ISTIOCTL),
+        "{text:?}"
+    );
+    assert!(
+        text[2].contains("v1.32.4") && text[2].contains(versions::KUBECTL),
+        "{text:?}"
+    );
 }
 
 #[test]
 fn kubectl_one_minor_away_is_within_the_skew_policy_and_two_is_not() {
-    let pinned_minor: u32 = versions::KUBECTL.split('.').nth(1).unwrap().parse().unwrap();
+    let pinned_minor: u32 = versions::KUBECTL
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut host = FakeHost::ready();
-    let near = format!(r#"{{"clientVersion":{{"gitVersion":"v1.{}.0"}}}}"#, pinned_minor + 1);
+    let near = format!(
+        r#"{{"clientVersion":{{"gitVersion":"v1.{}.0"}}}}"#,
+        pinned_minor + 1
+    );
     host.answer("kubectl version", ok(&near));
     assert_eq!(checks(&host), vec![]);
-    let far = format!(r#"{{"clientVersion":{{"gitVersion":"v1.{}.0"}}}}"#, pinned_minor + 2);
+    let far = format!(
+        r#"{{"clientVersion":{{"gitVersion":"v1.{}.0"}}}}"#,
+        pinned_minor + 2
+    );
     host.answer("kubectl version", ok(&far));
     assert_eq!(checks(&host), vec![Check::Kubectl]);
 }
@@ -92,16 +126,29 @@ fn a_docker_daemon_that_does_not_answer_is_a_problem_unless_podman_does() {
     let mut host = FakeHost::ready();
     host.answer(
         "docker info",
-        fails(1, "Cannot connect to the Docker daemon at unix:///var/run/docker.sock."),
+        fails(
+            1,
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock.",
+        ),
     );
     let report = doctor::diagnose(&host);
     assert_eq!(checks(&host), vec![Check::ContainerEngine]);
-    assert!(report.problems[0].message.contains("Cannot connect"), "{report:#?}");
-    assert!(report.problems[0].fix.starts_with("sudo systemctl start docker"));
+    assert!(
+        report.problems[0].message.contains("Cannot connect"),
+        "{report:#?}"
+    );
+    assert!(
+        report.problems[0]
+            .fix
+            .starts_with("sudo systemctl start docker")
+    );
     assert_eq!(report.engine, None);
 
     host.answer("podman info --format '{{.Version.Version}}'", ok("5.4.0\n"));
-    host.answer("podman info --format '{{.Store.GraphRoot}}'", ok("/var/lib/containers\n"));
+    host.answer(
+        "podman info --format '{{.Store.GraphRoot}}'",
+        ok("/var/lib/containers\n"),
+    );
     let report = doctor::diagnose(&host);
     assert_eq!(report.problems, vec![]);
     assert_eq!(report.engine, Some(Engine::Podman));
@@ -123,12 +170,16 @@ fn inotify_limits_below_kinds_values_are_problems_with_the_sysctl_that_fixes_the
         checks(&host),
         vec![Check::InotifyWatches, Check::InotifyInstances]
     );
-    assert!(report.problems[0]
-        .fix
-        .starts_with("sudo sysctl -w fs.inotify.max_user_watches=524288"));
-    assert!(report.problems[1]
-        .fix
-        .starts_with("sudo sysctl -w fs.inotify.max_user_instances=512"));
+    assert!(
+        report.problems[0]
+            .fix
+            .starts_with("sudo sysctl -w fs.inotify.max_user_watches=524288")
+    );
+    assert!(
+        report.problems[1]
+            .fix
+            .starts_with("sudo sysctl -w fs.inotify.max_user_instances=512")
+    );
     assert!(report.problems[0].message.contains("is 8192"));
 }
 
@@ -141,9 +192,21 @@ fn too_little_memory_or_disk_is_a_problem() {
     );
     host.free = 5 * 1024 * 1024 * 1024;
     let report = doctor::diagnose(&host);
-    assert_eq!(checks(&host), vec![Check::Memory, Check::Disk], "{report:#?}");
-    assert!(report.problems[0].message.starts_with("4.0 GiB of memory available"));
-    assert!(report.problems[1].message.contains("5.0 GiB free under /var/lib/docker"));
+    assert_eq!(
+        checks(&host),
+        vec![Check::Memory, Check::Disk],
+        "{report:#?}"
+    );
+    assert!(
+        report.problems[0]
+            .message
+            .starts_with("4.0 GiB of memory available")
+    );
+    assert!(
+        report.problems[1]
+            .message
+            .contains("5.0 GiB free under /var/lib/docker")
+    );
 }
 
 #[test]
@@ -159,7 +222,12 @@ fn a_bare_machine_gets_one_line_per_problem() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1 + 8, "{text}");
     assert!(lines[0].starts_with("pass the kind substrate's preflight (8 problems)"));
-    assert!(lines[1..].iter().all(|l| l.starts_with("  - ") && l.contains("; fix: ")), "{text}");
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.starts_with("  - ") && l.contains("; fix: ")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -182,15 +250,27 @@ fn on_this_machine_the_verdicts_agree_with_the_machine_read_directly() {
         "{report:#?}"
     );
     for (check, file, min) in [
-        (Check::InotifyWatches, "max_user_watches", doctor::MIN_INOTIFY_WATCHES),
-        (Check::InotifyInstances, "max_user_instances", doctor::MIN_INOTIFY_INSTANCES),
+        (
+            Check::InotifyWatches,
+            "max_user_watches",
+            doctor::MIN_INOTIFY_WATCHES,
+        ),
+        (
+            Check::InotifyInstances,
+            "max_user_instances",
+            doctor::MIN_INOTIFY_INSTANCES,
+        ),
     ] {
         let value: u64 = std::fs::read_to_string(format!("/proc/sys/fs/inotify/{file}"))
             .unwrap()
             .trim()
             .parse()
             .unwrap();
-        assert_eq!(report.has(check), value < min, "{file} = {value}: {report:#?}");
+        assert_eq!(
+            report.has(check),
+            value < min,
+            "{file} = {value}: {report:#?}"
+        );
     }
     let on_path = |tool: &str| {
         std::env::var_os("PATH")
@@ -219,9 +299,16 @@ fn cdcheck_doctor_without_the_tools_exits_1_with_a_line_per_missing_tool() {
     let out = cdcheck_with_empty_path(&["doctor"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    for tool in ["docker nor podman", "kind is not installed", "istioctl is not installed", "kubectl is not installed"] {
+    for tool in [
+        "docker nor podman",
+        "kind is not installed",
+        "istioctl is not installed",
+        "kubectl is not installed",
+    ] {
         assert!(
-            stdout.lines().any(|l| l.contains(tool) && l.contains("fix: ")),
+            stdout
+                .lines()
+                .any(|l| l.contains(tool) && l.contains("fix: ")),
             "no line for {tool}:\n{stdout}"
         );
     }
@@ -236,5 +323,8 @@ fn up_on_kind_without_the_tools_stops_at_the_preflight_and_runs_nothing() {
         stderr.starts_with("error: failed to pass the kind substrate's preflight"),
         "{stderr}"
     );
-    assert!(stderr.contains("kind is not installed; fix: go install sigs.k8s.io/kind@"), "{stderr}");
+    assert!(
+        stderr.contains("kind is not installed; fix: go install sigs.k8s.io/kind@"),
+        "{stderr}"
+    );
 }

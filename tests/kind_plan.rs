@@ -48,13 +48,26 @@ fn a_fresh_cluster_is_created_with_the_pinned_config_istio_overlay_and_feature_i
     let plan = kind::up_plan(&options(), &Decision::Create);
     insta::assert_yaml_snapshot!("create", plan);
     let lines = lines(&plan);
-    let create = lines.iter().position(|l| l.starts_with("kind create cluster")).unwrap();
-    let install = lines.iter().position(|l| l.starts_with("istioctl install")).unwrap();
-    let fingerprint = lines.iter().position(|l| l.contains("apply --server-side")).unwrap();
+    let create = lines
+        .iter()
+        .position(|l| l.starts_with("kind create cluster"))
+        .unwrap();
+    let install = lines
+        .iter()
+        .position(|l| l.starts_with("istioctl install"))
+        .unwrap();
+    let fingerprint = lines
+        .iter()
+        .position(|l| l.contains("apply --server-side"))
+        .unwrap();
     assert!(create < install && install < fingerprint, "{lines:#?}");
     // The fingerprint is written last: a provisioning that stops earlier leaves none.
     assert_eq!(fingerprint, lines.len() - 1);
-    assert!(lines.iter().all(|l| !l.starts_with("kind load") || !l.contains("pilot")));
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.starts_with("kind load") || !l.contains("pilot"))
+    );
 }
 
 #[test]
@@ -65,8 +78,14 @@ fn preload_pulls_and_loads_every_image_of_the_run_before_istio_starts() {
     let plan = kind::up_plan(&options, &Decision::Create);
     insta::assert_yaml_snapshot!("create_preload", plan);
     let lines = lines(&plan);
-    let install = lines.iter().position(|l| l.starts_with("istioctl install")).unwrap();
-    for image in kind::run_images().iter().chain([&"cdcheck-agent:dev".to_string()]) {
+    let install = lines
+        .iter()
+        .position(|l| l.starts_with("istioctl install"))
+        .unwrap();
+    for image in kind::run_images()
+        .iter()
+        .chain([&"cdcheck-agent:dev".to_string()])
+    {
         let load = lines
             .iter()
             .position(|l| *l == format!("kind load docker-image --name cdcheck {image}"))
@@ -84,7 +103,13 @@ fn a_matching_fingerprint_reuses_the_cluster_and_only_waits_for_istio() {
     assert_eq!(cluster.decision, Decision::Reuse);
     let ran = host.lines();
     // Nothing created, deleted, installed or pulled: a reused cluster works offline.
-    assert!(!ran.iter().any(|l| l.starts_with("kind create") || l.starts_with("kind delete") || l.starts_with("istioctl install") || l.starts_with("docker pull")), "{ran:#?}");
+    assert!(
+        !ran.iter().any(|l| l.starts_with("kind create")
+            || l.starts_with("kind delete")
+            || l.starts_with("istioctl install")
+            || l.starts_with("docker pull")),
+        "{ran:#?}"
+    );
     insta::assert_yaml_snapshot!("reuse", kind::up_plan(&options(), &Decision::Reuse));
 }
 
@@ -98,12 +123,24 @@ fn a_fingerprint_that_differs_recreates_and_says_what_differs() {
     let Decision::Recreate(reason) = &cluster.decision else {
         panic!("{:?}", cluster.decision)
     };
-    assert!(reason.contains("istio: have 1.29.0, want 1.30.3"), "{reason}");
+    assert!(
+        reason.contains("istio: have 1.29.0, want 1.30.3"),
+        "{reason}"
+    );
     assert!(reason.contains("overlay-sha256: have 0000"), "{reason}");
-    assert!(!reason.contains("node-image"), "only what differs: {reason}");
+    assert!(
+        !reason.contains("node-image"),
+        "only what differs: {reason}"
+    );
     let ran = host.lines();
-    let delete = ran.iter().position(|l| l.starts_with("kind delete cluster --name cdcheck")).unwrap();
-    let create = ran.iter().position(|l| l.starts_with("kind create cluster --name cdcheck")).unwrap();
+    let delete = ran
+        .iter()
+        .position(|l| l.starts_with("kind delete cluster --name cdcheck"))
+        .unwrap();
+    let create = ran
+        .iter()
+        .position(|l| l.starts_with("kind create cluster --name cdcheck"))
+        .unwrap();
     assert!(delete < create, "{ran:#?}");
 }
 
@@ -121,23 +158,43 @@ fn recreate_forces_a_new_cluster_even_when_the_fingerprint_matches() {
         kind::decide(&Observed::Ours(None), &wanted, false),
         Decision::Recreate(r) if r.contains("stopped")
     ));
-    assert_eq!(kind::decide(&Observed::Absent, &wanted, true), Decision::Create);
+    assert_eq!(
+        kind::decide(&Observed::Absent, &wanted, true),
+        Decision::Create
+    );
 }
 
 #[test]
 fn a_foreign_cluster_of_the_same_name_is_never_reused_recreated_or_deleted() {
     let wanted = Fingerprint::wanted();
-    assert_eq!(kind::decide(&Observed::Foreign, &wanted, true), Decision::Refuse);
+    assert_eq!(
+        kind::decide(&Observed::Foreign, &wanted, true),
+        Decision::Refuse
+    );
     let host = host_with_cluster(false, None);
     let mut opts = options();
     opts.recreate = true;
     let error = kind::up(&host, &opts, |_| {}).unwrap_err();
     assert!(matches!(error, KindError::Foreign { .. }), "{error}");
-    assert!(error.to_string().contains("kind delete cluster --name cdcheck"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("kind delete cluster --name cdcheck"),
+        "{error}"
+    );
     let error = kind::down(&host, &options()).unwrap_err();
-    assert!(error.to_string().starts_with("delete kind cluster cdcheck: cdcheck did not create it"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("delete kind cluster cdcheck: cdcheck did not create it"),
+        "{error}"
+    );
     let ran = host.lines();
-    assert!(!ran.iter().any(|l| l.starts_with("kind delete") || l.starts_with("kind create")), "{ran:#?}");
+    assert!(
+        !ran.iter()
+            .any(|l| l.starts_with("kind delete") || l.starts_with("kind create")),
+        "{ran:#?}"
+    );
     assert!(host.removed.lock().unwrap().is_empty());
 }
 
@@ -152,7 +209,10 @@ fn a_fingerprint_configmap_without_our_label_does_not_count_as_ours() {
         "kubectl --kubeconfig /state/kind/kubeconfig --context kind-cdcheck -n kube-system get configmap",
         ok(&planted.to_string()),
     );
-    assert_eq!(kind::observe(&host, &options()).unwrap(), Observed::Ours(None));
+    assert_eq!(
+        kind::observe(&host, &options()).unwrap(),
+        Observed::Ours(None)
+    );
 }
 
 #[test]
@@ -160,8 +220,16 @@ fn down_deletes_only_cdchecks_cluster_and_its_files() {
     let host = host_with_cluster(true, Some(&Fingerprint::wanted()));
     assert_eq!(kind::down(&host, &options()).unwrap(), kind::Down::Deleted);
     let ran = host.lines();
-    assert!(ran.contains(&"kind delete cluster --name cdcheck --kubeconfig /state/kind/kubeconfig".to_string()), "{ran:#?}");
-    assert_eq!(*host.removed.lock().unwrap(), vec![PathBuf::from("/state/kind")]);
+    assert!(
+        ran.contains(
+            &"kind delete cluster --name cdcheck --kubeconfig /state/kind/kubeconfig".to_string()
+        ),
+        "{ran:#?}"
+    );
+    assert_eq!(
+        *host.removed.lock().unwrap(),
+        vec![PathBuf::from("/state/kind")]
+    );
 
     let mut absent = FakeHost::ready();
     absent.answer("kind get clusters", ok("other\n"));
@@ -173,13 +241,25 @@ fn down_deletes_only_cdchecks_cluster_and_its_files() {
 fn a_failing_step_stops_the_plan_and_names_its_purpose_command_and_output() {
     let mut host = FakeHost::ready();
     host.answer("kind get clusters", ok(""));
-    host.answer("istioctl install", fails(1, "Error: failed to install manifests: webhook timeout\n"));
+    host.answer(
+        "istioctl install",
+        fails(1, "Error: failed to install manifests: webhook timeout\n"),
+    );
     let error = kind::up(&host, &options(), |_| {}).unwrap_err();
     let text = error.to_string();
-    assert!(text.starts_with("install Istio 1.30.3 with istioctl: `istioctl install -y"), "{text}");
-    assert!(text.ends_with("exited with 1: Error: failed to install manifests: webhook timeout"), "{text}");
+    assert!(
+        text.starts_with("install Istio 1.30.3 with istioctl: `istioctl install -y"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("exited with 1: Error: failed to install manifests: webhook timeout"),
+        "{text}"
+    );
     let ran = host.lines();
-    assert!(ran.last().unwrap().starts_with("istioctl install"), "nothing after the failure: {ran:#?}");
+    assert!(
+        ran.last().unwrap().starts_with("istioctl install"),
+        "nothing after the failure: {ran:#?}"
+    );
 }
 
 #[test]
@@ -190,7 +270,10 @@ fn podman_runs_kind_with_its_provider_and_pulls_with_podman() {
     for step in &plan.steps {
         if let Step::Run { cmd, .. } = step {
             match cmd.program.as_str() {
-                "kind" => assert_eq!(cmd.env, vec![("KIND_EXPERIMENTAL_PROVIDER".into(), "podman".into())]),
+                "kind" => assert_eq!(
+                    cmd.env,
+                    vec![("KIND_EXPERIMENTAL_PROVIDER".into(), "podman".into())]
+                ),
                 "docker" => panic!("docker with podman: {cmd}"),
                 _ => {}
             }
@@ -200,8 +283,11 @@ fn podman_runs_kind_with_its_provider_and_pulls_with_podman() {
 
 #[test]
 fn the_repository_files_are_what_the_plan_writes_and_the_fingerprint_hashes() {
-    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kind-config.yaml")).unwrap();
-    let overlay = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/istio-overlay.yaml")).unwrap();
+    let config =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kind-config.yaml")).unwrap();
+    let overlay =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/istio-overlay.yaml"))
+            .unwrap();
     assert_eq!(config, kind::KIND_CONFIG);
     assert_eq!(overlay, kind::ISTIO_OVERLAY);
     // kind-config: 1 control plane + 3 zoned workers, the label, ports on 127.0.0.1.
@@ -210,12 +296,19 @@ fn the_repository_files_are_what_the_plan_writes_and_the_fingerprint_hashes() {
     let roles: Vec<&str> = nodes.iter().map(|n| n["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["control-plane", "worker", "worker", "worker"]);
     assert_eq!(nodes[0]["labels"]["cdcheck.io/created-by"], "cdcheck");
-    let zones: Vec<&str> = nodes[1..].iter().map(|n| n["labels"]["topology.kubernetes.io/zone"].as_str().unwrap()).collect();
+    let zones: Vec<&str> = nodes[1..]
+        .iter()
+        .map(|n| n["labels"]["topology.kubernetes.io/zone"].as_str().unwrap())
+        .collect();
     assert_eq!(zones, ["a", "b", "c"]);
     for mapping in nodes[0]["extraPortMappings"].as_array().unwrap() {
         assert_eq!(mapping["listenAddress"], "127.0.0.1");
     }
-    assert!(nodes.iter().all(|n| n["image"] == cdcheck::versions::KIND_NODE_IMAGE));
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["image"] == cdcheck::versions::KIND_NODE_IMAGE)
+    );
     // The overlay: NodePorts 30080/30443, access log, holdApplicationUntilProxyStarts.
     let overlay: serde_json::Value = serde_saphyr::from_str(&overlay).unwrap();
     let gateway = &overlay["spec"]["components"]["ingressGateways"][0];
@@ -228,6 +321,12 @@ fn the_repository_files_are_what_the_plan_writes_and_the_fingerprint_hashes() {
         .filter_map(|p| p["nodePort"].as_u64())
         .collect();
     assert_eq!(node_ports, [30080, 30443]);
-    assert_eq!(overlay["spec"]["meshConfig"]["accessLogFile"], "/dev/stdout");
-    assert_eq!(overlay["spec"]["meshConfig"]["defaultConfig"]["holdApplicationUntilProxyStarts"], true);
+    assert_eq!(
+        overlay["spec"]["meshConfig"]["accessLogFile"],
+        "/dev/stdout"
+    );
+    assert_eq!(
+        overlay["spec"]["meshConfig"]["defaultConfig"]["holdApplicationUntilProxyStarts"],
+        true
+    );
 }

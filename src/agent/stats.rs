@@ -191,8 +191,14 @@ envoy_cluster_upstream_rq_total{cluster_name="odd \"name\", with } inside"} 1
     #[test]
     fn counters_are_read_per_cluster_and_other_metrics_are_ignored() {
         let counters = cluster_counters(SAMPLE, UPSTREAM_RQ_TOTAL).unwrap();
-        assert_eq!(counters["outbound|9555||adservice.dev.svc.cluster.local"], 40);
-        assert_eq!(counters["outbound|9555||adservice-myfeature.dev.svc.cluster.local"], 7);
+        assert_eq!(
+            counters["outbound|9555||adservice.dev.svc.cluster.local"],
+            40
+        );
+        assert_eq!(
+            counters["outbound|9555||adservice-myfeature.dev.svc.cluster.local"],
+            7
+        );
         assert_eq!(counters["plain"], 2);
         assert_eq!(counters["odd \"name\", with } inside"], 1);
         assert_eq!(counters.len(), 5, "{counters:#?}");
@@ -209,7 +215,13 @@ envoy_cluster_upstream_rq_total{cluster_name="odd \"name\", with } inside"} 1
             error.to_string(),
             "parse line 1 of the sidecar's stats: the value is not a number: \"envoy_cluster_upstream_rq_total{cluster_name=\\\"a\\\"} many\""
         );
-        assert!(cluster_counters("envoy_cluster_upstream_rq_total{cluster_name=\"a 1\n", UPSTREAM_RQ_TOTAL).is_err());
+        assert!(
+            cluster_counters(
+                "envoy_cluster_upstream_rq_total{cluster_name=\"a 1\n",
+                UPSTREAM_RQ_TOTAL
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -228,8 +240,12 @@ envoy_cluster_upstream_rq_total{cluster_name="odd \"name\", with } inside"} 1
 
     #[test]
     fn istio_cluster_names_give_the_service() {
-        let c = IstioCluster::parse("outbound|9555||adservice-myfeature.dev.svc.cluster.local").unwrap();
-        assert_eq!((c.port, c.subset.as_str(), c.service()), (9555, "", "adservice-myfeature"));
+        let c = IstioCluster::parse("outbound|9555||adservice-myfeature.dev.svc.cluster.local")
+            .unwrap();
+        assert_eq!(
+            (c.port, c.subset.as_str(), c.service()),
+            (9555, "", "adservice-myfeature")
+        );
         assert_eq!(
             IstioCluster::name_of("adservice", "dev", 9555),
             "outbound|9555||adservice.dev.svc.cluster.local"

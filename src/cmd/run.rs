@@ -203,7 +203,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     let substrate = args.substrate.unwrap_or(SubstrateChoice::Local);
-    if substrate != SubstrateChoice::Existing && (args.kubeconfig.is_some() || args.context.is_some()) {
+    if substrate != SubstrateChoice::Existing
+        && (args.kubeconfig.is_some() || args.context.is_some())
+    {
         return usage_error(anyhow::anyhow!(
             "use --kubeconfig or --context: they apply to --substrate existing only"
         ));

@@ -168,10 +168,8 @@ pub fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn up_kind(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let mut options = kind::KindOptions::new(
-        args.kind_state_dir
-            .unwrap_or_else(kind::default_state_dir),
-    );
+    let mut options =
+        kind::KindOptions::new(args.kind_state_dir.unwrap_or_else(kind::default_state_dir));
     options.recreate = args.recreate;
     options.preload = args.preload;
     options.agent_image = args.agent_image;
@@ -230,17 +228,14 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     if args.substrate == SubstrateKind::Kind {
-        let options = kind::KindOptions::new(
-            args.kind_state_dir
-                .unwrap_or_else(kind::default_state_dir),
-        );
+        let options =
+            kind::KindOptions::new(args.kind_state_dir.unwrap_or_else(kind::default_state_dir));
         let engine = doctor::diagnose(&SystemHost).engine;
         let options = kind::KindOptions {
             engine: engine.unwrap_or(doctor::Engine::Docker),
             ..options
         };
-        let result =
-            kind::down(&SystemHost, &options).context("tear down the kind substrate")?;
+        let result = kind::down(&SystemHost, &options).context("tear down the kind substrate")?;
         eprintln!(
             "{}",
             match result {

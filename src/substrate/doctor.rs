@@ -144,7 +144,11 @@ fn check_engine(host: &dyn Host, report: &mut Report) -> Option<Engine> {
             .push(format!("docker daemon {} answers", out.stdout.trim()));
         return Some(Engine::Docker);
     }
-    let podman = run(host, "podman", &["info", "--format", "{{.Version.Version}}"]);
+    let podman = run(
+        host,
+        "podman",
+        &["info", "--format", "{{.Version.Version}}"],
+    );
     if let Ok(out) = &podman
         && out.success()
     {
@@ -191,9 +195,9 @@ pub fn find_version(text: &str) -> Option<String> {
             parts.clone().count() >= 3
                 && parts.next().is_some_and(|p| p.parse::<u32>().is_ok())
                 && parts.next().is_some_and(|p| p.parse::<u32>().is_ok())
-                && parts.next().is_some_and(|p| {
-                    p.chars().next().is_some_and(|c| c.is_ascii_digit())
-                })
+                && parts
+                    .next()
+                    .is_some_and(|p| p.chars().next().is_some_and(|c| c.is_ascii_digit()))
         })
         .map(str::to_string)
 }
@@ -447,9 +451,11 @@ fn check_disk(host: &dyn Host, engine: Option<Engine>, report: &mut Report) {
         .unwrap_or_else(|| PathBuf::from("/var/lib/docker"));
     let probe = root;
     match host.free_bytes(&probe) {
-        Ok(bytes) if bytes >= MIN_DISK_BYTES => report
-            .ok
-            .push(format!("{} free under {}", gib(bytes), probe.display())),
+        Ok(bytes) if bytes >= MIN_DISK_BYTES => {
+            report
+                .ok
+                .push(format!("{} free under {}", gib(bytes), probe.display()))
+        }
         Ok(bytes) => report.problems.push(Problem {
             check: Check::Disk,
             message: format!(
@@ -504,7 +510,11 @@ mod tests {
     #[test]
     fn install_commands_name_the_pinned_versions_and_check_checksums() {
         let istioctl = istioctl_fix();
-        assert!(istioctl.contains(&format!("download/{}/istio-{}-", versions::ISTIO, versions::ISTIO)));
+        assert!(istioctl.contains(&format!(
+            "download/{}/istio-{}-",
+            versions::ISTIO,
+            versions::ISTIO
+        )));
         assert!(istioctl.contains("sha256sum -c"), "{istioctl}");
         let kubectl = kubectl_fix();
         assert!(kubectl.contains(&format!("release/{}/bin/", versions::KUBECTL)));

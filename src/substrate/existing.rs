@@ -170,19 +170,14 @@ pub async fn istio(client: &Client) -> Result<IstioInstall, ExistingError> {
         .iter()
         .find(|c| c.name == "discovery")
         .or_else(|| containers.first());
-    let image = container
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    let image = container.and_then(|c| c.image.clone()).unwrap_or_default();
     let version = version_from_image(&image).ok_or_else(|| ExistingError::IstioVersion {
         image: image.clone(),
     })?;
     Ok(IstioInstall {
         version,
         image,
-        ready_replicas: istiod
-            .status
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0),
+        ready_replicas: istiod.status.and_then(|s| s.ready_replicas).unwrap_or(0),
     })
 }
 
@@ -293,8 +288,14 @@ mod tests {
     fn istios_version_is_read_from_the_image_tag_in_every_form() {
         for (image, version) in [
             ("docker.io/istio/pilot:1.30.3", Some("1.30.3")),
-            ("gcr.io/istio-release/pilot:1.30.3-distroless", Some("1.30.3")),
-            ("registry:5000/istio/pilot:1.30.3@sha256:abc", Some("1.30.3")),
+            (
+                "gcr.io/istio-release/pilot:1.30.3-distroless",
+                Some("1.30.3"),
+            ),
+            (
+                "registry:5000/istio/pilot:1.30.3@sha256:abc",
+                Some("1.30.3"),
+            ),
             ("istio/pilot:1.30", Some("1.30")),
             ("registry:5000/istio/pilot", None),
             ("istio/pilot:latest", None),

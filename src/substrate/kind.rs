@@ -374,7 +374,14 @@ pub fn up_plan(options: &KindOptions, decision: &Decision) -> Plan {
             format!("delete kind cluster {name} to create it again"),
             kind(
                 options,
-                &["delete", "cluster", "--name", name, "--kubeconfig", &kubeconfig],
+                &[
+                    "delete",
+                    "cluster",
+                    "--name",
+                    name,
+                    "--kubeconfig",
+                    &kubeconfig,
+                ],
             ),
         )),
         Decision::Create => {}
@@ -579,7 +586,10 @@ pub fn observe(host: &dyn Host, options: &KindOptions) -> Result<Observed, KindE
     )?;
     let labelled = output(
         host,
-        &format!("list kind cluster {}'s nodes labelled as cdcheck's", options.name),
+        &format!(
+            "list kind cluster {}'s nodes labelled as cdcheck's",
+            options.name
+        ),
         &kubectl(
             options,
             &[
@@ -620,8 +630,8 @@ pub fn observe(host: &dyn Host, options: &KindOptions) -> Result<Observed, KindE
             name: options.name.clone(),
             detail: format!("not JSON: {e}"),
         })?;
-    let data: BTreeMap<String, String> = serde_json::from_value(value["data"].clone())
-        .unwrap_or_default();
+    let data: BTreeMap<String, String> =
+        serde_json::from_value(value["data"].clone()).unwrap_or_default();
     // A ConfigMap of that name without our label was not written by us: no fingerprint.
     let ours = value["metadata"]["labels"][CREATED_BY_LABEL].as_str() == Some(CREATED_BY_VALUE);
     Ok(Observed::Ours(
@@ -630,7 +640,11 @@ pub fn observe(host: &dyn Host, options: &KindOptions) -> Result<Observed, KindE
 }
 
 /// Runs a plan's steps in order, stopping at the first that fails.
-pub fn execute(host: &dyn Host, plan: &Plan, mut progress: impl FnMut(&Step)) -> Result<(), KindError> {
+pub fn execute(
+    host: &dyn Host,
+    plan: &Plan,
+    mut progress: impl FnMut(&Step),
+) -> Result<(), KindError> {
     for step in &plan.steps {
         progress(step);
         match step {

@@ -63,14 +63,23 @@ impl FakeHost {
             removed: Mutex::new(Vec::new()),
         };
         host.answer("docker info --format '{{.ServerVersion}}'", ok("29.1.0\n"));
-        host.answer("docker info --format '{{.DockerRootDir}}'", ok("/var/lib/docker\n"));
+        host.answer(
+            "docker info --format '{{.DockerRootDir}}'",
+            ok("/var/lib/docker\n"),
+        );
         host.answer(
             "kind version",
-            ok(&format!("kind {} go1.25.4 linux/amd64\n", cdcheck::versions::KIND)),
+            ok(&format!(
+                "kind {} go1.25.4 linux/amd64\n",
+                cdcheck::versions::KIND
+            )),
         );
         host.answer(
             "istioctl version --remote=false",
-            ok(&format!("client version: {}\n", cdcheck::versions::ISTIOCTL)),
+            ok(&format!(
+                "client version: {}\n",
+                cdcheck::versions::ISTIOCTL
+            )),
         );
         host.answer(
             "kubectl version --client -o json",
@@ -88,7 +97,12 @@ impl FakeHost {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.ran.lock().unwrap().iter().map(|c| c.to_string()).collect()
+        self.ran
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
     }
 }
 
@@ -108,7 +122,11 @@ impl Host for FakeHost {
             .answers
             .iter()
             .any(|(p, a)| a.is_some() && p.split(' ').next() == Some(cmd.program.as_str()));
-        if known { Ok(ok("").unwrap()) } else { Err(not_found()) }
+        if known {
+            Ok(ok("").unwrap())
+        } else {
+            Err(not_found())
+        }
     }
 
     fn read_file(&self, path: &Path) -> std::io::Result<String> {
