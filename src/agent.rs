@@ -9,6 +9,7 @@
 //! works for any workload without changing it; it needs batches not to overlap (they run
 //! one after another) and no other client in the agent's pod.
 
+pub mod pod;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -28,10 +29,7 @@ pub const DEFAULT_STATS_URL: &str = "http://127.0.0.1:15090/stats/prometheus";
 
 /// The pod annotation that makes Istio record the outbound clusters' stats (by default a
 /// sidecar records only `cluster_manager`, `listener_manager`, `server`, `cluster.xds-grpc`).
-pub const STATS_ANNOTATION: (&str, &str) = (
-    "proxy.istio.io/config",
-    "proxyStatsMatcher:\n  inclusionPrefixes:\n    - cluster.outbound\n",
-);
+pub const STATS_ANNOTATION: (&str, &str) = ("proxy.istio.io/config", pod::PROXY_CONFIG);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -328,3 +328,34 @@ fn up_on_kind_without_the_tools_stops_at_the_preflight_and_runs_nothing() {
         "{stderr}"
     );
 }
+
+#[test]
+fn run_on_kind_without_the_tools_stops_at_the_preflight_with_exit_2() {
+    let out = cdcheck_with_empty_path(&["run", "--substrate", "kind", "--filter", "ha"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: failed to pass the kind substrate's preflight"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn kubeconfig_and_context_are_refused_outside_the_existing_substrate() {
+    for substrate in ["local", "kind"] {
+        let out = cdcheck_with_empty_path(&["run", "--substrate", substrate, "--context", "prod"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            "error: failed to use --kubeconfig or --context: they apply to --substrate existing only"
+        );
+    }
+    let out = cdcheck_with_empty_path(&["up", "--substrate", "local", "--preload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("they apply to --substrate kind only"),
+        "{stderr}"
+    );
+}
