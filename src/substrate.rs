@@ -8,6 +8,7 @@
 //! - [`host`]: the machine behind a trait (commands, files, free disk), for plans and preflight.
 //! - [`doctor`]: the kind substrate's preflight (`cdcheck doctor`).
 //! - [`kind`]: the kind substrate as a plan of commands, its fingerprint and reuse rule.
+//! - [`tools`]: `substrate install --substrate kind`: kind from the Go module proxy, nothing unverified.
 //! - [`existing`]: a cluster of the user's: the Istio check and namespaces labelled as cdcheck's.
 
 pub mod binaries;
@@ -18,6 +19,7 @@ pub mod istio_crds;
 pub mod kind;
 pub mod local;
 mod pki;
+pub mod tools;
 
 pub use binaries::{Binaries, Binary, BinaryError};
 pub use local::{LocalError, NEVER_READY_ANNOTATION, Substrate, UpOptions, ZONE_LABEL};

@@ -93,10 +93,18 @@ pub struct SubstrateArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SubstrateCommand {
-    /// Find or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
-    /// (env vars CDCHECK_ETCD, CDCHECK_KUBE_APISERVER, ... and PATH win; else the cache
+    /// local: find or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+    /// kwok (env vars CDCHECK_ETCD, CDCHECK_KUBE_APISERVER, ... and PATH win; else the cache
     /// $CDCHECK_BIN_CACHE or ~/.cache/cdcheck/bin; else `go build` from the module proxy).
-    Install,
+    /// kind: kind from the Go module proxy into the cache; istioctl and kubectl only with a
+    /// pinned SHA-256 (none yet: their verified install commands are printed instead).
+    Install(InstallArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    #[arg(long, value_enum, default_value_t = SubstrateKind::Local)]
+    pub substrate: SubstrateKind,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -135,8 +143,47 @@ pub fn ensure_binaries() -> anyhow::Result<binaries::Binaries> {
     result.context("install the control-plane binaries")
 }
 
+fn install_kind_tools() -> anyhow::Result<ExitCode> {
+    use cdcheck::substrate::tools;
+    let cache = binaries::cache_root();
+    let plan = kind::Plan {
+        decision: kind::Decision::Create,
+        steps: tools::kind_plan(&cache),
+    };
+    kind::execute(&SystemHost, &plan, |step| eprintln!("+ {step}"))
+        .context("install the kind substrate's tools")?;
+    let dir = tools::tool_dir(&cache, "kind", cdcheck::versions::KIND);
+    println!("kind {} in {}", cdcheck::versions::KIND, dir.display());
+    let mut refused = 0;
+    for result in [tools::istioctl_plan(&cache), tools::kubectl_plan()] {
+        match result {
+            Ok(steps) => {
+                let plan = kind::Plan {
+                    decision: kind::Decision::Create,
+                    steps,
+                };
+                kind::execute(&SystemHost, &plan, |step| eprintln!("+ {step}"))
+                    .context("install the kind substrate's tools")?;
+            }
+            Err(e) => {
+                refused += 1;
+                println!("not installed: failed to {e}");
+            }
+        }
+    }
+    println!("export PATH=\"{}:$PATH\"", dir.display());
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 pub fn install(args: SubstrateArgs) -> anyhow::Result<ExitCode> {
-    let SubstrateCommand::Install = args.command;
+    let SubstrateCommand::Install(install) = args.command;
+    if install.substrate == SubstrateKind::Kind {
+        return install_kind_tools();
+    }
     let found = ensure_binaries()?;
     for binary in binaries::Binary::ALL {
         println!("{:<24} {}", binary.file_name(), found.get(binary).display());
