@@ -7,17 +7,21 @@
 //! - [`manifests`]: pure functions from catalog + pipeline options to a [`manifests::Bundle`].
 //! - [`traffic`]: load generation, probes and request attribution.
 //! - [`substrate`]: provisions the cluster (kind or the local control plane).
+//! - [`mesh`]: the local substrate's Istio data plane (istiod, Envoy, pods as processes).
 //! - [`kube`]: apply, wait, rollback, RBAC checks and diagnostics against a cluster.
 //! - [`scenario`]: scenario files, their checks, and the runner that emits events.
 //! - [`report`]: the runner's events, the run report, and the reporters that write it.
 //! - [`agent`]: the in-mesh client (`cdcheck agent`) and its attribution by sidecar counters.
+//! - [`standin`]: the local mesh's pod process, a stand-in for each Online Boutique workload.
 
 pub mod agent;
 pub mod catalog;
 pub mod kube;
 pub mod manifests;
+pub mod mesh;
 pub mod report;
 pub mod scenario;
+pub mod standin;
 pub mod substrate;
 pub mod traffic;
 pub mod versions;

@@ -40,6 +40,12 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Manage the local substrate's binaries.
     Substrate(cmd::substrate::SubstrateArgs),
+    /// The local mesh's pod runner and relays (started by `cdcheck up --mesh`).
+    #[command(hide = true)]
+    MeshDaemon(cmd::substrate::MeshDaemonArgs),
+    /// Run as one pod's process on the local mesh: a stand-in workload serving what the
+    /// pipeline's checks need of its Online Boutique service (health, GetAds, pod name).
+    Standin(cmd::standin::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +63,8 @@ fn main() -> std::process::ExitCode {
         Command::Kubeconfig(args) => cmd::substrate::kubeconfig(args),
         Command::Substrate(args) => cmd::substrate::install(args),
         Command::Agent(args) => cmd::agent::run(args),
+        Command::MeshDaemon(args) => cmd::substrate::mesh_daemon(args),
+        Command::Standin(args) => cmd::standin::run(args),
     };
     match result {
         Ok(code) => code,

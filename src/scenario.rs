@@ -5,6 +5,7 @@
 
 pub mod builtin;
 pub mod checks;
+pub mod dataplane;
 pub mod pipeline;
 pub mod runner;
 pub mod spec;

@@ -18,9 +18,13 @@ pub const REDIS_IMAGE: &str = "redis:alpine";
 /// supports Kubernetes 1.32–1.36.
 pub const ISTIO: &str = "1.30.3";
 
-/// istioctl 1.30.3 as a Go pseudo-version (Istio tags lack the `v`, so the module
-/// proxy only knows the commit of the 1.30.3 tag).
+/// Istio 1.30.3 (istioctl, and the local mesh's istiod) as a Go pseudo-version (Istio
+/// tags lack the `v`, so the module proxy only knows the commit of the 1.30.3 tag).
 pub const ISTIOCTL_GO_MODULE_VERSION: &str = "v0.0.0-20260713165634-56df41f63e51";
+
+/// The commit of Istio's 1.30.3 tag, stamped into the istiod the local mesh builds
+/// (with the version) so `pilot-discovery version` and the proxies' ISTIO_VERSION agree.
+pub const ISTIO_COMMIT: &str = "56df41f63e513f834c9a3af33d8aed82d1d961f2";
 
 /// kind release that creates the full substrate's cluster; `cdcheck doctor` wants
 /// exactly this (`kind version` prints `kind v0.32.0 go... linux/amd64`), since the
@@ -32,6 +36,12 @@ pub const KIND: &str = "v0.32.0";
 /// istioctl installs its own version of the control plane and `cdcheck doctor`
 /// refuses any other (the kind substrate's fingerprint records this version).
 pub const ISTIOCTL: &str = ISTIO;
+
+/// Registry of Istio's images (`<hub>/pilot:<ISTIO>`, `<hub>/proxyv2:<ISTIO>`): passed to
+/// `istioctl install --set hub=... --set tag=...`, so a release istioctl and one built
+/// from the Go module (whose default hub is Istio's testing registry) deploy the same
+/// images, the ones `cdcheck up --substrate kind --preload` loads.
+pub const ISTIO_HUB: &str = "docker.io/istio";
 
 /// SHA-256 of Istio's release archive `istio-1.30.3-linux-amd64.tar.gz` (which carries
 /// `bin/istioctl`), as Istio publishes it next to the archive (`.sha256`). `None`: the
@@ -80,6 +90,7 @@ pub fn all() -> Vec<(&'static str, &'static str)> {
         ("REDIS_IMAGE", REDIS_IMAGE),
         ("ISTIO", ISTIO),
         ("ISTIOCTL_GO_MODULE_VERSION", ISTIOCTL_GO_MODULE_VERSION),
+        ("ISTIO_COMMIT", ISTIO_COMMIT),
         ("KIND", KIND),
         ("ISTIOCTL", ISTIOCTL),
         (

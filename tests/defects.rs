@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+mod common;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -26,6 +28,17 @@ struct Defect {
     #[allow(dead_code)]
     why: String,
     mutations: Vec<Mutation>,
+    /// What the same scenario's traffic shows on a data plane (the local mesh): a
+    /// check of a load or probe that must fail too, with a finding containing `finding`.
+    #[serde(default, rename = "data-plane")]
+    data_plane: Option<DataPlaneEvidence>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataPlaneEvidence {
+    check: String,
+    finding: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +236,24 @@ fn run_cdcheck(dir: &Path, scenario: Option<&str>) -> Result<(i32, Value, String
     if let Some(s) = scenario {
         command.args(["--filter", s, "--exact"]);
     }
+    // On the local mesh, every scenario's data-plane steps run and must run.
+    match common::mesh_unavailable() {
+        None => {
+            command
+                .arg("--state-dir")
+                .arg(common::mesh_state_dir())
+                .args(["--mesh", "on", "--require", "data-plane"]);
+        }
+        Some(why) if std::env::var_os("CI").is_some() => {
+            return Err(Failed::from(format!("CI needs the local mesh: {why}")));
+        }
+        Some(why) => {
+            let _ = std::io::stderr().write_all(
+                format!("note: no local mesh ({why}): data-plane steps are skipped\n").as_bytes(),
+            );
+            command.args(["--mesh", "off"]);
+        }
+    }
     let output = command.output().map_err(|e| Failed::from(e.to_string()))?;
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     let code = output.status.code().unwrap_or(-1);
@@ -277,6 +308,27 @@ fn check_defect(defect: Defect) -> Result<(), Failed> {
             defect.check, check["verdict"], defect.finding
         )
         .into());
+    }
+    if let (Some(evidence), true) = (&defect.data_plane, report["data_plane"] == true) {
+        let check = scenario["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == evidence.check.as_str())
+            .ok_or_else(|| {
+                Failed::from(format!(
+                    "no data-plane check {} ran\n{stderr}",
+                    evidence.check
+                ))
+            })?;
+        let text = check["findings"].to_string();
+        if check["verdict"] != "failed" || !text.contains(&evidence.finding) {
+            return Err(format!(
+                "the data plane did not show the defect: check {} is {} without a finding containing {:?}: {text}\n{stderr}",
+                evidence.check, check["verdict"], evidence.finding
+            )
+            .into());
+        }
     }
     Ok(())
 }

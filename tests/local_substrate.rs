@@ -166,6 +166,7 @@ async fn up_twice_is_safe_a_crash_is_cleaned_up_and_down_leaves_nothing() {
         nodes: 2,
         state_dir: state_dir.clone(),
         timeout: Duration::from_secs(120),
+        mesh: None,
     };
     let first = local::up(&found, &options)
         .await

@@ -14,6 +14,8 @@ use cdcheck::scenario::{Scenario, builtin};
 use cdcheck::substrate::{binaries, local};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod common;
+
 fn chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
@@ -25,25 +27,39 @@ fn chain(error: &dyn std::error::Error) -> String {
     out
 }
 
-/// The substrate's kubeconfig: `CDCHECK_KUBECONFIG`, or the local substrate (started or reused).
-fn kubeconfig() -> &'static Result<std::path::PathBuf, String> {
-    static KUBECONFIG: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
+/// The substrate's kubeconfig, and whether it has a data plane: `CDCHECK_KUBECONFIG`
+/// (none), else the local mesh (started or reused; CI requires it), else the local
+/// substrate without one.
+fn kubeconfig() -> &'static Result<(std::path::PathBuf, bool), String> {
+    static KUBECONFIG: OnceLock<Result<(std::path::PathBuf, bool), String>> = OnceLock::new();
     KUBECONFIG.get_or_init(|| {
         if let Some(path) = std::env::var_os("CDCHECK_KUBECONFIG").filter(|v| !v.is_empty()) {
-            return Ok(path.into());
+            return Ok((path.into(), false));
+        }
+        match common::mesh_unavailable() {
+            None => return common::start_mesh().map(|k| (k, true)),
+            Some(why) if std::env::var_os("CI").is_some() => {
+                return Err(format!("CI needs the local mesh: {why}"));
+            }
+            Some(why) => {
+                let _ = std::io::stderr().write_all(
+                    format!("note: no local mesh ({why}): data-plane steps are skipped\n")
+                        .as_bytes(),
+                );
+            }
         }
         let found = binaries::locate()
             .map_err(|e| format!("{} (run `cargo run -- substrate install` first)", chain(&e)))?;
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         runtime
             .block_on(local::up(&found, &local::UpOptions::default()))
-            .map(|s| s.kubeconfig)
+            .map(|s| (s.kubeconfig, false))
             .map_err(|e| chain(&e))
     })
 }
 
 fn run_one(scenario: Scenario) -> Result<(), Failed> {
-    let path = kubeconfig()
+    let (path, mesh) = kubeconfig()
         .as_ref()
         .map_err(|e| Failed::from(e.as_str()))?;
     cdcheck::install_crypto_provider();
@@ -55,7 +71,14 @@ fn run_one(scenario: Scenario) -> Result<(), Failed> {
         let client =
             kube::Client::try_from(config.clone()).map_err(|e| Failed::from(e.to_string()))?;
         let cluster = Cluster { config, client };
-        let run_config = RunConfig::new("local", Pipeline::reference());
+        let mut run_config = RunConfig::new("local", Pipeline::reference());
+        if *mesh {
+            run_config.data_plane = true;
+            run_config.require_data_plane = true;
+            run_config.ingress = Some(cdcheck::scenario::dataplane::Ingress::local_mesh(
+                common::mesh_state_dir(),
+            ));
+        }
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         Ok::<_, Failed>(runner::run(&cluster, vec![scenario], &run_config, tx).await)
     })?;

@@ -6,5 +6,6 @@ pub mod load;
 pub mod probe;
 pub mod render;
 pub mod run;
+pub mod standin;
 pub mod substrate;
 pub mod versions;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cdcheck::report::{self, Event, Reporter, Verdict};
+use cdcheck::scenario::dataplane::Ingress;
 use cdcheck::scenario::pipeline::{Manifests, Pipeline};
 use cdcheck::scenario::runner::{self, Cluster, RunConfig};
 use cdcheck::scenario::spec::Need;
@@ -121,6 +122,19 @@ pub struct Args {
     /// existing: the kubeconfig's context (default: its current context).
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
+
+    /// The local substrate's Istio data plane: auto starts it when istiod and Envoy are
+    /// installed and cdcheck runs as root (and keeps a running substrate as it is).
+    #[arg(long, value_enum, default_value_t = MeshChoice::Auto)]
+    pub mesh: MeshChoice,
+}
+
+/// Whether `run` starts the local mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeshChoice {
+    Auto,
+    On,
+    Off,
 }
 
 fn select(all: Vec<Scenario>, args: &Args) -> Vec<Scenario> {
@@ -214,19 +228,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let (cluster, name) = match substrate {
-        SubstrateChoice::Local => (runtime.block_on(local_cluster(&args)), "local"),
-        SubstrateChoice::Existing => (runtime.block_on(existing_cluster(&args)), "existing"),
-        SubstrateChoice::Kind => (runtime.block_on(kind_cluster()), "kind"),
+    let result = match substrate {
+        SubstrateChoice::Local => runtime
+            .block_on(local_cluster(&args))
+            .map(|(cluster, ingress)| (cluster, ingress, "local")),
+        SubstrateChoice::Existing => runtime
+            .block_on(existing_cluster(&args))
+            .map(|cluster| (cluster, None, "existing")),
+        SubstrateChoice::Kind => runtime
+            .block_on(kind_cluster())
+            .map(|cluster| (cluster, None, "kind")),
     };
-    let cluster = match cluster {
-        Ok(c) => c,
+    let (cluster, ingress, name) = match result {
+        Ok(found) => found,
         Err(e) => return usage_error(e),
     };
     if substrate != SubstrateChoice::Local {
-        // The runner drives no load or probe step on any substrate yet (issue 10's runner work).
+        // The runner drives load and probe steps only on the local mesh yet; kind and
+        // existing clusters need their ingress address and the in-mesh agent wired in.
         eprintln!(
-            "note: the runner drives no traffic on {name} yet: load and probe steps are reported skipped{}",
+            "note: the runner drives traffic only on the local mesh yet: load and probe steps on {name} are reported skipped{}",
             if args.require.contains(&Requirement::DataPlane) {
                 " (and fail, with --require data-plane)"
             } else {
@@ -235,6 +256,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let mut config = RunConfig::new(name, pipeline);
+    config.data_plane = ingress.is_some();
+    config.ingress = ingress;
     config.jobs = usize::from(args.jobs);
     config.keep = args.keep;
     config.require_data_plane = args.require.contains(&Requirement::DataPlane);
@@ -247,14 +270,50 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-async fn local_cluster(args: &Args) -> anyhow::Result<Cluster> {
+/// The mesh to start: `on` (or `--require data-plane`) needs it, `auto` takes it
+/// when it can be had and no substrate without it is already running.
+async fn mesh_for(
+    args: &Args,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Option<cdcheck::mesh::MeshBinaries>> {
+    let required = args.mesh == MeshChoice::On || args.require.contains(&Requirement::DataPlane);
+    if args.mesh == MeshChoice::Off {
+        return Ok(None);
+    }
+    let found = cdcheck::mesh::locate().and_then(|b| cdcheck::mesh::check_root().map(|_| b));
+    match found {
+        Ok(binaries) => {
+            if !required
+                && let Some(running) = local::running(state_dir).await
+                && !running.mesh
+            {
+                eprintln!(
+                    "note: the local substrate in {} runs without the mesh: data-plane steps will be skipped (`cdcheck down` and run again for the mesh)",
+                    state_dir.display()
+                );
+                return Ok(None);
+            }
+            Ok(Some(binaries))
+        }
+        Err(e) if required => Err(anyhow::Error::new(e).context("start the local mesh")),
+        Err(e) => {
+            eprintln!("note: no local mesh, data-plane steps will be skipped: failed to {e}");
+            Ok(None)
+        }
+    }
+}
+
+async fn local_cluster(args: &Args) -> anyhow::Result<(Cluster, Option<Ingress>)> {
     let found = super::substrate::ensure_binaries()?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(local::default_state_dir);
+    let mesh = mesh_for(args, &state_dir).await?;
     let options = local::UpOptions {
         nodes: args.nodes,
-        state_dir: args
-            .state_dir
-            .clone()
-            .unwrap_or_else(local::default_state_dir),
+        state_dir: state_dir.clone(),
+        mesh,
         ..Default::default()
     };
     let substrate = local::up(&found, &options)
@@ -275,7 +334,8 @@ async fn local_cluster(args: &Args) -> anyhow::Result<Cluster> {
         .await
         .context("read the substrate's kubeconfig")?;
     let client = kube::Client::try_from(config.clone()).context("build a Kubernetes client")?;
-    Ok(Cluster { config, client })
+    let ingress = substrate.mesh.then(|| Ingress::local_mesh(state_dir));
+    Ok((Cluster { config, client }, ingress))
 }
 
 /// An existing cluster: connected through --kubeconfig/--context, with Istio installed.

@@ -39,6 +39,12 @@ pub struct UpArgs {
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
+    /// Run a real Istio data plane on the local substrate: istiod, Envoy as the ingress
+    /// gateway on 127.0.0.1:30080/30443, every pod a process (needs root, istiod from
+    /// `cdcheck substrate install --mesh`, and Envoy).
+    #[arg(long)]
+    pub mesh: bool,
+
     /// kind: delete cdcheck's cluster and create it again even when its fingerprint matches.
     #[arg(long)]
     pub recreate: bool,
@@ -55,6 +61,14 @@ pub struct UpArgs {
     /// kind: where the kind config, Istio overlay and kubeconfig are written.
     #[arg(long, env = "CDCHECK_KIND_STATE_DIR", value_name = "DIR")]
     pub kind_state_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MeshDaemonArgs {
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    #[arg(long)]
+    pub envoy: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -96,8 +110,9 @@ pub enum SubstrateCommand {
     /// local: find or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
     /// kwok (env vars CDCHECK_ETCD, CDCHECK_KUBE_APISERVER, ... and PATH win; else the cache
     /// $CDCHECK_BIN_CACHE or ~/.cache/cdcheck/bin; else `go build` from the module proxy).
-    /// kind: kind from the Go module proxy into the cache; istioctl and kubectl only with a
-    /// pinned SHA-256 (none yet: their verified install commands are printed instead).
+    /// kind: kind and istioctl from the Go module proxy into the cache (verified by Go's
+    /// checksum database); kubectl only with a pinned SHA-256 (none yet: its verified
+    /// install command is printed instead).
     Install(InstallArgs),
 }
 
@@ -105,6 +120,11 @@ pub enum SubstrateCommand {
 pub struct InstallArgs {
     #[arg(long, value_enum, default_value_t = SubstrateKind::Local)]
     pub substrate: SubstrateKind,
+
+    /// Also find or build istiod (pilot-discovery) for the local mesh
+    /// (CDCHECK_PILOT_DISCOVERY wins; about 11–14 min cold) and check Envoy is there.
+    #[arg(long)]
+    pub mesh: bool,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -154,6 +174,7 @@ fn install_kind_tools() -> anyhow::Result<ExitCode> {
         .context("install the kind substrate's tools")?;
     let dir = tools::tool_dir(&cache, "kind", cdcheck::versions::KIND);
     println!("kind {} in {}", cdcheck::versions::KIND, dir.display());
+    let istioctl = tools::tool_dir(&cache, "istioctl", cdcheck::versions::ISTIOCTL);
     let mut refused = 0;
     for result in [tools::istioctl_plan(&cache), tools::kubectl_plan()] {
         match result {
@@ -162,8 +183,16 @@ fn install_kind_tools() -> anyhow::Result<ExitCode> {
                     decision: kind::Decision::Create,
                     steps,
                 };
-                kind::execute(&SystemHost, &plan, |step| eprintln!("+ {step}"))
-                    .context("install the kind substrate's tools")?;
+                kind::execute(&SystemHost, &plan, |step| match step {
+                    kind::Step::Write { path, .. } => eprintln!("+ write {}", path.display()),
+                    kind::Step::Run { purpose, .. } => eprintln!("+ {purpose}"),
+                })
+                .context("install the kind substrate's tools")?;
+                println!(
+                    "istioctl {} in {}",
+                    cdcheck::versions::ISTIOCTL,
+                    istioctl.display()
+                );
             }
             Err(e) => {
                 refused += 1;
@@ -171,7 +200,11 @@ fn install_kind_tools() -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("export PATH=\"{}:$PATH\"", dir.display());
+    println!(
+        "export PATH=\"{}:{}:$PATH\"",
+        dir.display(),
+        istioctl.display()
+    );
     Ok(if refused == 0 {
         ExitCode::SUCCESS
     } else {
@@ -182,11 +215,28 @@ fn install_kind_tools() -> anyhow::Result<ExitCode> {
 pub fn install(args: SubstrateArgs) -> anyhow::Result<ExitCode> {
     let SubstrateCommand::Install(install) = args.command;
     if install.substrate == SubstrateKind::Kind {
+        if install.mesh {
+            anyhow::bail!("use --mesh: it applies to --substrate local");
+        }
         return install_kind_tools();
     }
     let found = ensure_binaries()?;
     for binary in binaries::Binary::ALL {
         println!("{:<24} {}", binary.file_name(), found.get(binary).display());
+    }
+    if install.mesh {
+        if cdcheck::mesh::locate_istiod().is_err() {
+            eprintln!(
+                "building istiod {} into {} (11–14 min cold on 2 cores)",
+                cdcheck::versions::ISTIO,
+                binaries::cache_root().display()
+            );
+        }
+        let istiod = binaries::ensure_istiod(|line| eprintln!("  {line}"))
+            .context("install istiod for the local mesh")?;
+        println!("{:<24} {}", "pilot-discovery", istiod.display());
+        let envoy = cdcheck::mesh::locate_envoy().context("find Envoy for the local mesh")?;
+        println!("{:<24} {}", "envoy", envoy.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -241,6 +291,11 @@ fn up_kind(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.substrate == SubstrateKind::Kind {
+        if args.mesh {
+            anyhow::bail!(
+                "use --mesh: it applies to --substrate local (kind has Istio's own data plane)"
+            );
+        }
         return up_kind(args);
     }
     if args.recreate || args.preload || args.agent_image.is_some() {
@@ -249,14 +304,28 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let found = ensure_binaries()?;
+    let mesh = if args.mesh {
+        Some(cdcheck::mesh::locate().context("start the local mesh")?)
+    } else {
+        None
+    };
     let options = local::UpOptions {
         nodes: args.nodes,
         state_dir: state_dir(args.state_dir),
         timeout: args.timeout,
+        mesh,
     };
     let substrate = runtime()?
         .block_on(local::up(&found, &options))
         .context("bring up the local substrate")?;
+    if substrate.mesh {
+        eprintln!(
+            "local mesh: istiod {} serving; ingress gateway on http://127.0.0.1:{} and https://127.0.0.1:{}",
+            cdcheck::versions::ISTIO,
+            cdcheck::mesh::gateway::HTTP_NODE_PORT,
+            cdcheck::mesh::gateway::HTTPS_NODE_PORT,
+        );
+    }
     eprintln!(
         "local substrate {} at {} with {} nodes in {:.1?} (logs: {})",
         if substrate.reused {
@@ -316,5 +385,20 @@ pub fn kubeconfig(args: StateArgs) -> anyhow::Result<ExitCode> {
             .context("print the local substrate's kubeconfig");
     }
     println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The mesh daemon `up --mesh` starts: the pod network, relays and pod runner.
+pub fn mesh_daemon(args: MeshDaemonArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CDCHECK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let options = cdcheck::mesh::DaemonOptions {
+        state_dir: args.state_dir,
+        envoy: args.envoy,
+    };
+    runtime()?
+        .block_on(cdcheck::mesh::run_daemon(options))
+        .context("run the local mesh")?;
     Ok(ExitCode::SUCCESS)
 }

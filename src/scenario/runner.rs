@@ -19,6 +19,8 @@ use super::pipeline::{
     Pipeline, PipelineError, Placed, RUN_LABEL, ReferenceOverrides, SCENARIO_LABEL,
 };
 use super::spec::{Need, Release, Scenario, Step};
+
+mod data_steps;
 use crate::kube::placement::{self, HaFinding};
 use crate::kube::{apply, diagnostics, drain, rbac, release, rollback, rollout};
 use crate::manifests::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, Object};
@@ -32,8 +34,10 @@ use crate::report::{
 pub struct RunConfig {
     /// `local`, `kind` or `existing`.
     pub substrate: String,
-    /// Whether the substrate serves traffic (load and probe steps run).
+    /// Whether the substrate serves traffic (load and probe steps run): true with an ingress.
     pub data_plane: bool,
+    /// Where the substrate's gateway answers (set with `data_plane`).
+    pub ingress: Option<super::dataplane::Ingress>,
     /// Turns data-plane skips into failures.
     pub require_data_plane: bool,
     /// Scenarios run at once.
@@ -56,6 +60,7 @@ impl RunConfig {
         RunConfig {
             substrate: substrate.to_string(),
             data_plane: false,
+            ingress: None,
             require_data_plane: false,
             jobs: 4,
             keep: false,
@@ -68,6 +73,51 @@ impl RunConfig {
             certificate_min_days: 30,
             rollout_timeout: Duration::from_secs(120),
             run_id: id[..8].to_string(),
+        }
+    }
+}
+
+/// What scenarios running side by side must not share on a data plane: an
+/// environment host (the gateway routes one host to one VirtualService), and the
+/// gateway's HTTPS port while a scenario judges the certificate served there (every
+/// scenario's Gateway copy serves `*` on 443, and the oldest one's certificate wins).
+#[derive(Default)]
+struct GatewayLocks {
+    hosts: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    tls: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Held by a scenario from its first step to its end.
+struct GatewayGuard {
+    _host: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _tls: either::Either<
+        tokio::sync::OwnedRwLockReadGuard<()>,
+        tokio::sync::OwnedRwLockWriteGuard<()>,
+    >,
+}
+
+impl GatewayLocks {
+    async fn take(&self, host: Option<String>, exclusive_tls: bool) -> GatewayGuard {
+        let host_lock = host.map(|h| {
+            self.hosts
+                .lock()
+                .expect("host lock table")
+                .entry(h)
+                .or_default()
+                .clone()
+        });
+        let host_guard = match host_lock {
+            Some(lock) => Some(lock.lock_owned().await),
+            None => None,
+        };
+        let tls = if exclusive_tls {
+            either::Either::Right(self.tls.clone().write_owned().await)
+        } else {
+            either::Either::Left(self.tls.clone().read_owned().await)
+        };
+        GatewayGuard {
+            _host: host_guard,
+            _tls: tls,
         }
     }
 }
@@ -120,6 +170,7 @@ pub async fn run(
     });
     let order: Vec<String> = scenarios.iter().map(|s| s.name.clone()).collect();
     let config = Arc::new(config.clone());
+    let locks = Arc::new(GatewayLocks::default());
     // Longest first: the run then lasts about as long as its longest scenario
     // rather than that plus whatever was started before it.
     let mut scenarios = scenarios;
@@ -129,7 +180,37 @@ pub async fn run(
             let cluster = cluster.clone();
             let config = config.clone();
             let emitter = emitter.clone();
-            async move { run_scenario(&cluster, &scenario, &config, &emitter).await }
+            let locks = locks.clone();
+            async move {
+                // On a data plane, wait for the gateway's host (and port 443, for a
+                // TLS probe) to be free before the scenario starts, and keep them.
+                let _guard = if config.data_plane {
+                    let host = [Release::Current, Release::Feature]
+                        .into_iter()
+                        .find_map(|r| {
+                            config
+                                .pipeline
+                                .place(
+                                    r,
+                                    "cdcheck-probe-host",
+                                    &config.run_id,
+                                    ReferenceOverrides::default(),
+                                )
+                                .ok()
+                        })
+                        .and_then(|placed| super::dataplane::environment_host(&placed))
+                        // The reference pipeline's host follows the namespace: never shared.
+                        .filter(|h| !h.starts_with("cdcheck-probe-host"));
+                    let tls = scenario
+                        .steps
+                        .iter()
+                        .any(|s| matches!(s, Step::Probe(super::spec::ProbeKind::Tls)));
+                    Some(locks.take(host, tls).await)
+                } else {
+                    None
+                };
+                run_scenario(&cluster, &scenario, &config, &emitter).await
+            }
         })
         .buffer_unordered(config.jobs.max(1))
         .collect()
@@ -214,6 +295,11 @@ struct ScenarioRun<'a> {
     step: usize,
     step_started: Instant,
     step_at: Duration,
+    /// Background loads started and not yet stopped, by name.
+    loads: BTreeMap<String, super::dataplane::RunningLoad>,
+    load_results: Vec<crate::report::LoadResult>,
+    /// The in-mesh client, once a step needed one.
+    mesh_client: Option<crate::mesh::client::InMeshClient>,
 }
 
 /// Why a step could not go on: the scenario stops there.
@@ -409,6 +495,9 @@ async fn run_scenario(
         step: 0,
         step_started: Instant::now(),
         step_at: emitter.at(),
+        loads: BTreeMap::new(),
+        load_results: Vec::new(),
+        mesh_client: None,
     };
     let outcome = tokio::time::timeout(
         scenario.timeout,
@@ -440,6 +529,10 @@ async fn run_scenario(
             );
         }
     }
+    // A load the scenario never stopped (it aborted) must not outlive it.
+    for (_, load) in std::mem::take(&mut run.loads) {
+        let _ = load.finish().await;
+    }
     let verdict = scenario_verdict(&run.checks);
     let diagnostics = if matches!(verdict, Verdict::Failed | Verdict::Error) {
         let d = diagnostics::gather(&cluster.client, &namespace, None).await;
@@ -466,7 +559,7 @@ async fn run_scenario(
         duration: started.elapsed(),
         checks: run.checks,
         events: run.events,
-        loads: Vec::new(),
+        loads: run.load_results,
         diagnostics,
     };
     emitter.send(Event::ScenarioFinished {
@@ -500,17 +593,9 @@ async fn run_steps(run: &mut ScenarioRun<'_>) {
             Step::Undo {} => undo(run).await,
             Step::Drain(_) => drain_node(run).await,
             Step::Expect(names) => expect(run, names).await,
-            Step::LoadStart(_) | Step::LoadStop(_) | Step::Probe(_) => {
-                // Only reached with a data plane, which no substrate offers yet.
-                Err(run.error(
-                    &step_check_name(step),
-                    &step.label(),
-                    format!(
-                        "{} claims a data plane, but cdcheck drives none on it yet",
-                        run.config.substrate
-                    ),
-                ))
-            }
+            Step::LoadStart(load) => data_steps::load_start(run, step, load).await,
+            Step::LoadStop(stop) => data_steps::load_stop(run, step, stop).await,
+            Step::Probe(kind) => data_steps::probe(run, step, kind).await,
         };
         if result.is_err() {
             for later in steps.iter().skip(index + 1) {

@@ -10,6 +10,8 @@ use crate::versions;
 
 /// The install script, embedded so an installed `cdcheck` needs no checkout.
 const INSTALL_SCRIPT: &str = include_str!("../../scripts/install-control-plane.sh");
+/// The mesh's istiod build script, embedded likewise.
+const ISTIOD_SCRIPT: &str = include_str!("../../scripts/install-istiod.sh");
 
 #[derive(Debug, thiserror::Error)]
 pub enum BinaryError {
@@ -28,7 +30,7 @@ pub enum BinaryError {
     #[error("run the install script")]
     Spawn(#[source] std::io::Error),
     #[error(
-        "build {component} with scripts/install-control-plane.sh (exit {code:?}); last output:\n{tail}"
+        "build {component} with its install script (scripts/install-*.sh; exit {code:?}); last output:\n{tail}"
     )]
     Build {
         component: &'static str,
@@ -237,14 +239,50 @@ pub fn ensure(mut progress: impl FnMut(&str)) -> Result<Binaries, BinaryError> {
         return Err(BinaryError::NoGo { vars });
     }
     for component in components {
-        run_install_script(component, &cache, &mut progress)?;
+        let env = [
+            ("CDCHECK_K8S_VERSION", versions::KUBERNETES.to_string()),
+            ("CDCHECK_ETCD_VERSION", versions::ETCD.to_string()),
+            ("CDCHECK_KWOK_VERSION", versions::KWOK.to_string()),
+            ("CDCHECK_BIN_CACHE", cache.display().to_string()),
+            ("CDCHECK_INSTALL_ONLY", component.to_string()),
+        ];
+        run_script(component, INSTALL_SCRIPT, &env, &mut progress)?;
     }
     locate()
 }
 
-fn run_install_script(
+/// istiod (`pilot-discovery`) for the local mesh: `$CDCHECK_PILOT_DISCOVERY`, the cache,
+/// else built by `scripts/install-istiod.sh` (about 11–14 min cold on 2 cores). The
+/// script honours `CDCHECK_GOPROXY_FALLBACK` (a file-based module proxy tried first).
+pub fn ensure_istiod(mut progress: impl FnMut(&str)) -> Result<PathBuf, BinaryError> {
+    if let Ok(found) = crate::mesh::locate_istiod() {
+        return Ok(found);
+    }
+    if on_path("go").is_none() {
+        return Err(BinaryError::NoGo {
+            vars: "CDCHECK_PILOT_DISCOVERY".into(),
+        });
+    }
+    let env = [
+        ("CDCHECK_ISTIO_VERSION", versions::ISTIO.to_string()),
+        (
+            "CDCHECK_ISTIO_GO_MODULE_VERSION",
+            versions::ISTIOCTL_GO_MODULE_VERSION.to_string(),
+        ),
+        ("CDCHECK_ISTIO_COMMIT", versions::ISTIO_COMMIT.to_string()),
+        ("CDCHECK_BIN_CACHE", cache_root().display().to_string()),
+    ];
+    run_script("istiod", ISTIOD_SCRIPT, &env, &mut progress)?;
+    crate::mesh::locate_istiod().map_err(|e| BinaryError::Unusable {
+        path: crate::mesh::istiod_cache_path(),
+        reason: e.to_string(),
+    })
+}
+
+fn run_script(
     component: &'static str,
-    cache: &Path,
+    script_text: &str,
+    env: &[(&str, String)],
     progress: &mut impl FnMut(&str),
 ) -> Result<(), BinaryError> {
     let script = tempfile::Builder::new()
@@ -252,15 +290,11 @@ fn run_install_script(
         .suffix(".sh")
         .tempfile()
         .map_err(BinaryError::Spawn)?;
-    std::fs::write(script.path(), INSTALL_SCRIPT).map_err(BinaryError::Spawn)?;
+    std::fs::write(script.path(), script_text).map_err(BinaryError::Spawn)?;
     progress(&format!("building {component} (log follows)"));
     let mut child = Command::new("bash")
         .arg(script.path())
-        .env("CDCHECK_K8S_VERSION", versions::KUBERNETES)
-        .env("CDCHECK_ETCD_VERSION", versions::ETCD)
-        .env("CDCHECK_KWOK_VERSION", versions::KWOK)
-        .env("CDCHECK_BIN_CACHE", cache)
-        .env("CDCHECK_INSTALL_ONLY", component)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -326,8 +326,12 @@ pub fn run_images() -> Vec<String> {
         .filter(|w| w.role != crate::catalog::Role::LoadGenerator)
         .map(|w| w.image_at(versions::ONLINE_BOUTIQUE))
         .collect();
-    images.push(format!("docker.io/istio/pilot:{}", versions::ISTIO));
-    images.push(format!("docker.io/istio/proxyv2:{}", versions::ISTIO));
+    images.push(format!("{}/pilot:{}", versions::ISTIO_HUB, versions::ISTIO));
+    images.push(format!(
+        "{}/proxyv2:{}",
+        versions::ISTIO_HUB,
+        versions::ISTIO
+    ));
     images.sort();
     images.dedup();
     images
@@ -463,6 +467,10 @@ pub fn up_plan(options: &KindOptions, decision: &Decision) -> Plan {
                     &options.context(),
                     "-f",
                     &options.overlay_path().display().to_string(),
+                    "--set",
+                    &format!("hub={}", versions::ISTIO_HUB),
+                    "--set",
+                    &format!("tag={}", versions::ISTIO),
                 ],
             ),
         ));

@@ -98,6 +98,12 @@ pub enum LocalError {
     Crds(#[from] CrdError),
     #[error("find a running local substrate in {path}: run `cdcheck up --substrate local`")]
     NotRunning { path: PathBuf },
+    #[error(
+        "start the mesh on the substrate running in {path}: it was started without `--mesh` (kwok plays its pods); stop it with `cdcheck down` first"
+    )]
+    NoMesh { path: PathBuf },
+    #[error("start the local mesh")]
+    Mesh(#[from] crate::mesh::MeshError),
 }
 
 fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
@@ -114,6 +120,9 @@ pub struct UpOptions {
     pub state_dir: PathBuf,
     /// Upper bound on the whole boot.
     pub timeout: Duration,
+    /// Run the Istio data plane (istiod, the gateway, pods as processes) with these
+    /// executables; `None` leaves pods to kwok, with no data plane.
+    pub mesh: Option<crate::mesh::MeshBinaries>,
 }
 
 impl Default for UpOptions {
@@ -122,6 +131,7 @@ impl Default for UpOptions {
             nodes: 3,
             state_dir: default_state_dir(),
             timeout: Duration::from_secs(90),
+            mesh: None,
         }
     }
 }
@@ -138,6 +148,8 @@ pub struct Substrate {
     pub reused: bool,
     /// Time `up` took.
     pub boot: Duration,
+    /// True when pods are processes behind a real Istio data plane (`up --mesh`).
+    pub mesh: bool,
 }
 
 impl Substrate {
@@ -176,6 +188,9 @@ struct State {
     server: String,
     nodes: u32,
     processes: Vec<Process>,
+    /// Pods are the mesh's processes, not kwok's.
+    #[serde(default)]
+    mesh: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -325,6 +340,8 @@ pub async fn down(state_dir: &Path) -> Result<Down, LocalError> {
     let stopped = tokio::task::spawn_blocking(move || stop_all(&dir))
         .await
         .unwrap_or(0);
+    // The mesh's pod network outlives its processes; a substrate without one has none.
+    let _ = crate::mesh::netns::delete(&crate::mesh::netns::name_for(state_dir));
     let removed = state_dir.exists();
     if removed {
         std::fs::remove_dir_all(state_dir).map_err(state_err(state_dir))?;
@@ -351,6 +368,7 @@ pub async fn running(state_dir: &Path) -> Option<Substrate> {
         nodes: node_names(state.nodes),
         reused: true,
         boot: Duration::ZERO,
+        mesh: state.mesh,
     })
 }
 
@@ -378,6 +396,11 @@ pub async fn up(binaries: &Binaries, options: &UpOptions) -> Result<Substrate, L
     let state_dir = &options.state_dir;
     let _lock = Lock::take(state_dir).await?;
     if let Some(mut existing) = running(state_dir).await {
+        if options.mesh.is_some() && !existing.mesh {
+            return Err(LocalError::NoMesh {
+                path: state_dir.clone(),
+            });
+        }
         let client = existing.client().await?;
         if options.nodes as usize > existing.nodes.len() {
             existing.nodes = node_names(options.nodes);
@@ -385,11 +408,15 @@ pub async fn up(binaries: &Binaries, options: &UpOptions) -> Result<Substrate, L
                 server: existing.server.clone(),
                 nodes: options.nodes,
                 processes: Vec::new(),
+                mesh: existing.mesh,
             });
             state.nodes = options.nodes;
             write_state(state_dir, &state)?;
         }
         prepare_cluster(&client, &existing.nodes, state_dir, options.timeout).await?;
+        if let Some(mesh) = &options.mesh {
+            start_mesh(state_dir, mesh, &client, started + options.timeout).await?;
+        }
         existing.boot = started.elapsed();
         return Ok(existing);
     }
@@ -444,15 +471,30 @@ fn spawn(
     args: &[String],
     logs: &Path,
 ) -> Result<Spawned, LocalError> {
+    spawn_with(component, binary, args, &[], None, logs)
+}
+
+fn spawn_with(
+    component: &'static str,
+    binary: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    cwd: Option<&Path>,
+    logs: &Path,
+) -> Result<Spawned, LocalError> {
     let log = logs.join(format!("{component}.log"));
     let out = File::create(&log).map_err(state_err(&log))?;
     let err = out.try_clone().map_err(state_err(&log))?;
     let mut command = Command::new(binary);
     command
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
     // Its own session (no controlling terminal): Ctrl-C on `cdcheck up`, a closed
     // terminal or the end of a test binary does not reach it; `down` stops it by pid.
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
@@ -549,7 +591,13 @@ async fn boot(
         ),
     )?;
     let stages = dir.join("kwok-stages.yaml");
-    write(&stages, KWOK_STAGES.to_string())?;
+    // With the mesh, the pod runner plays the kubelet for pods: kwok keeps the nodes only.
+    let stages_text = if options.mesh.is_some() {
+        node_stages_only(KWOK_STAGES)
+    } else {
+        KWOK_STAGES.to_string()
+    };
+    write(&stages, stages_text)?;
     let scheduler_config = dir.join("kube-scheduler.yaml");
     write(
         &scheduler_config,
@@ -609,6 +657,7 @@ async fn boot(
         server: server.clone(),
         nodes: options.nodes,
         processes: Vec::new(),
+        mesh: options.mesh.is_some(),
     };
     let record = |state: &mut State, spawned: &[Spawned]| {
         state.processes = spawned
@@ -716,6 +765,9 @@ async fn boot(
         result?;
     }
     check_alive(&mut spawned)?;
+    if let Some(mesh) = &options.mesh {
+        start_mesh(dir, mesh, &client, deadline).await?;
+    }
     Ok(Substrate {
         state_dir: dir.clone(),
         kubeconfig,
@@ -723,7 +775,100 @@ async fn boot(
         nodes,
         reused: false,
         boot: started.elapsed(),
+        mesh: options.mesh.is_some(),
     })
+}
+
+/// Starts what the mesh adds to the control plane, unless it runs already: istiod,
+/// then the mesh daemon (pod network, relays, pod runner), then the ingress gateway;
+/// returns when the gateway serves on 127.0.0.1:30080.
+async fn start_mesh(
+    state_dir: &Path,
+    binaries: &crate::mesh::MeshBinaries,
+    client: &Client,
+    deadline: Instant,
+) -> Result<(), LocalError> {
+    use crate::mesh::{self, istiod};
+    mesh::check_root()?;
+    let logs = state_dir.join("logs");
+    let mesh_dir = mesh::mesh_dir(state_dir);
+    std::fs::create_dir_all(&mesh_dir).map_err(state_err(&mesh_dir))?;
+    let mut state = read_state(state_dir).ok_or_else(|| LocalError::NotRunning {
+        path: state_dir.to_path_buf(),
+    })?;
+    let alive = |state: &State, component: &str| {
+        state
+            .processes
+            .iter()
+            .any(|p| p.component == component && is_ours(p.pid, state_dir))
+    };
+    let mut spawned = Vec::new();
+    if !alive(&state, "istiod") {
+        let mesh_config = mesh_dir.join("mesh.yaml");
+        super::pki::write_file(&mesh_config, &istiod::mesh_config())?;
+        let args = istiod::args(&kubeconfig_path(state_dir), &mesh_config);
+        spawned.push(spawn_with(
+            "istiod",
+            &binaries.pilot_discovery,
+            &args,
+            &istiod::env(),
+            Some(&mesh_dir),
+            &logs,
+        )?);
+    }
+    let istiod_timeout = deadline.saturating_duration_since(Instant::now());
+    loop {
+        check_alive(&mut spawned)?;
+        if mesh::istiod_ready().await {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(LocalError::Timeout {
+                what: "istiod /ready".into(),
+                waited: istiod_timeout,
+                logs: logs.clone(),
+                detail: format!("\nistiod.log:\n{}", log_tail(&logs.join("istiod.log"), 10)),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !alive(&state, "mesh-daemon") {
+        let exe = std::env::current_exe().map_err(state_err(Path::new("/proc/self/exe")))?;
+        let args = vec![
+            "mesh-daemon".to_string(),
+            format!("--state-dir={}", state_dir.display()),
+            format!("--envoy={}", binaries.envoy.display()),
+        ];
+        spawned.push(spawn_with("mesh-daemon", &exe, &args, &[], None, &logs)?);
+    }
+    for s in &spawned {
+        state.processes.push(Process {
+            component: s.component.to_string(),
+            pid: s.child.id() as i32,
+        });
+    }
+    write_state(state_dir, &state)?;
+    let gateway = mesh::start_gateway(
+        client,
+        deadline.saturating_duration_since(Instant::now()),
+        &logs,
+    );
+    tokio::pin!(gateway);
+    loop {
+        tokio::select! {
+            result = &mut gateway => return result.map_err(LocalError::from),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => check_alive(&mut spawned)?,
+        }
+    }
+}
+
+/// The kwok stages that act on nodes only (with the mesh, pods are the runner's).
+fn node_stages_only(stages: &str) -> String {
+    stages
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("kind: Pod"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 /// A scheduler that packs pods instead of spreading them, so where replicas land

@@ -1,8 +1,10 @@
 //! `cdcheck substrate install --substrate kind`: the kind substrate's tools fetched into the
 //! binary cache, only through a verified channel. kind comes from the Go module proxy
-//! (`go install`, checked against the Go checksum database); istioctl and kubectl need a
-//! SHA-256 pinned in [`crate::versions`], and without one the install refuses and names
-//! the command that verifies against the publisher's own checksum file instead.
+//! (`go install`, checked against the Go checksum database); istioctl from Istio's release
+//! archive when its SHA-256 is pinned in [`crate::versions`], else built from the Go module
+//! (`scripts/install-istioctl.sh`, checked against the same database); kubectl needs a
+//! pinned SHA-256, and without one the install refuses and names the command that verifies
+//! against the publisher's own checksum file instead.
 
 use std::path::{Path, PathBuf};
 
@@ -46,14 +48,44 @@ pub fn kind_plan(cache: &Path) -> Vec<Step> {
     }]
 }
 
-/// The steps that put istioctl in the cache, or why they are refused.
+/// The script that builds istioctl from the Go module (`scripts/install-istioctl.sh`).
+pub const ISTIOCTL_SCRIPT: &str = include_str!("../../scripts/install-istioctl.sh");
+
+/// The steps that put istioctl in the cache: Istio's archive checked against the pinned
+/// SHA-256, or without a pin, a build from the Go module at the pinned pseudo-version.
 pub fn istioctl_plan(cache: &Path) -> Result<Vec<Step>, ToolsError> {
     let Some(sum) = versions::ISTIO_ARCHIVE_SHA256 else {
-        return Err(ToolsError::Unverified {
-            tool: "istioctl",
-            version: versions::ISTIOCTL,
-            fix: super::doctor::istioctl_fix(),
-        });
+        let script = cache.join("kind-tools").join("install-istioctl.sh");
+        let mut cmd = Cmd::new("bash", [script.display().to_string()])
+            .with_env("CDCHECK_ISTIO_VERSION", versions::ISTIOCTL)
+            .with_env(
+                "CDCHECK_ISTIO_GO_MODULE_VERSION",
+                versions::ISTIOCTL_GO_MODULE_VERSION,
+            )
+            .with_env("CDCHECK_ISTIO_COMMIT", versions::ISTIO_COMMIT)
+            .with_env(
+                "CDCHECK_ISTIOCTL_DIR",
+                &tool_dir(cache, "istioctl", versions::ISTIOCTL)
+                    .display()
+                    .to_string(),
+            );
+        if let Some(fallback) = std::env::var_os("CDCHECK_GOPROXY_FALLBACK") {
+            cmd = cmd.with_env("CDCHECK_GOPROXY_FALLBACK", &fallback.to_string_lossy());
+        }
+        return Ok(vec![
+            Step::Write {
+                path: script,
+                contents: ISTIOCTL_SCRIPT.to_string(),
+            },
+            Step::Run {
+                purpose: format!(
+                    "build istioctl {} from the Go module {}",
+                    versions::ISTIOCTL,
+                    versions::ISTIOCTL_GO_MODULE_VERSION
+                ),
+                cmd,
+            },
+        ]);
     };
     let v = versions::ISTIOCTL;
     let dir = tool_dir(cache, "istioctl", v);
@@ -127,19 +159,36 @@ mod tests {
     }
 
     #[test]
-    fn without_a_pinned_checksum_istioctl_and_kubectl_are_refused_with_the_verified_command() {
+    fn without_a_pinned_checksum_istioctl_is_built_from_the_go_module_and_kubectl_refused() {
         assert_eq!(
             versions::ISTIO_ARCHIVE_SHA256,
             None,
             "update this test with the pin"
         );
-        let error = istioctl_plan(Path::new("/cache")).unwrap_err().to_string();
+        let plan = istioctl_plan(Path::new("/cache")).unwrap();
+        let Step::Run { cmd, .. } = &plan[1] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(cmd.args, ["/cache/kind-tools/install-istioctl.sh"]);
+        let env: std::collections::BTreeMap<_, _> = cmd.env.iter().cloned().collect();
+        assert_eq!(env["CDCHECK_ISTIO_VERSION"], versions::ISTIO);
+        assert_eq!(
+            env["CDCHECK_ISTIO_GO_MODULE_VERSION"],
+            versions::ISTIOCTL_GO_MODULE_VERSION
+        );
+        assert_eq!(
+            env["CDCHECK_ISTIOCTL_DIR"],
+            "/cache/kind-tools/istioctl-1.30.3"
+        );
         assert!(
-            error.starts_with("install istioctl 1.30.3: no SHA-256 of its download is pinned"),
+            !ISTIOCTL_SCRIPT.contains("curl"),
+            "no download outside Go's"
+        );
+        let error = kubectl_plan().unwrap_err().to_string();
+        assert!(
+            error.starts_with("install kubectl v1.36.5: no SHA-256 of its download is pinned"),
             "{error}"
         );
-        assert!(error.contains("sha256sum -c istio-1.30.3-"), "{error}");
-        let error = kubectl_plan().unwrap_err().to_string();
         assert!(error.contains("kubectl.sha256"), "{error}");
     }
 }

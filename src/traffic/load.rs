@@ -34,6 +34,9 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Labels each answer, when given.
     pub attribution: Option<AttributionRule>,
+    /// Ends an open-loop run early when it turns true (a background load whose end
+    /// is a later step); the duration stays the upper bound.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl LoadSpec {
@@ -46,6 +49,7 @@ impl LoadSpec {
             schedule: Schedule::Open { rate },
             duration,
             attribution: None,
+            stop: None,
         }
     }
 
@@ -54,6 +58,7 @@ impl LoadSpec {
             schedule: Schedule::Closed { connections },
             duration,
             attribution: None,
+            stop: None,
         }
     }
 
@@ -124,7 +129,8 @@ pub async fn run(
     let mut timeline = match spec.schedule {
         Schedule::Open { rate } => {
             let caller = Caller::new(target)?;
-            open_loop(caller, rate, spec.duration, rule, interner, progress).await
+            let stop = spec.stop.clone();
+            open_loop(caller, rate, spec.duration, rule, interner, progress, stop).await
         }
         Schedule::Closed { connections } => {
             let callers = (0..connections)
@@ -174,6 +180,7 @@ async fn open_loop(
     rule: Option<Arc<AttributionRule>>,
     interner: Arc<LabelInterner>,
     progress: Arc<Progress>,
+    mut stop: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Timeline {
     let planned = (rate * duration.as_secs_f64()).floor() as u64;
     let interval_ns = 1e9 / rate;
@@ -187,7 +194,7 @@ async fn open_loop(
     });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let collector = tokio::spawn(async move {
-        let mut records = Vec::with_capacity(planned as usize);
+        let mut records = Vec::with_capacity(planned.min(1 << 20) as usize);
         while let Some(record) = rx.recv().await {
             records.push(record);
         }
@@ -197,8 +204,24 @@ async fn open_loop(
         let scheduled = start + Duration::from_nanos((seq as f64 * interval_ns) as u64);
         // The timer wheel ticks in milliseconds: requests due within the tick are sent
         // together, and their wait counts in their latency.
+        if stop.as_ref().is_some_and(|s| *s.borrow()) {
+            break;
+        }
         if scheduled > Instant::now() {
-            tokio::time::sleep_until(scheduled.into()).await;
+            match stop.as_mut() {
+                Some(stop) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(scheduled.into()) => {}
+                        changed = stop.changed() => {
+                            if changed.is_err() || *stop.borrow() {
+                                break;
+                            }
+                            tokio::time::sleep_until(scheduled.into()).await;
+                        }
+                    }
+                }
+                None => tokio::time::sleep_until(scheduled.into()).await,
+            }
         }
         let caller = caller.clone();
         let shared = shared.clone();

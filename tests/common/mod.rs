@@ -259,3 +259,56 @@ pub async fn cleanup(cluster: &Cluster, env: &str) {
     let api: kube::Api<Namespace> = kube::Api::all(cluster.client.clone());
     let _ = api.delete(env, &Default::default()).await;
 }
+
+/// The local mesh's substrate: its own state directory beside the default one
+/// (`CDCHECK_MESH_STATE_DIR` overrides it), so the `local_*` tests' kwok-played pods
+/// and the mesh's process pods never share a substrate.
+pub fn mesh_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CDCHECK_MESH_STATE_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let default = local::default_state_dir();
+    let name = format!(
+        "{}-mesh",
+        default.file_name().unwrap_or_default().to_string_lossy()
+    );
+    default.with_file_name(name)
+}
+
+/// Why the local mesh cannot run here, if it cannot.
+pub fn mesh_unavailable() -> Option<String> {
+    if let Err(e) = binaries::locate() {
+        return Some(chain(&e));
+    }
+    cdcheck::mesh::locate()
+        .and_then(|_| cdcheck::mesh::check_root())
+        .err()
+        .map(|e| chain(&e))
+}
+
+/// Starts (or reuses) the local mesh substrate; its kubeconfig.
+pub fn start_mesh() -> Result<PathBuf, String> {
+    if let Some(why) = mesh_unavailable() {
+        return Err(why);
+    }
+    let found = binaries::locate().map_err(|e| chain(&e))?;
+    let mesh = cdcheck::mesh::locate().map_err(|e| chain(&e))?;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let options = local::UpOptions {
+            nodes: 3,
+            state_dir: mesh_state_dir(),
+            timeout: Duration::from_secs(180),
+            mesh: Some(mesh),
+        };
+        runtime
+            .block_on(local::up(&found, &options))
+            .map(|s| s.kubeconfig)
+            .map_err(|e| chain(&e))
+    })
+    .join()
+    .map_err(|_| "the mesh start-up thread panicked".to_string())?
+}

@@ -1,0 +1,735 @@
+//! The pod runner: the part of the kubelet that rollouts depend on, for every pod
+//! bound to the local substrate's nodes. Each pod gets an address in the mesh's
+//! namespace and one process per container (a stand-in workload, or Envoy for an
+//! Istio proxy); it is Ready only while its own readiness probe passes against that
+//! process; on deletion the preStop hook runs, then SIGTERM, then SIGKILL at the end
+//! of the grace period, and only then is the object let go.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+use super::netns::{self, Dialer};
+use super::probe::{self, Timing};
+use super::proxy::{self, ProxyKind, ProxyPod};
+
+/// What the runner needs from the mesh.
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Per-pod files (logs, proxy bootstraps) go under `<mesh_dir>/pods/`.
+    pub mesh_dir: PathBuf,
+    pub netns: String,
+    /// This executable, for `cdcheck standin`.
+    pub cdcheck: PathBuf,
+    pub envoy: PathBuf,
+    pub istio_version: String,
+    /// Unix socket relayed to istiod's secure xDS port.
+    pub xds_socket: PathBuf,
+    /// istiod's root certificate.
+    pub root_cert: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("watch the pods")]
+    Watch(#[source] watcher::Error),
+    #[error("prepare the pod network")]
+    Netns(#[from] netns::NetnsError),
+}
+
+/// The node address every pod reports as its host (kwok's `--node-ip`).
+const HOST_IP: &str = "10.89.0.1";
+/// Image tag of an Istio proxy container.
+const PROXY_IMAGE_MARK: &str = "/proxyv2";
+
+struct Shared {
+    client: Client,
+    config: RunnerConfig,
+    dialer: Dialer,
+    netns: std::fs::File,
+    addresses: Mutex<BTreeSet<Ipv4Addr>>,
+}
+
+impl Shared {
+    /// The pod's address: the one it already reports (a restarted runner), else the
+    /// next free one from 10.244.1.1 (10.244.0.0/24 is the namespace's own).
+    fn address_for(&self, pod: &Pod) -> Ipv4Addr {
+        let mut used = self.addresses.lock().expect("address pool lock");
+        if let Some(ip) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| ip.octets()[..2] == [10, 244] && !used.contains(ip))
+        {
+            used.insert(ip);
+            return ip;
+        }
+        let first = u32::from(Ipv4Addr::new(10, 244, 1, 1));
+        let last = u32::from(Ipv4Addr::new(10, 244, 255, 254));
+        let ip = (first..=last)
+            .map(Ipv4Addr::from)
+            .find(|ip| !matches!(ip.octets()[3], 0 | 255) && !used.contains(ip))
+            .expect("the pod range holds 65,000 addresses");
+        used.insert(ip);
+        ip
+    }
+
+    fn release(&self, ip: Ipv4Addr) {
+        self.addresses
+            .lock()
+            .expect("address pool lock")
+            .remove(&ip);
+    }
+}
+
+/// Runs every pod bound to a node until the watch fails.
+pub async fn run(client: Client, config: RunnerConfig) -> Result<(), RunnerError> {
+    let dialer = Dialer::new(&config.netns)?;
+    let netns = netns::open(&config.netns)?;
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        config,
+        dialer,
+        netns,
+        addresses: Mutex::new(BTreeSet::new()),
+    });
+    let pods: Api<Pod> = Api::all(client);
+    let mut running: HashMap<String, watch::Sender<Pod>> = HashMap::new();
+    let stream = watcher(pods, watcher::Config::default().fields("spec.nodeName!="));
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!("pod watch: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                let uid = pod.uid().unwrap_or_default();
+                running.retain(|_, tx| !tx.is_closed());
+                if let Some(tx) = running.get(&uid) {
+                    let _ = tx.send(pod);
+                } else if !is_finished(&pod) {
+                    let (tx, rx) = watch::channel(pod);
+                    running.insert(uid, tx);
+                    tokio::spawn(run_pod(shared.clone(), rx));
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                // Gone from the API (force-deleted, or let go by us): stop at once.
+                running.remove(&pod.uid().unwrap_or_default());
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// One container's process and what the pod's status says of it.
+struct ContainerRun {
+    spec: Container,
+    /// The live process, to signal; `None` once it exited.
+    pid: Option<u32>,
+    /// Owns the process (killed when dropped) and reports its exit.
+    waiter: Option<tokio::task::JoinHandle<()>>,
+    ready: bool,
+    restarts: i32,
+    started_at: String,
+    waiting: Option<(String, String)>,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Event from a container's probe or process to its pod's task.
+enum ContainerEvent {
+    Readiness { index: usize, ready: bool },
+    Exited { index: usize, status: String },
+}
+
+async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
+    let pod = updates.borrow().clone();
+    let name = pod.name_any();
+    let namespace = pod.namespace().unwrap_or_default();
+    let ip = shared.address_for(&pod);
+    let pod_dir = shared.config.mesh_dir.join("pods").join(format!(
+        "{namespace}_{name}_{}",
+        pod.uid().unwrap_or_default()
+    ));
+    let _ = std::fs::create_dir_all(&pod_dir);
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &namespace);
+    let started = now();
+    let (events_tx, mut events) = mpsc::channel::<ContainerEvent>(64);
+    let containers: Vec<Container> = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    let mut runs: Vec<ContainerRun> = containers
+        .iter()
+        .map(|c| ContainerRun {
+            spec: c.clone(),
+            pid: None,
+            waiter: None,
+            ready: false,
+            restarts: 0,
+            started_at: started.clone(),
+            waiting: None,
+        })
+        .collect();
+    let mut probes: Vec<Option<tokio::task::JoinHandle<()>>> =
+        (0..runs.len()).map(|_| None).collect();
+    for index in 0..runs.len() {
+        start_container(
+            &shared,
+            &pod,
+            ip,
+            &pod_dir,
+            index,
+            &mut runs[index],
+            &events_tx,
+            &mut probes[index],
+        )
+        .await;
+    }
+    patch_status(&api, &name, ip, &started, &runs).await;
+
+    let mut restart_at: Vec<Option<tokio::time::Instant>> = vec![None; runs.len()];
+    loop {
+        let next_restart = restart_at.iter().flatten().min().copied();
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    // The object is gone from the API: nothing to let go, stop at once.
+                    kill_all(&mut runs);
+                    break;
+                }
+                let pod = updates.borrow_and_update().clone();
+                if pod.metadata.deletion_timestamp.is_some() {
+                    for p in probes.iter_mut().flatten() { p.abort(); }
+                    terminate(&shared, &pod, ip, &mut runs, &mut events).await;
+                    let params = DeleteParams {
+                        grace_period_seconds: Some(0),
+                        preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+                        ..Default::default()
+                    };
+                    if let Err(e) = api.delete(&name, &params).await {
+                        tracing::debug!("let go of pod {namespace}/{name}: {e}");
+                    }
+                    break;
+                }
+            }
+            Some(event) = events.recv() => {
+                match event {
+                    ContainerEvent::Readiness { index, ready } => {
+                        if runs[index].ready != ready {
+                            runs[index].ready = ready;
+                            patch_status(&api, &name, ip, &started, &runs).await;
+                        }
+                    }
+                    ContainerEvent::Exited { index, status } => {
+                        let run = &mut runs[index];
+                        run.pid = None;
+                        run.waiter = None;
+                        run.ready = false;
+                        if let Some(p) = probes[index].take() { p.abort(); }
+                        let backoff = Duration::from_secs(1u64 << run.restarts.clamp(0, 3) as u64);
+                        run.waiting = Some(("CrashLoopBackOff".into(), format!("exited with {status}; back-off {backoff:?} restarting")));
+                        run.restarts += 1;
+                        restart_at[index] = Some(tokio::time::Instant::now() + backoff);
+                        patch_status(&api, &name, ip, &started, &runs).await;
+                    }
+                }
+            }
+            _ = async { match next_restart { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                let now_instant = tokio::time::Instant::now();
+                for index in 0..runs.len() {
+                    if restart_at[index].is_some_and(|at| at <= now_instant) {
+                        restart_at[index] = None;
+                        let pod = updates.borrow().clone();
+                        start_container(&shared, &pod, ip, &pod_dir, index, &mut runs[index], &events_tx, &mut probes[index]).await;
+                    }
+                }
+                patch_status(&api, &name, ip, &started, &runs).await;
+            }
+        }
+    }
+    for p in probes.iter_mut().flatten() {
+        p.abort();
+    }
+    kill_all(&mut runs);
+    shared.release(ip);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_container(
+    shared: &Arc<Shared>,
+    pod: &Pod,
+    ip: Ipv4Addr,
+    pod_dir: &std::path::Path,
+    index: usize,
+    run: &mut ContainerRun,
+    events: &mpsc::Sender<ContainerEvent>,
+    probe_task: &mut Option<tokio::task::JoinHandle<()>>,
+) {
+    let command = match command_for(shared, pod, ip, pod_dir, &run.spec).await {
+        Ok(command) => command,
+        Err(why) => {
+            run.waiting = Some(("CreateContainerError".into(), why));
+            return;
+        }
+    };
+    let mut command = command;
+    let log = pod_dir.join(format!("{}.log", run.spec.name));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log);
+    if let Ok(out) = out
+        && let Ok(err) = out.try_clone()
+    {
+        command.stdout(out).stderr(err);
+    }
+    command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    netns::run_inside(&mut command, &shared.netns);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            run.waiting = Some(("CreateContainerError".into(), e.to_string()));
+            return;
+        }
+    };
+    run.started_at = now();
+    run.waiting = None;
+    run.pid = child.id();
+    let exited = events.clone();
+    run.waiter = Some(tokio::spawn(async move {
+        let status = child.wait().await;
+        let status = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        let _ = exited.send(ContainerEvent::Exited { index, status }).await;
+    }));
+    *probe_task = Some(tokio::spawn(readiness_loop(
+        shared.clone(),
+        ip,
+        run.spec.clone(),
+        index,
+        events.clone(),
+    )));
+}
+
+/// The command of a container: Envoy for an Istio proxy, else `cdcheck standin`.
+async fn command_for(
+    shared: &Shared,
+    pod: &Pod,
+    ip: Ipv4Addr,
+    pod_dir: &std::path::Path,
+    container: &Container,
+) -> Result<Command, String> {
+    let image = container.image.clone().unwrap_or_default();
+    let name = pod.name_any();
+    let namespace = pod.namespace().unwrap_or_default();
+    if image.contains(PROXY_IMAGE_MARK) {
+        let args = container.args.clone().unwrap_or_default();
+        let kind = ProxyKind::from_args(&args);
+        let spec = pod.spec.as_ref();
+        let service_account = spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let token = token_for(&shared.client, pod, &service_account).await?;
+        let labels = pod.labels().clone();
+        let workload = labels
+            .get("app")
+            .cloned()
+            .unwrap_or_else(|| name.rsplitn(3, '-').last().unwrap_or(&name).to_string());
+        let bootstrap = proxy::bootstrap(
+            &ProxyPod {
+                kind,
+                name: &name,
+                namespace: &namespace,
+                ip,
+                labels: &labels,
+                service_account: &service_account,
+                workload: &workload,
+            },
+            &shared.config.istio_version,
+            &shared.config.xds_socket,
+            &shared.config.root_cert,
+            &token,
+        );
+        let path = pod_dir.join(format!("{}-envoy.json", container.name));
+        write_private(
+            &path,
+            &serde_json::to_string_pretty(&bootstrap).unwrap_or_default(),
+        )
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+        let mut command = Command::new(&shared.config.envoy);
+        command
+            .arg("-c")
+            .arg(&path)
+            .args([
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warn",
+                "--drain-time-s",
+                "1",
+            ])
+            .args([
+                "--concurrency",
+                if kind == ProxyKind::Router { "2" } else { "1" },
+            ])
+            .env_clear();
+        return Ok(command);
+    }
+    let mut command = Command::new(&shared.config.cdcheck);
+    command
+        .arg("standin")
+        .arg("--image")
+        .arg(&image)
+        .arg("--bind")
+        .arg(ip.to_string())
+        .arg("--pod-name")
+        .arg(&name);
+    for port in container.ports.iter().flatten() {
+        if port.protocol.as_deref().unwrap_or("TCP") == "TCP" {
+            command.arg("--port").arg(port.container_port.to_string());
+        }
+    }
+    command.env_clear();
+    command.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (key, value) in env_of(pod, ip, container) {
+        command.env(key, value);
+    }
+    Ok(command)
+}
+
+/// The container's environment as the kubelet would build it, for the values a stand-in
+/// can use: literal values and the downward API's common fields (secret and ConfigMap
+/// references are not resolved).
+fn env_of(pod: &Pod, ip: Ipv4Addr, container: &Container) -> Vec<(String, String)> {
+    let name = pod.name_any();
+    let namespace = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.as_ref();
+    let mut env = vec![
+        ("HOSTNAME".to_string(), name.clone()),
+        ("POD_NAME".to_string(), name.clone()),
+        ("POD_NAMESPACE".to_string(), namespace.clone()),
+        ("POD_IP".to_string(), ip.to_string()),
+    ];
+    for var in container.env.iter().flatten() {
+        let value = if let Some(value) = &var.value {
+            Some(value.clone())
+        } else if let Some(field) = var.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+            match field.field_path.as_str() {
+                "metadata.name" => Some(name.clone()),
+                "metadata.namespace" => Some(namespace.clone()),
+                "status.podIP" => Some(ip.to_string()),
+                "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
+                "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(value) = value {
+            env.retain(|(k, _)| k != &var.name);
+            env.push((var.name.clone(), value));
+        }
+    }
+    env
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+/// A service-account token bound to the pod, for istiod's audience (what the
+/// kubelet projects into an Istio proxy's pod).
+async fn token_for(client: &Client, pod: &Pod, service_account: &str) -> Result<String, String> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["istio-ca".into()]),
+            expiration_seconds: Some(24 * 3600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.uid(),
+            }),
+        }),
+        ..Default::default()
+    };
+    let response = api
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await
+        .map_err(|e| {
+            format!("request a token for service account {namespace}/{service_account}: {e}")
+        })?;
+    response.status.and_then(|s| s.token).ok_or_else(|| {
+        format!("the token request for {namespace}/{service_account} returned no token")
+    })
+}
+
+/// Probes the container's readiness the kubelet's way and reports each change.
+async fn readiness_loop(
+    shared: Arc<Shared>,
+    ip: Ipv4Addr,
+    container: Container,
+    index: usize,
+    events: mpsc::Sender<ContainerEvent>,
+) {
+    let Some(probe_spec) = container.readiness_probe.clone() else {
+        // No readiness probe: ready once started.
+        let _ = events
+            .send(ContainerEvent::Readiness { index, ready: true })
+            .await;
+        return;
+    };
+    let timing = Timing::of(&probe_spec);
+    tokio::time::sleep(timing.initial_delay).await;
+    let (mut successes, mut failures, mut ready) = (0u32, 0u32, false);
+    loop {
+        let outcome = probe::attempt(&shared.dialer, ip, &container, &probe_spec).await;
+        match outcome {
+            Ok(()) => {
+                successes += 1;
+                failures = 0;
+                if !ready && successes >= timing.success_threshold {
+                    ready = true;
+                    let _ = events
+                        .send(ContainerEvent::Readiness { index, ready })
+                        .await;
+                }
+            }
+            Err(why) => {
+                failures += 1;
+                successes = 0;
+                tracing::debug!(
+                    "readiness probe of {} at {ip} failed: {why}",
+                    container.name
+                );
+                if ready && failures >= timing.failure_threshold {
+                    ready = false;
+                    let _ = events
+                        .send(ContainerEvent::Readiness { index, ready })
+                        .await;
+                }
+            }
+        }
+        tokio::time::sleep(timing.period).await;
+    }
+}
+
+fn signal(pid: Option<u32>, signal: i32) {
+    if let Some(pid) = pid {
+        // SAFETY: signalling a process this runner started and has not reaped yet
+        // (its waiter clears the pid when it exits).
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+    }
+}
+
+/// SIGKILL: dropping a waiter drops its process handle, which kills it.
+fn kill_all(runs: &mut [ContainerRun]) {
+    for run in runs.iter_mut() {
+        signal(run.pid.take(), libc::SIGKILL);
+        if let Some(waiter) = run.waiter.take() {
+            waiter.abort();
+        }
+    }
+}
+
+/// The kubelet's termination: preStop hooks (bounded by the grace period), SIGTERM,
+/// SIGKILL when the grace period ends.
+async fn terminate(
+    shared: &Arc<Shared>,
+    pod: &Pod,
+    ip: Ipv4Addr,
+    runs: &mut [ContainerRun],
+    events: &mut mpsc::Receiver<ContainerEvent>,
+) {
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30)
+        .max(0) as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+    let hooks = runs.iter().filter(|r| r.pid.is_some()).map(|run| {
+        let dialer = shared.dialer.clone();
+        let container = run.spec.clone();
+        async move { pre_stop(&dialer, ip, &container).await }
+    });
+    let _ = tokio::time::timeout_at(deadline, futures::future::join_all(hooks)).await;
+    for run in runs.iter() {
+        signal(run.pid, libc::SIGTERM);
+    }
+    while runs.iter().any(|r| r.pid.is_some()) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ContainerEvent::Exited { index, .. })) => {
+                runs[index].pid = None;
+                runs[index].waiter = None;
+            }
+            Ok(Some(ContainerEvent::Readiness { .. })) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    kill_all(runs);
+}
+
+/// Runs a container's preStop hook: the sleep action, an HTTP GET, or an exec of
+/// `sleep N` (the common drain idiom); any other exec is skipped (no container to run it in).
+async fn pre_stop(dialer: &Dialer, ip: Ipv4Addr, container: &Container) {
+    let Some(hook) = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+    else {
+        return;
+    };
+    if let Some(sleep) = &hook.sleep {
+        tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64)).await;
+    } else if let Some(get) = &hook.http_get {
+        let port = match &get.port {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => *n as u16,
+            _ => return,
+        };
+        let _ = probe::http_get(
+            dialer,
+            std::net::SocketAddr::from((ip, port)),
+            get.path.as_deref().unwrap_or("/"),
+            get.http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.as_str(), h.value.as_str())),
+        )
+        .await;
+    } else if let Some(exec) = &hook.exec
+        && let Some(seconds) = sleep_seconds(exec.command.as_deref().unwrap_or_default())
+    {
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    }
+}
+
+/// `["sleep", "5"]` or `["/bin/sh", "-c", "sleep 5"]` → 5.
+fn sleep_seconds(command: &[String]) -> Option<f64> {
+    let words: Vec<&str> = command.iter().flat_map(|w| w.split_whitespace()).collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "sleep" || w.ends_with("/sleep"))?;
+    words.get(at + 1)?.parse().ok()
+}
+
+/// Patches the pod's status from what runs: Running, its address, and Ready only
+/// when every container's readiness probe passes.
+async fn patch_status(
+    api: &Api<Pod>,
+    name: &str,
+    ip: Ipv4Addr,
+    started: &str,
+    runs: &[ContainerRun],
+) {
+    let all_ready = !runs.is_empty() && runs.iter().all(|r| r.ready && r.waiting.is_none());
+    let condition = |type_: &str, status: bool| serde_json::json!({ "type": type_, "status": if status { "True" } else { "False" }, "lastTransitionTime": now() });
+    let statuses: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|r| {
+            let state = match &r.waiting {
+                Some((reason, message)) => {
+                    serde_json::json!({ "waiting": { "reason": reason, "message": message } })
+                }
+                None => serde_json::json!({ "running": { "startedAt": r.started_at } }),
+            };
+            serde_json::json!({
+                "name": r.spec.name,
+                "image": r.spec.image,
+                "imageID": "",
+                "ready": r.ready && r.waiting.is_none(),
+                "started": r.waiting.is_none(),
+                "restartCount": r.restarts,
+                "state": state,
+            })
+        })
+        .collect();
+    let status = serde_json::json!({
+        "status": {
+            "phase": "Running",
+            "hostIP": HOST_IP,
+            "hostIPs": [{ "ip": HOST_IP }],
+            "podIP": ip.to_string(),
+            "podIPs": [{ "ip": ip.to_string() }],
+            "startTime": started,
+            "conditions": [
+                condition("PodReadyToStartContainers", true),
+                condition("Initialized", true),
+                condition("Ready", all_ready),
+                condition("ContainersReady", all_ready),
+                condition("PodScheduled", true),
+            ],
+            "containerStatuses": statuses,
+        }
+    });
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+    {
+        tracing::debug!("patch the status of pod {name}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_sleep_hooks_are_understood() {
+        let words = |s: &[&str]| s.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert_eq!(sleep_seconds(&words(&["sleep", "5"])), Some(5.0));
+        assert_eq!(
+            sleep_seconds(&words(&["/bin/sh", "-c", "sleep 2.5"])),
+            Some(2.5)
+        );
+        assert_eq!(sleep_seconds(&words(&["/bin/sh", "-c", "echo bye"])), None);
+    }
+}

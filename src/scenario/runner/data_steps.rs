@@ -1,0 +1,501 @@
+//! The runner's data-plane steps: background loads and probes through the ingress
+//! gateway, and gRPC calls from inside the mesh through an in-mesh client.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ::kube::api::Api;
+
+use super::{
+    Abort, GATEWAY_NAMESPACE, MANAGED_BY_LABEL, MANAGED_BY_VALUE, RUN_LABEL, ScenarioRun, Step,
+    chain, step_check_name,
+};
+use crate::report::{Finding, KubeEventKind};
+use crate::scenario::dataplane::{self, Ingress};
+use crate::scenario::pipeline::Placed;
+
+/// The ingress and the environment's host of the release deployed last.
+fn ingress_and_host(run: &mut ScenarioRun<'_>, step: &Step) -> Result<(Ingress, String), Abort> {
+    let name = step_check_name(step);
+    let Some(ingress) = run.config.ingress.clone() else {
+        return Err(run.error(
+            &name,
+            &step.label(),
+            format!(
+                "{} claims a data plane but gives no ingress",
+                run.config.substrate
+            ),
+        ));
+    };
+    let host = run
+        .deployed
+        .as_ref()
+        .and_then(|(_, placed)| dataplane::environment_host(placed));
+    match host {
+        Some(host) => Ok((ingress, host)),
+        None => Err(run.error(
+            &name,
+            &step.label(),
+            "no release with a gateway-bound VirtualService host is deployed".into(),
+        )),
+    }
+}
+
+/// Waits until the environment answers through the gateway (routes and endpoints
+/// reach the gateway a moment after the rollout completes), up to 30 s.
+async fn wait_serving(ingress: &Ingress, host: &str) -> Result<(), String> {
+    let target = dataplane::gateway_target(ingress, host, "/_healthz")
+        .and_then(|t| t.with_cookie("shop_session-id=x-readiness-probe"))
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut streak = 0;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match crate::traffic::probe::http_health(&target).await {
+            Ok(report) if report.healthy => {
+                streak += 1;
+                if streak == 3 {
+                    return Ok(());
+                }
+            }
+            Ok(report) => {
+                streak = 0;
+                last = report.outcome.key();
+            }
+            Err(e) => {
+                streak = 0;
+                last = e.to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "http://{host}/ did not answer through the gateway within 30 s (last: {last})"
+    ))
+}
+
+pub(super) async fn load_start(
+    run: &mut ScenarioRun<'_>,
+    step: &Step,
+    load: &crate::scenario::spec::LoadStep,
+) -> Result<(), Abort> {
+    let name = step_check_name(step);
+    let (ingress, host) = ingress_and_host(run, step)?;
+    if load.target != "frontend" {
+        return Err(run.error(
+            &name,
+            &step.label(),
+            format!(
+                "a load at {} (a gRPC backend) needs an in-mesh load client, which cdcheck does not drive yet; load the frontend",
+                load.target
+            ),
+        ));
+    }
+    if let Err(why) = wait_serving(&ingress, &host).await {
+        return Err(run.error(&name, &step.label(), why));
+    }
+    let started_at = run.emitter.at();
+    match dataplane::start_frontend_load(&ingress, &host, load.rate, started_at) {
+        Ok(running) => {
+            run.kube_event(
+                KubeEventKind::Other,
+                None,
+                format!(
+                    "load {} started: {} req/s at {}",
+                    load.name, load.rate, running.target
+                ),
+            );
+            run.loads.insert(load.name.clone(), running);
+            run.judged(&name, &step.label(), Vec::new());
+            Ok(())
+        }
+        Err(e) => Err(run.error(&name, &step.label(), chain(&e))),
+    }
+}
+
+pub(super) async fn load_stop(
+    run: &mut ScenarioRun<'_>,
+    step: &Step,
+    stop: &crate::scenario::spec::LoadStopStep,
+) -> Result<(), Abort> {
+    let name = step_check_name(step);
+    let Some(load) = run.loads.remove(&stop.name) else {
+        return Err(run.error(
+            &name,
+            &step.label(),
+            format!("no load named {} was started", stop.name),
+        ));
+    };
+    let target = load.target.clone();
+    let started_at = load.started_at;
+    match load.finish().await {
+        Ok(timeline) => {
+            let findings = dataplane::judge_load(&stop.name, &timeline, stop.max_failed);
+            run.load_results.push(dataplane::load_result(
+                &stop.name, &target, started_at, &timeline,
+            ));
+            let description = format!(
+                "load {} fails at most {} requests",
+                stop.name, stop.max_failed
+            );
+            run.judged(&name, &description, findings);
+            Ok(())
+        }
+        Err(e) => Err(run.error(&name, &step.label(), chain(&e))),
+    }
+}
+
+pub(super) async fn probe(
+    run: &mut ScenarioRun<'_>,
+    step: &Step,
+    kind: &crate::scenario::spec::ProbeKind,
+) -> Result<(), Abort> {
+    use crate::scenario::spec::ProbeKind;
+    let name = step_check_name(step);
+    let (ingress, host) = ingress_and_host(run, step)?;
+    if let Err(why) = wait_serving(&ingress, &host).await {
+        // HTTPS-only pipelines are judged by the TLS probe alone.
+        if *kind != ProbeKind::Tls {
+            return Err(run.error(&name, &step.label(), why));
+        }
+    }
+    let findings = match kind {
+        ProbeKind::Http => dataplane::probe_http(&ingress, &host).await,
+        ProbeKind::Tls => probe_tls(run, &ingress, &host).await,
+        ProbeKind::Routing => {
+            let mut findings = probe_routing(run, &ingress, &host).await;
+            findings.extend(probe_userid_routing(run).await);
+            findings
+        }
+        ProbeKind::Grpc => probe_grpc(run).await,
+    };
+    let description = match kind {
+        ProbeKind::Http => format!("/_healthz of http://{host} answers through the gateway"),
+        ProbeKind::Tls => format!("the gateway serves the Gateway's certificate for {host}"),
+        ProbeKind::Routing => {
+            "the session's requests reach the feature branch and no other request does".into()
+        }
+        ProbeKind::Grpc => "every gRPC backend answers SERVING from inside the mesh".into(),
+    };
+    run.judged(&name, &description, findings);
+    Ok(())
+}
+
+/// The Secret each HTTPS server of the deployed Gateways names, and its certificate.
+async fn probe_tls(run: &mut ScenarioRun<'_>, ingress: &Ingress, host: &str) -> Vec<Finding> {
+    let Some((_, placed)) = run.deployed.as_ref() else {
+        return vec![Finding::new("no release is deployed".to_string())];
+    };
+    let mut secrets = Vec::new();
+    for gateway in placed
+        .bundle
+        .of_kind("Gateway")
+        .filter_map(|o| o.to_json().ok())
+    {
+        let namespace = gateway["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(GATEWAY_NAMESPACE)
+            .to_string();
+        for server in gateway["spec"]["servers"].as_array().into_iter().flatten() {
+            if let Some(credential) = server["tls"]["credentialName"].as_str() {
+                secrets.push((namespace.clone(), credential.to_string()));
+            }
+        }
+    }
+    if secrets.is_empty() {
+        return vec![Finding::new(
+            "no Gateway server of the release has a tls.credentialName".to_string(),
+        )];
+    }
+    let mut findings = Vec::new();
+    for (namespace, secret) in secrets {
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(run.cluster.client.clone(), &namespace);
+        let pem = api
+            .get_opt(&secret)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.data)
+            .and_then(|d| d.get("tls.crt").map(|b| b.0.clone()));
+        findings
+            .extend(dataplane::probe_tls(ingress, host, &namespace, &secret, pem.as_deref()).await);
+    }
+    findings
+}
+
+/// Cookie routing through the gateway: the session's requests reach the feature
+/// frontend, look-alikes and other requests stay on mainline.
+async fn probe_routing(run: &mut ScenarioRun<'_>, ingress: &Ingress, host: &str) -> Vec<Finding> {
+    use crate::traffic::routing::{RoutingProbe, cookie_variants};
+    let Some((_, placed)) = run.deployed.as_ref() else {
+        return vec![Finding::new("no release is deployed".to_string())];
+    };
+    let Some(session) = dataplane::session_of(placed) else {
+        return vec![Finding::new(
+            "the release has no session route to probe (no `session-<id>` route, cookie regex or userid match)".to_string(),
+        )];
+    };
+    let feature = placed
+        .bundle
+        .deployments()
+        .filter_map(|d| d.metadata.name.clone())
+        .find(|n| n.starts_with("frontend-"));
+    let Some(feature) = feature else {
+        return vec![Finding::new(
+            "the release has no feature Deployment of frontend (frontend-<branch>)".to_string(),
+        )];
+    };
+    let session = match crate::manifests::routing::SessionId::parse(&session) {
+        Ok(s) => s,
+        Err(e) => return vec![Finding::new(format!("session id {session}: {e}"))],
+    };
+    let probe = RoutingProbe {
+        per_variant: 40,
+        attribution: crate::traffic::attribution::AttributionRule::frontend_pod(),
+        feature_label: regex::Regex::new(&format!("^{}-", regex::escape(&feature)))
+            .expect("escaped regex"),
+        mainline_label: regex::Regex::new("^frontend-").expect("static regex"),
+    };
+    let base = match dataplane::gateway_target(ingress, host, "/") {
+        Ok(t) => t,
+        Err(e) => return vec![Finding::new(e.to_string())],
+    };
+    match probe.run_cookies(&base, &cookie_variants(&session)).await {
+        Ok(report) if report.passed => Vec::new(),
+        Ok(report) => report
+            .variants
+            .iter()
+            .filter(|v| !v.passed)
+            .map(|v| {
+                Finding::new(format!(
+                    "cookie variant `{}` (expected {:?}): {}/{} reached it, {} leaked, {} unknown, {} unattributed {:?}",
+                    v.variant.name,
+                    v.variant.expected,
+                    v.reached_expected,
+                    v.sent,
+                    v.leaked,
+                    v.unknown,
+                    v.unattributed,
+                    v.distribution
+                ))
+            })
+            .collect(),
+        Err(e) => vec![Finding::new(chain(&e))],
+    }
+}
+
+/// The in-mesh client of the scenario, started on first use.
+async fn mesh_client<'r>(
+    run: &'r mut ScenarioRun<'_>,
+) -> Result<&'r mut crate::mesh::client::InMeshClient, String> {
+    if run.mesh_client.is_none() {
+        let Some(state_dir) = run
+            .config
+            .ingress
+            .as_ref()
+            .and_then(|i| i.local_mesh.clone())
+        else {
+            return Err(format!(
+                "calls from inside the mesh need an in-mesh client, which cdcheck drives only on the local mesh (substrate {})",
+                run.config.substrate
+            ));
+        };
+        let labels = serde_json::json!({
+            RUN_LABEL: run.config.run_id,
+            MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        });
+        let client = crate::mesh::client::start(
+            &run.cluster.client,
+            &state_dir,
+            &run.namespace,
+            labels,
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| chain(&e))?;
+        run.mesh_client = Some(client);
+    }
+    Ok(run.mesh_client.as_mut().expect("set above"))
+}
+
+/// Calls `target` until it succeeds or 15 s pass (the sidecar's routes and endpoints
+/// arrive a moment after its listeners); the last failure otherwise.
+async fn call_until_ok(target: &crate::traffic::target::GrpcTarget) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match crate::traffic::probe::grpc_health(target).await {
+            Ok(report) if report.healthy => return Ok(()),
+            Ok(report) => {
+                last = format!(
+                    "{} {}",
+                    report.outcome.key(),
+                    report.serving_status.unwrap_or_default()
+                )
+            }
+            Err(e) => last = chain(&e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last)
+}
+
+/// The deployed release's gRPC Services (a port named `grpc*`): (name, port).
+fn grpc_services(placed: &Placed) -> Vec<(String, u16)> {
+    placed
+        .bundle
+        .of_kind("Service")
+        .filter_map(|o| o.to_json().ok())
+        .filter_map(|svc| {
+            let name = svc["metadata"]["name"].as_str()?.to_string();
+            let port = svc["spec"]["ports"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"].as_str().is_some_and(|n| n.starts_with("grpc")))?;
+            Some((name, port["port"].as_u64()? as u16))
+        })
+        .collect()
+}
+
+/// gRPC health of every backend from inside the mesh.
+async fn probe_grpc(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
+    let Some((_, placed)) = run.deployed.as_ref() else {
+        return vec![Finding::new("no release is deployed".to_string())];
+    };
+    let services = grpc_services(placed);
+    if services.is_empty() {
+        return vec![Finding::new(
+            "the release has no gRPC Service (a port named grpc*) to probe".to_string(),
+        )];
+    }
+    let client = match mesh_client(run).await {
+        Ok(c) => c,
+        Err(why) => return vec![Finding::new(why)],
+    };
+    let mut findings = Vec::new();
+    let mut forwarded: BTreeMap<u16, std::net::SocketAddr> = BTreeMap::new();
+    for (service, port) in services {
+        let local = match forwarded.get(&port) {
+            Some(a) => *a,
+            None => match client.forward(port, Duration::from_secs(15)).await {
+                Ok(a) => {
+                    forwarded.insert(port, a);
+                    a
+                }
+                Err(e) => {
+                    findings.push(Finding::new(format!("{service}:{port}: {}", chain(&e))));
+                    continue;
+                }
+            },
+        };
+        let method = crate::traffic::target::GrpcMethod::HealthCheck {
+            service: String::new(),
+        };
+        match dataplane::in_mesh_target(&service, port, local, method) {
+            Ok(target) => {
+                if let Err(why) = call_until_ok(&target).await {
+                    findings.push(Finding::new(format!(
+                        "grpc.health.v1 of {service}:{port} from inside the mesh is not SERVING: {why}"
+                    )));
+                }
+            }
+            Err(e) => findings.push(Finding::new(chain(&e))),
+        }
+    }
+    findings
+}
+
+/// `userid` routing inside the mesh: GetAds with the session's userid reaches the
+/// feature adservice, look-alikes and calls without it stay on mainline.
+async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
+    use crate::traffic::routing::{RoutingProbe, userid_variants};
+    let Some((_, placed)) = run.deployed.as_ref() else {
+        return Vec::new();
+    };
+    let has_userid_route = placed
+        .bundle
+        .of_kind("VirtualService")
+        .filter_map(|o| o.to_json().ok())
+        .any(|vs| vs.to_string().contains("\"userid\""));
+    if !has_userid_route {
+        return Vec::new();
+    }
+    let Some(session) = dataplane::session_of(placed) else {
+        return Vec::new();
+    };
+    let Some(feature) = placed
+        .bundle
+        .deployments()
+        .filter_map(|d| d.metadata.name.clone())
+        .find(|n| n.starts_with("adservice-"))
+    else {
+        return vec![Finding::new(
+            "a userid route exists but the release has no feature Deployment of adservice (adservice-<branch>)".to_string(),
+        )];
+    };
+    let session = match crate::manifests::routing::SessionId::parse(&session) {
+        Ok(s) => s,
+        Err(e) => return vec![Finding::new(format!("session id {session}: {e}"))],
+    };
+    let client = match mesh_client(run).await {
+        Ok(c) => c,
+        Err(why) => return vec![Finding::new(why)],
+    };
+    let local = match client.forward(9555, Duration::from_secs(15)).await {
+        Ok(a) => a,
+        Err(e) => return vec![Finding::new(chain(&e))],
+    };
+    let method = crate::traffic::target::GrpcMethod::GetAds {
+        context_keys: vec!["clothing".to_string()],
+    };
+    let base = match dataplane::in_mesh_target("adservice", 9555, local, method) {
+        Ok(t) => t,
+        Err(e) => return vec![Finding::new(chain(&e))],
+    };
+    let health = dataplane::in_mesh_target(
+        "adservice",
+        9555,
+        local,
+        crate::traffic::target::GrpcMethod::HealthCheck {
+            service: String::new(),
+        },
+    );
+    if let Ok(health) = health
+        && let Err(why) = call_until_ok(&health).await
+    {
+        return vec![Finding::new(format!(
+            "adservice:9555 does not answer from inside the mesh: {why}"
+        ))];
+    }
+    let probe = RoutingProbe {
+        per_variant: 40,
+        attribution: crate::traffic::attribution::AttributionRule::header("x-cdcheck-pod")
+            .expect("static header name"),
+        feature_label: regex::Regex::new(&format!("^{}-", regex::escape(&feature)))
+            .expect("escaped regex"),
+        mainline_label: regex::Regex::new("^adservice-").expect("static regex"),
+    };
+    match probe.run_userids(&base, &userid_variants(&session)).await {
+        Ok(report) if report.passed => Vec::new(),
+        Ok(report) => report
+            .variants
+            .iter()
+            .filter(|v| !v.passed)
+            .map(|v| {
+                Finding::new(format!(
+                    "userid variant `{}` (expected {:?}): {}/{} reached it, {} leaked, {} unknown, {} unattributed {:?}",
+                    v.variant.name,
+                    v.variant.expected,
+                    v.reached_expected,
+                    v.sent,
+                    v.leaked,
+                    v.unknown,
+                    v.unattributed,
+                    v.distribution
+                ))
+            })
+            .collect(),
+        Err(e) => vec![Finding::new(chain(&e))],
+    }
+}

@@ -1,0 +1,264 @@
+//! The local mesh itself: the rendered boutique answers through the real ingress
+//! gateway (istiod's translation of its Gateway and VirtualService, Envoy serving it)
+//! from pods that are processes, and a pod that never passes its readiness probe
+//! receives no traffic, because Kubernetes' own EndpointSlices leave it out.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cdcheck::manifests::Bundle;
+use cdcheck::scenario::dataplane::{Ingress, gateway_target};
+use cdcheck::traffic::attribution::AttributionRule;
+use cdcheck::traffic::load::{self, LoadSpec};
+use cdcheck::traffic::target::Target;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+
+/// The mesh's gateway is shared: its tests take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn mesh() -> Option<common::Cluster> {
+    cdcheck::install_crypto_provider();
+    static KUBECONFIG: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    let kubeconfig = match KUBECONFIG.get_or_init(common::start_mesh) {
+        Ok(path) => path.clone(),
+        Err(why) => {
+            common::skip::skip_or_fail(&format!("the local mesh cannot start: {why}"));
+            return None;
+        }
+    };
+    let config = cdcheck::kube::config_from(&kubeconfig)
+        .await
+        .expect("kubeconfig");
+    let client = kube::Client::try_from(config.clone()).expect("client");
+    Some(common::Cluster {
+        kubeconfig,
+        config,
+        client,
+    })
+}
+
+/// The frontend of `env`.
+fn frontend(env: &str) -> Bundle {
+    common::only_services(&common::render(env, "v0.10.6", |_| {}), &["frontend"])
+}
+
+/// Exposes `env`'s frontend on the gateway with a Gateway of the namespace's own (port 80,
+/// the environment's host only) and the rendered `frontend` VirtualService bound to it:
+/// nothing outlives the namespace, and no `*` server competes with other tests' Gateways.
+async fn expose(client: &kube::Client, env: &str) {
+    let full = common::render(env, "v0.10.6", |_| {});
+    let mut vs = full
+        .objects
+        .iter()
+        .find(|o| o.kind() == "VirtualService" && o.name() == "frontend")
+        .expect("the frontend VirtualService")
+        .to_json()
+        .expect("json");
+    vs["spec"]["gateways"] = serde_json::json!([format!("{env}/{env}")]);
+    let gateway = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+        "metadata": { "name": env, "namespace": env },
+        "spec": {
+            "selector": { "istio": "ingressgateway" },
+            "servers": [{
+                "port": { "number": 80, "name": "http", "protocol": "HTTP" },
+                "hosts": [format!("{env}.boutique.test")]
+            }]
+        }
+    });
+    for (object, kind) in [(gateway, "Gateway"), (vs, "VirtualService")] {
+        let gvk = kube::api::GroupVersionKind::gvk("networking.istio.io", "v1", kind);
+        cdcheck::kube::apply::apply_value(client, &gvk, &object)
+            .await
+            .unwrap_or_else(|e| panic!("apply the {kind}: {}", common::chain(&e)));
+    }
+}
+
+/// Sends `n` requests through the gateway at 100/s; answers per pod and failures.
+async fn through_gateway(host: &str, n: u64) -> (BTreeMap<String, u64>, u64) {
+    let ingress = Ingress::local_mesh(common::mesh_state_dir());
+    let target = Target::Http(gateway_target(&ingress, host, "/").expect("target"));
+    let spec = LoadSpec::open(100.0, Duration::from_millis(n * 10))
+        .with_attribution(AttributionRule::frontend_pod());
+    let timeline = load::run(&target, &spec, None).await.expect("load");
+    let summary = cdcheck::traffic::record::Summary::of(&timeline);
+    (summary.labels, summary.failed)
+}
+
+/// Waits until `host` answers through the gateway (istiod pushes routes and endpoints
+/// a moment after the rollout completes).
+async fn wait_serving(host: &str) {
+    for _ in 0..150 {
+        let (_, failed) = through_gateway(host, 3).await;
+        if failed == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{host} never answered through the gateway");
+}
+
+async fn ready_frontend_pods(client: &kube::Client, env: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), env);
+    pods.list(&ListParams::default().labels("app=frontend"))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_the_rendered_frontend_from_both_of_its_pods() {
+    let Some(cluster) = mesh().await else { return };
+    let _turn = SERIAL.lock().await;
+    let client = cluster.client.clone();
+    let cluster_ref = &cluster;
+    common::with_temp_env(&cluster, "mesh-gw", |env| async move {
+        let host = format!("{env}.boutique.test");
+        common::deploy(cluster_ref, &frontend(&env), &env).await;
+        expose(&client, &env).await;
+        wait_serving(&host).await;
+        let (by_pod, failed) = through_gateway(&host, 60).await;
+        assert_eq!(failed, 0, "requests failed through the gateway: {by_pod:?}");
+        let mut expected = ready_frontend_pods(&client, &env).await;
+        expected.sort();
+        let served: Vec<String> = by_pod.keys().cloned().collect();
+        assert_eq!(expected.len(), 2, "two Ready frontend pods: {expected:?}");
+        assert_eq!(served, expected, "answers per pod: {by_pod:?}");
+
+        // Control: with one replica, the same attribution sees one pod only.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &env);
+        deployments
+            .patch(
+                "frontend",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
+            )
+            .await
+            .expect("scale frontend to 1");
+        let mut one = Vec::new();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (by_pod, failed) = through_gateway(&host, 20).await;
+            if failed == 0 && by_pod.len() == 1 {
+                one = by_pod.keys().cloned().collect();
+                break;
+            }
+        }
+        assert_eq!(one.len(), 1, "after scaling to 1, one pod answers");
+    })
+    .await;
+}
+
+/// A Deployment selected by frontend's Service whose pods run the broken release.
+fn broken_frontend(env: &str, with_readiness_probe: bool) -> serde_json::Value {
+    let full = common::render(env, "v0.10.6", |_| {});
+    let mut deployment = full
+        .deployments()
+        .find(|d| d.metadata.name.as_deref() == Some("frontend"))
+        .cloned()
+        .expect("frontend Deployment");
+    deployment.metadata.name = Some("frontend-broken".into());
+    let spec = deployment.spec.as_mut().expect("spec");
+    spec.replicas = Some(1);
+    let pod = spec.template.spec.as_mut().expect("pod spec");
+    let container = &mut pod.containers[0];
+    container.image = Some(format!(
+        "{}/frontend:cdcheck-broken-never-ready",
+        cdcheck::versions::ONLINE_BOUTIQUE_REGISTRY
+    ));
+    if !with_readiness_probe {
+        container.readiness_probe = None;
+    }
+    let mut value = serde_json::to_value(&deployment).expect("json");
+    value["apiVersion"] = "apps/v1".into();
+    value["kind"] = "Deployment".into();
+    value
+}
+
+async fn with_broken_pod(with_readiness_probe: bool) -> (BTreeMap<String, u64>, u64) {
+    let Some(cluster) = mesh().await else {
+        return (BTreeMap::new(), 0);
+    };
+    let _turn = SERIAL.lock().await;
+    let client = cluster.client.clone();
+    let cluster_ref = &cluster;
+    common::with_temp_env(&cluster, "mesh-ready", |env| async move {
+        let host = format!("{env}.boutique.test");
+        common::deploy(cluster_ref, &frontend(&env), &env).await;
+        expose(&client, &env).await;
+        wait_serving(&host).await;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &env);
+        deployments
+            .patch(
+                "frontend-broken",
+                &PatchParams::apply("cdcheck-test").force(),
+                &Patch::Apply(broken_frontend(&env, with_readiness_probe)),
+            )
+            .await
+            .expect("apply frontend-broken");
+        // Its process starts at once; without a probe it is Ready then, with one never.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &env);
+        for _ in 0..100 {
+            let running = pods
+                .list(&ListParams::default().labels("app=frontend"))
+                .await
+                .expect("pods")
+                .items
+                .iter()
+                .filter(|p| {
+                    p.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("frontend-broken"))
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                })
+                .count();
+            if running == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        through_gateway(&host, 200).await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_never_passes_its_readiness_probe_receives_no_traffic() {
+    let (by_pod, failed) = with_broken_pod(true).await;
+    if by_pod.is_empty() {
+        return; // skipped (reported by skip_or_fail)
+    }
+    assert_eq!(failed, 0, "requests failed: {by_pod:?}");
+    assert!(
+        by_pod.keys().all(|p| !p.starts_with("frontend-broken")),
+        "the never-ready pod answered: {by_pod:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_the_same_pod_without_a_readiness_probe_gets_traffic_and_fails_it() {
+    let (by_pod, failed) = with_broken_pod(false).await;
+    if by_pod.is_empty() && failed == 0 {
+        return; // skipped (reported by skip_or_fail)
+    }
+    assert!(
+        failed > 0,
+        "without a readiness probe the broken pod must be in the endpoints and fail requests: {by_pod:?}"
+    );
+}
