@@ -93,6 +93,7 @@ pub fn all() -> Vec<(&'static str, &'static str)> {
         ("ISTIO_COMMIT", ISTIO_COMMIT),
         ("KIND", KIND),
         ("ISTIOCTL", ISTIOCTL),
+        ("ISTIO_HUB", ISTIO_HUB),
         (
             "ISTIO_ARCHIVE_SHA256",
             ISTIO_ARCHIVE_SHA256.unwrap_or("unverified"),
