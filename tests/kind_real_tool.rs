@@ -232,3 +232,82 @@ fn the_real_istioctl_renders_the_overlay_as_the_kind_substrate_needs_it() {
         "{stderr}"
     );
 }
+
+/// Every flag of every kind and istioctl command the plans run, in that command's `--help`.
+#[test]
+fn every_flag_the_plans_pass_to_kind_and_istioctl_is_one_the_real_tools_accept() {
+    let (Some(kind_bin), Some(istioctl)) = (kind_or_skip(), istioctl_or_skip()) else {
+        return;
+    };
+    let mut options = kind::KindOptions::new("/state".into());
+    options.preload = true;
+    options.agent_image = Some("cdcheck-agent:dev".into());
+    let mut cmds: Vec<cdcheck::substrate::host::Cmd> = Vec::new();
+    for decision in [
+        kind::Decision::Create,
+        kind::Decision::Recreate("test".into()),
+    ] {
+        for step in kind::up_plan(&options, &decision).steps {
+            if let kind::Step::Run { cmd, .. } = step {
+                cmds.push(cmd);
+            }
+        }
+    }
+    let down = kind::down_plan(&options, &kind::Observed::Ours(None)).unwrap();
+    for step in down.steps {
+        if let kind::Step::Run { cmd, .. } = step {
+            cmds.push(cmd);
+        }
+    }
+    let mut checked = 0;
+    for cmd in cmds
+        .iter()
+        .filter(|c| c.program == "kind" || c.program == "istioctl")
+    {
+        let binary = if cmd.program == "kind" {
+            &kind_bin
+        } else {
+            &istioctl
+        };
+        let subcommands: Vec<&String> = cmd
+            .args
+            .iter()
+            .take_while(|a| !a.starts_with('-'))
+            .collect();
+        let help = Command::new(binary)
+            .args(&subcommands)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout).into_owned();
+        assert!(
+            help.contains("Flags:"),
+            "{} {subcommands:?} --help: {help}",
+            cmd.program
+        );
+        for flag in cmd.args.iter().filter(|a| a.starts_with('-')) {
+            let flag = flag.split('=').next().unwrap();
+            let listed = help
+                .lines()
+                .any(|line| line.trim_start().split([',', ' ']).any(|word| word == flag));
+            assert!(
+                listed,
+                "`{cmd}`: {flag} is not a flag of {} {subcommands:?}",
+                cmd.program
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} flags checked");
+    // Control: a flag neither tool has is not found the same way.
+    let help = Command::new(&kind_bin)
+        .args(["create", "cluster", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        !help
+            .lines()
+            .any(|l| l.trim_start().split([',', ' ']).any(|w| w == "--nodes"))
+    );
+}
