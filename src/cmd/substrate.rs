@@ -1,11 +1,13 @@
-//! `cdcheck up`, `down`, `kubeconfig` and `substrate install`: the local substrate's lifecycle.
+//! `cdcheck up`, `down`, `kubeconfig`, `doctor` and `substrate install`: the lifecycle of the
+//! local and kind substrates.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use cdcheck::substrate::{binaries, local};
+use cdcheck::substrate::host::SystemHost;
+use cdcheck::substrate::{binaries, doctor, kind, local};
 
 /// Which substrate `up` provisions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -13,7 +15,7 @@ pub enum SubstrateKind {
     /// A real control plane as local processes (etcd, kube-apiserver, controller-manager,
     /// scheduler) with kwok playing the kubelets: no Docker needed, no pod runs.
     Local,
-    /// kind + Istio (needs Docker): create it with `kind create cluster --config kind-config.yaml`.
+    /// kind + Istio (needs Docker or Podman, kind, istioctl, kubectl: `cdcheck doctor`).
     Kind,
 }
 
@@ -42,6 +44,23 @@ pub struct UpArgs {
     /// `cdcheck substrate install --mesh`, and Envoy).
     #[arg(long)]
     pub mesh: bool,
+
+    /// kind: delete cdcheck's cluster and create it again even when its fingerprint matches.
+    #[arg(long)]
+    pub recreate: bool,
+
+    /// kind: pull every image the run needs and load it into the nodes (`kind load
+    /// docker-image`), so later runs work offline.
+    #[arg(long)]
+    pub preload: bool,
+
+    /// kind: the in-mesh agent's image (built from agent/Dockerfile), loaded into the nodes.
+    #[arg(long, value_name = "REF")]
+    pub agent_image: Option<String>,
+
+    /// kind: where the kind config, Istio overlay and kubeconfig are written.
+    #[arg(long, env = "CDCHECK_KIND_STATE_DIR", value_name = "DIR")]
+    pub kind_state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -50,6 +69,27 @@ pub struct MeshDaemonArgs {
     pub state_dir: PathBuf,
     #[arg(long)]
     pub envoy: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DownArgs {
+    #[arg(long, value_enum, default_value_t = SubstrateKind::Local)]
+    pub substrate: SubstrateKind,
+
+    /// State directory of the local substrate.
+    #[arg(long, env = "CDCHECK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// kind: where `up` wrote its files (removed with the cluster).
+    #[arg(long, env = "CDCHECK_KIND_STATE_DIR", value_name = "DIR")]
+    pub kind_state_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DoctorArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,14 +107,20 @@ pub struct SubstrateArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SubstrateCommand {
-    /// Find or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
-    /// (env vars CDCHECK_ETCD, CDCHECK_KUBE_APISERVER, ... and PATH win; else the cache
+    /// local: find or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+    /// kwok (env vars CDCHECK_ETCD, CDCHECK_KUBE_APISERVER, ... and PATH win; else the cache
     /// $CDCHECK_BIN_CACHE or ~/.cache/cdcheck/bin; else `go build` from the module proxy).
+    /// kind: kind and istioctl from the Go module proxy into the cache (verified by Go's
+    /// checksum database); kubectl only with a pinned SHA-256 (none yet: its verified
+    /// install command is printed instead).
     Install(InstallArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct InstallArgs {
+    #[arg(long, value_enum, default_value_t = SubstrateKind::Local)]
+    pub substrate: SubstrateKind,
+
     /// Also find or build istiod (pilot-discovery) for the local mesh
     /// (CDCHECK_PILOT_DISCOVERY wins; about 11–14 min cold) and check Envoy is there.
     #[arg(long)]
@@ -117,8 +163,63 @@ pub fn ensure_binaries() -> anyhow::Result<binaries::Binaries> {
     result.context("install the control-plane binaries")
 }
 
+fn install_kind_tools() -> anyhow::Result<ExitCode> {
+    use cdcheck::substrate::tools;
+    let cache = binaries::cache_root();
+    let plan = kind::Plan {
+        decision: kind::Decision::Create,
+        steps: tools::kind_plan(&cache),
+    };
+    kind::execute(&SystemHost, &plan, |step| eprintln!("+ {step}"))
+        .context("install the kind substrate's tools")?;
+    let dir = tools::tool_dir(&cache, "kind", cdcheck::versions::KIND);
+    println!("kind {} in {}", cdcheck::versions::KIND, dir.display());
+    let istioctl = tools::tool_dir(&cache, "istioctl", cdcheck::versions::ISTIOCTL);
+    let mut refused = 0;
+    for result in [tools::istioctl_plan(&cache), tools::kubectl_plan()] {
+        match result {
+            Ok(steps) => {
+                let plan = kind::Plan {
+                    decision: kind::Decision::Create,
+                    steps,
+                };
+                kind::execute(&SystemHost, &plan, |step| match step {
+                    kind::Step::Write { path, .. } => eprintln!("+ write {}", path.display()),
+                    kind::Step::Run { purpose, .. } => eprintln!("+ {purpose}"),
+                })
+                .context("install the kind substrate's tools")?;
+                println!(
+                    "istioctl {} in {}",
+                    cdcheck::versions::ISTIOCTL,
+                    istioctl.display()
+                );
+            }
+            Err(e) => {
+                refused += 1;
+                println!("not installed: failed to {e}");
+            }
+        }
+    }
+    println!(
+        "export PATH=\"{}:{}:$PATH\"",
+        dir.display(),
+        istioctl.display()
+    );
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 pub fn install(args: SubstrateArgs) -> anyhow::Result<ExitCode> {
     let SubstrateCommand::Install(install) = args.command;
+    if install.substrate == SubstrateKind::Kind {
+        if install.mesh {
+            anyhow::bail!("use --mesh: it applies to --substrate local");
+        }
+        return install_kind_tools();
+    }
     let found = ensure_binaries()?;
     for binary in binaries::Binary::ALL {
         println!("{:<24} {}", binary.file_name(), found.get(binary).display());
@@ -140,10 +241,66 @@ pub fn install(args: SubstrateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cdcheck doctor`: exit 0 ready, 1 a problem (one line each, with its fix).
+pub fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let report = doctor::diagnose(&SystemHost);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for ok in &report.ok {
+            println!("ok: {ok}");
+        }
+        for problem in &report.problems {
+            println!("problem: {problem}");
+        }
+        if report.is_ready() {
+            println!("ready for `cdcheck up --substrate kind`");
+        }
+    }
+    Ok(if report.is_ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn up_kind(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let mut options =
+        kind::KindOptions::new(args.kind_state_dir.unwrap_or_else(kind::default_state_dir));
+    options.recreate = args.recreate;
+    options.preload = args.preload;
+    options.agent_image = args.agent_image;
+    let cluster = match kind::up(&SystemHost, &options, |step| eprintln!("+ {step}")) {
+        Ok(cluster) => cluster,
+        // The preflight's lines read best on their own.
+        Err(e @ kind::KindError::Preflight(_)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::new(e).context("bring up the kind substrate")),
+    };
+    eprintln!(
+        "kind substrate {} (context {})",
+        match &cluster.decision {
+            kind::Decision::Reuse => "reused: its fingerprint matches".to_string(),
+            kind::Decision::Recreate(why) => format!("recreated: {why}"),
+            _ => "created".to_string(),
+        },
+        cluster.context
+    );
+    println!("export KUBECONFIG={}", cluster.kubeconfig.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.substrate == SubstrateKind::Kind {
+        if args.mesh {
+            anyhow::bail!(
+                "use --mesh: it applies to --substrate local (kind has Istio's own data plane)"
+            );
+        }
+        return up_kind(args);
+    }
+    if args.recreate || args.preload || args.agent_image.is_some() {
         anyhow::bail!(
-            "provision the kind substrate from here: create it with `kind create cluster --config kind-config.yaml` and install Istio (README.md)"
+            "use --recreate, --preload or --agent-image: they apply to --substrate kind only"
         );
     }
     let found = ensure_binaries()?;
@@ -185,7 +342,25 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn down(args: StateArgs) -> anyhow::Result<ExitCode> {
+pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
+    if args.substrate == SubstrateKind::Kind {
+        let options =
+            kind::KindOptions::new(args.kind_state_dir.unwrap_or_else(kind::default_state_dir));
+        let engine = doctor::diagnose(&SystemHost).engine;
+        let options = kind::KindOptions {
+            engine: engine.unwrap_or(doctor::Engine::Docker),
+            ..options
+        };
+        let result = kind::down(&SystemHost, &options).context("tear down the kind substrate")?;
+        eprintln!(
+            "{}",
+            match result {
+                kind::Down::Deleted => format!("deleted kind cluster {}", options.name),
+                kind::Down::Absent => format!("no kind cluster {}", options.name),
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let dir = state_dir(args.state_dir);
     let result = runtime()?
         .block_on(local::down(&dir))

@@ -1,0 +1,76 @@
+//! `cdcheck agent`: the in-mesh client. Sends gRPC requests to adservice by batches of one
+//! `userid` and per-backend gRPC health checks from inside the mesh, and prints one JSON
+//! record per line (request, batch attribution by the sidecar's counters, health, done).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cdcheck::agent::{self, AgentOptions, Batch};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example (in the agent pod, next to its sidecar):
+  cdcheck agent --ads http://adservice:9555 --batch 3f1c2a9e=50 --batch -=50 \\
+    --health hipstershop.CartService=http://cartservice:7070
+Exit status: 0 every request succeeded and every backend is SERVING, 1 otherwise, 2 bad input.
+Attribution is reported, not judged: the runner compares each batch with its expectation.")]
+pub struct Args {
+    /// adservice's endpoint as the app would call it (the sidecar routes it).
+    #[arg(long, value_name = "URL")]
+    pub ads: Option<String>,
+
+    /// A batch of GetAds requests: USERID=N (with `userid` metadata) or -=N (without).
+    /// Repeatable; batches run one after another.
+    #[arg(long = "batch", value_name = "USERID=N", value_parser = parse_batch, requires = "ads")]
+    pub batches: Vec<Batch>,
+
+    /// A gRPC health check: SERVICE=URL (repeatable).
+    #[arg(long = "health", value_name = "SERVICE=URL", value_parser = parse_health)]
+    pub health: Vec<(String, String)>,
+
+    /// The client sidecar's Prometheus stats.
+    #[arg(long, value_name = "URL", default_value = agent::DEFAULT_STATS_URL)]
+    pub stats: String,
+
+    /// Bound of each request.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_batch(value: &str) -> Result<Batch, String> {
+    Batch::parse(value).map_err(|e| e.to_string())
+}
+
+fn parse_health(value: &str) -> Result<(String, String), String> {
+    agent::parse_health(value).map_err(|e| e.to_string())
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.batches.is_empty() && args.health.is_empty() {
+        anyhow::bail!("run the agent: give at least one --batch (with --ads) or --health");
+    }
+    let options = AgentOptions {
+        ads: args.ads,
+        batches: args.batches,
+        health: args.health,
+        stats_url: args.stats,
+        timeout: args.timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let failed = runtime.block_on(agent::run(&options, |record| {
+        use std::io::Write;
+        let line = serde_json::to_string(record).expect("a record serializes");
+        let mut out = std::io::stdout().lock();
+        // Flushed per line: the pod log is read while the agent runs.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }));
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

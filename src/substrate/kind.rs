@@ -1,0 +1,735 @@
+//! The kind substrate as a plan: the typed list of commands cdcheck runs to create (or
+//! reuse) a kind cluster with Istio, preload the run's images, tag the feature-branch
+//! images, and delete only a cluster it created. Plans are pure; [`execute`] runs one
+//! through a [`Host`], so tests snapshot every command and its arguments without Docker.
+//!
+//! A cluster is cdcheck's when its control-plane node carries [`CREATED_BY_LABEL`]
+//! (written by `kind-config.yaml`); it is reused when the fingerprint cdcheck wrote into
+//! `kube-system/cdcheck-fingerprint` after installing Istio (node image, Istio version,
+//! overlay and kind config hashes) matches what this binary would create.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::doctor::{self, Engine, NotReady};
+use super::host::{Cmd, Host, Output};
+use crate::versions;
+
+/// The kind config the cluster is created from (the repository's `kind-config.yaml`).
+pub const KIND_CONFIG: &str = include_str!("../../kind-config.yaml");
+
+/// The istioctl overlay Istio is installed with (the repository's `istio-overlay.yaml`).
+pub const ISTIO_OVERLAY: &str = include_str!("../../istio-overlay.yaml");
+
+/// The cluster name `kind-config.yaml` gives.
+pub const DEFAULT_NAME: &str = "cdcheck";
+
+/// Label of the nodes of a cluster cdcheck created (from `kind-config.yaml`).
+pub const CREATED_BY_LABEL: &str = "cdcheck.io/created-by";
+pub const CREATED_BY_VALUE: &str = "cdcheck";
+
+/// Where the fingerprint lives in the cluster.
+pub const FINGERPRINT_NAMESPACE: &str = "kube-system";
+pub const FINGERPRINT_CONFIGMAP: &str = "cdcheck-fingerprint";
+
+/// Bound of each wait for istiod and the ingress gateway.
+pub const ISTIO_READY_TIMEOUT: &str = "300s";
+
+/// The tag the feature-branch scenario deploys (`scenario::pipeline`'s `<release>-myfeature`):
+/// upstream publishes no such tag, so cdcheck makes one from the release's image.
+pub fn feature_tag() -> String {
+    format!(
+        "{}-myfeature",
+        versions::ONLINE_BOUTIQUE.trim_start_matches('v')
+    )
+}
+
+/// The services the feature-branch scenario deploys as a feature.
+pub const FEATURE_SERVICES: [&str; 2] = ["frontend", "adservice"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum KindError {
+    #[error(transparent)]
+    Preflight(#[from] NotReady),
+    #[error("{purpose}: `{cmd}` could not be started")]
+    Spawn {
+        purpose: String,
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{purpose}: `{cmd}` exited with {code}: {tail}")]
+    Failed {
+        purpose: String,
+        cmd: String,
+        code: String,
+        tail: String,
+    },
+    #[error("write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{action} kind cluster {name}: cdcheck did not create it (no node labelled {CREATED_BY_LABEL}={CREATED_BY_VALUE}); delete it yourself with `kind delete cluster --name {name}` if you no longer need it"
+    )]
+    Foreign { action: &'static str, name: String },
+    #[error("read the fingerprint of kind cluster {name}: {detail}")]
+    Fingerprint { name: String, detail: String },
+}
+
+/// What `up --substrate kind` and `down --substrate kind` are asked to do.
+#[derive(Clone, Debug)]
+pub struct KindOptions {
+    pub name: String,
+    /// Where the kind config, overlay and kubeconfig are written.
+    pub state_dir: PathBuf,
+    /// Delete and create even when the fingerprint matches.
+    pub recreate: bool,
+    /// `docker pull` + `kind load docker-image` every image the run needs.
+    pub preload: bool,
+    /// The in-mesh agent's image (built from `agent/Dockerfile`), loaded when set.
+    pub agent_image: Option<String>,
+    pub engine: Engine,
+}
+
+impl KindOptions {
+    pub fn new(state_dir: PathBuf) -> KindOptions {
+        KindOptions {
+            name: DEFAULT_NAME.to_string(),
+            state_dir,
+            recreate: false,
+            preload: false,
+            agent_image: None,
+            engine: Engine::Docker,
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state_dir.join("kubeconfig")
+    }
+
+    pub fn context(&self) -> String {
+        format!("kind-{}", self.name)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.state_dir.join("kind-config.yaml")
+    }
+
+    fn overlay_path(&self) -> PathBuf {
+        self.state_dir.join("istio-overlay.yaml")
+    }
+}
+
+/// `$CDCHECK_KIND_STATE_DIR`, else `$XDG_STATE_HOME/cdcheck/kind`, else `~/.local/state/cdcheck/kind`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CDCHECK_KIND_STATE_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir).join("cdcheck").join("kind");
+    }
+    super::binaries::home()
+        .join(".local")
+        .join("state")
+        .join("cdcheck")
+        .join("kind")
+}
+
+fn sha256(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What makes two kind substrates the same: a cluster is reused only when all match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Fingerprint {
+    pub node_image: String,
+    pub istio: String,
+    pub overlay_sha256: String,
+    pub kind_config_sha256: String,
+}
+
+impl Fingerprint {
+    /// The substrate this binary creates.
+    pub fn wanted() -> Fingerprint {
+        Fingerprint {
+            node_image: versions::KIND_NODE_IMAGE.to_string(),
+            istio: versions::ISTIO.to_string(),
+            overlay_sha256: sha256(ISTIO_OVERLAY),
+            kind_config_sha256: sha256(KIND_CONFIG),
+        }
+    }
+
+    /// From the fingerprint ConfigMap's `data`.
+    pub fn from_data(data: &BTreeMap<String, String>) -> Option<Fingerprint> {
+        let value = serde_json::to_value(data).ok()?;
+        serde_json::from_value(value).ok()
+    }
+
+    fn data(&self) -> BTreeMap<String, String> {
+        let value = serde_json::to_value(self).expect("a fingerprint serializes");
+        serde_json::from_value(value).expect("a map of strings")
+    }
+
+    /// Where two fingerprints differ, as `field: have X, want Y`.
+    pub fn differences(&self, wanted: &Fingerprint) -> Vec<String> {
+        let have = self.data();
+        wanted
+            .data()
+            .into_iter()
+            .filter(|(k, v)| have.get(k) != Some(v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: have {}, want {v}",
+                    have.get(&k).map(String::as_str).unwrap_or("-")
+                )
+            })
+            .collect()
+    }
+
+    /// The ConfigMap that records it, labelled as cdcheck's.
+    pub fn configmap_yaml(&self) -> String {
+        let cm = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": FINGERPRINT_CONFIGMAP,
+                "namespace": FINGERPRINT_NAMESPACE,
+                "labels": {CREATED_BY_LABEL: CREATED_BY_VALUE},
+            },
+            "data": self.data(),
+        });
+        serde_saphyr::to_string(&cm).expect("a ConfigMap serializes")
+    }
+}
+
+/// What is there already under the cluster's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    Absent,
+    /// A kind cluster of that name whose nodes carry no label of ours.
+    Foreign,
+    /// cdcheck created it; `None` when provisioning stopped before the fingerprint.
+    Ours(Option<Fingerprint>),
+}
+
+/// What `up` does about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "decision", content = "reason")]
+pub enum Decision {
+    Create,
+    Reuse,
+    /// Delete cdcheck's cluster and create it again, for this reason.
+    Recreate(String),
+    /// Touch nothing: the cluster is not cdcheck's.
+    Refuse,
+}
+
+/// The reuse rule.
+pub fn decide(observed: &Observed, wanted: &Fingerprint, recreate: bool) -> Decision {
+    match observed {
+        Observed::Absent => Decision::Create,
+        Observed::Foreign => Decision::Refuse,
+        Observed::Ours(None) => {
+            Decision::Recreate("an earlier provisioning stopped before Istio was ready".into())
+        }
+        Observed::Ours(Some(_)) if recreate => Decision::Recreate("--recreate".into()),
+        Observed::Ours(Some(have)) => {
+            let differences = have.differences(wanted);
+            if differences.is_empty() {
+                Decision::Reuse
+            } else {
+                Decision::Recreate(format!(
+                    "its fingerprint differs ({})",
+                    differences.join("; ")
+                ))
+            }
+        }
+    }
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Write a file cdcheck generates (its SHA-256 is what the snapshot shows).
+    Write {
+        path: PathBuf,
+        #[serde(serialize_with = "ser_sha")]
+        contents: String,
+    },
+    /// Run a command; `purpose` reads after "failed to".
+    Run { purpose: String, cmd: Cmd },
+}
+
+fn ser_sha<S: serde::Serializer>(contents: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("sha256:{}", sha256(contents)))
+}
+
+impl Step {
+    fn run(purpose: impl Into<String>, cmd: Cmd) -> Step {
+        Step::Run {
+            purpose: purpose.into(),
+            cmd,
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Write { path, .. } => write!(f, "write {}", path.display()),
+            Step::Run { cmd, .. } => write!(f, "{cmd}"),
+        }
+    }
+}
+
+/// The commands of an `up` or `down`, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub decision: Decision,
+    pub steps: Vec<Step>,
+}
+
+fn kind(options: &KindOptions, args: &[&str]) -> Cmd {
+    let cmd = Cmd::new("kind", args.iter().copied());
+    match options.engine {
+        Engine::Docker => cmd,
+        Engine::Podman => cmd.with_env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
+    }
+}
+
+fn kubectl(options: &KindOptions, args: &[&str]) -> Cmd {
+    let kubeconfig = options.kubeconfig().display().to_string();
+    let context = options.context();
+    let mut all = vec!["--kubeconfig", &kubeconfig, "--context", &context];
+    all.extend_from_slice(args);
+    Cmd::new("kubectl", all)
+}
+
+fn engine(options: &KindOptions, args: &[&str]) -> Cmd {
+    Cmd::new(options.engine.program(), args.iter().copied())
+}
+
+/// Every image a run pulls: Online Boutique's (no loadgenerator: the run deploys none)
+/// at the pinned release, redis, and Istio's control plane and proxy.
+pub fn run_images() -> Vec<String> {
+    let mut images: Vec<String> = crate::catalog::all()
+        .iter()
+        .filter(|w| w.role != crate::catalog::Role::LoadGenerator)
+        .map(|w| w.image_at(versions::ONLINE_BOUTIQUE))
+        .collect();
+    images.push(format!("{}/pilot:{}", versions::ISTIO_HUB, versions::ISTIO));
+    images.push(format!(
+        "{}/proxyv2:{}",
+        versions::ISTIO_HUB,
+        versions::ISTIO
+    ));
+    images.sort();
+    images.dedup();
+    images
+}
+
+/// `(upstream image, feature image)` for each feature service.
+pub fn feature_images() -> Vec<(String, String)> {
+    FEATURE_SERVICES
+        .iter()
+        .map(|name| {
+            let workload = crate::catalog::find(name).expect("a catalog service");
+            (
+                workload.image_at(versions::ONLINE_BOUTIQUE),
+                workload.image_at(&feature_tag()),
+            )
+        })
+        .collect()
+}
+
+fn load(options: &KindOptions, image: &str) -> Step {
+    Step::run(
+        format!("load {image} into the kind nodes"),
+        kind(
+            options,
+            &["load", "docker-image", "--name", &options.name, image],
+        ),
+    )
+}
+
+/// The steps of `up` for a decision (empty for [`Decision::Refuse`]).
+pub fn up_plan(options: &KindOptions, decision: &Decision) -> Plan {
+    let mut steps = Vec::new();
+    let name = options.name.as_str();
+    let kubeconfig = options.kubeconfig().display().to_string();
+    match decision {
+        Decision::Refuse => {
+            return Plan {
+                decision: decision.clone(),
+                steps,
+            };
+        }
+        Decision::Reuse => {}
+        Decision::Recreate(_) => steps.push(Step::run(
+            format!("delete kind cluster {name} to create it again"),
+            kind(
+                options,
+                &[
+                    "delete",
+                    "cluster",
+                    "--name",
+                    name,
+                    "--kubeconfig",
+                    &kubeconfig,
+                ],
+            ),
+        )),
+        Decision::Create => {}
+    }
+    let creating = !matches!(decision, Decision::Reuse);
+    if creating {
+        let config = options.config_path();
+        steps.push(Step::Write {
+            path: config.clone(),
+            contents: KIND_CONFIG.to_string(),
+        });
+        steps.push(Step::Write {
+            path: options.overlay_path(),
+            contents: ISTIO_OVERLAY.to_string(),
+        });
+        steps.push(Step::run(
+            format!("create kind cluster {name}"),
+            kind(
+                options,
+                &[
+                    "create",
+                    "cluster",
+                    "--name",
+                    name,
+                    "--config",
+                    &config.display().to_string(),
+                    "--kubeconfig",
+                    &kubeconfig,
+                    "--wait",
+                    "120s",
+                ],
+            ),
+        ));
+    }
+    // Images first, so istiod, the gateway and every workload start from the nodes' store.
+    if options.preload {
+        for image in run_images() {
+            steps.push(Step::run(
+                format!("pull {image}"),
+                engine(options, &["pull", &image]),
+            ));
+            steps.push(load(options, &image));
+        }
+        if let Some(agent) = &options.agent_image {
+            steps.push(load(options, agent));
+        }
+    }
+    // Upstream publishes no feature tags: make them from the release's images (a reused
+    // cluster has them since its creation, so it needs no registry unless --preload).
+    let features = if creating || options.preload {
+        feature_images()
+    } else {
+        Vec::new()
+    };
+    for (upstream, feature) in features {
+        if !options.preload {
+            steps.push(Step::run(
+                format!("pull {upstream}"),
+                engine(options, &["pull", &upstream]),
+            ));
+        }
+        steps.push(Step::run(
+            format!("tag {upstream} as the feature image {feature}"),
+            engine(options, &["tag", &upstream, &feature]),
+        ));
+        steps.push(load(options, &feature));
+    }
+    if creating {
+        steps.push(Step::run(
+            format!("install Istio {} with istioctl", versions::ISTIO),
+            Cmd::new(
+                "istioctl",
+                [
+                    "install",
+                    "-y",
+                    "--kubeconfig",
+                    &kubeconfig,
+                    "--context",
+                    &options.context(),
+                    "-f",
+                    &options.overlay_path().display().to_string(),
+                    "--set",
+                    &format!("hub={}", versions::ISTIO_HUB),
+                    "--set",
+                    &format!("tag={}", versions::ISTIO),
+                ],
+            ),
+        ));
+    }
+    for deployment in ["istiod", "istio-ingressgateway"] {
+        steps.push(Step::run(
+            format!("wait for istio-system/{deployment} to be ready"),
+            kubectl(
+                options,
+                &[
+                    "-n",
+                    "istio-system",
+                    "rollout",
+                    "status",
+                    &format!("deployment/{deployment}"),
+                    &format!("--timeout={ISTIO_READY_TIMEOUT}"),
+                ],
+            ),
+        ));
+    }
+    if creating {
+        steps.push(Step::run(
+            "record the cluster's fingerprint",
+            kubectl(
+                options,
+                &[
+                    "apply",
+                    "--server-side",
+                    "--field-manager",
+                    "cdcheck",
+                    "-f",
+                    "-",
+                ],
+            )
+            .with_stdin(Fingerprint::wanted().configmap_yaml()),
+        ));
+    }
+    Plan {
+        decision: decision.clone(),
+        steps,
+    }
+}
+
+/// The steps of `down`: delete the cluster and cdcheck's files, only when it is ours.
+pub fn down_plan(options: &KindOptions, observed: &Observed) -> Result<Plan, KindError> {
+    let name = options.name.as_str();
+    let steps = match observed {
+        Observed::Absent => Vec::new(),
+        Observed::Foreign => {
+            return Err(KindError::Foreign {
+                action: "delete",
+                name: name.to_string(),
+            });
+        }
+        Observed::Ours(_) => vec![Step::run(
+            format!("delete kind cluster {name}"),
+            kind(
+                options,
+                &[
+                    "delete",
+                    "cluster",
+                    "--name",
+                    name,
+                    "--kubeconfig",
+                    &options.kubeconfig().display().to_string(),
+                ],
+            ),
+        )],
+    };
+    Ok(Plan {
+        decision: Decision::Reuse,
+        steps,
+    })
+}
+
+fn output(host: &dyn Host, purpose: &str, cmd: &Cmd) -> Result<Output, KindError> {
+    let out = host.run(cmd).map_err(|source| KindError::Spawn {
+        purpose: purpose.to_string(),
+        cmd: cmd.to_string(),
+        source,
+    })?;
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(KindError::Failed {
+            purpose: purpose.to_string(),
+            cmd: cmd.to_string(),
+            code: out
+                .code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "a signal".into()),
+            tail: out.tail(),
+        })
+    }
+}
+
+/// Asks kind and the cluster what is there under the cluster's name.
+pub fn observe(host: &dyn Host, options: &KindOptions) -> Result<Observed, KindError> {
+    let clusters = output(
+        host,
+        "list the kind clusters",
+        &kind(options, &["get", "clusters"]),
+    )?;
+    if !clusters.stdout.lines().any(|l| l.trim() == options.name) {
+        return Ok(Observed::Absent);
+    }
+    output(
+        host,
+        &format!("write kind cluster {}'s kubeconfig", options.name),
+        &kind(
+            options,
+            &[
+                "export",
+                "kubeconfig",
+                "--name",
+                &options.name,
+                "--kubeconfig",
+                &options.kubeconfig().display().to_string(),
+            ],
+        ),
+    )?;
+    let labelled = output(
+        host,
+        &format!(
+            "list kind cluster {}'s nodes labelled as cdcheck's",
+            options.name
+        ),
+        &kubectl(
+            options,
+            &[
+                "get",
+                "nodes",
+                "-l",
+                &format!("{CREATED_BY_LABEL}={CREATED_BY_VALUE}"),
+                "-o",
+                "name",
+            ],
+        ),
+    )?;
+    if labelled.stdout.trim().is_empty() {
+        return Ok(Observed::Foreign);
+    }
+    let cm = output(
+        host,
+        &format!("read kind cluster {}'s fingerprint", options.name),
+        &kubectl(
+            options,
+            &[
+                "-n",
+                FINGERPRINT_NAMESPACE,
+                "get",
+                "configmap",
+                FINGERPRINT_CONFIGMAP,
+                "--ignore-not-found",
+                "-o",
+                "json",
+            ],
+        ),
+    )?;
+    if cm.stdout.trim().is_empty() {
+        return Ok(Observed::Ours(None));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&cm.stdout).map_err(|e| KindError::Fingerprint {
+            name: options.name.clone(),
+            detail: format!("not JSON: {e}"),
+        })?;
+    let data: BTreeMap<String, String> =
+        serde_json::from_value(value["data"].clone()).unwrap_or_default();
+    // A ConfigMap of that name without our label was not written by us: no fingerprint.
+    let ours = value["metadata"]["labels"][CREATED_BY_LABEL].as_str() == Some(CREATED_BY_VALUE);
+    Ok(Observed::Ours(
+        ours.then(|| Fingerprint::from_data(&data)).flatten(),
+    ))
+}
+
+/// Runs a plan's steps in order, stopping at the first that fails.
+pub fn execute(
+    host: &dyn Host,
+    plan: &Plan,
+    mut progress: impl FnMut(&Step),
+) -> Result<(), KindError> {
+    for step in &plan.steps {
+        progress(step);
+        match step {
+            Step::Write { path, contents } => {
+                host.write_file(path, contents)
+                    .map_err(|source| KindError::Write {
+                        path: path.clone(),
+                        source,
+                    })?;
+            }
+            Step::Run { purpose, cmd } => {
+                output(host, purpose, cmd)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A kind substrate that is up.
+#[derive(Clone, Debug)]
+pub struct KindCluster {
+    pub kubeconfig: PathBuf,
+    pub context: String,
+    pub decision: Decision,
+}
+
+/// Preflight, observe, decide, run the plan.
+pub fn up(
+    host: &dyn Host,
+    options: &KindOptions,
+    progress: impl FnMut(&Step),
+) -> Result<KindCluster, KindError> {
+    let report = doctor::require_ready(host)?;
+    let mut options = options.clone();
+    options.engine = report.engine.unwrap_or(Engine::Docker);
+    let observed = observe(host, &options)?;
+    let decision = decide(&observed, &Fingerprint::wanted(), options.recreate);
+    if decision == Decision::Refuse {
+        return Err(KindError::Foreign {
+            action: "reuse",
+            name: options.name.clone(),
+        });
+    }
+    let plan = up_plan(&options, &decision);
+    execute(host, &plan, progress)?;
+    Ok(KindCluster {
+        kubeconfig: options.kubeconfig(),
+        context: options.context(),
+        decision,
+    })
+}
+
+/// What `down` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Down {
+    Deleted,
+    Absent,
+}
+
+/// Deletes the cluster when cdcheck created it, and cdcheck's files for it.
+pub fn down(host: &dyn Host, options: &KindOptions) -> Result<Down, KindError> {
+    let observed = observe(host, options)?;
+    let plan = down_plan(options, &observed)?;
+    execute(host, &plan, |_| {})?;
+    host.remove_dir(&options.state_dir)
+        .map_err(|source| KindError::Write {
+            path: options.state_dir.clone(),
+            source,
+        })?;
+    Ok(if observed == Observed::Absent {
+        Down::Absent
+    } else {
+        Down::Deleted
+    })
+}
+
+/// The kubeconfig path `up` prints.
+pub fn kubeconfig_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("kubeconfig")
+}

