@@ -280,6 +280,24 @@ async fn mesh_for(
     if args.mesh == MeshChoice::Off {
         return Ok(None);
     }
+    // The first run builds istiod as it builds the control plane (11–14 min cold);
+    // a failed build is a note in auto mode: the control-plane verdicts still stand.
+    if cdcheck::mesh::check_root().is_ok() && cdcheck::mesh::locate_istiod().is_err() {
+        eprintln!(
+            "building istiod {} for the local mesh into {} (11–14 min cold on 2 cores; once)",
+            cdcheck::versions::ISTIO,
+            cdcheck::substrate::binaries::cache_root().display()
+        );
+        let built = tokio::task::block_in_place(|| {
+            cdcheck::substrate::binaries::ensure_istiod(|line| eprintln!("  {line}"))
+        });
+        if let Err(e) = built {
+            if required {
+                return Err(anyhow::Error::new(e).context("build istiod for the local mesh"));
+            }
+            eprintln!("note: failed to {e}");
+        }
+    }
     let found = cdcheck::mesh::locate().and_then(|b| cdcheck::mesh::check_root().map(|_| b));
     match found {
         Ok(binaries) => {

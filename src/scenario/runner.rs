@@ -653,6 +653,7 @@ async fn ensure_namespace(run: &mut ScenarioRun<'_>, placed: &Placed) -> Result<
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "metadata": {"name": run.namespace, "labels": {
             MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+            crate::substrate::existing::OWNED_BY_LABEL: crate::substrate::existing::OWNED_BY_VALUE,
             RUN_LABEL: run.config.run_id,
             SCENARIO_LABEL: run.namespace,
             "istio-injection": "enabled",
@@ -661,7 +662,26 @@ async fn ensure_namespace(run: &mut ScenarioRun<'_>, placed: &Placed) -> Result<
     .expect("a namespace object");
     match api.create(&PostParams::default(), &ns).await {
         Ok(_) => Ok(()),
-        Err(::kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        // Already there: ours only if this run labelled it (an earlier step created
+        // it); anyone else's namespace is never used, let alone cleaned up.
+        Err(::kube::Error::Api(s)) if s.code == 409 => {
+            let existing = api.get_opt(&run.namespace).await.ok().flatten();
+            let ours = existing.as_ref().is_some_and(|n| {
+                n.labels().get(RUN_LABEL).map(String::as_str) == Some(run.config.run_id.as_str())
+            });
+            if ours {
+                Ok(())
+            } else {
+                Err(run.error(
+                    "namespace",
+                    "the scenario's namespace can be created",
+                    format!(
+                        "namespace {} already exists and this run did not create it: cdcheck leaves it alone",
+                        run.namespace
+                    ),
+                ))
+            }
+        }
         Err(e) => Err(run.error(
             "namespace",
             "the scenario's namespace can be created",

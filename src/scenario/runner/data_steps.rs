@@ -140,7 +140,10 @@ pub(super) async fn load_stop(
         Ok(_) if !ran_under_load => {
             run.record(
                 &name,
-                &format!("load {} fails at most {} requests", stop.name, stop.max_failed),
+                &format!(
+                    "load {} fails at most {} requests",
+                    stop.name, stop.max_failed
+                ),
                 crate::report::Verdict::Skipped,
                 Vec::new(),
                 Some("not applicable: no step ran under the load".into()),
