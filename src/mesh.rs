@@ -88,6 +88,9 @@ pub enum MeshError {
 pub struct MeshBinaries {
     pub pilot_discovery: PathBuf,
     pub envoy: PathBuf,
+    /// The `cdcheck` executable that runs the mesh daemon and the stand-ins: this one,
+    /// unless cdcheck is a library in another program (a test sets its binary).
+    pub cdcheck: PathBuf,
 }
 
 /// Where istiod is cached: `<bin cache>/istio-<version>/pilot-discovery`.
@@ -148,6 +151,7 @@ pub fn locate() -> Result<MeshBinaries, MeshError> {
     Ok(MeshBinaries {
         pilot_discovery: locate_istiod()?,
         envoy: locate_envoy()?,
+        cdcheck: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cdcheck")),
     })
 }
 

@@ -271,7 +271,28 @@ fn is_ours(pid: i32, state_dir: &Path) -> bool {
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let needle = state_dir.as_os_str().as_encoded_bytes();
-    !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty()
+        && cmdline.windows(needle.len()).any(|w| w == needle)
+        && is_component(&cmdline)
+}
+
+/// Whether a command line is one of the substrate's own processes, not a command that
+/// merely names the state directory (`cdcheck run --state-dir ...` of another test
+/// must never be stopped as stale).
+fn is_component(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|b| *b == 0);
+    let program = args.next().unwrap_or_default();
+    let program = program.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    const BINARIES: [&[u8]; 7] = [
+        b"etcd",
+        b"kube-apiserver",
+        b"kube-controller-manager",
+        b"kube-scheduler",
+        b"kwok",
+        b"pilot-discovery",
+        b"envoy",
+    ];
+    BINARIES.contains(&program) || matches!(args.next(), Some(b"mesh-daemon") | Some(b"standin"))
 }
 
 /// Every live process whose command line mentions `state_dir` (recorded or not:
@@ -357,9 +378,18 @@ pub async fn running(state_dir: &Path) -> Option<Substrate> {
     }
     let kubeconfig = kubeconfig_path(state_dir);
     let client = crate::kube::connect(&kubeconfig).await.ok()?;
-    let ready = tokio::time::timeout(Duration::from_secs(3), api_ready(&client)).await;
-    if !matches!(ready, Ok(true)) {
-        return None;
+    // Its processes are alive: give a loaded API server time before calling it dead,
+    // since a dead verdict restarts the substrate under every other user of it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = tokio::time::timeout(Duration::from_secs(3), api_ready(&client)).await;
+        if matches!(ready, Ok(true)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Some(Substrate {
         state_dir: state_dir.to_path_buf(),
@@ -833,7 +863,7 @@ async fn start_mesh(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !alive(&state, "mesh-daemon") {
-        let exe = std::env::current_exe().map_err(state_err(Path::new("/proc/self/exe")))?;
+        let exe = binaries.cdcheck.clone();
         let args = vec![
             "mesh-daemon".to_string(),
             format!("--state-dir={}", state_dir.display()),
@@ -1093,6 +1123,34 @@ mod tests {
             profile["plugins"]["score"]["disabled"][0]["name"],
             "NodeResourcesBalancedAllocation"
         );
+    }
+
+    #[test]
+    fn only_the_substrates_own_programs_are_components() {
+        let line = |args: &[&str]| args.join("\0").into_bytes();
+        assert!(is_component(&line(&["/cache/etcd", "--data-dir=/s/etcd"])));
+        assert!(is_component(&line(&[
+            "/x/cdcheck",
+            "mesh-daemon",
+            "--state-dir=/s"
+        ])));
+        assert!(is_component(&line(&[
+            "/x/envoy",
+            "-c",
+            "/s/mesh/pods/p/e.json"
+        ])));
+        assert!(!is_component(&line(&[
+            "/x/cdcheck",
+            "run",
+            "--state-dir",
+            "/s"
+        ])));
+        assert!(!is_component(&line(&[
+            "/x/cdcheck",
+            "up",
+            "--state-dir",
+            "/s"
+        ])));
     }
 
     #[test]

@@ -292,7 +292,9 @@ pub fn start_mesh() -> Result<PathBuf, String> {
         return Err(why);
     }
     let found = binaries::locate().map_err(|e| chain(&e))?;
-    let mesh = cdcheck::mesh::locate().map_err(|e| chain(&e))?;
+    let mut mesh = cdcheck::mesh::locate().map_err(|e| chain(&e))?;
+    // The mesh daemon and the stand-ins are cdcheck's binary, not this test's.
+    mesh.cdcheck = PathBuf::from(env!("CARGO_BIN_EXE_cdcheck"));
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
