@@ -81,45 +81,80 @@ impl RunConfig {
 /// environment host (the gateway routes one host to one VirtualService), and the
 /// gateway's HTTPS port while a scenario judges the certificate served there (every
 /// scenario's Gateway copy serves `*` on 443, and the oldest one's certificate wins).
-#[derive(Default)]
+/// File locks (flock) in a directory of the machine, so two `cdcheck run`s on the
+/// same substrate (e.g. test binaries side by side) wait for each other too.
 struct GatewayLocks {
-    hosts: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    tls: Arc<tokio::sync::RwLock<()>>,
+    dir: std::path::PathBuf,
 }
 
-/// Held by a scenario from its first step to its end.
+/// Held by a scenario from its first step to its end: closing the files unlocks.
 struct GatewayGuard {
-    _host: Option<tokio::sync::OwnedMutexGuard<()>>,
-    _tls: either::Either<
-        tokio::sync::OwnedRwLockReadGuard<()>,
-        tokio::sync::OwnedRwLockWriteGuard<()>,
-    >,
+    _files: Vec<std::fs::File>,
 }
 
 impl GatewayLocks {
-    async fn take(&self, host: Option<String>, exclusive_tls: bool) -> GatewayGuard {
-        let host_lock = host.map(|h| {
-            self.hosts
-                .lock()
-                .expect("host lock table")
-                .entry(h)
-                .or_default()
-                .clone()
-        });
-        let host_guard = match host_lock {
-            Some(lock) => Some(lock.lock_owned().await),
-            None => None,
-        };
-        let tls = if exclusive_tls {
-            either::Either::Right(self.tls.clone().write_owned().await)
-        } else {
-            either::Either::Left(self.tls.clone().read_owned().await)
-        };
-        GatewayGuard {
-            _host: host_guard,
-            _tls: tls,
+    fn new() -> GatewayLocks {
+        GatewayLocks {
+            dir: std::env::temp_dir().join("cdcheck-gateway-locks"),
         }
     }
+
+    async fn take(&self, host: Option<String>, exclusive_tls: bool) -> GatewayGuard {
+        let mut files = Vec::new();
+        let mut wanted = Vec::new();
+        if let Some(host) = host {
+            let name: String = host
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            wanted.push((self.dir.join(format!("host-{name}.lock")), libc::LOCK_EX));
+        }
+        let tls = if exclusive_tls {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        wanted.push((self.dir.join("gateway-tls.lock"), tls));
+        for (path, operation) in wanted {
+            match flock(path.clone(), operation).await {
+                Ok(file) => files.push(file),
+                Err(e) => tracing::warn!(
+                    "lock {}: {e} (scenarios may share the gateway)",
+                    path.display()
+                ),
+            }
+        }
+        GatewayGuard { _files: files }
+    }
+}
+
+/// Opens (creating) `path` and takes `operation` (LOCK_SH or LOCK_EX) on it, waiting.
+async fn flock(path: std::path::PathBuf, operation: i32) -> std::io::Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: flock on a descriptor owned by `file`, which the guard keeps open.
+        if unsafe { libc::flock(fd, operation) } == 0 {
+            Ok(file)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The cluster a run talks to.
@@ -170,7 +205,7 @@ pub async fn run(
     });
     let order: Vec<String> = scenarios.iter().map(|s| s.name.clone()).collect();
     let config = Arc::new(config.clone());
-    let locks = Arc::new(GatewayLocks::default());
+    let locks = Arc::new(GatewayLocks::new());
     // Longest first: the run then lasts about as long as its longest scenario
     // rather than that plus whatever was started before it.
     let mut scenarios = scenarios;
