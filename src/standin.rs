@@ -519,6 +519,12 @@ impl Frontend {
 /// The most of a request body the frontend reads before answering.
 const MAX_REQUEST_BODY: usize = 1 << 20;
 
+/// How long a page takes, as the real frontend's home page does while it calls its
+/// backends (tens of milliseconds): requests are in flight long enough that a pod
+/// killed without a preStop drain cuts some of them, as on a cluster. `/_healthz`
+/// answers at once.
+const PAGE_TIME: std::time::Duration = std::time::Duration::from_millis(25);
+
 async fn serve_http(listener: TcpListener, frontend: Arc<Frontend>) -> Result<(), StandinError> {
     loop {
         let stream = accept(&listener).await;
@@ -531,6 +537,9 @@ async fn serve_http(listener: TcpListener, frontend: Arc<Frontend>) -> Result<()
                     // Read the request body first, as a form handler does: a slow upload keeps
                     // the request in flight (what SIGTERM must be seen to cut).
                     let _ = Limited::new(body, MAX_REQUEST_BODY).collect().await;
+                    if parts.uri.path() != crate::catalog::FRONTEND_HEALTH_PATH {
+                        tokio::time::sleep(PAGE_TIME).await;
+                    }
                     Ok::<_, Infallible>(frontend.answer(&parts.method, parts.uri.path()))
                 }
             });
