@@ -298,25 +298,7 @@ async fn probe_routing(run: &mut ScenarioRun<'_>, ingress: &Ingress, host: &str)
         Err(e) => return vec![Finding::new(e.to_string())],
     };
     match probe.run_cookies(&base, &cookie_variants(&session)).await {
-        Ok(report) if report.passed => Vec::new(),
-        Ok(report) => report
-            .variants
-            .iter()
-            .filter(|v| !v.passed)
-            .map(|v| {
-                Finding::new(format!(
-                    "cookie variant `{}` (expected {:?}): {}/{} reached it, {} leaked, {} unknown, {} unattributed {:?}",
-                    v.variant.name,
-                    v.variant.expected,
-                    v.reached_expected,
-                    v.sent,
-                    v.leaked,
-                    v.unknown,
-                    v.unattributed,
-                    v.distribution
-                ))
-            })
-            .collect(),
+        Ok(report) => variant_findings("cookie", &report),
         Err(e) => vec![Finding::new(chain(&e))],
     }
 }
@@ -513,26 +495,35 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Option<Vec<Finding>>
             .expect("escaped regex"),
         mainline_label: regex::Regex::new("^adservice-").expect("static regex"),
     };
-    Some(match probe.run_userids(&base, &userid_variants(&session)).await {
-        Ok(report) if report.passed => Vec::new(),
-        Ok(report) => report
-            .variants
-            .iter()
-            .filter(|v| !v.passed)
-            .map(|v| {
-                Finding::new(format!(
-                    "userid variant `{}` (expected {:?}): {}/{} reached it, {} leaked, {} unknown, {} unattributed {:?}",
-                    v.variant.name,
-                    v.variant.expected,
-                    v.reached_expected,
-                    v.sent,
-                    v.leaked,
-                    v.unknown,
-                    v.unattributed,
-                    v.distribution
-                ))
-            })
-            .collect(),
-        Err(e) => vec![Finding::new(chain(&e))],
-    })
+    Some(
+        match probe.run_userids(&base, &userid_variants(&session)).await {
+            Ok(report) => variant_findings("userid", &report),
+            Err(e) => vec![Finding::new(chain(&e))],
+        },
+    )
+}
+
+/// One finding per variant that did not pass, with where its requests went.
+fn variant_findings(
+    carrier: &str,
+    report: &crate::traffic::routing::RoutingReport,
+) -> Vec<Finding> {
+    report
+        .variants
+        .iter()
+        .filter(|v| !v.passed)
+        .map(|v| {
+            Finding::new(format!(
+                "{carrier} variant `{}` (expected {:?}): {}/{} reached it, {} leaked, {} unknown, {} unattributed {:?}",
+                v.variant.name,
+                v.variant.expected,
+                v.reached_expected,
+                v.sent,
+                v.leaked,
+                v.unknown,
+                v.unattributed,
+                v.distribution
+            ))
+        })
+        .collect()
 }
