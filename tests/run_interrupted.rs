@@ -24,7 +24,15 @@ async fn run_namespaces(client: &kube::Client) -> Vec<String> {
 async fn an_interrupted_run_deletes_what_it_created() {
     let cluster = require_cluster!();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
-        .args(["run", "--filter", "rollback", "--exact", "--report-dir"])
+        .args([
+            "run",
+            "--mesh",
+            "off",
+            "--filter",
+            "rollback",
+            "--exact",
+            "--report-dir",
+        ])
         .arg(tempfile::tempdir().unwrap().path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

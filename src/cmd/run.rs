@@ -323,11 +323,17 @@ async fn mesh_for(
 
 async fn local_cluster(args: &Args) -> anyhow::Result<(Cluster, Option<Ingress>)> {
     let found = super::substrate::ensure_binaries()?;
-    let state_dir = args
+    // The mesh substrate has a directory of its own (`default_mesh_state_dir`).
+    let probe_dir = args
         .state_dir
         .clone()
-        .unwrap_or_else(local::default_state_dir);
-    let mesh = mesh_for(args, &state_dir).await?;
+        .unwrap_or_else(local::default_mesh_state_dir);
+    let mesh = mesh_for(args, &probe_dir).await?;
+    let state_dir = match (&args.state_dir, &mesh) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(_)) => local::default_mesh_state_dir(),
+        (None, None) => local::default_state_dir(),
+    };
     let options = local::UpOptions {
         nodes: args.nodes,
         state_dir: state_dir.clone(),

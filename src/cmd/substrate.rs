@@ -134,10 +134,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("start the async runtime")
 }
 
-fn state_dir(dir: Option<PathBuf>) -> PathBuf {
-    dir.unwrap_or_else(local::default_state_dir)
-}
-
 pub fn ensure_binaries() -> anyhow::Result<binaries::Binaries> {
     use std::io::IsTerminal;
     if let Ok(found) = binaries::locate() {
@@ -311,7 +307,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let options = local::UpOptions {
         nodes: args.nodes,
-        state_dir: state_dir(args.state_dir),
+        state_dir: match (args.state_dir, args.mesh) {
+            (Some(dir), _) => dir,
+            (None, true) => local::default_mesh_state_dir(),
+            (None, false) => local::default_state_dir(),
+        },
         timeout: args.timeout,
         mesh,
     };
@@ -361,24 +361,40 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let dir = state_dir(args.state_dir);
-    let result = runtime()?
-        .block_on(local::down(&dir))
-        .context("tear down the local substrate")?;
-    if result.stopped == 0 && !result.removed {
-        eprintln!("no local substrate in {}", dir.display());
-    } else {
-        eprintln!(
-            "stopped {} processes, removed {}",
-            result.stopped,
-            dir.display()
-        );
+    // Without --state-dir: the default substrate and the default mesh one.
+    let dirs = match args.state_dir {
+        Some(dir) => vec![dir],
+        None => vec![local::default_state_dir(), local::default_mesh_state_dir()],
+    };
+    let runtime = runtime()?;
+    for dir in dirs {
+        let result = runtime
+            .block_on(local::down(&dir))
+            .context("tear down the local substrate")?;
+        if result.stopped == 0 && !result.removed {
+            eprintln!("no local substrate in {}", dir.display());
+        } else {
+            eprintln!(
+                "stopped {} processes, removed {}",
+                result.stopped,
+                dir.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn kubeconfig(args: StateArgs) -> anyhow::Result<ExitCode> {
-    let dir = state_dir(args.state_dir);
+    // Without --state-dir: the default substrate, else the default mesh one.
+    let dir = args.state_dir.unwrap_or_else(|| {
+        let plain = local::default_state_dir();
+        let mesh = local::default_mesh_state_dir();
+        if !local::kubeconfig_path(&plain).exists() && local::kubeconfig_path(&mesh).exists() {
+            mesh
+        } else {
+            plain
+        }
+    });
     let path = local::kubeconfig_path(&dir);
     if !path.exists() {
         return Err(local::LocalError::NotRunning { path: dir })

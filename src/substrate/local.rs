@@ -178,6 +178,22 @@ pub fn default_state_dir() -> PathBuf {
         .join("local")
 }
 
+/// Where the local mesh's substrate lives unless told: `$CDCHECK_MESH_STATE_DIR`, else
+/// beside the default one with `-mesh` appended. A substrate is a mesh one or not for
+/// its whole life, so the two never share a directory: a run's mesh never turns the
+/// kwok substrate that other tools and tests expect into one whose pods are processes.
+pub fn default_mesh_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CDCHECK_MESH_STATE_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let default = default_state_dir();
+    let name = format!(
+        "{}-mesh",
+        default.file_name().unwrap_or_default().to_string_lossy()
+    );
+    default.with_file_name(name)
+}
+
 /// The admin kubeconfig of the substrate in `state_dir`.
 pub fn kubeconfig_path(state_dir: &Path) -> PathBuf {
     state_dir.join("kubeconfig")

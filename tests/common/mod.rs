@@ -264,15 +264,7 @@ pub async fn cleanup(cluster: &Cluster, env: &str) {
 /// (`CDCHECK_MESH_STATE_DIR` overrides it), so the `local_*` tests' kwok-played pods
 /// and the mesh's process pods never share a substrate.
 pub fn mesh_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CDCHECK_MESH_STATE_DIR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let default = local::default_state_dir();
-    let name = format!(
-        "{}-mesh",
-        default.file_name().unwrap_or_default().to_string_lossy()
-    );
-    default.with_file_name(name)
+    local::default_mesh_state_dir()
 }
 
 /// Why the local mesh cannot run here, if it cannot.
