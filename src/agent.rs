@@ -89,6 +89,19 @@ pub struct AgentOptions {
     pub health: Vec<(String, String)>,
     pub stats_url: String,
     pub timeout: Duration,
+    /// Connect to this address instead of resolving the targets' hosts.
+    pub via: Option<std::net::IpAddr>,
+}
+
+/// `target` connected to `via` (keeping its port) when set.
+fn routed(mut target: GrpcTarget, via: Option<std::net::IpAddr>) -> GrpcTarget {
+    if let Some(ip) = via
+        && let Ok(url) = url::Url::parse(&target.endpoint)
+        && let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default())
+    {
+        target.resolve = vec![(host.to_string(), std::net::SocketAddr::new(ip, port))];
+    }
+    target
 }
 
 /// One line of the agent's output.
@@ -168,7 +181,7 @@ pub async fn run(options: &AgentOptions, mut emit: impl FnMut(&Record)) -> bool 
         )
         .map(|t| GrpcTarget {
             timeout: options.timeout,
-            ..t
+            ..routed(t, options.via)
         });
         let report = match result {
             Ok(target) => probe::grpc_health(&target).await,
@@ -213,6 +226,7 @@ async fn run_batch(
         },
     )
     .map_err(|e| chain(&e))?;
+    target = routed(target, options.via);
     target.timeout = options.timeout;
     if let Some(userid) = &batch.userid {
         target = target

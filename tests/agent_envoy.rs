@@ -60,6 +60,7 @@ fn options(envoy: &Envoy, batches: &[&str]) -> AgentOptions {
         health: Vec::new(),
         stats_url: format!("http://{}/stats/prometheus", envoy.admin),
         timeout: Duration::from_secs(5),
+        via: None,
     }
 }
 

@@ -13,6 +13,16 @@ use crate::catalog;
 /// sidecar) and no request before the proxy is ready.
 pub const PROXY_CONFIG: &str = "holdApplicationUntilProxyStarts: true\nproxyStatsMatcher:\n  inclusionPrefixes:\n    - cluster.outbound\n";
 
+/// What the agent's image name contains: the local mesh's pod runner runs `cdcheck agent`
+/// for a container whose image has it.
+pub const IMAGE_MARK: &str = "cdcheck-agent";
+
+/// The agent image `agent/Dockerfile` builds for this version of cdcheck (what
+/// `cdcheck up --substrate kind` builds and loads; `--agent-image` names another).
+pub fn default_image() -> String {
+    format!("localhost/{IMAGE_MARK}:{}", env!("CARGO_PKG_VERSION"))
+}
+
 /// The host of a Service in the mesh.
 fn host(service: &str, namespace: &str) -> String {
     format!("{service}.{namespace}.svc.cluster.local")

@@ -29,8 +29,14 @@ pub struct Args {
     pub health: Vec<(String, String)>,
 
     /// The client sidecar's Prometheus stats.
-    #[arg(long, value_name = "URL", default_value = agent::DEFAULT_STATS_URL)]
+    #[arg(long, value_name = "URL", env = "CDCHECK_AGENT_STATS_URL", default_value = agent::DEFAULT_STATS_URL)]
     pub stats: String,
+
+    /// Connect every request to this address (the port stays the URL's; `:authority`
+    /// stays the host): where a sidecar listens on the pod's address instead of
+    /// capturing traffic with iptables, as on cdcheck's local mesh.
+    #[arg(long, value_name = "IP", env = "CDCHECK_AGENT_VIA")]
+    pub via: Option<std::net::IpAddr>,
 
     /// Bound of each request.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -55,6 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         health: args.health,
         stats_url: args.stats,
         timeout: args.timeout,
+        via: args.via,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
