@@ -10,6 +10,7 @@
 //! one after another) and no other client in the agent's pod.
 
 pub mod pod;
+pub mod remote;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -91,6 +92,10 @@ pub struct AgentOptions {
     pub timeout: Duration,
     /// Connect to this address instead of resolving the targets' hosts.
     pub via: Option<std::net::IpAddr>,
+    /// How long a health check is retried until SERVING, and a warm-up call before the
+    /// first batch until it succeeds: a new sidecar's routes and endpoints arrive a
+    /// moment after it is ready. Zero: one try.
+    pub settle: Duration,
 }
 
 /// `target` connected to `via` (keeping its port) when set.
@@ -162,6 +167,9 @@ pub async fn run(options: &AgentOptions, mut emit: impl FnMut(&Record)) -> bool 
         .build()
         .expect("a plain HTTP client");
     if let Some(ads) = &options.ads {
+        if let Err(message) = warm_up(options, ads).await {
+            emit(&Record::Error { message });
+        }
         for (index, batch) in options.batches.iter().enumerate() {
             match run_batch(options, ads, index, batch, &http, &mut emit).await {
                 Ok(ok) => failed |= !ok,
@@ -184,7 +192,17 @@ pub async fn run(options: &AgentOptions, mut emit: impl FnMut(&Record)) -> bool 
             ..routed(t, options.via)
         });
         let report = match result {
-            Ok(target) => probe::grpc_health(&target).await,
+            Ok(target) => {
+                let deadline = Instant::now() + options.settle;
+                loop {
+                    let report = probe::grpc_health(&target).await;
+                    let healthy = report.as_ref().is_ok_and(|r| r.healthy);
+                    if healthy || Instant::now() >= deadline {
+                        break report;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
             Err(e) => Err(e),
         };
         match report {
@@ -209,6 +227,38 @@ pub async fn run(options: &AgentOptions, mut emit: impl FnMut(&Record)) -> bool 
     }
     emit(&Record::Done { failed });
     failed
+}
+
+/// Calls GetAds without `userid` until one succeeds or `settle` passes (not counted:
+/// every batch reads the counters before it starts). `Err` when none succeeded.
+async fn warm_up(options: &AgentOptions, ads: &str) -> Result<(), String> {
+    if options.settle.is_zero() {
+        return Ok(());
+    }
+    let mut target = GrpcTarget::new(
+        ads,
+        GrpcMethod::GetAds {
+            context_keys: vec!["clothing".to_string()],
+        },
+    )
+    .map_err(|e| chain(&e))?;
+    target = routed(target, options.via);
+    target.timeout = options.timeout;
+    let caller = Caller::new(&Target::Grpc(target)).map_err(|e| chain(&e))?;
+    let deadline = Instant::now() + options.settle;
+    loop {
+        let result = caller.call(uuid::Uuid::new_v4(), None).await;
+        if result.outcome.is_success() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "warm up: no GetAds call to {ads} succeeded within {:?} (last: {})",
+                options.settle, result.outcome
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn run_batch(

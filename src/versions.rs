@@ -57,6 +57,15 @@ pub const ISTIO_ARCHIVE_SHA256: Option<&str> = None;
 /// dl.k8s.io with the `.sha256` published beside the binary.
 pub const KUBECTL: &str = KUBERNETES;
 
+/// SHA-256 of kubectl v1.36.5 for linux/amd64, the value dl.k8s.io publishes beside the
+/// binary (`.../v1.36.5/bin/linux/amd64/kubectl.sha256`). Read from a third party's
+/// pinned tool list, not from dl.k8s.io itself (no internet here); the install compares
+/// the download with it, so a wrong value refuses the binary and never runs an
+/// unverified one. Other platforms have no pin: `cdcheck doctor` prints the command that
+/// checks the publisher's `.sha256` instead. Change it together with [`KUBERNETES`].
+pub const KUBECTL_SHA256_LINUX_AMD64: Option<&str> =
+    Some("33bc88a24c3b09cf55bfd59e6ca977881b61fc3f25ab65bc80c65b430248648e");
+
 /// Node image of kind v0.32.0 for Kubernetes 1.36.1, pinned by digest so a
 /// re-pushed tag cannot change the cluster under us.
 pub const KIND_NODE_IMAGE: &str =

@@ -61,6 +61,7 @@ fn options(envoy: &Envoy, batches: &[&str]) -> AgentOptions {
         stats_url: format!("http://{}/stats/prometheus", envoy.admin),
         timeout: Duration::from_secs(5),
         via: None,
+        settle: Duration::ZERO,
     }
 }
 

@@ -341,16 +341,34 @@ fn run_on_kind_without_the_tools_stops_at_the_preflight_with_exit_2() {
 }
 
 #[test]
-fn kubeconfig_and_context_are_refused_outside_the_existing_substrate() {
+fn kubeconfig_context_and_ingress_are_refused_outside_the_existing_substrate() {
     for substrate in ["local", "kind"] {
-        let out = cdcheck_with_empty_path(&["run", "--substrate", substrate, "--context", "prod"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert_eq!(
-            stderr.trim(),
-            "error: failed to use --kubeconfig or --context: they apply to --substrate existing only"
-        );
+        for flag in [["--context", "prod"], ["--ingress", "http://10.0.0.7"]] {
+            let out = cdcheck_with_empty_path(&["run", "--substrate", substrate, flag[0], flag[1]]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert_eq!(
+                stderr.trim(),
+                "error: failed to use --kubeconfig, --context or --ingress: they apply to --substrate existing only"
+            );
+        }
     }
+    let out = cdcheck_with_empty_path(&["run", "--agent-image", "reg/agent:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("use --agent-image: it applies to --substrate kind and existing"),
+        "{stderr}"
+    );
+    let out = cdcheck_with_empty_path(&["run", "--feature-image", "cartservice=reg/cart:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--feature-image cartservice=reg/cart:1: no container of the feature Deployments"
+        ),
+        "{stderr}"
+    );
     let out = cdcheck_with_empty_path(&["up", "--substrate", "local", "--preload"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

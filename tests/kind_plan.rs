@@ -114,6 +114,26 @@ fn a_matching_fingerprint_reuses_the_cluster_and_only_waits_for_istio() {
 }
 
 #[test]
+fn a_reused_cluster_still_loads_the_agent_image_built_on_this_machine() {
+    let host = host_with_cluster(true, Some(&Fingerprint::wanted()));
+    let mut options = options();
+    options.agent_image = Some("localhost/cdcheck-agent:dev".into());
+    let cluster = kind::up(&host, &options, |_| {}).unwrap();
+    assert_eq!(cluster.decision, Decision::Reuse);
+    let ran = host.lines();
+    let loads: Vec<&String> = ran.iter().filter(|l| l.starts_with("kind load")).collect();
+    assert_eq!(
+        loads,
+        ["kind load docker-image --name cdcheck localhost/cdcheck-agent:dev"],
+        "{ran:#?}"
+    );
+    assert!(
+        !ran.iter().any(|l| l.starts_with("docker pull")),
+        "{ran:#?}"
+    );
+}
+
+#[test]
 fn a_fingerprint_that_differs_recreates_and_says_what_differs() {
     let mut old = Fingerprint::wanted();
     old.istio = "1.29.0".into();

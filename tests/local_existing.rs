@@ -124,6 +124,31 @@ async fn istio_is_found_by_istiods_image_and_a_cluster_without_it_is_refused() {
             "the scenario's checks ran: {json}"
         );
         assert!(stderr.contains("existing cluster (context "), "{stderr}");
+        // No gateway Service and no --ingress: the data plane is named missing, a note
+        // here, and bad input when it is required.
+        assert!(
+            stderr.contains("note: data-plane steps will be skipped: failed to find the ingress gateway's address: no Service istio-system/istio-ingressgateway"),
+            "{stderr}"
+        );
+        let out = tokio::task::block_in_place(|| {
+            run_existing(
+                &cluster.kubeconfig,
+                report.path(),
+                &[
+                    "--filter",
+                    "environments-rbac",
+                    "--exact",
+                    "--require",
+                    "data-plane",
+                ],
+            )
+        });
+        let required = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{required}");
+        assert!(
+            required.contains("--ingress http://HOST[:PORT]"),
+            "{required}"
+        );
         assert!(
             stderr.contains("Istio 1.30.3 (docker.io/istio/pilot:1.30.3"),
             "{stderr}"
@@ -146,6 +171,92 @@ async fn istio_is_found_by_istiods_image_and_a_cluster_without_it_is_refused() {
     };
     let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
     delete_istiod(&deployments).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_address_is_the_load_balancers_and_a_pending_one_is_named() {
+    use k8s_openapi::api::core::v1::Service;
+    let cluster = require_cluster!();
+    let client = &cluster.client;
+    let namespace = common::unique_env("lb");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let result = async {
+        let error = existing::gateway_address(client, &namespace, "gw")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ExistingError::GatewayMissing { .. }),
+            "{error}"
+        );
+        let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "gw"},
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": {"istio": "ingressgateway"},
+                "ports": [
+                    {"name": "status-port", "port": 15021},
+                    {"name": "http2", "port": 8080},
+                    {"name": "https", "port": 8443},
+                ],
+            },
+        }))
+        .unwrap();
+        services
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap();
+        let error = existing::gateway_address(client, &namespace, "gw")
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains(&format!("Service {namespace}/gw is of type LoadBalancer and has no load-balancer address yet")),
+            "{error}"
+        );
+        // What a cloud's controller writes: a host name (AWS) or an IP (GKE, AKS).
+        for (ingress, host) in [
+            (
+                serde_json::json!({"hostname": "a1b2.elb.example.com"}),
+                "a1b2.elb.example.com",
+            ),
+            (serde_json::json!({"ip": "203.0.113.7"}), "203.0.113.7"),
+        ] {
+            let status = serde_json::json!({"status": {"loadBalancer": {"ingress": [ingress]}}});
+            services
+                .patch_status(
+                    "gw",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&status),
+                )
+                .await
+                .unwrap();
+            let found = existing::gateway_address(client, &namespace, "gw")
+                .await
+                .unwrap();
+            assert_eq!(
+                found,
+                existing::GatewayAddress {
+                    host: host.to_string(),
+                    http_port: 8080,
+                    https_port: 8443
+                }
+            );
+        }
+    };
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
+    let _ = namespaces
+        .delete(&namespace, &DeleteParams::background())
+        .await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

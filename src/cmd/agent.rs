@@ -38,6 +38,12 @@ pub struct Args {
     #[arg(long, value_name = "IP", env = "CDCHECK_AGENT_VIA")]
     pub via: Option<std::net::IpAddr>,
 
+    /// Retry each health check until SERVING, and a warm-up call before the first batch
+    /// until it succeeds, for up to this long (a new sidecar gets its routes a moment
+    /// after it is ready).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+
     /// Bound of each request.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -62,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stats_url: args.stats,
         timeout: args.timeout,
         via: args.via,
+        settle: args.settle,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cdcheck::report::{self, Event, Reporter, Verdict};
-use cdcheck::scenario::dataplane::Ingress;
+use cdcheck::scenario::dataplane::{InMesh, Ingress};
 use cdcheck::scenario::pipeline::{Manifests, Pipeline};
 use cdcheck::scenario::runner::{self, Cluster, RunConfig};
 use cdcheck::scenario::spec::Need;
@@ -123,6 +123,23 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
 
+    /// existing: where the ingress gateway answers, `http://HOST[:PORT]` and/or
+    /// `https://HOST[:PORT]` (a scheme not given: the other's host on port 80 or 443).
+    /// Default: the load-balancer address of istio-system/istio-ingressgateway.
+    #[arg(long = "ingress", value_name = "URL")]
+    pub ingress: Vec<String>,
+
+    /// kind and existing: the in-mesh agent's image (built from agent/Dockerfile; on kind
+    /// `cdcheck up --substrate kind --agent-image REF` loads it into the nodes).
+    #[arg(long, value_name = "REF", env = "CDCHECK_AGENT_IMAGE")]
+    pub agent_image: Option<String>,
+
+    /// The feature release's image of SERVICE (repeatable), e.g.
+    /// `frontend=registry.example.com/shop/frontend:pr-123`: what a feature branch's pipeline
+    /// built, where upstream publishes no feature tags.
+    #[arg(long = "feature-image", value_name = "SERVICE=REF", value_parser = parse_feature_image)]
+    pub feature_images: Vec<(String, String)>,
+
     /// The local substrate's Istio data plane: auto starts it when istiod and Envoy are
     /// installed and cdcheck runs as root (and keeps a running substrate as it is).
     #[arg(long, value_enum, default_value_t = MeshChoice::Auto)]
@@ -135,6 +152,17 @@ pub enum MeshChoice {
     Auto,
     On,
     Off,
+}
+
+fn parse_feature_image(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((service, image)) if !service.trim().is_empty() && !image.trim().is_empty() => {
+            Ok((service.trim().to_string(), image.trim().to_string()))
+        }
+        _ => Err(format!(
+            "expected SERVICE=REF, e.g. frontend=registry.example.com/shop/frontend:pr-123, got {value:?}"
+        )),
+    }
 }
 
 fn select(all: Vec<Scenario>, args: &Args) -> Vec<Scenario> {
@@ -216,12 +244,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => return usage_error(anyhow::Error::new(e)),
         },
     };
+    let pipeline = match pipeline.with_feature_images(&args.feature_images) {
+        Ok(p) => p,
+        Err(e) => return usage_error(anyhow::Error::new(e)),
+    };
     let substrate = args.substrate.unwrap_or(SubstrateChoice::Local);
     if substrate != SubstrateChoice::Existing
-        && (args.kubeconfig.is_some() || args.context.is_some())
+        && (args.kubeconfig.is_some() || args.context.is_some() || !args.ingress.is_empty())
     {
         return usage_error(anyhow::anyhow!(
-            "use --kubeconfig or --context: they apply to --substrate existing only"
+            "use --kubeconfig, --context or --ingress: they apply to --substrate existing only"
+        ));
+    }
+    if substrate == SubstrateChoice::Local && args.agent_image.is_some() {
+        return usage_error(anyhow::anyhow!(
+            "use --agent-image: it applies to --substrate kind and existing (the local mesh has its own in-mesh client)"
         ));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -234,24 +271,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|(cluster, ingress)| (cluster, ingress, "local")),
         SubstrateChoice::Existing => runtime
             .block_on(existing_cluster(&args))
-            .map(|cluster| (cluster, None, "existing")),
+            .map(|(cluster, ingress)| (cluster, ingress, "existing")),
         SubstrateChoice::Kind => runtime
-            .block_on(kind_cluster())
-            .map(|cluster| (cluster, None, "kind")),
+            .block_on(kind_cluster(&args))
+            .map(|cluster| (cluster, Some(Ingress::kind(agent_image(&args))), "kind")),
     };
     let (cluster, ingress, name) = match result {
         Ok(found) => found,
         Err(e) => return usage_error(e),
     };
-    if substrate != SubstrateChoice::Local {
-        // The runner drives load and probe steps only on the local mesh yet; kind and
-        // existing clusters need their ingress address and the in-mesh agent wired in.
+    if let Some(ingress) = &ingress {
         eprintln!(
-            "note: the runner drives traffic only on the local mesh yet: load and probe steps on {name} are reported skipped{}",
-            if args.require.contains(&Requirement::DataPlane) {
-                " (and fail, with --require data-plane)"
-            } else {
-                ""
+            "data plane: the gateway at http {} and https {}; calls inside the mesh {}",
+            ingress.http,
+            ingress.https,
+            match &ingress.in_mesh {
+                InMesh::LocalClient(_) => "through the local mesh's client".to_string(),
+                InMesh::Agent { image } => format!("by agent pods ({image})"),
             }
         );
     }
@@ -362,8 +398,44 @@ async fn local_cluster(args: &Args) -> anyhow::Result<(Cluster, Option<Ingress>)
     Ok((Cluster { config, client }, ingress))
 }
 
+/// The agent image of this run: `--agent-image`, else the one `agent/Dockerfile` builds.
+fn agent_image(args: &Args) -> String {
+    args.agent_image
+        .clone()
+        .unwrap_or_else(cdcheck::agent::pod::default_image)
+}
+
+/// An existing cluster's ingress: `--ingress`, else the gateway Service's load-balancer
+/// address; `None` (data-plane steps skipped, or failed when required) when neither is had.
+async fn existing_ingress(args: &Args, client: &kube::Client) -> anyhow::Result<Option<Ingress>> {
+    use cdcheck::scenario::dataplane;
+    use cdcheck::substrate::existing;
+    let (http, https) = if args.ingress.is_empty() {
+        match existing::gateway_address(
+            client,
+            existing::ISTIO_NAMESPACE,
+            existing::INGRESS_GATEWAY,
+        )
+        .await
+        {
+            Ok(found) => (
+                dataplane::resolve(&found.host, found.http_port).await?,
+                dataplane::resolve(&found.host, found.https_port).await?,
+            ),
+            Err(e) if args.require.contains(&Requirement::DataPlane) => return Err(e.into()),
+            Err(e) => {
+                eprintln!("note: data-plane steps will be skipped: failed to {e}");
+                return Ok(None);
+            }
+        }
+    } else {
+        dataplane::ingress_from_urls(&args.ingress).await?
+    };
+    Ok(Some(Ingress::existing(http, https, agent_image(args))))
+}
+
 /// An existing cluster: connected through --kubeconfig/--context, with Istio installed.
-async fn existing_cluster(args: &Args) -> anyhow::Result<Cluster> {
+async fn existing_cluster(args: &Args) -> anyhow::Result<(Cluster, Option<Ingress>)> {
     use cdcheck::substrate::existing;
     let found = existing::connect(args.kubeconfig.as_deref(), args.context.as_deref())
         .await
@@ -386,16 +458,23 @@ async fn existing_cluster(args: &Args) -> anyhow::Result<Cluster> {
             )
         }
     );
-    Ok(Cluster {
-        config: found.config,
-        client: found.client,
-    })
+    let ingress = existing_ingress(args, &found.client)
+        .await
+        .context("find the existing cluster's ingress gateway")?;
+    Ok((
+        Cluster {
+            config: found.config,
+            client: found.client,
+        },
+        ingress,
+    ))
 }
 
 /// The kind substrate, created or reused as `cdcheck up --substrate kind` does.
-async fn kind_cluster() -> anyhow::Result<Cluster> {
+async fn kind_cluster(args: &Args) -> anyhow::Result<Cluster> {
     use cdcheck::substrate::{host::SystemHost, kind};
-    let options = kind::KindOptions::new(kind::default_state_dir());
+    let mut options = kind::KindOptions::new(kind::default_state_dir());
+    options.agent_image = Some(agent_image(args));
     let up = tokio::task::spawn_blocking(move || {
         kind::up(&SystemHost, &options, |step| eprintln!("+ {step}"))
     })

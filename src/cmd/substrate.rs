@@ -111,8 +111,8 @@ pub enum SubstrateCommand {
     /// kwok (env vars CDCHECK_ETCD, CDCHECK_KUBE_APISERVER, ... and PATH win; else the cache
     /// $CDCHECK_BIN_CACHE or ~/.cache/cdcheck/bin; else `go build` from the module proxy).
     /// kind: kind and istioctl from the Go module proxy into the cache (verified by Go's
-    /// checksum database); kubectl only with a pinned SHA-256 (none yet: its verified
-    /// install command is printed instead).
+    /// checksum database); kubectl from dl.k8s.io checked against the SHA-256 pinned for
+    /// the platform (linux/amd64; elsewhere its verified install command is printed).
     Install(InstallArgs),
 }
 
@@ -171,37 +171,54 @@ fn install_kind_tools() -> anyhow::Result<ExitCode> {
     let dir = tools::tool_dir(&cache, "kind", cdcheck::versions::KIND);
     println!("kind {} in {}", cdcheck::versions::KIND, dir.display());
     let istioctl = tools::tool_dir(&cache, "istioctl", cdcheck::versions::ISTIOCTL);
-    let mut refused = 0;
-    for result in [tools::istioctl_plan(&cache), tools::kubectl_plan()] {
-        match result {
-            Ok(steps) => {
-                let plan = kind::Plan {
-                    decision: kind::Decision::Create,
-                    steps,
-                };
-                kind::execute(&SystemHost, &plan, |step| match step {
-                    kind::Step::Write { path, .. } => eprintln!("+ write {}", path.display()),
-                    kind::Step::Run { purpose, .. } => eprintln!("+ {purpose}"),
-                })
-                .context("install the kind substrate's tools")?;
-                println!(
-                    "istioctl {} in {}",
-                    cdcheck::versions::ISTIOCTL,
-                    istioctl.display()
-                );
-            }
+    let kubectl = tools::tool_dir(&cache, "kubectl", cdcheck::versions::KUBECTL);
+    let mut failed = 0;
+    let plans = [
+        (
+            "istioctl",
+            cdcheck::versions::ISTIOCTL,
+            &istioctl,
+            tools::istioctl_plan(&cache),
+        ),
+        (
+            "kubectl",
+            cdcheck::versions::KUBECTL,
+            &kubectl,
+            tools::kubectl_plan(&cache, &tools::kubernetes_platform()),
+        ),
+    ];
+    for (tool, version, dir, result) in plans {
+        let steps = match result {
+            Ok(steps) => steps,
             Err(e) => {
-                refused += 1;
+                failed += 1;
                 println!("not installed: failed to {e}");
+                continue;
+            }
+        };
+        let plan = kind::Plan {
+            decision: kind::Decision::Create,
+            steps,
+        };
+        let done = kind::execute(&SystemHost, &plan, |step| match step {
+            kind::Step::Write { path, .. } => eprintln!("+ write {}", path.display()),
+            kind::Step::Run { purpose, .. } => eprintln!("+ {purpose}"),
+        });
+        match done {
+            Ok(()) => println!("{tool} {version} in {}", dir.display()),
+            Err(e) => {
+                failed += 1;
+                println!("not installed: failed to install {tool} {version}: {e:#}");
             }
         }
     }
     println!(
-        "export PATH=\"{}:{}:$PATH\"",
+        "export PATH=\"{}:{}:{}:$PATH\"",
         dir.display(),
-        istioctl.display()
+        istioctl.display(),
+        kubectl.display()
     );
-    Ok(if refused == 0 {
+    Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

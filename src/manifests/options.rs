@@ -93,6 +93,9 @@ pub struct Options {
     pub sessions: Vec<SessionId>,
     /// Deploy the loadgenerator too (upstream does; it is never HA).
     pub loadgenerator: bool,
+    /// Images a feature branch's pipeline built, by service (`cdcheck run --feature-image`):
+    /// they replace the feature Deployments' images after rendering.
+    pub feature_images: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -114,6 +117,7 @@ impl Options {
             host: None,
             sessions: Vec::new(),
             loadgenerator: true,
+            feature_images: Vec::new(),
         }
     }
 

@@ -76,6 +76,8 @@ pub struct Manifests {
     pub feature: Option<Loaded>,
     /// `--next-manifests`: the next release, whole.
     pub next: Option<Loaded>,
+    /// `--feature-image SERVICE=REF`: images replacing the feature Deployments' ones.
+    pub feature_images: Vec<(String, String)>,
 }
 
 impl Manifests {
@@ -92,6 +94,7 @@ impl Manifests {
             current: loaded,
             feature: feature.map(load::load_dir).transpose()?,
             next: next.map(load::load_dir).transpose()?,
+            feature_images: Vec::new(),
         })
     }
 }
@@ -150,6 +153,56 @@ impl Pipeline {
         }
     }
 
+    /// The pipeline with `images` (SERVICE, REF) replacing the feature release's images of
+    /// those services; fails, changing nothing, when a service has no image in the
+    /// feature release's Deployments.
+    pub fn with_feature_images(
+        self,
+        images: &[(String, String)],
+    ) -> Result<Pipeline, PipelineError> {
+        if images.is_empty() {
+            return Ok(self);
+        }
+        let pipeline = match self {
+            Pipeline::Reference(mut options) => {
+                options.feature_images = images.to_vec();
+                Pipeline::Reference(options)
+            }
+            Pipeline::Manifests(mut m) => {
+                m.feature_images = images.to_vec();
+                Pipeline::Manifests(m)
+            }
+        };
+        // A trial placement checks every service names an image of the feature release.
+        pipeline.place(
+            Release::Feature,
+            "cdcheck-check",
+            "check",
+            ReferenceOverrides::default(),
+        )?;
+        Ok(pipeline)
+    }
+
+    /// The feature release's own Deployments (beside mainline) and the images given for it.
+    fn feature_deployments(&self) -> (Vec<String>, &[(String, String)]) {
+        match self {
+            Pipeline::Reference(o) => (
+                reference_features()
+                    .map(|f| f.into_iter().map(|f| f.name()).collect())
+                    .unwrap_or_default(),
+                &o.feature_images,
+            ),
+            Pipeline::Manifests(m) => (
+                m.feature
+                    .iter()
+                    .flat_map(|f| f.bundle.deployments())
+                    .filter_map(|d| d.metadata.name.clone())
+                    .collect(),
+                &m.feature_images,
+            ),
+        }
+    }
+
     /// True when blue/green releases can be made (the reference rendering can
     /// render one; a pipeline's own must give `--next-manifests`).
     pub fn can_switch(&self) -> bool {
@@ -182,18 +235,7 @@ impl Pipeline {
                     }
                     Release::Next => {}
                     Release::Feature => {
-                        options.features = ["frontend", "adservice"]
-                            .iter()
-                            .map(|s| {
-                                manifests::FeatureBranch::new(
-                                    s,
-                                    &format!(
-                                        "{}-myfeature",
-                                        crate::versions::ONLINE_BOUTIQUE.trim_start_matches('v')
-                                    ),
-                                )
-                            })
-                            .collect::<Result<_, _>>()?;
+                        options.features = reference_features()?;
                         options.sessions = vec![SessionId::parse(REFERENCE_SESSION)?];
                     }
                 }
@@ -207,6 +249,10 @@ impl Pipeline {
         match release {
             Release::Next if !self.renames_next(overrides) => restart(&mut placed.bundle),
             Release::Broken => break_release(&mut placed.bundle)?,
+            Release::Feature => {
+                let (deployments, images) = self.feature_deployments();
+                set_feature_images(&mut placed.bundle, &deployments, images)?;
+            }
             _ => {}
         }
         isolate_gateway_objects(&mut placed.bundle, namespace);
@@ -223,6 +269,77 @@ impl Pipeline {
             Pipeline::Manifests(m) => m.next.is_some(),
         }
     }
+}
+
+/// The reference pipeline's feature branches: frontend and adservice at `<release>-myfeature`.
+fn reference_features() -> Result<Vec<manifests::FeatureBranch>, ManifestError> {
+    ["frontend", "adservice"]
+        .iter()
+        .map(|s| {
+            manifests::FeatureBranch::new(
+                s,
+                &format!(
+                    "{}-myfeature",
+                    crate::versions::ONLINE_BOUTIQUE.trim_start_matches('v')
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The repository's last path segment of an image reference (`frontend` of
+/// `registry.example.com/shop/frontend:pr-1@sha256:...`).
+fn image_name(image: &str) -> &str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    last.split(':').next().unwrap_or(last)
+}
+
+/// Replaces, in the named Deployments, every container image of SERVICE by REF.
+fn set_feature_images(
+    bundle: &mut Bundle,
+    deployments: &[String],
+    images: &[(String, String)],
+) -> Result<(), PipelineError> {
+    for (service, image) in images {
+        let mut replaced = 0;
+        for o in &mut bundle.objects {
+            let Object::Deployment(d) = o else { continue };
+            if !d
+                .metadata
+                .name
+                .as_ref()
+                .is_some_and(|n| deployments.contains(n))
+            {
+                continue;
+            }
+            let containers = d
+                .spec
+                .as_mut()
+                .and_then(|s| s.template.spec.as_mut())
+                .map(|s| s.containers.iter_mut());
+            for c in containers.into_iter().flatten() {
+                if c.image.as_deref().is_some_and(|i| image_name(i) == service) {
+                    c.image = Some(image.clone());
+                    replaced += 1;
+                }
+            }
+        }
+        if replaced == 0 {
+            return Err(PipelineError::Release {
+                release: "feature",
+                why: format!(
+                    "--feature-image {service}={image}: no container of the feature Deployments ({}) runs an image of {service}",
+                    if deployments.is_empty() {
+                        "none".to_string()
+                    } else {
+                        deployments.join(", ")
+                    }
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A pipeline's own release moved into `namespace`: what sits outside the
@@ -433,6 +550,113 @@ mod tests {
         Pipeline::reference()
             .place(release, "cdcheck-ha-1a2b3c", "run1", overrides)
             .unwrap()
+    }
+
+    fn images_by_deployment(placed: &Placed) -> BTreeMap<String, String> {
+        placed
+            .bundle
+            .deployments()
+            .map(|d| {
+                let image = d
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .template
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .containers[0]
+                    .image
+                    .clone()
+                    .unwrap();
+                (d.metadata.name.clone().unwrap(), image)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn feature_images_replace_only_the_feature_deployments_images_of_their_service() {
+        let given = vec![(
+            "frontend".to_string(),
+            "registry.example.com/shop/frontend:pr-7".to_string(),
+        )];
+        let pipeline = Pipeline::reference().with_feature_images(&given).unwrap();
+        let placed = pipeline
+            .place(
+                Release::Feature,
+                "s1",
+                "run1",
+                ReferenceOverrides::default(),
+            )
+            .unwrap();
+        let images = images_by_deployment(&placed);
+        assert_eq!(
+            images["frontend-myfeature"],
+            "registry.example.com/shop/frontend:pr-7"
+        );
+        assert!(
+            images["frontend"].ends_with("/frontend:v0.10.6"),
+            "{images:?}"
+        );
+        assert!(
+            images["adservice-myfeature"].ends_with("/adservice:0.10.6-myfeature"),
+            "{images:?}"
+        );
+        // The current release is untouched.
+        let current = pipeline
+            .place(
+                Release::Current,
+                "s1",
+                "run1",
+                ReferenceOverrides::default(),
+            )
+            .unwrap();
+        assert!(!images_of(&current).contains("pr-7"));
+
+        // A pipeline's own feature manifests: the Deployments they add.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline");
+        let m = Manifests::load(&dir.join("current"), Some(&dir.join("feature")), None).unwrap();
+        let pipeline = Pipeline::Manifests(Box::new(m))
+            .with_feature_images(&[("adservice".into(), "reg.example/ads@sha256:abc".into())])
+            .unwrap();
+        let placed = pipeline
+            .place(
+                Release::Feature,
+                "s1",
+                "run1",
+                ReferenceOverrides::default(),
+            )
+            .unwrap();
+        let images = images_by_deployment(&placed);
+        let changed: Vec<_> = images
+            .iter()
+            .filter(|(_, i)| i.starts_with("reg.example/"))
+            .collect();
+        assert_eq!(changed.len(), 1, "{images:?}");
+        assert!(changed[0].0.starts_with("adservice-"), "{changed:?}");
+    }
+
+    fn images_of(placed: &Placed) -> String {
+        format!("{:?}", images_by_deployment(placed))
+    }
+
+    #[test]
+    fn a_feature_image_of_a_service_the_feature_release_does_not_run_is_refused() {
+        let error = Pipeline::reference()
+            .with_feature_images(&[("cartservice".into(), "reg/cart:1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--feature-image cartservice=reg/cart:1: no container of the feature Deployments (frontend-myfeature, adservice-myfeature)"),
+            "{error}"
+        );
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline");
+        let m = Manifests::load(&dir.join("current"), None, None).unwrap();
+        let error = Pipeline::Manifests(Box::new(m))
+            .with_feature_images(&[("frontend".into(), "reg/f:1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--feature-manifests"), "{error}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const OWNED_RUN_LABEL: &str = "cdcheck.io/owner-run";
 pub const ISTIO_NAMESPACE: &str = "istio-system";
 pub const ISTIOD: &str = "istiod";
 
+/// The ingress gateway Service `istioctl install` creates in [`ISTIO_NAMESPACE`].
+pub const INGRESS_GATEWAY: &str = "istio-ingressgateway";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExistingError {
     #[error("read kubeconfig {path}")]
@@ -44,6 +47,18 @@ pub enum ExistingError {
         crate::versions::ISTIO
     )]
     IstioMissing,
+    #[error(
+        "find the ingress gateway's address: no Service {namespace}/{name} (give the gateway's address with --ingress http://HOST[:PORT] --ingress https://HOST[:PORT])"
+    )]
+    GatewayMissing { namespace: String, name: String },
+    #[error(
+        "find the ingress gateway's address: Service {namespace}/{name} is of type {kind} and has no load-balancer address yet (wait for it, or give the address with --ingress http://HOST[:PORT] --ingress https://HOST[:PORT])"
+    )]
+    GatewayPending {
+        namespace: String,
+        name: String,
+        kind: String,
+    },
     #[error("read Istio's version: istiod's image {image:?} has no version tag")]
     IstioVersion { image: String },
     #[error(
@@ -178,6 +193,70 @@ pub async fn istio(client: &Client) -> Result<IstioInstall, ExistingError> {
         version,
         image,
         ready_replicas: istiod.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+    })
+}
+
+/// Where a load balancer exposes the ingress gateway: its address (an IP or a host
+/// name, as clouds give them) and the Service's plain and TLS ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayAddress {
+    pub host: String,
+    pub http_port: u16,
+    pub https_port: u16,
+}
+
+/// The load-balancer address of the gateway Service `namespace/name`: the first
+/// ingress of its status; the ports named `http*` (not `https`) and `https`, else 80
+/// and 443.
+pub async fn gateway_address(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<GatewayAddress, ExistingError> {
+    use k8s_openapi::api::core::v1::Service;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let service = services
+        .get_opt(name)
+        .await
+        .map_err(api(format!("read Service {namespace}/{name}")))?
+        .ok_or_else(|| ExistingError::GatewayMissing {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })?;
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .and_then(|i| i.first().cloned());
+    let host = ingress.and_then(|i| i.ip.or(i.hostname));
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return Err(ExistingError::GatewayPending {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            kind: service
+                .spec
+                .as_ref()
+                .and_then(|s| s.type_.clone())
+                .unwrap_or_else(|| "ClusterIP".into()),
+        });
+    };
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let port_named = |wanted: &dyn Fn(&str) -> bool, default: u16| {
+        ports
+            .iter()
+            .find(|p| p.name.as_deref().is_some_and(wanted))
+            .map(|p| p.port as u16)
+            .unwrap_or(default)
+    };
+    Ok(GatewayAddress {
+        host,
+        http_port: port_named(&|n| n.starts_with("http") && !n.starts_with("https"), 80),
+        https_port: port_named(&|n| n.starts_with("https"), 443),
     })
 }
 

@@ -429,9 +429,11 @@ pub fn up_plan(options: &KindOptions, decision: &Decision) -> Plan {
             ));
             steps.push(load(options, &image));
         }
-        if let Some(agent) = &options.agent_image {
-            steps.push(load(options, agent));
-        }
+    }
+    // The agent is built on this machine (agent/Dockerfile) and may change between runs:
+    // loaded every time, reused cluster or not.
+    if let Some(agent) = &options.agent_image {
+        steps.push(load(options, agent));
     }
     // Upstream publishes no feature tags: make them from the release's images (a reused
     // cluster has them since its creation, so it needs no registry unless --preload).

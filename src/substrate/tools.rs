@@ -2,9 +2,10 @@
 //! binary cache, only through a verified channel. kind comes from the Go module proxy
 //! (`go install`, checked against the Go checksum database); istioctl from Istio's release
 //! archive when its SHA-256 is pinned in [`crate::versions`], else built from the Go module
-//! (`scripts/install-istioctl.sh`, checked against the same database); kubectl needs a
-//! pinned SHA-256, and without one the install refuses and names the command that verifies
-//! against the publisher's own checksum file instead.
+//! (`scripts/install-istioctl.sh`, checked against the same database); kubectl from
+//! dl.k8s.io checked against the SHA-256 pinned for the platform, and without one the
+//! install refuses and names the command that verifies against the publisher's own
+//! checksum file instead.
 
 use std::path::{Path, PathBuf};
 
@@ -129,14 +130,76 @@ pub fn istioctl_plan(cache: &Path) -> Result<Vec<Step>, ToolsError> {
     ])
 }
 
-/// kubectl: no SHA-256 is pinned, so always refused with the command that checks the
-/// `.sha256` published beside the binary.
-pub fn kubectl_plan() -> Result<Vec<Step>, ToolsError> {
-    Err(ToolsError::Unverified {
-        tool: "kubectl",
-        version: versions::KUBECTL,
-        fix: super::doctor::kubectl_fix(),
-    })
+/// The platform as Kubernetes' downloads name it (`linux/amd64`).
+pub fn kubernetes_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    };
+    format!("{os}/{arch}")
+}
+
+/// The steps that put kubectl in the cache for `platform`: the binary from dl.k8s.io,
+/// checked against the pinned SHA-256 before it is made executable. Refused where no
+/// SHA-256 is pinned for the platform.
+pub fn kubectl_plan(cache: &Path, platform: &str) -> Result<Vec<Step>, ToolsError> {
+    let sum = match platform {
+        "linux/amd64" => versions::KUBECTL_SHA256_LINUX_AMD64,
+        _ => None,
+    };
+    let Some(sum) = sum else {
+        return Err(ToolsError::Unverified {
+            tool: "kubectl",
+            version: versions::KUBECTL,
+            fix: super::doctor::kubectl_fix(),
+        });
+    };
+    let v = versions::KUBECTL;
+    let dir = tool_dir(cache, "kubectl", v);
+    let download = dir.join("kubectl.download");
+    let download_s = download.display().to_string();
+    Ok(vec![
+        Step::Run {
+            purpose: format!("download kubectl {v} for {platform} from dl.k8s.io"),
+            cmd: Cmd::new(
+                "curl",
+                [
+                    "-fsSL",
+                    "--create-dirs",
+                    "-o",
+                    &download_s,
+                    &format!("https://dl.k8s.io/release/{v}/bin/{platform}/kubectl"),
+                ],
+            ),
+        },
+        Step::Run {
+            purpose: format!("check kubectl {v} against the pinned SHA-256"),
+            cmd: kubectl_check(sum, &download),
+        },
+        Step::Run {
+            purpose: "install kubectl into the cache".to_string(),
+            cmd: Cmd::new(
+                "install",
+                [
+                    "-m",
+                    "0755",
+                    &download_s,
+                    &dir.join("kubectl").display().to_string(),
+                ],
+            ),
+        },
+    ])
+}
+
+/// `sha256sum --check` of `file` against `sum`: fails on any other content.
+fn kubectl_check(sum: &str, file: &Path) -> Cmd {
+    Cmd::new("sha256sum", ["--check", "--strict", "-"])
+        .with_stdin(format!("{sum}  {}\n", file.display()))
 }
 
 #[cfg(test)]
@@ -184,11 +247,60 @@ mod tests {
             !ISTIOCTL_SCRIPT.contains("curl"),
             "no download outside Go's"
         );
-        let error = kubectl_plan().unwrap_err().to_string();
+        let error = kubectl_plan(Path::new("/cache"), "darwin/arm64")
+            .unwrap_err()
+            .to_string();
         assert!(
             error.starts_with("install kubectl v1.36.5: no SHA-256 of its download is pinned"),
             "{error}"
         );
         assert!(error.contains("kubectl.sha256"), "{error}");
+    }
+
+    #[test]
+    fn kubectl_is_downloaded_checked_against_the_pin_and_only_then_installed() {
+        let plan = kubectl_plan(Path::new("/cache"), "linux/amd64").unwrap();
+        let shown: Vec<String> = plan
+            .iter()
+            .map(|s| match s {
+                Step::Run { cmd, .. } => cmd.to_string(),
+                Step::Write { path, .. } => format!("write {}", path.display()),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "curl -fsSL --create-dirs -o /cache/kind-tools/kubectl-v1.36.5/kubectl.download https://dl.k8s.io/release/v1.36.5/bin/linux/amd64/kubectl",
+                "sha256sum --check --strict - <<'EOF' ... EOF",
+                "install -m 0755 /cache/kind-tools/kubectl-v1.36.5/kubectl.download /cache/kind-tools/kubectl-v1.36.5/kubectl",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_check_refuses_a_download_whose_content_differs_by_one_byte() {
+        use super::super::host::{Host, SystemHost};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kubectl.download");
+        std::fs::write(&file, b"kubectl").unwrap();
+        // sha256 of the seven bytes `kubectl`.
+        let sum = "7a7f09de08e3dc01c5bbf90657ecc83d5c2da9f5791f1ebe84132b95422878dc";
+        let real = SystemHost
+            .run(&Cmd::new("sha256sum", [file.display().to_string()]))
+            .unwrap();
+        assert_eq!(real.stdout.split_whitespace().next(), Some(sum), "{real:?}");
+        assert!(
+            SystemHost
+                .run(&kubectl_check(sum, &file))
+                .unwrap()
+                .success()
+        );
+        std::fs::write(&file, b"kubectl!").unwrap();
+        assert!(
+            !SystemHost
+                .run(&kubectl_check(sum, &file))
+                .unwrap()
+                .success()
+        );
     }
 }

@@ -11,7 +11,7 @@ use super::{
     chain, step_check_name,
 };
 use crate::report::{Finding, KubeEventKind};
-use crate::scenario::dataplane::{self, Ingress};
+use crate::scenario::dataplane::{self, InMesh, Ingress};
 use crate::scenario::pipeline::Placed;
 
 /// The ingress and the environment's host of the release deployed last.
@@ -308,11 +308,8 @@ async fn mesh_client<'r>(
     run: &'r mut ScenarioRun<'_>,
 ) -> Result<&'r mut crate::mesh::client::InMeshClient, String> {
     if run.mesh_client.is_none() {
-        let Some(state_dir) = run
-            .config
-            .ingress
-            .as_ref()
-            .and_then(|i| i.local_mesh.clone())
+        let Some(InMesh::LocalClient(state_dir)) =
+            run.config.ingress.as_ref().map(|i| i.in_mesh.clone())
         else {
             return Err(format!(
                 "calls from inside the mesh need an in-mesh client, which cdcheck drives only on the local mesh (substrate {})",
@@ -387,6 +384,9 @@ async fn probe_grpc(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
             "the release has no gRPC Service (a port named grpc*) to probe".to_string(),
         )];
     }
+    if let Some(InMesh::Agent { image }) = run.config.ingress.as_ref().map(|i| i.in_mesh.clone()) {
+        return probe_grpc_by_agent(run, &image, &services).await;
+    }
     let client = match mesh_client(run).await {
         Ok(c) => c,
         Err(why) => return vec![Finding::new(why)],
@@ -457,6 +457,9 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Option<Vec<Finding>>
         Ok(s) => s,
         Err(e) => return Some(vec![Finding::new(format!("session id {session}: {e}"))]),
     };
+    if let Some(InMesh::Agent { image }) = run.config.ingress.as_ref().map(|i| i.in_mesh.clone()) {
+        return Some(probe_userid_by_agent(run, &image, &session, &feature).await);
+    }
     let client = match mesh_client(run).await {
         Ok(c) => c,
         Err(why) => return Some(vec![Finding::new(why)]),
@@ -526,4 +529,339 @@ fn variant_findings(
             ))
         })
         .collect()
+}
+
+/// Requests per userid variant sent by the agent.
+const AGENT_PER_VARIANT: u32 = 40;
+
+/// How long an agent pod may take, image pull and sidecar start included.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The host of `service` in the scenario's namespace, as a workload in it calls it.
+fn mesh_host(run: &ScenarioRun<'_>, service: &str) -> String {
+    format!("{service}.{}.svc.cluster.local", run.namespace)
+}
+
+/// Runs an agent pod with `args` in the scenario's namespace; its records, or why not.
+async fn run_agent(
+    run: &mut ScenarioRun<'_>,
+    image: &str,
+    purpose: &str,
+    mut args: Vec<String>,
+) -> Result<Vec<serde_json::Value>, String> {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let agent = crate::agent::remote::AgentPod {
+        namespace: run.namespace.clone(),
+        name: format!("cdcheck-agent-{purpose}-{}", &suffix[..6]),
+        image: image.to_string(),
+        args: {
+            // The sidecar's routes and endpoints arrive a moment after it is ready.
+            args.extend(["--settle".to_string(), "20s".to_string()]);
+            args
+        },
+        labels: BTreeMap::from([
+            (RUN_LABEL.to_string(), run.config.run_id.clone()),
+            (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+        ]),
+    };
+    crate::agent::remote::run(&run.cluster.client, &agent, AGENT_TIMEOUT)
+        .await
+        .map_err(|e| chain(&e))
+}
+
+/// Findings of the records that report something the agent could not do.
+fn agent_errors(records: &[serde_json::Value]) -> Vec<Finding> {
+    records
+        .iter()
+        .filter(|r| r["record"] == "error")
+        .map(|r| {
+            Finding::new(format!(
+                "the in-mesh agent: {}",
+                r["message"]
+                    .as_str()
+                    .unwrap_or("an error without a message")
+            ))
+        })
+        .collect()
+}
+
+/// gRPC health of every backend, checked by the agent from inside the mesh.
+async fn probe_grpc_by_agent(
+    run: &mut ScenarioRun<'_>,
+    image: &str,
+    services: &[(String, u16)],
+) -> Vec<Finding> {
+    let mut args = Vec::new();
+    let mut endpoints = Vec::new();
+    for (service, port) in services {
+        let endpoint = format!("http://{}:{port}", mesh_host(run, service));
+        args.push("--health".to_string());
+        // The empty service name is what the kubelet's gRPC probe asks about.
+        args.push(format!("={endpoint}"));
+        endpoints.push((service.clone(), *port, endpoint));
+    }
+    let records = match run_agent(run, image, "grpc", args).await {
+        Ok(records) => records,
+        Err(why) => return vec![Finding::new(why)],
+    };
+    judge_health_records(&records, &endpoints)
+}
+
+/// One finding per backend whose health record is missing or not SERVING.
+fn judge_health_records(
+    records: &[serde_json::Value],
+    endpoints: &[(String, u16, String)],
+) -> Vec<Finding> {
+    let mut findings = agent_errors(records);
+    for (service, port, endpoint) in endpoints {
+        let record = records
+            .iter()
+            .find(|r| r["record"] == "health" && r["endpoint"] == endpoint.as_str());
+        match record {
+            Some(r) if r["healthy"] == true => {}
+            Some(r) => findings.push(Finding::new(format!(
+                "grpc.health.v1 of {service}:{port} from inside the mesh is not SERVING: {} {}",
+                r["outcome"],
+                r["status"].as_str().unwrap_or("")
+            ))),
+            None if findings.is_empty() => findings.push(Finding::new(format!(
+                "the in-mesh agent reported nothing about {service}:{port}"
+            ))),
+            None => {}
+        }
+    }
+    findings
+}
+
+/// `userid` routing inside the mesh through the agent: a batch per variant, each
+/// attributed by the agent sidecar's per-cluster request counters.
+async fn probe_userid_by_agent(
+    run: &mut ScenarioRun<'_>,
+    image: &str,
+    session: &crate::manifests::routing::SessionId,
+    feature: &str,
+) -> Vec<Finding> {
+    use crate::traffic::routing::{Carrier, userid_variants};
+    let variants = userid_variants(session);
+    let mut args = vec![
+        "--ads".to_string(),
+        format!("http://{}:9555", mesh_host(run, "adservice")),
+    ];
+    for variant in &variants {
+        let Carrier::Userid { value } = &variant.carrier else {
+            continue;
+        };
+        args.push("--batch".to_string());
+        args.push(format!(
+            "{}={AGENT_PER_VARIANT}",
+            value.as_deref().unwrap_or("-")
+        ));
+    }
+    let records = match run_agent(run, image, "userid", args).await {
+        Ok(records) => records,
+        Err(why) => return vec![Finding::new(why)],
+    };
+    let report = userid_report_from_records(&records, &variants, feature, "adservice");
+    let mut findings = agent_errors(&records);
+    findings.extend(variant_findings("userid", &report));
+    findings
+}
+
+/// The label of an outbound cluster: its Service, `@subset` when it names one (the
+/// feature may be a subset of the mainline's host).
+fn cluster_label(cluster: &str) -> String {
+    match crate::agent::stats::IstioCluster::parse(cluster) {
+        Some(c) if c.subset.is_empty() => c.service().to_string(),
+        Some(c) => format!("{}@{}", c.service(), c.subset),
+        None => cluster.to_string(),
+    }
+}
+
+/// The routing report of the agent's batch records, batch `i` being `variants[i]`:
+/// the feature is the Service `feature` (or a subset of it), the mainline the Service
+/// `mainline`; the counts are the sidecar's upstream requests (retries included), so a
+/// variant passes when every request succeeded, nothing went to the other side or
+/// elsewhere, and the expected side counted at least every success.
+fn userid_report_from_records(
+    records: &[serde_json::Value],
+    variants: &[crate::traffic::routing::Variant],
+    feature: &str,
+    mainline: &str,
+) -> crate::traffic::routing::RoutingReport {
+    use crate::traffic::routing::{RoutingReport, Side, VariantReport};
+    let side_of = |label: &str| {
+        let service = label.split('@').next().unwrap_or(label);
+        if service == feature {
+            Some(Side::Feature)
+        } else if service == mainline {
+            Some(Side::Mainline)
+        } else {
+            None
+        }
+    };
+    let mut reports = Vec::new();
+    for (index, variant) in variants.iter().enumerate() {
+        let batch = records
+            .iter()
+            .find(|r| r["record"] == "batch" && r["batch"].as_u64() == Some(index as u64));
+        let sent = batch
+            .and_then(|b| b["requests"].as_u64())
+            .unwrap_or(u64::from(AGENT_PER_VARIANT));
+        let succeeded = batch.and_then(|b| b["succeeded"].as_u64()).unwrap_or(0);
+        let mut distribution = BTreeMap::new();
+        let (mut reached_expected, mut leaked, mut unknown) = (0, 0, 0);
+        for (cluster, count) in batch
+            .and_then(|b| b["clusters"].as_object())
+            .into_iter()
+            .flatten()
+        {
+            let count = count.as_u64().unwrap_or(0);
+            let label = cluster_label(cluster);
+            match side_of(&label) {
+                Some(side) if side == variant.expected => reached_expected += count,
+                Some(_) => leaked += count,
+                None => unknown += count,
+            }
+            *distribution.entry(label).or_insert(0) += count;
+        }
+        let failed = sent.saturating_sub(succeeded);
+        if failed > 0 {
+            distribution.insert("failed".to_string(), failed);
+        }
+        if batch.is_none() {
+            distribution.insert("no batch record".to_string(), sent);
+        }
+        let unattributed = failed + succeeded.saturating_sub(reached_expected + leaked + unknown);
+        reports.push(VariantReport {
+            passed: batch.is_some()
+                && sent > 0
+                && leaked == 0
+                && unknown == 0
+                && failed == 0
+                && reached_expected >= succeeded,
+            leak_rate_upper_bound_95: if leaked == 0 && unknown == 0 {
+                crate::traffic::verdict::zero_leak_upper_bound_95(reached_expected.min(sent))
+            } else {
+                None
+            },
+            variant: variant.clone(),
+            sent,
+            distribution,
+            reached_expected,
+            leaked,
+            unknown,
+            unattributed,
+        });
+    }
+    RoutingReport::from_variants(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::routing::userid_variants;
+    use serde_json::json;
+
+    fn batch(
+        index: u64,
+        requests: u64,
+        succeeded: u64,
+        clusters: serde_json::Value,
+    ) -> serde_json::Value {
+        json!({"record": "batch", "batch": index, "requests": requests, "succeeded": succeeded, "clusters": clusters})
+    }
+
+    const FEATURE: &str = "outbound|9555||adservice-myfeature.s1.svc.cluster.local";
+    const MAINLINE: &str = "outbound|9555||adservice.s1.svc.cluster.local";
+
+    #[test]
+    fn userid_batches_pass_only_when_each_reaches_its_side_alone() {
+        let session = crate::manifests::routing::SessionId::parse("abc").unwrap();
+        let variants = userid_variants(&session);
+        assert_eq!(variants.len(), 4);
+        let good = vec![
+            batch(0, 40, 40, json!({FEATURE: 40})),
+            batch(1, 40, 40, json!({MAINLINE: 40})),
+            batch(2, 40, 40, json!({MAINLINE: 41})),
+            batch(3, 40, 40, json!({MAINLINE: 40})),
+            json!({"record": "done", "failed": false}),
+        ];
+        let report =
+            userid_report_from_records(&good, &variants, "adservice-myfeature", "adservice");
+        assert!(report.passed, "{report}");
+
+        // One request of forty with a look-alike userid leaks to the feature.
+        let mut leaky = good.clone();
+        leaky[2] = batch(2, 40, 40, json!({MAINLINE: 39, FEATURE: 1}));
+        let report =
+            userid_report_from_records(&leaky, &variants, "adservice-myfeature", "adservice");
+        assert_eq!(report.failed_variants(), vec!["userid plus one character"]);
+        assert_eq!(report.variants[2].leaked, 1);
+
+        // A batch that reached some other Service, one whose request failed, a missing batch.
+        let mut odd = good.clone();
+        odd[0] = batch(
+            0,
+            40,
+            40,
+            json!({FEATURE: 39, "outbound|9555||adservice-old.s1.svc.cluster.local": 1}),
+        );
+        odd[1] = batch(1, 40, 39, json!({MAINLINE: 39}));
+        odd.remove(3);
+        let report =
+            userid_report_from_records(&odd, &variants, "adservice-myfeature", "adservice");
+        assert_eq!(
+            report.failed_variants(),
+            vec!["userid of the session", "no userid", "prefix of the userid"]
+        );
+
+        // Counters that record nothing (no outbound stats) cannot pass.
+        let silent: Vec<_> = (0..4).map(|i| batch(i, 40, 40, json!({}))).collect();
+        let report =
+            userid_report_from_records(&silent, &variants, "adservice-myfeature", "adservice");
+        assert!(!report.passed);
+        assert_eq!(report.variants[0].unattributed, 40);
+    }
+
+    #[test]
+    fn a_subset_of_the_feature_host_counts_as_the_feature() {
+        assert_eq!(
+            cluster_label("outbound|9555|myfeature|adservice-myfeature.s1.svc.cluster.local"),
+            "adservice-myfeature@myfeature"
+        );
+        assert_eq!(cluster_label(MAINLINE), "adservice");
+    }
+
+    #[test]
+    fn health_records_are_judged_per_backend_and_a_missing_one_is_a_finding() {
+        let endpoints = vec![
+            (
+                "cartservice".to_string(),
+                7070,
+                "http://cartservice.s1.svc.cluster.local:7070".to_string(),
+            ),
+            (
+                "adservice".to_string(),
+                9555,
+                "http://adservice.s1.svc.cluster.local:9555".to_string(),
+            ),
+        ];
+        let records = vec![
+            json!({"record": "health", "endpoint": "http://cartservice.s1.svc.cluster.local:7070", "healthy": true, "outcome": "ok", "status": "SERVING"}),
+            json!({"record": "health", "endpoint": "http://adservice.s1.svc.cluster.local:9555", "healthy": false, "outcome": "grpc-14", "status": null}),
+        ];
+        let findings = judge_health_records(&records, &endpoints);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(
+            findings[0].message.contains("adservice:9555"),
+            "{findings:?}"
+        );
+        let findings = judge_health_records(&records[..1], &endpoints);
+        assert!(
+            findings[0]
+                .message
+                .contains("reported nothing about adservice:9555")
+        );
+        assert!(judge_health_records(&records[..1], &endpoints[..1]).is_empty());
+    }
 }
