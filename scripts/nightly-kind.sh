@@ -18,12 +18,19 @@ cargo build --release --locked --bin cdcheck
 cdcheck=./target/release/cdcheck
 
 "$cdcheck" doctor | tee "$reports/doctor.txt"
-up_args=(--substrate kind)
+# The in-mesh agent is cdcheck itself in an image built here (never pulled).
+engine="${CDCHECK_ENGINE:-docker}"
+agent_image="$("$cdcheck" versions AGENT_IMAGE)"
+"$engine" build -f agent/Dockerfile \
+  --build-arg BUILDER_IMAGE="$("$cdcheck" versions AGENT_BUILDER_IMAGE)" \
+  --build-arg RUNTIME_IMAGE="$("$cdcheck" versions AGENT_RUNTIME_IMAGE)" \
+  -t "$agent_image" . 2> >(tee "$reports/agent-build.log" >&2)
+up_args=(--substrate kind --agent-image "$agent_image")
 [[ -n "${CDCHECK_NIGHTLY_PRELOAD:-}" ]] && up_args+=(--preload)
 "$cdcheck" up "${up_args[@]}" 2> >(tee "$reports/up.log" >&2)
 
 status=0
-"$cdcheck" run --substrate kind --require data-plane --report-dir "$reports" \
+"$cdcheck" run --substrate kind --require data-plane --agent-image "$agent_image" --report-dir "$reports" \
   2> >(tee "$reports/run.log" >&2) || status=$?
 echo "reports kept in $reports (junit.xml, report.json, report.html, run.log)" >&2
 exit "$status"

@@ -78,6 +78,10 @@ pub const AGENT_BUILDER_IMAGE: &str = "docker.io/library/rust:1.95-bookworm";
 /// Runtime image of the in-mesh agent: Debian bookworm slim (glibc, as the builder links).
 pub const AGENT_RUNTIME_IMAGE: &str = "docker.io/library/debian:bookworm-slim";
 
+/// The in-mesh agent's image as `agent/Dockerfile` builds it on the user's machine for
+/// this version of cdcheck (`localhost/`: never pulled; `kind load` puts it on the nodes).
+pub const AGENT_IMAGE: &str = concat!("localhost/cdcheck-agent:", env!("CARGO_PKG_VERSION"));
+
 /// Kubernetes control plane built for the local substrate: the newest 1.36 patch
 /// on the module proxy, the same minor as the kind node image.
 pub const KUBERNETES: &str = "v1.36.5";
@@ -109,6 +113,11 @@ pub fn all() -> Vec<(&'static str, &'static str)> {
             ISTIO_ARCHIVE_SHA256.unwrap_or("unverified"),
         ),
         ("KUBECTL", KUBECTL),
+        (
+            "KUBECTL_SHA256_LINUX_AMD64",
+            KUBECTL_SHA256_LINUX_AMD64.unwrap_or("unverified"),
+        ),
+        ("AGENT_IMAGE", AGENT_IMAGE),
         ("AGENT_BUILDER_IMAGE", AGENT_BUILDER_IMAGE),
         ("AGENT_RUNTIME_IMAGE", AGENT_RUNTIME_IMAGE),
         ("KIND_NODE_IMAGE", KIND_NODE_IMAGE),

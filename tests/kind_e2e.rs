@@ -30,7 +30,37 @@ fn every_scenario_passes_on_kind_with_the_data_plane_required() {
         "the machine is not ready for kind:\n{}",
         String::from_utf8_lossy(&doctor.stdout)
     );
-    let up = cdcheck(&["up", "--substrate", "kind", "--preload"]);
+    // The in-mesh agent is cdcheck itself, in an image built from this checkout.
+    let pin = |name: &str| {
+        cdcheck::versions::all()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+            .unwrap()
+    };
+    let engine = std::env::var("CDCHECK_ENGINE").unwrap_or_else(|_| "docker".into());
+    let build = std::process::Command::new(&engine)
+        .args(["build", "-f", "agent/Dockerfile", "--build-arg"])
+        .arg(format!("BUILDER_IMAGE={}", pin("AGENT_BUILDER_IMAGE")))
+        .arg("--build-arg")
+        .arg(format!("RUNTIME_IMAGE={}", pin("AGENT_RUNTIME_IMAGE")))
+        .args(["-t", cdcheck::versions::AGENT_IMAGE, "."])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run the container engine");
+    assert!(
+        build.status.success(),
+        "{engine} build of the agent image failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let up = cdcheck(&[
+        "up",
+        "--substrate",
+        "kind",
+        "--preload",
+        "--agent-image",
+        cdcheck::versions::AGENT_IMAGE,
+    ]);
     assert!(
         up.status.success(),
         "cdcheck up --substrate kind failed:\n{}",

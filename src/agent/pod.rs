@@ -17,10 +17,10 @@ pub const PROXY_CONFIG: &str = "holdApplicationUntilProxyStarts: true\nproxyStat
 /// for a container whose image has it.
 pub const IMAGE_MARK: &str = "cdcheck-agent";
 
-/// The agent image `agent/Dockerfile` builds for this version of cdcheck (what
-/// `cdcheck up --substrate kind` builds and loads; `--agent-image` names another).
+/// The agent image `agent/Dockerfile` builds for this version of cdcheck
+/// ([`crate::versions::AGENT_IMAGE`]; `--agent-image` names another).
 pub fn default_image() -> String {
-    format!("localhost/{IMAGE_MARK}:{}", env!("CARGO_PKG_VERSION"))
+    crate::versions::AGENT_IMAGE.to_string()
 }
 
 /// The host of a Service in the mesh.
