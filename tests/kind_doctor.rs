@@ -349,7 +349,7 @@ fn kubeconfig_context_and_ingress_are_refused_outside_the_existing_substrate() {
             assert_eq!(out.status.code(), Some(2), "{stderr}");
             assert_eq!(
                 stderr.trim(),
-                "error: failed to use --kubeconfig, --context or --ingress: they apply to --substrate existing only"
+                "error: failed to use --kubeconfig, --context, --ingress or --allow-cordon: they apply to --substrate existing only"
             );
         }
     }

@@ -134,6 +134,12 @@ pub struct Args {
     #[arg(long, value_name = "REF", env = "CDCHECK_AGENT_IMAGE")]
     pub agent_image: Option<String>,
 
+    /// existing: let the `ha` scenario's drain cordon a node of the cluster (it evicts only
+    /// the scenario's pods, and uncordons the node after, unless it was cordoned before).
+    /// Without it the drain is skipped and said so.
+    #[arg(long)]
+    pub allow_cordon: bool,
+
     /// The feature release's image of SERVICE (repeatable), e.g.
     /// `frontend=registry.example.com/shop/frontend:pr-123`: what a feature branch's pipeline
     /// built, where upstream publishes no feature tags.
@@ -250,10 +256,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let substrate = args.substrate.unwrap_or(SubstrateChoice::Local);
     if substrate != SubstrateChoice::Existing
-        && (args.kubeconfig.is_some() || args.context.is_some() || !args.ingress.is_empty())
+        && (args.kubeconfig.is_some()
+            || args.context.is_some()
+            || !args.ingress.is_empty()
+            || args.allow_cordon)
     {
         return usage_error(anyhow::anyhow!(
-            "use --kubeconfig, --context or --ingress: they apply to --substrate existing only"
+            "use --kubeconfig, --context, --ingress or --allow-cordon: they apply to --substrate existing only"
         ));
     }
     if substrate == SubstrateChoice::Local && args.agent_image.is_some() {
@@ -298,6 +307,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.keep = args.keep;
     config.require_data_plane = args.require.contains(&Requirement::DataPlane);
     config.rollout_timeout = args.rollout_timeout;
+    config.allow_cordon = substrate != SubstrateChoice::Existing || args.allow_cordon;
     if !args.single_instance.is_empty() {
         config.single_instance = args.single_instance.clone();
     }

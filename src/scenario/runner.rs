@@ -52,6 +52,9 @@ pub struct RunConfig {
     pub rollout_timeout: Duration,
     /// Identifies this run's objects (label `cdcheck.io/run`).
     pub run_id: String,
+    /// Whether the drain step may cordon a node (false on an existing cluster unless
+    /// `--allow-cordon`: a cordon there blocks other teams' scheduling on that node).
+    pub allow_cordon: bool,
 }
 
 impl RunConfig {
@@ -73,6 +76,7 @@ impl RunConfig {
             certificate_min_days: 30,
             rollout_timeout: Duration::from_secs(120),
             run_id: id[..8].to_string(),
+            allow_cordon: true,
         }
     }
 }
@@ -1577,6 +1581,20 @@ async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
 /// Drains the node holding the most pods of the scenario through the Eviction
 /// API, then uncordons it.
 async fn drain_node(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
+    let description = "a node drains through the Eviction API, PodDisruptionBudgets honoured, and every app with a pod there keeps a ready pod (or its PDB's floor) throughout";
+    if !run.config.allow_cordon {
+        run.record(
+            "drain",
+            description,
+            Verdict::Skipped,
+            Vec::new(),
+            Some(format!(
+                "draining cordons a node of the {} cluster, shared with others: pass --allow-cordon to let it",
+                run.config.substrate
+            )),
+        );
+        return Ok(());
+    }
     let pods: Api<Pod> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
     let list = match pods.list(&ListParams::default()).await {
         Ok(l) => l,
@@ -1605,6 +1623,16 @@ async fn drain_node(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
         "cordon and drain".into(),
     );
     let ns = run.namespace.clone();
+    // A node someone else had cordoned stays cordoned after the drain.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(run.cluster.client.clone());
+    let was_cordoned = nodes
+        .get_opt(&node)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|n| n.spec)
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
     let result = drain::drain_and_judge(
         &run.cluster.client,
         &run.cluster.config,
@@ -1614,8 +1642,9 @@ async fn drain_node(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
         run.config.rollout_timeout,
     )
     .await;
-    let _ = drain::uncordon(&run.cluster.client, &node).await;
-    let description = "a node drains through the Eviction API, PodDisruptionBudgets honoured, and every app with a pod there keeps a ready pod (or its PDB's floor) throughout";
+    if !was_cordoned {
+        let _ = drain::uncordon(&run.cluster.client, &node).await;
+    }
     match result {
         Ok(check) => {
             for pod in &check.report.evicted {
