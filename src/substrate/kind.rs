@@ -433,7 +433,13 @@ pub fn up_plan(options: &KindOptions, decision: &Decision) -> Plan {
     // The agent is built on this machine (agent/Dockerfile) and may change between runs:
     // loaded every time, reused cluster or not.
     if let Some(agent) = &options.agent_image {
-        steps.push(load(options, agent));
+        let mut step = load(options, agent);
+        if let Step::Run { purpose, .. } = &mut step {
+            *purpose = format!(
+                "load the agent image {agent} into the kind nodes (built on this machine: `docker build -f agent/Dockerfile --build-arg BUILDER_IMAGE=$(cdcheck versions AGENT_BUILDER_IMAGE) --build-arg RUNTIME_IMAGE=$(cdcheck versions AGENT_RUNTIME_IMAGE) -t {agent} .`)"
+            );
+        }
+        steps.push(step);
     }
     // Upstream publishes no feature tags: make them from the release's images (a reused
     // cluster has them since its creation, so it needs no registry unless --preload).
