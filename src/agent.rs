@@ -229,21 +229,28 @@ pub async fn run(options: &AgentOptions, mut emit: impl FnMut(&Record)) -> bool 
     failed
 }
 
-/// Calls GetAds without `userid` until one succeeds or `settle` passes (not counted:
-/// every batch reads the counters before it starts). `Err` when none succeeded.
-async fn warm_up(options: &AgentOptions, ads: &str) -> Result<(), String> {
-    if options.settle.is_zero() {
-        return Ok(());
-    }
-    let mut target = GrpcTarget::new(
+/// GetAds at `ads`, routed and bounded as the options say.
+fn get_ads(options: &AgentOptions, ads: &str) -> Result<GrpcTarget, String> {
+    let target = GrpcTarget::new(
         ads,
         GrpcMethod::GetAds {
             context_keys: vec!["clothing".to_string()],
         },
     )
     .map_err(|e| chain(&e))?;
-    target = routed(target, options.via);
-    target.timeout = options.timeout;
+    Ok(GrpcTarget {
+        timeout: options.timeout,
+        ..routed(target, options.via)
+    })
+}
+
+/// Calls GetAds without `userid` until one succeeds or `settle` passes (not counted:
+/// every batch reads the counters before it starts). `Err` when none succeeded.
+async fn warm_up(options: &AgentOptions, ads: &str) -> Result<(), String> {
+    if options.settle.is_zero() {
+        return Ok(());
+    }
+    let target = get_ads(options, ads)?;
     let caller = Caller::new(&Target::Grpc(target)).map_err(|e| chain(&e))?;
     let deadline = Instant::now() + options.settle;
     loop {
@@ -269,15 +276,7 @@ async fn run_batch(
     http: &reqwest::Client,
     emit: &mut impl FnMut(&Record),
 ) -> Result<bool, String> {
-    let mut target = GrpcTarget::new(
-        ads,
-        GrpcMethod::GetAds {
-            context_keys: vec!["clothing".to_string()],
-        },
-    )
-    .map_err(|e| chain(&e))?;
-    target = routed(target, options.via);
-    target.timeout = options.timeout;
+    let mut target = get_ads(options, ads)?;
     if let Some(userid) = &batch.userid {
         target = target
             .with_metadata("userid", userid)

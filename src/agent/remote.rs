@@ -91,6 +91,16 @@ pub struct AgentPod {
     pub labels: BTreeMap<String, String>,
 }
 
+impl AgentPod {
+    fn read_error(&self, source: kube::Error) -> RemoteError {
+        RemoteError::Read {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            source,
+        }
+    }
+}
+
 /// Runs the agent pod to its `done` record and returns its records (the `done` one
 /// last). `timeout` bounds everything after the pod is created, image pull included.
 /// The pod is deleted in every case.
@@ -170,11 +180,7 @@ async fn wait_started(
         let pod = pods
             .get_opt(&agent.name)
             .await
-            .map_err(|source| RemoteError::Read {
-                namespace: agent.namespace.clone(),
-                name: agent.name.clone(),
-                source,
-            })?;
+            .map_err(|source| agent.read_error(source))?;
         if let Some(pod) = pod {
             let (shown, waiting, running) = container_state(&pod);
             if running {
@@ -215,11 +221,7 @@ async fn read_records(
     let stream = pods
         .log_stream(&agent.name, &params)
         .await
-        .map_err(|source| RemoteError::Read {
-            namespace: agent.namespace.clone(),
-            name: agent.name.clone(),
-            source,
-        })?;
+        .map_err(|source| agent.read_error(source))?;
     let mut lines = stream.lines();
     let mut records = Vec::new();
     // The log carries stderr too: lines that are not records are kept for the message.
