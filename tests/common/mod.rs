@@ -306,3 +306,26 @@ pub fn start_mesh() -> Result<PathBuf, String> {
     .join()
     .map_err(|_| "the mesh start-up thread panicked".to_string())?
 }
+
+/// The local mesh substrate (started once per test binary), or `None` after
+/// [`skip::skip_or_fail`] (which panics in CI) when it cannot run here.
+pub async fn mesh_cluster() -> Option<Cluster> {
+    cdcheck::install_crypto_provider();
+    static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let kubeconfig = match KUBECONFIG.get_or_init(start_mesh) {
+        Ok(path) => path.clone(),
+        Err(why) => {
+            skip::skip_or_fail(&format!("the local mesh cannot start: {why}"));
+            return None;
+        }
+    };
+    let config = cdcheck::kube::config_from(&kubeconfig)
+        .await
+        .unwrap_or_else(|e| panic!("failed to read {}: {}", kubeconfig.display(), chain(&e)));
+    let client = Client::try_from(config.clone()).expect("failed to build a client");
+    Some(Cluster {
+        kubeconfig,
+        config,
+        client,
+    })
+}
