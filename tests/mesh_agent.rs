@@ -100,17 +100,24 @@ async fn phase_of(pods: &Api<Pod>, name: &str) -> Option<String> {
     pods.get(name).await.ok()?.status?.phase
 }
 
-/// Creates the agent pod and follows its log through the API until the agent is done.
-async fn run_agent(client: &kube::Client, env: &str, name: &str) -> AgentRun {
+/// Creates the agent pod (`edit` may change it first) and follows its log through the API
+/// until the agent is done.
+async fn run_agent(
+    client: &kube::Client,
+    env: &str,
+    name: &str,
+    edit: impl FnOnce(&mut Pod),
+) -> AgentRun {
     let pods: Api<Pod> = Api::namespaced(client.clone(), env);
     let labels = BTreeMap::from([("cdcheck.io/run".to_string(), "mesh-agent-test".to_string())]);
-    let pod = agent::pod::pod(
+    let mut pod = agent::pod::pod(
         env,
         name,
         &agent::pod::default_image(),
         &agent_args(env),
         &labels,
     );
+    edit(&mut pod);
     let created = Instant::now();
     pods.create(&PostParams::default(), &pod)
         .await
@@ -196,7 +203,7 @@ async fn the_agent_pod_sends_its_session_to_the_feature_only_and_a_route_to_main
         let routes = adservice_routes(&env);
         apply_routes(&client, &routes).await;
 
-        let run = run_agent(&client, &env, "cdcheck-agent").await;
+        let run = run_agent(&client, &env, "cdcheck-agent", |_| {}).await;
         let records = &run.records;
         assert_eq!(
             agent::judge_batch(&batch(records, Some(SESSION)), "adservice-myfeature"),
@@ -244,7 +251,7 @@ async fn the_agent_pod_sends_its_session_to_the_feature_only_and_a_route_to_main
         apply_routes(&client, &wrong).await;
         // istiod pushes the change to the proxies within a second (debounce 10 ms).
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let run = run_agent(&client, &env, "cdcheck-agent-control").await;
+        let run = run_agent(&client, &env, "cdcheck-agent-control", |_| {}).await;
         let verdict =
             agent::judge_batch(&batch(&run.records, Some(SESSION)), "adservice-myfeature");
         assert!(
@@ -252,6 +259,23 @@ async fn the_agent_pod_sends_its_session_to_the_feature_only_and_a_route_to_main
                 .as_ref()
                 .is_err_and(|why| why.contains("to adservice")),
             "a session routed to mainline must fail the judgement: {verdict:?}"
+        );
+
+        // Control: without `proxyStatsMatcher` in the pod's proxy config a sidecar records
+        // no outbound cluster stats, as on a real cluster: the batch cannot be attributed.
+        apply_routes(&client, &routes).await;
+        let run = run_agent(&client, &env, "cdcheck-agent-no-stats", |pod| {
+            pod.metadata.annotations = Some(BTreeMap::from([(
+                "proxy.istio.io/config".to_string(),
+                "holdApplicationUntilProxyStarts: true\n".to_string(),
+            )]));
+        })
+        .await;
+        let verdict =
+            agent::judge_batch(&batch(&run.records, Some(SESSION)), "adservice-myfeature");
+        assert!(
+            verdict.as_ref().is_err_and(|why| why.contains("only 0 of")),
+            "without proxyStatsMatcher nothing is counted: {verdict:?}"
         );
     })
     .await;
