@@ -12,9 +12,6 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
@@ -175,29 +172,7 @@ pub async fn delete_sidecar(client: &Client, pod: &Pod) {
 
 /// GET `path` on a proxy's admin port through the pod network: status and body.
 async fn admin_get(dialer: &Dialer, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let stream = dialer
-        .connect(addr)
-        .await
-        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
-    tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("build the request for {path}: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("read http://{addr}{path}: {e}"))?
-        .to_bytes();
+    let (status, body) = super::probe::get(dialer, addr, path, std::iter::empty(), true).await?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 

@@ -97,11 +97,11 @@ impl ContainerLogs {
     pub fn forget(&self, namespace: &str, pod: &str, uid: &str) {
         let mut pods = self.pods.lock().expect("log registry lock");
         let key = (namespace.to_string(), pod.to_string());
-        if pods.get(&key).is_some_and(|e| e.uid == uid) {
-            if let Some(entry) = pods.remove(&key) {
-                for (_, running) in entry.containers.values() {
-                    running.send_replace(false);
-                }
+        if pods.get(&key).is_some_and(|e| e.uid == uid)
+            && let Some(entry) = pods.remove(&key)
+        {
+            for (_, running) in entry.containers.values() {
+                running.send_replace(false);
             }
         }
     }

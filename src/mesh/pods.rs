@@ -174,18 +174,6 @@ struct ContainerRun {
     injected: bool,
 }
 
-/// An error and its sources on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
@@ -235,7 +223,7 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
         containers.push((inject::proxy_container(), true));
         // Before the proxy starts, so its first listeners already bind the pod's address.
         if let Err(e) = inject::apply_sidecar(&shared.client, &pod, ip).await {
-            tracing::warn!("failed to {}", chain(&e));
+            tracing::warn!("failed to {}", crate::error_chain(&e));
         }
     }
     let mut runs: Vec<ContainerRun> = containers
