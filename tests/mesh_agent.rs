@@ -100,23 +100,18 @@ async fn phase_of(pods: &Api<Pod>, name: &str) -> Option<String> {
     pods.get(name).await.ok()?.status?.phase
 }
 
-/// Creates the agent pod (`edit` may change it first) and follows its log through the API
-/// until the agent is done.
+/// Creates the agent pod with `args` (`edit` may change it first) and follows its log
+/// through the API until the agent is done.
 async fn run_agent(
     client: &kube::Client,
     env: &str,
     name: &str,
+    args: &[String],
     edit: impl FnOnce(&mut Pod),
 ) -> AgentRun {
     let pods: Api<Pod> = Api::namespaced(client.clone(), env);
     let labels = BTreeMap::from([("cdcheck.io/run".to_string(), "mesh-agent-test".to_string())]);
-    let mut pod = agent::pod::pod(
-        env,
-        name,
-        &agent::pod::default_image(),
-        &agent_args(env),
-        &labels,
-    );
+    let mut pod = agent::pod::pod(env, name, &agent::pod::default_image(), args, &labels);
     edit(&mut pod);
     let created = Instant::now();
     pods.create(&PostParams::default(), &pod)
@@ -203,7 +198,7 @@ async fn the_agent_pod_sends_its_session_to_the_feature_only_and_a_route_to_main
         let routes = adservice_routes(&env);
         apply_routes(&client, &routes).await;
 
-        let run = run_agent(&client, &env, "cdcheck-agent", |_| {}).await;
+        let run = run_agent(&client, &env, "cdcheck-agent", &agent_args(&env), |_| {}).await;
         let records = &run.records;
         assert_eq!(
             agent::judge_batch(&batch(records, Some(SESSION)), "adservice-myfeature"),
@@ -251,7 +246,14 @@ async fn the_agent_pod_sends_its_session_to_the_feature_only_and_a_route_to_main
         apply_routes(&client, &wrong).await;
         // istiod pushes the change to the proxies within a second (debounce 10 ms).
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let run = run_agent(&client, &env, "cdcheck-agent-control", |_| {}).await;
+        let run = run_agent(
+            &client,
+            &env,
+            "cdcheck-agent-control",
+            &agent_args(&env),
+            |_| {},
+        )
+        .await;
         let verdict =
             agent::judge_batch(&batch(&run.records, Some(SESSION)), "adservice-myfeature");
         assert!(
@@ -264,12 +266,18 @@ async fn the_agent_pod_sends_its_session_to_the_feature_only_and_a_route_to_main
         // Control: without `proxyStatsMatcher` in the pod's proxy config a sidecar records
         // no outbound cluster stats, as on a real cluster: the batch cannot be attributed.
         apply_routes(&client, &routes).await;
-        let run = run_agent(&client, &env, "cdcheck-agent-no-stats", |pod| {
-            pod.metadata.annotations = Some(BTreeMap::from([(
-                "proxy.istio.io/config".to_string(),
-                "holdApplicationUntilProxyStarts: true\n".to_string(),
-            )]));
-        })
+        let run = run_agent(
+            &client,
+            &env,
+            "cdcheck-agent-no-stats",
+            &agent_args(&env),
+            |pod| {
+                pod.metadata.annotations = Some(BTreeMap::from([(
+                    "proxy.istio.io/config".to_string(),
+                    "holdApplicationUntilProxyStarts: true\n".to_string(),
+                )]));
+            },
+        )
         .await;
         let verdict =
             agent::judge_batch(&batch(&run.records, Some(SESSION)), "adservice-myfeature");
@@ -277,6 +285,47 @@ async fn the_agent_pod_sends_its_session_to_the_feature_only_and_a_route_to_main
             verdict.as_ref().is_err_and(|why| why.contains("only 0 of")),
             "without proxyStatsMatcher nothing is counted: {verdict:?}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_pod_with_the_runners_arguments_finds_every_backend_of_the_boutique_serving() {
+    let Some(cluster) = common::mesh_cluster().await else {
+        return;
+    };
+    let client = cluster.client.clone();
+    let cluster_ref = &cluster;
+    common::with_temp_env(&cluster, "mesh-agent-all", |env| async move {
+        // Every workload but the Gateway (a test's Gateway would compete for the shared
+        // ingress) and the loadgenerator (it would add its own GetAds calls).
+        let mut names: Vec<String> = cdcheck::catalog::all()
+            .iter()
+            .map(|w| w.name.to_string())
+            .filter(|n| n != "loadgenerator")
+            .collect();
+        names.push("adservice-myfeature".into());
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let bundle = common::only_services(&rendered(&env), &names);
+        common::deploy(cluster_ref, &bundle, &env).await;
+        apply_routes(&client, &adservice_routes(&env)).await;
+
+        let args = agent::pod::args(&env, SESSION, REQUESTS);
+        let run = run_agent(&client, &env, "cdcheck-agent", &args, |_| {}).await;
+        let records = &run.records;
+        assert_eq!(
+            agent::judge_batch(&batch(records, Some(SESSION)), "adservice-myfeature"),
+            Ok(()),
+            "{records:#?}"
+        );
+        assert_eq!(
+            agent::judge_batch(&batch(records, None), "adservice"),
+            Ok(())
+        );
+        let health: Vec<&Value> = records.iter().filter(|r| r["record"] == "health").collect();
+        assert_eq!(health.len(), 9, "{records:#?}");
+        assert!(health.iter().all(|h| h["healthy"] == true), "{health:#?}");
+        assert_eq!(run.phase.as_deref(), Some("Succeeded"));
     })
     .await;
 }
