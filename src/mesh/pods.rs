@@ -870,6 +870,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_restart_policy_always_or_a_failure_under_on_failure_restarts_a_container() {
+        let pod = |policy: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "p" },
+                "spec": { "restartPolicy": policy, "containers": [] }
+            }))
+            .unwrap()
+        };
+        assert!(restarts_after(&pod(None), 0));
+        assert!(restarts_after(&pod(Some("Always")), 0));
+        assert!(!restarts_after(&pod(Some("Never")), 1));
+        assert!(!restarts_after(&pod(Some("OnFailure")), 0));
+        assert!(restarts_after(&pod(Some("OnFailure")), 137));
+    }
+
+    #[test]
     fn exec_sleep_hooks_are_understood() {
         let words = |s: &[&str]| s.iter().map(|w| w.to_string()).collect::<Vec<_>>();
         assert_eq!(sleep_seconds(&words(&["sleep", "5"])), Some(5.0));
