@@ -10,13 +10,17 @@
 //! - [`probe`]: readiness probes, run as the kubelet runs them.
 //! - [`relay`]: host ports into the pod network, and the pod network to istiod.
 //! - [`client`]: an in-mesh client (a sidecar-only pod) for calls from inside the mesh.
+//! - [`inject`]: Istio's sidecar for pods that ask for one, bound to the pod's address.
+//! - [`kubelet`]: the kubelet's log endpoint, for `kubectl logs` and the pod log API.
 //!
 //! `cdcheck up --mesh` starts istiod and the mesh daemon (`cdcheck mesh-daemon`, which
 //! runs the relays and the pod runner) beside the control plane; `down` stops them.
 
 pub mod client;
 pub mod gateway;
+pub mod inject;
 pub mod istiod;
+pub mod kubelet;
 pub mod netns;
 pub mod pods;
 pub mod probe;
@@ -81,6 +85,8 @@ pub enum MeshError {
     Connect(#[from] crate::kube::ConnectError),
     #[error("apply the ingress gateway")]
     Apply(#[from] crate::kube::apply::ApplyError),
+    #[error("serve the kubelet's log endpoint")]
+    Kubelet(#[from] kubelet::KubeletError),
 }
 
 /// The mesh's executables.
@@ -218,6 +224,18 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
             dialer.clone(),
         )));
     }
+    // The nodes' kubelet endpoint (the API server proxies pod logs to it).
+    let addr = format!("127.0.0.1:{}", kubelet::KUBELET_PORT);
+    let kubelet_listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| MeshError::Listen { addr, source })?;
+    let tls = kubelet::tls_acceptor(&state_dir.join("pki").join("ca.crt"))?;
+    let logs = std::sync::Arc::new(kubelet::ContainerLogs::default());
+    relays.push(tokio::spawn(kubelet::serve(
+        kubelet_listener,
+        tls,
+        logs.clone(),
+    )));
     let socket = xds_socket(state_dir);
     let listener = relay::bind_unix(&socket).map_err(|source| MeshError::Listen {
         addr: socket.display().to_string(),
@@ -239,6 +257,7 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
         istio_version: versions::ISTIO.to_string(),
         xds_socket: socket,
         root_cert: root,
+        logs,
     };
     pods::run(client, config).await?;
     Ok(())

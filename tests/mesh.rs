@@ -21,25 +21,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn mesh() -> Option<common::Cluster> {
-    cdcheck::install_crypto_provider();
-    static KUBECONFIG: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
-        std::sync::OnceLock::new();
-    let kubeconfig = match KUBECONFIG.get_or_init(common::start_mesh) {
-        Ok(path) => path.clone(),
-        Err(why) => {
-            common::skip::skip_or_fail(&format!("the local mesh cannot start: {why}"));
-            return None;
-        }
-    };
-    let config = cdcheck::kube::config_from(&kubeconfig)
-        .await
-        .expect("kubeconfig");
-    let client = kube::Client::try_from(config.clone()).expect("client");
-    Some(common::Cluster {
-        kubeconfig,
-        config,
-        client,
-    })
+    common::mesh_cluster().await
 }
 
 /// The frontend of `env`.

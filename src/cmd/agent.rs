@@ -21,7 +21,8 @@ pub struct Args {
 
     /// A batch of GetAds requests: USERID=N (with `userid` metadata) or -=N (without).
     /// Repeatable; batches run one after another.
-    #[arg(long = "batch", value_name = "USERID=N", value_parser = parse_batch, requires = "ads")]
+    /// (`-=N` starts with a dash: taken as a value, not as an unknown flag.)
+    #[arg(long = "batch", value_name = "USERID=N", value_parser = parse_batch, requires = "ads", allow_hyphen_values = true)]
     pub batches: Vec<Batch>,
 
     /// A gRPC health check: SERVICE=URL (repeatable).
@@ -87,4 +88,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn the_pods_arguments_parse_including_the_batch_without_userid() {
+        let args = cdcheck::agent::pod::args("dev", "s1", 5);
+        let cli = Cli::try_parse_from(std::iter::once("agent".to_string()).chain(args))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cli.args.batches,
+            [Batch::parse("s1=5").unwrap(), Batch::parse("-=5").unwrap()]
+        );
+        assert_eq!(cli.args.health.len(), 9);
+    }
 }

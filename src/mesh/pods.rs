@@ -4,6 +4,12 @@
 //! Istio proxy); it is Ready only while its own readiness probe passes against that
 //! process; on deletion the preStop hook runs, then SIGTERM, then SIGKILL at the end
 //! of the grace period, and only then is the object let go.
+//!
+//! A container whose image is cdcheck's agent runs `cdcheck agent`; a pod that asks for
+//! Istio's sidecar gets one ([`super::inject`]); a container that exits is restarted or
+//! not as the pod's `restartPolicy` says, and a pod whose app containers all ended for
+//! good is Succeeded or Failed. Containers' output goes to files that the kubelet API
+//! ([`super::kubelet`]) serves as the pod log.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -20,6 +26,8 @@ use kube::{Client, ResourceExt};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
+use super::inject::{self, ProxyConfig};
+use super::kubelet::ContainerLogs;
 use super::netns::{self, Dialer};
 use super::probe::{self, Timing};
 use super::proxy::{self, ProxyKind, ProxyPod};
@@ -38,6 +46,8 @@ pub struct RunnerConfig {
     pub xds_socket: PathBuf,
     /// istiod's root certificate.
     pub root_cert: PathBuf,
+    /// Where each container's output is, for the kubelet API's logs.
+    pub logs: Arc<ContainerLogs>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +168,10 @@ struct ContainerRun {
     restarts: i32,
     started_at: String,
     waiting: Option<(String, String)>,
+    /// Ended for good (the restart policy says so): exit code, reason, when.
+    terminated: Option<(i32, String, String)>,
+    /// The injected sidecar: not in the pod's spec, so not in its status either.
+    injected: bool,
 }
 
 fn now() -> String {
@@ -166,8 +180,24 @@ fn now() -> String {
 
 /// Event from a container's probe or process to its pod's task.
 enum ContainerEvent {
-    Readiness { index: usize, ready: bool },
-    Exited { index: usize, status: String },
+    Readiness {
+        index: usize,
+        ready: bool,
+    },
+    Exited {
+        index: usize,
+        code: i32,
+        status: String,
+    },
+}
+
+/// Whether a container that exited with `code` starts again under the pod's restart policy.
+fn restarts_after(pod: &Pod, code: i32) -> bool {
+    match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+        Some("Never") => false,
+        Some("OnFailure") => code != 0,
+        _ => true,
+    }
 }
 
 async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
@@ -183,26 +213,54 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &namespace);
     let started = now();
     let (events_tx, mut events) = mpsc::channel::<ContainerEvent>(64);
-    let containers: Vec<Container> = pod
+    let mut containers: Vec<(Container, bool)> = pod
         .spec
         .as_ref()
-        .map(|s| s.containers.clone())
+        .map(|s| s.containers.iter().map(|c| (c.clone(), false)).collect())
         .unwrap_or_default();
+    let injected = inject::wants_sidecar(&pod);
+    if injected {
+        containers.push((inject::proxy_container(), true));
+        // Before the proxy starts, so its first listeners already bind the pod's address.
+        if let Err(e) = inject::apply_sidecar(&shared.client, &pod, ip).await {
+            tracing::warn!("failed to {}", crate::error_chain(&e));
+        }
+    }
     let mut runs: Vec<ContainerRun> = containers
-        .iter()
-        .map(|c| ContainerRun {
-            spec: c.clone(),
+        .into_iter()
+        .map(|(spec, injected)| ContainerRun {
+            spec,
             pid: None,
             waiter: None,
             ready: false,
             restarts: 0,
             started_at: started.clone(),
             waiting: None,
+            terminated: None,
+            injected,
         })
         .collect();
     let mut probes: Vec<Option<tokio::task::JoinHandle<()>>> =
         (0..runs.len()).map(|_| None).collect();
-    for index in 0..runs.len() {
+    let hold = injected && ProxyConfig::of(&pod).hold_application_until_proxy_starts;
+    // Proxies first: with `holdApplicationUntilProxyStarts` the app waits for its proxy.
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by_key(|&i| !runs[i].injected);
+    let mut held = false;
+    for index in order {
+        if hold && !runs[index].injected && !held {
+            held = true;
+            let (waited, started) = inject::wait_proxy_started(&shared.dialer, ip).await;
+            if started {
+                tracing::info!(
+                    "pod {namespace}/{name}: its proxy listens on {ip} after {waited:?}; starting the app"
+                );
+            } else {
+                tracing::warn!(
+                    "pod {namespace}/{name}: its proxy has no listener on {ip} after {waited:?}; starting the app anyway"
+                );
+            }
+        }
         start_container(
             &shared,
             &pod,
@@ -215,9 +273,10 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
         )
         .await;
     }
-    patch_status(&api, &name, ip, &started, &runs).await;
+    patch_status(&api, &name, ip, &started, &runs, "Running").await;
 
     let mut restart_at: Vec<Option<tokio::time::Instant>> = vec![None; runs.len()];
+    let mut finished = false;
     loop {
         let next_restart = restart_at.iter().flatten().min().copied();
         tokio::select! {
@@ -231,6 +290,7 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
                 if pod.metadata.deletion_timestamp.is_some() {
                     for p in probes.iter_mut().flatten() { p.abort(); }
                     terminate(&shared, &pod, ip, &mut runs, &mut events).await;
+                    if injected { inject::delete_sidecar(&shared.client, &pod).await; }
                     let params = DeleteParams {
                         grace_period_seconds: Some(0),
                         preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
@@ -242,25 +302,51 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
                     break;
                 }
             }
-            Some(event) = events.recv() => {
+            Some(event) = events.recv(), if !finished => {
                 match event {
                     ContainerEvent::Readiness { index, ready } => {
                         if runs[index].ready != ready {
                             runs[index].ready = ready;
-                            patch_status(&api, &name, ip, &started, &runs).await;
+                            patch_status(&api, &name, ip, &started, &runs, "Running").await;
                         }
                     }
-                    ContainerEvent::Exited { index, status } => {
+                    ContainerEvent::Exited { index, code, status } => {
+                        let pod = updates.borrow().clone();
                         let run = &mut runs[index];
                         run.pid = None;
                         run.waiter = None;
                         run.ready = false;
                         if let Some(p) = probes[index].take() { p.abort(); }
-                        let backoff = Duration::from_secs(1u64 << run.restarts.clamp(0, 3) as u64);
-                        run.waiting = Some(("CrashLoopBackOff".into(), format!("exited with {status}; back-off {backoff:?} restarting")));
-                        run.restarts += 1;
-                        restart_at[index] = Some(tokio::time::Instant::now() + backoff);
-                        patch_status(&api, &name, ip, &started, &runs).await;
+                        // An injected proxy is restarted while its app runs, as a native sidecar is.
+                        if run.injected || restarts_after(&pod, code) {
+                            let backoff = Duration::from_secs(1u64 << run.restarts.clamp(0, 3) as u64);
+                            run.waiting = Some(("CrashLoopBackOff".into(), format!("exited with {status}; back-off {backoff:?} restarting")));
+                            run.restarts += 1;
+                            restart_at[index] = Some(tokio::time::Instant::now() + backoff);
+                        } else {
+                            let reason = if code == 0 { "Completed" } else { "Error" };
+                            run.terminated = Some((code, reason.to_string(), now()));
+                        }
+                        let apps_done = runs.iter().filter(|r| !r.injected).all(|r| r.terminated.is_some());
+                        if apps_done {
+                            // The pod is over: its sidecar goes (it has nothing left to serve),
+                            // and the object stays, Succeeded or Failed, until it is deleted.
+                            finished = true;
+                            for p in probes.iter_mut().flatten() { p.abort(); }
+                            restart_at.iter_mut().for_each(|r| *r = None);
+                            kill_all(&mut runs);
+                            for run in runs.iter_mut().filter(|r| r.injected) {
+                                shared.config.logs.exited(&namespace, &name, &pod.uid().unwrap_or_default(), &run.spec.name);
+                                run.waiting = None;
+                                run.terminated = Some((0, "Completed".into(), now()));
+                            }
+                            if injected { inject::delete_sidecar(&shared.client, &pod).await; }
+                            let failed = runs.iter().any(|r| r.terminated.as_ref().is_some_and(|t| t.0 != 0));
+                            let phase = if failed { "Failed" } else { "Succeeded" };
+                            patch_status(&api, &name, ip, &started, &runs, phase).await;
+                        } else {
+                            patch_status(&api, &name, ip, &started, &runs, "Running").await;
+                        }
                     }
                 }
             }
@@ -273,7 +359,7 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
                         start_container(&shared, &pod, ip, &pod_dir, index, &mut runs[index], &events_tx, &mut probes[index]).await;
                     }
                 }
-                patch_status(&api, &name, ip, &started, &runs).await;
+                patch_status(&api, &name, ip, &started, &runs, "Running").await;
             }
         }
     }
@@ -281,6 +367,10 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
         p.abort();
     }
     kill_all(&mut runs);
+    shared
+        .config
+        .logs
+        .forget(&namespace, &name, &pod.uid().unwrap_or_default());
     shared.release(ip);
 }
 
@@ -295,7 +385,7 @@ async fn start_container(
     events: &mpsc::Sender<ContainerEvent>,
     probe_task: &mut Option<tokio::task::JoinHandle<()>>,
 ) {
-    let command = match command_for(shared, pod, ip, pod_dir, &run.spec).await {
+    let command = match command_for(shared, pod, ip, pod_dir, &run.spec, run.injected).await {
         Ok(command) => command,
         Err(why) => {
             run.waiting = Some(("CreateContainerError".into(), why));
@@ -327,13 +417,34 @@ async fn start_container(
     run.started_at = now();
     run.waiting = None;
     run.pid = child.id();
+    let logs = shared.config.logs.clone();
+    let (namespace, name, uid) = (
+        pod.namespace().unwrap_or_default(),
+        pod.name_any(),
+        pod.uid().unwrap_or_default(),
+    );
+    let container = run.spec.name.clone();
+    logs.started(&namespace, &name, &uid, &container, log);
     let exited = events.clone();
     run.waiter = Some(tokio::spawn(async move {
         let status = child.wait().await;
-        let status = status
-            .map(|s| s.to_string())
-            .unwrap_or_else(|e| e.to_string());
-        let _ = exited.send(ContainerEvent::Exited { index, status }).await;
+        // Before the pod's task hears of it: a log follower ends with the process.
+        logs.exited(&namespace, &name, &uid, &container);
+        let (code, status) = match status {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                let code = s.code().or(s.signal().map(|n| 128 + n)).unwrap_or(-1);
+                (code, s.to_string())
+            }
+            Err(e) => (-1, e.to_string()),
+        };
+        let _ = exited
+            .send(ContainerEvent::Exited {
+                index,
+                code,
+                status,
+            })
+            .await;
     }));
     *probe_task = Some(tokio::spawn(readiness_loop(
         shared.clone(),
@@ -351,6 +462,7 @@ async fn command_for(
     ip: Ipv4Addr,
     pod_dir: &std::path::Path,
     container: &Container,
+    injected: bool,
 ) -> Result<Command, String> {
     let image = container.image.clone().unwrap_or_default();
     let name = pod.name_any();
@@ -368,6 +480,15 @@ async fn command_for(
             .get("app")
             .cloned()
             .unwrap_or_else(|| name.rsplitn(3, '-').last().unwrap_or(&name).to_string());
+        let static_labels = if injected {
+            std::collections::BTreeMap::from([(
+                inject::SIDECAR_FOR_LABEL.to_string(),
+                pod.uid().unwrap_or_default(),
+            )])
+        } else {
+            Default::default()
+        };
+        let proxy_config = ProxyConfig::of(pod);
         let bootstrap = proxy::bootstrap(
             &ProxyPod {
                 kind,
@@ -377,6 +498,8 @@ async fn command_for(
                 labels: &labels,
                 service_account: &service_account,
                 workload: &workload,
+                static_labels,
+                stats: Some(&proxy_config.proxy_stats_matcher),
             },
             &shared.config.istio_version,
             &shared.config.xds_socket,
@@ -405,6 +528,25 @@ async fn command_for(
                 if kind == ProxyKind::Router { "2" } else { "1" },
             ])
             .env_clear();
+        return Ok(command);
+    }
+    if image.contains(crate::agent::pod::IMAGE_MARK) {
+        // The image's entrypoint is `cdcheck agent`; with no iptables, its requests go to
+        // the sidecar's listeners on the pod's own address, and it reads the sidecar's
+        // stats on the admin port there.
+        let mut command = Command::new(&shared.config.cdcheck);
+        command
+            .arg("agent")
+            .args(container.args.iter().flatten())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (key, value) in env_of(pod, ip, container) {
+            command.env(key, value);
+        }
+        command.env("CDCHECK_AGENT_VIA", ip.to_string()).env(
+            "CDCHECK_AGENT_STATS_URL",
+            format!("http://{ip}:{}/stats/prometheus", proxy::ADMIN_PORT),
+        );
         return Ok(command);
     }
     let mut command = Command::new(&shared.config.cdcheck);
@@ -669,24 +811,29 @@ async fn patch_status(
     ip: Ipv4Addr,
     started: &str,
     runs: &[ContainerRun],
+    phase: &str,
 ) {
     let all_ready = !runs.is_empty() && runs.iter().all(|r| r.ready && r.waiting.is_none());
     let condition = |type_: &str, status: bool| serde_json::json!({ "type": type_, "status": if status { "True" } else { "False" }, "lastTransitionTime": now() });
     let statuses: Vec<serde_json::Value> = runs
         .iter()
+        .filter(|r| !r.injected)
         .map(|r| {
-            let state = match &r.waiting {
-                Some((reason, message)) => {
+            let state = match (&r.terminated, &r.waiting) {
+                (Some((code, reason, finished)), _) => serde_json::json!({ "terminated": {
+                    "exitCode": code, "reason": reason, "startedAt": r.started_at, "finishedAt": finished
+                } }),
+                (None, Some((reason, message))) => {
                     serde_json::json!({ "waiting": { "reason": reason, "message": message } })
                 }
-                None => serde_json::json!({ "running": { "startedAt": r.started_at } }),
+                (None, None) => serde_json::json!({ "running": { "startedAt": r.started_at } }),
             };
             serde_json::json!({
                 "name": r.spec.name,
                 "image": r.spec.image,
                 "imageID": "",
                 "ready": r.ready && r.waiting.is_none(),
-                "started": r.waiting.is_none(),
+                "started": r.waiting.is_none() && r.terminated.is_none(),
                 "restartCount": r.restarts,
                 "state": state,
             })
@@ -694,7 +841,7 @@ async fn patch_status(
         .collect();
     let status = serde_json::json!({
         "status": {
-            "phase": "Running",
+            "phase": phase,
             "hostIP": HOST_IP,
             "hostIPs": [{ "ip": HOST_IP }],
             "podIP": ip.to_string(),
@@ -721,6 +868,22 @@ async fn patch_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_restart_policy_always_or_a_failure_under_on_failure_restarts_a_container() {
+        let pod = |policy: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "p" },
+                "spec": { "restartPolicy": policy, "containers": [] }
+            }))
+            .unwrap()
+        };
+        assert!(restarts_after(&pod(None), 0));
+        assert!(restarts_after(&pod(Some("Always")), 0));
+        assert!(!restarts_after(&pod(Some("Never")), 1));
+        assert!(!restarts_after(&pod(Some("OnFailure")), 0));
+        assert!(restarts_after(&pod(Some("OnFailure")), 137));
+    }
 
     #[test]
     fn exec_sleep_hooks_are_understood() {

@@ -114,13 +114,29 @@ async fn attempt_unbounded(
     Err("exec probes are not run by the local mesh (processes, not containers)".into())
 }
 
-/// An HTTP GET as the kubelet sends it; 200–399 passes.
+/// An HTTP GET as the kubelet's probe sends it; 2xx and 3xx pass.
 pub async fn http_get<'a>(
     dialer: &Dialer,
     addr: SocketAddr,
     path: &str,
     headers: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Outcome {
+    let (status, _) = get(dialer, addr, path, headers, false).await?;
+    if (200..400).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {status}"))
+    }
+}
+
+/// A GET through the pod network: the status, and the body when `read_body`.
+pub async fn get<'a>(
+    dialer: &Dialer,
+    addr: SocketAddr,
+    path: &str,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    read_body: bool,
+) -> Result<(u16, Bytes), String> {
     let stream = dialer
         .connect(addr)
         .await
@@ -142,15 +158,15 @@ pub async fn http_get<'a>(
         .send_request(request)
         .await
         .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
-    let status = response.status();
-    if (200..400).contains(&status.as_u16()) {
-        Ok(())
-    } else {
-        Err(format!(
-            "HTTP probe failed with statuscode: {}",
-            status.as_u16()
-        ))
+    let status = response.status().as_u16();
+    if !read_body {
+        return Ok((status, Bytes::new()));
     }
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| format!("read http://{addr}{path}: {e}"))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// A `grpc.health.v1.Health/Check`; SERVING passes.

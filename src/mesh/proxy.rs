@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use super::inject::StatsMatcher;
 use super::istiod::{CLUSTER_ID, TRUST_DOMAIN};
 
 /// Envoy's admin port in every proxy pod (on the pod's own address).
@@ -48,6 +49,63 @@ pub struct ProxyPod<'a> {
     pub service_account: &'a str,
     /// The owning workload (Deployment name), as Istio reports it.
     pub workload: &'a str,
+    /// Labels istiod adds to the pod's (`STATIC_LABELS`): how an injected proxy's own
+    /// `Sidecar` resource selects it alone.
+    pub static_labels: BTreeMap<String, String>,
+    /// The pod's `proxyStatsMatcher`, for a sidecar: what it records beyond Istio's own stats.
+    pub stats: Option<&'a StatsMatcher>,
+}
+
+/// Stats every Istio proxy records (pilot-agent's required inclusion prefixes, and the
+/// `reporter=`, `component` and `istio` prefixes of its bootstrap): a sidecar records
+/// nothing else unless its pod's `proxyStatsMatcher` asks, as `cluster.outbound` does for
+/// the agent. Without this, the local mesh would count what a real sidecar does not.
+const ISTIO_STATS_PREFIXES: [&str; 8] = [
+    "reporter=",
+    "cluster_manager",
+    "listener_manager",
+    "server",
+    "cluster.xds-grpc",
+    "wasm",
+    "component",
+    "istio",
+];
+
+/// Istio's stats tags for the stats the local mesh reads: the cluster's name (istiod gives
+/// every cluster an `alt_stat_name` ending in `;`, so the tag is everything up to it) and
+/// the response code. Envoy's default tags would cut `outbound|9555||adservice.dev.svc...`
+/// at its first dot.
+fn stats_config(stats: Option<&StatsMatcher>) -> Value {
+    let mut config = json!({
+        "use_all_default_tags": false,
+        "stats_tags": [
+            { "tag_name": "cluster_name", "regex": r"^cluster(\.(.+);)" },
+            { "tag_name": "response_code", "regex": r"_rq(_(\d{3}))$" },
+            { "tag_name": "response_code_class", "regex": r"_rq(_(\dxx))$" },
+        ],
+    });
+    if let Some(stats) = stats {
+        let mut patterns: Vec<Value> = ISTIO_STATS_PREFIXES
+            .iter()
+            .map(|p| p.to_string())
+            .chain(stats.inclusion_prefixes.iter().cloned())
+            .map(|p| json!({ "prefix": p }))
+            .collect();
+        patterns.extend(
+            stats
+                .inclusion_suffixes
+                .iter()
+                .map(|s| json!({ "suffix": s })),
+        );
+        patterns.extend(
+            stats
+                .inclusion_regexps
+                .iter()
+                .map(|r| json!({ "safe_regex": { "regex": r } })),
+        );
+        config["stats_matcher"] = json!({ "inclusion_list": { "patterns": patterns } });
+    }
+    config
 }
 
 /// The bootstrap: node identity and metadata istiod reads, an ADS stream over TLS to
@@ -69,7 +127,11 @@ pub fn bootstrap(
         labels,
         service_account,
         workload,
+        static_labels,
+        stats,
     } = pod;
+    let mut labels = (*labels).clone();
+    labels.extend(static_labels.clone());
     let mut metadata = json!({
         "ISTIO_VERSION": version,
         "NAMESPACE": namespace,
@@ -80,6 +142,7 @@ pub fn bootstrap(
         "LABELS": labels,
         "WORKLOAD_NAME": workload,
         "OWNER": format!("kubernetes://apis/apps/v1/namespaces/{namespace}/deployments/{workload}"),
+        "STATIC_LABELS": static_labels,
         "SERVICE_ACCOUNT": service_account,
         "INSTANCE_IPS": ip.to_string(),
         "PROXY_CONFIG": { "discoveryAddress": "istiod.istio-system.svc:15012" },
@@ -142,7 +205,8 @@ pub fn bootstrap(
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" }
         },
-        "static_resources": { "clusters": [xds, sds] }
+        "static_resources": { "clusters": [xds, sds] },
+        "stats_config": stats_config(stats.filter(|_| *kind == ProxyKind::Sidecar)),
     })
 }
 
@@ -161,6 +225,8 @@ mod tests {
             labels: &labels,
             service_account: "gw",
             workload: "istio-ingressgateway",
+            static_labels: BTreeMap::new(),
+            stats: None,
         };
         let b = bootstrap(
             &pod,
@@ -188,5 +254,64 @@ mod tests {
         );
         assert_eq!(b["node"]["metadata"]["INTERCEPTION_MODE"], "NONE");
         assert!(b["node"]["id"].as_str().unwrap().starts_with("sidecar~"));
+    }
+
+    #[test]
+    fn a_sidecar_records_istios_stats_plus_what_its_pod_asks_with_istios_cluster_tag() {
+        let labels = BTreeMap::new();
+        let matcher = StatsMatcher {
+            inclusion_prefixes: vec!["cluster.outbound".into()],
+            ..Default::default()
+        };
+        let pod = ProxyPod {
+            kind: ProxyKind::Sidecar,
+            name: "agent",
+            namespace: "dev",
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            labels: &labels,
+            service_account: "default",
+            workload: "agent",
+            static_labels: BTreeMap::from([("cdcheck.io/sidecar-for".into(), "u1".into())]),
+            stats: Some(&matcher),
+        };
+        let b = bootstrap(&pod, "1.30.3", Path::new("/x"), Path::new("/r"), "t");
+        let stats = &b["stats_config"];
+        assert_eq!(stats["use_all_default_tags"], false);
+        let cluster_tag = stats["stats_tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tag_name"] == "cluster_name")
+            .unwrap();
+        // istiod's `alt_stat_name` ends the cluster's name with `;`.
+        let regex = regex::Regex::new(cluster_tag["regex"].as_str().unwrap()).unwrap();
+        let name = "cluster.outbound|9555||adservice.dev.svc.cluster.local;.upstream_rq_total";
+        assert_eq!(
+            &regex.captures(name).unwrap()[2],
+            "outbound|9555||adservice.dev.svc.cluster.local"
+        );
+        let prefixes: Vec<&str> = stats["stats_matcher"]["inclusion_list"]["patterns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["prefix"].as_str())
+            .collect();
+        assert!(prefixes.contains(&"cluster.outbound"), "{prefixes:?}");
+        assert!(prefixes.contains(&"cluster.xds-grpc"), "{prefixes:?}");
+        assert_eq!(
+            b["node"]["metadata"]["STATIC_LABELS"]["cdcheck.io/sidecar-for"],
+            "u1"
+        );
+        assert_eq!(
+            b["node"]["metadata"]["LABELS"]["cdcheck.io/sidecar-for"],
+            "u1"
+        );
+        // A gateway records everything, as before.
+        let router = ProxyPod {
+            kind: ProxyKind::Router,
+            ..pod
+        };
+        let b = bootstrap(&router, "1.30.3", Path::new("/x"), Path::new("/r"), "t");
+        assert!(b["stats_config"].get("stats_matcher").is_none());
     }
 }

@@ -36,6 +36,9 @@ const KWOK_NODE_VALUE: &str = "fake";
 pub const ZONES: [&str; 3] = ["a", "b", "c"];
 
 const KWOK_STAGES: &str = include_str!("kwok-stages.yaml");
+/// The nodes' address without the mesh (kwok's `--node-ip`): nothing ever dials it, as
+/// nothing serves the kubelet API there.
+const KWOK_NODE_IP: &str = "10.89.0.1";
 const STATE_FILE: &str = "state.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -639,7 +642,7 @@ async fn boot(
     let stages = dir.join("kwok-stages.yaml");
     // With the mesh, the pod runner plays the kubelet for pods: kwok keeps the nodes only.
     let stages_text = if options.mesh.is_some() {
-        node_stages_only(KWOK_STAGES)
+        mesh_node_stages(KWOK_STAGES)
     } else {
         KWOK_STAGES.to_string()
     };
@@ -689,7 +692,22 @@ async fn boot(
         "--allow-privileged=true".to_string(),
         "--profiling=false".to_string(),
         "--event-ttl=2h".to_string(),
+        // Pod logs: the API server authenticates to kubelets with this certificate. It
+        // does not check theirs (no --kubelet-certificate-authority).
+        format!(
+            "--kubelet-client-certificate={}",
+            p(&files.kubelet_client_cert)
+        ),
+        format!("--kubelet-client-key={}", p(&files.kubelet_client_key)),
     ];
+    let mut apiserver_args = apiserver_args;
+    let mut node_ip = KWOK_NODE_IP;
+    if options.mesh.is_some() {
+        // The mesh daemon is every node's kubelet endpoint, on loopback; the default
+        // preference (Hostname first) would look the node's name up in DNS.
+        apiserver_args.push("--kubelet-preferred-address-types=InternalIP".to_string());
+        node_ip = "127.0.0.1";
+    }
     let mut spawned = vec![
         spawn("etcd", &binaries.etcd, &etcd_args, &logs)?,
         spawn(
@@ -777,7 +795,7 @@ async fn boot(
         "--manage-all-nodes=false".to_string(),
         format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_VALUE}"),
         "--cidr=10.244.0.0/16".to_string(),
-        "--node-ip=10.89.0.1".to_string(),
+        format!("--node-ip={node_ip}"),
         "--node-lease-duration-seconds=40".to_string(),
     ];
     spawned.push(spawn(
@@ -908,13 +926,19 @@ async fn start_mesh(
     }
 }
 
-/// The kwok stages that act on nodes only (with the mesh, pods are the runner's).
-fn node_stages_only(stages: &str) -> String {
+/// The kwok stages of a mesh substrate: those that act on nodes only (pods are the
+/// runner's), with the nodes' kubelet port the mesh daemon's. kwok's `--node-port` would
+/// say the same but also make kwok serve on that port itself.
+fn mesh_node_stages(stages: &str) -> String {
     stages
         .split("\n---\n")
         .filter(|doc| !doc.contains("kind: Pod"))
         .collect::<Vec<_>>()
         .join("\n---\n")
+        .replace(
+            "{{ with NodePort }}",
+            &format!("{{{{ with {} }}}}", crate::mesh::kubelet::KUBELET_PORT),
+        )
 }
 
 /// A scheduler that packs pods instead of spreading them, so where replicas land
@@ -1083,6 +1107,19 @@ mod tests {
             })
             .collect();
         assert_eq!(zones, ["a", "b", "c", "a"]);
+    }
+
+    #[test]
+    fn mesh_nodes_name_the_mesh_daemon_as_their_kubelet_and_have_no_pod_stages() {
+        let text = mesh_node_stages(KWOK_STAGES);
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        assert!(
+            docs.iter()
+                .all(|d| d["spec"]["resourceRef"]["kind"] == "Node")
+        );
+        assert!(!text.contains("NodePort"));
+        let port = format!("{{{{ with {} }}}}", crate::mesh::kubelet::KUBELET_PORT);
+        assert_eq!(text.matches(&port).count(), 2, "{text}");
     }
 
     #[test]

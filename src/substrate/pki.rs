@@ -39,6 +39,9 @@ pub struct Pki {
     pub admin: Pem,
     pub controller_manager: Pem,
     pub scheduler: Pem,
+    /// The API server's client certificate towards kubelets (the local mesh's log endpoint
+    /// requires one issued by the CA).
+    pub kubelet_client: Pem,
     /// PKCS#8 PEM of the service-account token signing key.
     pub service_account_key: String,
     /// Its public half (PEM), which the API server verifies tokens with.
@@ -50,6 +53,8 @@ pub struct PkiFiles {
     pub ca_cert: PathBuf,
     pub apiserver_cert: PathBuf,
     pub apiserver_key: PathBuf,
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
     pub service_account_key: PathBuf,
     pub service_account_pub: PathBuf,
 }
@@ -143,6 +148,11 @@ impl Pki {
         let controller_manager =
             client("controller-manager", "system:kube-controller-manager", None)?;
         let scheduler = client("scheduler", "system:kube-scheduler", None)?;
+        let kubelet_client = client(
+            "kubelet client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+        )?;
         let sa = KeyPair::generate().map_err(gen_err("service-account"))?;
         Ok(Pki {
             ca,
@@ -150,6 +160,7 @@ impl Pki {
             admin,
             controller_manager,
             scheduler,
+            kubelet_client,
             service_account_key: sa.serialize_pem(),
             service_account_pub: sa.public_key_pem(),
         })
@@ -161,12 +172,16 @@ impl Pki {
             ca_cert: dir.join("ca.crt"),
             apiserver_cert: dir.join("apiserver.crt"),
             apiserver_key: dir.join("apiserver.key"),
+            kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+            kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
             service_account_key: dir.join("sa.key"),
             service_account_pub: dir.join("sa.pub"),
         };
         write_file(&files.ca_cert, &self.ca.cert)?;
         write_file(&files.apiserver_cert, &self.apiserver.cert)?;
         write_file(&files.apiserver_key, &self.apiserver.key)?;
+        write_file(&files.kubelet_client_cert, &self.kubelet_client.cert)?;
+        write_file(&files.kubelet_client_key, &self.kubelet_client.key)?;
         write_file(&files.service_account_key, &self.service_account_key)?;
         write_file(&files.service_account_pub, &self.service_account_pub)?;
         Ok(files)

@@ -99,12 +99,22 @@ pub fn binaries_or_skip() -> Option<binaries::Binaries> {
 
 /// The cluster, or `None` after [`skip::skip_or_fail`] (which panics in CI).
 pub async fn cluster() -> Option<Cluster> {
-    cdcheck::install_crypto_provider();
     static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let kubeconfig = match KUBECONFIG.get_or_init(start) {
+    connect_or_skip(
+        KUBECONFIG.get_or_init(start),
+        "failed to start the local substrate",
+    )
+    .await
+}
+
+/// A connection through the kubeconfig a start-up returned, or `None` after
+/// [`skip::skip_or_fail`] with why it could not start.
+async fn connect_or_skip(started: &Result<PathBuf, String>, failed: &str) -> Option<Cluster> {
+    cdcheck::install_crypto_provider();
+    let kubeconfig = match started {
         Ok(path) => path.clone(),
         Err(why) => {
-            skip::skip_or_fail(&format!("failed to start the local substrate: {why}"));
+            skip::skip_or_fail(&format!("{failed}: {why}"));
             return None;
         }
     };
@@ -305,4 +315,15 @@ pub fn start_mesh() -> Result<PathBuf, String> {
     })
     .join()
     .map_err(|_| "the mesh start-up thread panicked".to_string())?
+}
+
+/// The local mesh substrate (started once per test binary), or `None` after
+/// [`skip::skip_or_fail`] (which panics in CI) when it cannot run here.
+pub async fn mesh_cluster() -> Option<Cluster> {
+    static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    connect_or_skip(
+        KUBECONFIG.get_or_init(start_mesh),
+        "the local mesh cannot start",
+    )
+    .await
 }
