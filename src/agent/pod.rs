@@ -1,6 +1,7 @@
 //! The agent's Pod and arguments for one environment: pure functions, so what the runner
-//! deploys can be read and tested without a cluster. The pod gets its sidecar from the
-//! namespace's `istio-injection=enabled`, asks Istio to record the outbound clusters'
+//! deploys can be read and tested without a cluster. The pod asks for its sidecar
+//! with the label `sidecar.istio.io/inject: "true"` (whatever its namespace's
+//! `istio-injection` says; the local mesh injects by that label only), asks Istio to record the outbound clusters'
 //! stats and to start the app only once the proxy is up, and runs `cdcheck agent`.
 
 use std::collections::BTreeMap;
