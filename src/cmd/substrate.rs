@@ -302,7 +302,9 @@ fn up_kind(args: UpArgs) -> anyhow::Result<ExitCode> {
     let registry = match args.registry {
         None => None,
         Some(RegistryKind::Local) => {
-            let engine = doctor::diagnose(&SystemHost)
+            // The preflight first: a machine that cannot run kind gets no registry container.
+            let engine = doctor::require_ready(&SystemHost)
+                .map_err(kind::KindError::from)?
                 .engine
                 .unwrap_or(doctor::Engine::Docker);
             // A registry of ours that a killed `up` left behind holds the name and port.
