@@ -9,9 +9,11 @@
 //! - [`doctor`]: the kind substrate's preflight (`cdcheck doctor`).
 //! - [`kind`]: the kind substrate as a plan of commands, its fingerprint and reuse rule.
 //! - [`tools`]: `substrate install --substrate kind`: kind from the Go module proxy, nothing unverified.
+//! - [`containers`]: container-side helpers through testcontainers (the local registry of feature images).
 //! - [`existing`]: a cluster of the user's: the Istio check and namespaces labelled as cdcheck's.
 
 pub mod binaries;
+pub mod containers;
 pub mod doctor;
 pub mod existing;
 pub mod host;

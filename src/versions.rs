@@ -82,6 +82,19 @@ pub const AGENT_RUNTIME_IMAGE: &str = "docker.io/library/debian:bookworm-slim";
 /// this version of cdcheck (`localhost/`: never pulled; `kind load` puts it on the nodes).
 pub const AGENT_IMAGE: &str = concat!("localhost/cdcheck-agent:", env!("CARGO_PKG_VERSION"));
 
+/// Image of the local OCI registry `cdcheck up --substrate kind --registry local` starts for the
+/// feature images (kind's documented local-registry setup uses Docker's official `registry`
+/// image). Pinned by tag only: its digest could not be read from here (no registry is
+/// reachable), and a digest copied from a third party would not be a pin we can justify. The
+/// tag is the major release of [`DISTRIBUTION`], whose configuration path and port it shares.
+pub const REGISTRY_IMAGE: &str = "docker.io/library/registry:3";
+
+/// CNCF Distribution (the registry server of [`REGISTRY_IMAGE`]) as a Go module version: the
+/// tests build `github.com/distribution/distribution/v3/cmd/registry` at this version into a
+/// `FROM scratch` image on the machine, since no image can be pulled there
+/// (`scripts/build-registry.sh`, cached in `~/.cache/cdcheck/bin/registry-<version>`).
+pub const DISTRIBUTION: &str = "v3.1.2";
+
 /// Kubernetes control plane built for the local substrate: the newest 1.36 patch
 /// on the module proxy, the same minor as the kind node image.
 pub const KUBERNETES: &str = "v1.36.5";
@@ -120,6 +133,8 @@ pub fn all() -> Vec<(&'static str, &'static str)> {
         ("AGENT_IMAGE", AGENT_IMAGE),
         ("AGENT_BUILDER_IMAGE", AGENT_BUILDER_IMAGE),
         ("AGENT_RUNTIME_IMAGE", AGENT_RUNTIME_IMAGE),
+        ("REGISTRY_IMAGE", REGISTRY_IMAGE),
+        ("DISTRIBUTION", DISTRIBUTION),
         ("KIND_NODE_IMAGE", KIND_NODE_IMAGE),
         ("KUBERNETES", KUBERNETES),
         ("ETCD", ETCD),

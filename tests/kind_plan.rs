@@ -8,8 +8,9 @@ mod support_host;
 
 use std::path::PathBuf;
 
+use cdcheck::substrate::containers::{self, ContainersError};
 use cdcheck::substrate::kind::{
-    self, Decision, Fingerprint, KindError, KindOptions, Observed, Step,
+    self, Decision, Fingerprint, KindError, KindOptions, Observed, RegistryMirror, Step,
 };
 use support_host::{FakeHost, fails, ok};
 
@@ -348,5 +349,136 @@ fn the_repository_files_are_what_the_plan_writes_and_the_fingerprint_hashes() {
     assert_eq!(
         overlay["spec"]["meshConfig"]["defaultConfig"]["holdApplicationUntilProxyStarts"],
         true
+    );
+}
+
+#[test]
+fn a_local_registry_brings_the_feature_images_to_every_node_under_their_manifest_names() {
+    let mut options = options();
+    options.registry = Some(RegistryMirror::kind_default());
+    let plan = kind::up_plan(&options, &Decision::Create);
+    insta::assert_yaml_snapshot!("create_registry", plan);
+    let lines = lines(&plan);
+    let at = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}`: {lines:#?}"))
+    };
+    // The kind network exists once the cluster does; the registry is checked before any push.
+    let create = at("kind create cluster");
+    let connect = at("docker network connect kind cdcheck-registry");
+    let check = at("check the local registry at localhost:5001");
+    let push = at("docker push");
+    assert!(
+        create < connect && connect < check && check < push,
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("kind load")),
+        "{lines:#?}"
+    );
+    let nodes = kind::node_names("cdcheck");
+    assert_eq!(
+        nodes,
+        [
+            "cdcheck-control-plane",
+            "cdcheck-worker",
+            "cdcheck-worker2",
+            "cdcheck-worker3"
+        ]
+    );
+    for node in &nodes {
+        for host in ["localhost:5001", "us-central1-docker.pkg.dev"] {
+            let write = format!(
+                "docker exec -i {node} sh -c 'mkdir -p /etc/containerd/certs.d/{host} && cat > /etc/containerd/certs.d/{host}/hosts.toml' <<'EOF' ... EOF"
+            );
+            assert!(lines.contains(&write), "{write}: {lines:#?}");
+        }
+    }
+    for (upstream, feature) in kind::feature_images() {
+        let pushed = format!("localhost:5001/{}", containers::repository_path(&feature));
+        assert!(lines.contains(&format!("docker tag {upstream} {pushed}")));
+        let push = at(&format!("docker push {pushed}"));
+        for node in &nodes {
+            // Pulled by the name the manifests use: the mirror resolves it to the registry.
+            let pull = at(&format!("docker exec {node} crictl pull {feature}"));
+            assert!(push < pull, "{lines:#?}");
+        }
+    }
+    // The upstream host stays the fallback, so only what the registry holds comes from it.
+    let hosts = kind::registry_hosts(&RegistryMirror::kind_default());
+    assert_eq!(hosts[0].1, "[host.\"http://cdcheck-registry:5000\"]\n");
+    assert!(
+        hosts[1]
+            .1
+            .starts_with("server = \"https://us-central1-docker.pkg.dev\""),
+        "{}",
+        hosts[1].1
+    );
+    assert!(kind::local_registry_hosting_yaml().contains("host: \"localhost:5001\""));
+    let hosting = at("kubectl --kubeconfig /state/kind/kubeconfig --context kind-cdcheck apply");
+    assert!(hosting < lines.len() - 1, "the fingerprint stays last");
+}
+
+#[test]
+fn a_reused_cluster_with_a_local_registry_pushes_again_but_creates_nothing() {
+    let mut options = options();
+    options.registry = Some(RegistryMirror::kind_default());
+    let lines = lines(&kind::up_plan(&options, &Decision::Reuse));
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("kind create") || l.starts_with("istioctl install")),
+        "{lines:#?}"
+    );
+    // The registry is new with each `up`: it joins the network and gets the images again.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("docker network connect kind"))
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("docker push"))
+            .count(),
+        kind::FEATURE_SERVICES.len()
+    );
+}
+
+#[test]
+fn a_stopped_local_registry_fails_the_feature_push_step_before_anything_is_pushed() {
+    // Bind then drop: nothing listens on that port, as after the registry's container stopped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut options = options();
+    options.registry = Some(RegistryMirror {
+        container: "cdcheck-registry".into(),
+        push_address: address.clone(),
+    });
+    let plan = kind::up_plan(&options, &Decision::Reuse);
+    let host = FakeHost::ready();
+    let error = kind::execute(&host, &plan, |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            KindError::Registry(ContainersError::Unreachable { .. })
+        ),
+        "{error:?}"
+    );
+    let message = format!("failed to {error}");
+    assert!(
+        message.starts_with(&format!("failed to reach the local registry at {address}")),
+        "{message}"
+    );
+    assert!(
+        !host.lines().iter().any(|l| l.contains(" push ")),
+        "{:#?}",
+        host.lines()
     );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cdcheck::substrate::host::SystemHost;
-use cdcheck::substrate::{binaries, doctor, kind, local};
+use cdcheck::substrate::{binaries, containers, doctor, kind, local};
 
 /// Which substrate `up` provisions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -17,6 +17,14 @@ pub enum SubstrateKind {
     Local,
     /// kind + Istio (needs Docker or Podman, kind, istioctl, kubectl: `cdcheck doctor`).
     Kind,
+}
+
+/// Where `up --substrate kind` puts the feature images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistryKind {
+    /// A local OCI registry container (kind's documented `localhost:5001` setup) started
+    /// through the Docker API for this command and removed when it ends.
+    Local,
 }
 
 #[derive(clap::Args, Debug)]
@@ -57,6 +65,12 @@ pub struct UpArgs {
     /// kind: the in-mesh agent's image (built from agent/Dockerfile), loaded into the nodes.
     #[arg(long, value_name = "REF")]
     pub agent_image: Option<String>,
+
+    /// kind: push the feature images through a local registry (pulled by every node by the
+    /// manifests' names) instead of `kind load`. The registry's image is
+    /// `$CDCHECK_REGISTRY_IMAGE`, else the pin of `cdcheck versions REGISTRY_IMAGE`.
+    #[arg(long, value_enum)]
+    pub registry: Option<RegistryKind>,
 
     /// kind: where the kind config, Istio overlay and kubeconfig are written.
     #[arg(long, env = "CDCHECK_KIND_STATE_DIR", value_name = "DIR")]
@@ -203,6 +217,7 @@ fn install_kind_tools() -> anyhow::Result<ExitCode> {
         let done = kind::execute(&SystemHost, &plan, |step| match step {
             kind::Step::Write { path, .. } => eprintln!("+ write {}", path.display()),
             kind::Step::Run { purpose, .. } => eprintln!("+ {purpose}"),
+            step @ kind::Step::CheckRegistry { .. } => eprintln!("+ {step}"),
         });
         match done {
             Ok(()) => println!("{tool} {version} in {}", dir.display()),
@@ -283,7 +298,64 @@ fn up_kind(args: UpArgs) -> anyhow::Result<ExitCode> {
     options.recreate = args.recreate;
     options.preload = args.preload;
     options.agent_image = args.agent_image;
-    let cluster = match kind::up(&SystemHost, &options, |step| eprintln!("+ {step}")) {
+    let runtime = runtime()?;
+    let registry = match args.registry {
+        None => None,
+        Some(RegistryKind::Local) => {
+            // The preflight first: a machine that cannot run kind gets no registry container.
+            let engine = doctor::require_ready(&SystemHost)
+                .map_err(kind::KindError::from)?
+                .engine
+                .unwrap_or(doctor::Engine::Docker);
+            // A registry of ours that a killed `up` left behind holds the name and port.
+            if containers::remove_leftover(&SystemHost, engine, containers::KIND_REGISTRY_NAME)
+                .context("start the local registry")?
+            {
+                eprintln!(
+                    "removed the local registry {} an earlier run left",
+                    containers::KIND_REGISTRY_NAME
+                );
+            }
+            let image = std::env::var("CDCHECK_REGISTRY_IMAGE")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| cdcheck::versions::REGISTRY_IMAGE.to_string());
+            let registry = runtime
+                .block_on(containers::LocalRegistry::start(
+                    &containers::RegistryOptions::for_kind(image),
+                ))
+                .context("start the local registry")?;
+            eprintln!(
+                "local registry {} on {} (removed when this command ends)",
+                containers::KIND_REGISTRY_NAME,
+                registry.address()
+            );
+            options.registry = Some(kind::RegistryMirror::kind_default());
+            Some(registry)
+        }
+    };
+    // The plan runs on a blocking thread so Ctrl-C can end the wait; either way the registry
+    // is removed below (its handle's drop needs the runtime's context, hence `block_on`).
+    let outcome = runtime.block_on(async {
+        let up = tokio::task::spawn_blocking(move || {
+            kind::up(&SystemHost, &options, |step| eprintln!("+ {step}"))
+        });
+        tokio::select! {
+            joined = up => Some(joined.expect("the kind plan does not panic")),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    if let Some(registry) = registry {
+        runtime
+            .block_on(registry.remove())
+            .context("remove the local registry")?;
+    }
+    let Some(outcome) = outcome else {
+        anyhow::bail!(
+            "bring up the kind substrate: interrupted (the local registry was removed; `cdcheck up --substrate kind` again resumes)"
+        );
+    };
+    let cluster = match outcome {
         Ok(cluster) => cluster,
         // The preflight's lines read best on their own.
         Err(e @ kind::KindError::Preflight(_)) => return Err(e.into()),
@@ -311,9 +383,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         return up_kind(args);
     }
-    if args.recreate || args.preload || args.agent_image.is_some() {
+    if args.recreate || args.preload || args.agent_image.is_some() || args.registry.is_some() {
         anyhow::bail!(
-            "use --recreate, --preload or --agent-image: they apply to --substrate kind only"
+            "use --recreate, --preload, --agent-image or --registry: they apply to --substrate kind only"
         );
     }
     let found = ensure_binaries()?;

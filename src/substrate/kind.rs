@@ -3,6 +3,12 @@
 //! images, and delete only a cluster it created. Plans are pure; [`execute`] runs one
 //! through a [`Host`], so tests snapshot every command and its arguments without Docker.
 //!
+//! With a local registry ([`RegistryMirror`], `up --registry local`), the feature images go
+//! through it the way kind's documentation sets one up, instead of `kind load`: the registry
+//! joins the `kind` network, every node's containerd gets a `hosts.toml` for `localhost:5001`
+//! and for Online Boutique's registry host (so the manifests keep their image names), the
+//! images are pushed, and the `local-registry-hosting` ConfigMap (KEP-1755) says where it is.
+//!
 //! A cluster is cdcheck's when its control-plane node carries [`CREATED_BY_LABEL`]
 //! (written by `kind-config.yaml`); it is reused when the fingerprint cdcheck wrote into
 //! `kube-system/cdcheck-fingerprint` after installing Istio (node image, Istio version,
@@ -14,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::containers::{self, ContainersError};
 use super::doctor::{self, Engine, NotReady};
 use super::host::{Cmd, Host, Output};
 use crate::versions;
@@ -80,7 +87,45 @@ pub enum KindError {
     Foreign { action: &'static str, name: String },
     #[error("read the fingerprint of kind cluster {name}: {detail}")]
     Fingerprint { name: String, detail: String },
+    #[error(transparent)]
+    Registry(#[from] ContainersError),
 }
+
+/// The local registry a plan pushes the feature images to, as the plan sees it (the
+/// container itself is [`containers::LocalRegistry`], started and removed by the caller).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RegistryMirror {
+    /// The container's name: what the nodes' containerd reaches on the `kind` network.
+    pub container: String,
+    /// `host:port` the engine pushes to from this machine.
+    pub push_address: String,
+}
+
+impl RegistryMirror {
+    /// kind's documented setup: `cdcheck-registry` on `localhost:5001`.
+    pub fn kind_default() -> RegistryMirror {
+        RegistryMirror {
+            container: containers::KIND_REGISTRY_NAME.to_string(),
+            push_address: format!("localhost:{}", containers::KIND_REGISTRY_HOST_PORT),
+        }
+    }
+
+    /// The registry as the nodes reach it.
+    fn endpoint(&self) -> String {
+        format!(
+            "http://{}:{}",
+            self.container,
+            containers::REGISTRY_CONTAINER_PORT
+        )
+    }
+}
+
+/// Where the nodes' containerd looks for registry hosts (`kind-config.yaml`'s patch).
+pub const CONTAINERD_CERTS_DIR: &str = "/etc/containerd/certs.d";
+
+/// The ConfigMap KEP-1755 defines for telling tools where a cluster's local registry is.
+pub const LOCAL_REGISTRY_HOSTING: &str = "local-registry-hosting";
 
 /// What `up --substrate kind` and `down --substrate kind` are asked to do.
 #[derive(Clone, Debug)]
@@ -94,6 +139,8 @@ pub struct KindOptions {
     pub preload: bool,
     /// The in-mesh agent's image (built from `agent/Dockerfile`), loaded when set.
     pub agent_image: Option<String>,
+    /// Push the feature images to this local registry instead of `kind load`.
+    pub registry: Option<RegistryMirror>,
     pub engine: Engine,
 }
 
@@ -105,6 +152,7 @@ impl KindOptions {
             recreate: false,
             preload: false,
             agent_image: None,
+            registry: None,
             engine: Engine::Docker,
         }
     }
@@ -267,6 +315,9 @@ pub enum Step {
     },
     /// Run a command; `purpose` reads after "failed to".
     Run { purpose: String, cmd: Cmd },
+    /// Check the local registry answers before pushing to it (`GET /v2/`), so a registry
+    /// that is gone reads as such rather than as the engine's retries.
+    CheckRegistry { address: String },
 }
 
 fn ser_sha<S: serde::Serializer>(contents: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -287,6 +338,7 @@ impl std::fmt::Display for Step {
         match self {
             Step::Write { path, .. } => write!(f, "write {}", path.display()),
             Step::Run { cmd, .. } => write!(f, "{cmd}"),
+            Step::CheckRegistry { address } => write!(f, "check the local registry at {address}"),
         }
     }
 }
@@ -359,6 +411,127 @@ fn load(options: &KindOptions, image: &str) -> Step {
             &["load", "docker-image", "--name", &options.name, image],
         ),
     )
+}
+
+/// The node containers `kind-config.yaml` makes (kind's naming: `<name>-control-plane`,
+/// `<name>-worker`, `<name>-worker2`, ...).
+pub fn node_names(name: &str) -> Vec<String> {
+    let workers = KIND_CONFIG.matches("role: worker").count();
+    let mut nodes = vec![format!("{name}-control-plane")];
+    nodes.extend((1..=workers).map(|i| match i {
+        1 => format!("{name}-worker"),
+        i => format!("{name}-worker{i}"),
+    }));
+    nodes
+}
+
+/// The containerd `hosts.toml` of each registry host the nodes resolve through the local
+/// registry: kind's `localhost:5001`, and Online Boutique's registry host with the upstream as
+/// the fallback `server`, so a feature tag is found locally under the manifests' image name
+/// and every other image still comes from upstream.
+pub fn registry_hosts(registry: &RegistryMirror) -> Vec<(String, String)> {
+    let endpoint = registry.endpoint();
+    let upstream = versions::ONLINE_BOUTIQUE_REGISTRY
+        .split('/')
+        .next()
+        .expect("a registry host");
+    vec![
+        (
+            format!("localhost:{}", containers::KIND_REGISTRY_HOST_PORT),
+            format!("[host.\"{endpoint}\"]\n"),
+        ),
+        (
+            upstream.to_string(),
+            format!(
+                "server = \"https://{upstream}\"\n\n[host.\"{endpoint}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        ),
+    ]
+}
+
+/// KEP-1755's ConfigMap: where the cluster's local registry is, for tools that push to it.
+pub fn local_registry_hosting_yaml() -> String {
+    let cm = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": LOCAL_REGISTRY_HOSTING,
+            "namespace": "kube-public",
+            "labels": {CREATED_BY_LABEL: CREATED_BY_VALUE},
+        },
+        "data": {
+            "localRegistryHosting.v1": format!(
+                "host: \"localhost:{}\"\nhelp: \"https://kind.sigs.k8s.io/docs/user/local-registry/\"\n",
+                containers::KIND_REGISTRY_HOST_PORT
+            ),
+        },
+    });
+    serde_saphyr::to_string(&cm).expect("a ConfigMap serializes")
+}
+
+/// The registry's steps before any push: on the `kind` network, and known to every node.
+fn registry_setup(options: &KindOptions, registry: &RegistryMirror) -> Vec<Step> {
+    let mut steps = vec![Step::run(
+        format!(
+            "connect the local registry {} to the kind network",
+            registry.container
+        ),
+        engine(
+            options,
+            &["network", "connect", "kind", &registry.container],
+        ),
+    )];
+    for node in node_names(&options.name) {
+        for (host, toml) in registry_hosts(registry) {
+            let dir = format!("{CONTAINERD_CERTS_DIR}/{host}");
+            steps.push(Step::run(
+                format!("point {node}'s containerd at the local registry for {host}"),
+                engine(
+                    options,
+                    &[
+                        "exec",
+                        "-i",
+                        &node,
+                        "sh",
+                        "-c",
+                        &format!("mkdir -p {dir} && cat > {dir}/hosts.toml"),
+                    ],
+                )
+                .with_stdin(toml),
+            ));
+        }
+    }
+    steps.push(Step::CheckRegistry {
+        address: registry.push_address.clone(),
+    });
+    steps
+}
+
+/// A feature image through the registry: pushed under its upstream path, then pulled by every
+/// node by the manifests' name (through the mirror), so it is in each node's store before the
+/// registry goes away with the command that started it.
+fn registry_feature(
+    options: &KindOptions,
+    registry: &RegistryMirror,
+    upstream: &str,
+    feature: &str,
+) -> Vec<Step> {
+    let mut steps: Vec<Step> = containers::push_commands(
+        options.engine,
+        upstream,
+        &registry.push_address,
+        containers::repository_path(feature),
+    )
+    .into_iter()
+    .map(|(purpose, cmd)| Step::run(purpose, cmd))
+    .collect();
+    for node in node_names(&options.name) {
+        steps.push(Step::run(
+            format!("pull {feature} on {node} through the local registry"),
+            engine(options, &["exec", &node, "crictl", "pull", feature]),
+        ));
+    }
+    steps
 }
 
 /// The steps of `up` for a decision (empty for [`Decision::Refuse`]).
@@ -443,11 +616,16 @@ pub fn up_plan(options: &KindOptions, decision: &Decision) -> Plan {
     }
     // Upstream publishes no feature tags: make them from the release's images (a reused
     // cluster has them since its creation, so it needs no registry unless --preload).
-    let features = if creating || options.preload {
+    // With a local registry the feature images always go through it: the registry is new
+    // with each `up`, and pushing is how its path to the nodes is checked.
+    let features = if creating || options.preload || options.registry.is_some() {
         feature_images()
     } else {
         Vec::new()
     };
+    if let Some(registry) = &options.registry {
+        steps.extend(registry_setup(options, registry));
+    }
     for (upstream, feature) in features {
         if !options.preload {
             steps.push(Step::run(
@@ -455,11 +633,18 @@ pub fn up_plan(options: &KindOptions, decision: &Decision) -> Plan {
                 engine(options, &["pull", &upstream]),
             ));
         }
-        steps.push(Step::run(
-            format!("tag {upstream} as the feature image {feature}"),
-            engine(options, &["tag", &upstream, &feature]),
-        ));
-        steps.push(load(options, &feature));
+        match &options.registry {
+            Some(registry) => {
+                steps.extend(registry_feature(options, registry, &upstream, &feature))
+            }
+            None => {
+                steps.push(Step::run(
+                    format!("tag {upstream} as the feature image {feature}"),
+                    engine(options, &["tag", &upstream, &feature]),
+                ));
+                steps.push(load(options, &feature));
+            }
+        }
     }
     if creating {
         steps.push(Step::run(
@@ -497,6 +682,23 @@ pub fn up_plan(options: &KindOptions, decision: &Decision) -> Plan {
                     &format!("--timeout={ISTIO_READY_TIMEOUT}"),
                 ],
             ),
+        ));
+    }
+    if options.registry.is_some() {
+        steps.push(Step::run(
+            "tell the cluster's tools where the local registry is (local-registry-hosting)",
+            kubectl(
+                options,
+                &[
+                    "apply",
+                    "--server-side",
+                    "--field-manager",
+                    "cdcheck",
+                    "-f",
+                    "-",
+                ],
+            )
+            .with_stdin(local_registry_hosting_yaml()),
         ));
     }
     if creating {
@@ -674,6 +876,7 @@ pub fn execute(
             Step::Run { purpose, cmd } => {
                 output(host, purpose, cmd)?;
             }
+            Step::CheckRegistry { address } => containers::ping(address)?,
         }
     }
     Ok(())
