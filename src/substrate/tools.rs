@@ -264,7 +264,7 @@ mod tests {
             .iter()
             .map(|s| match s {
                 Step::Run { cmd, .. } => cmd.to_string(),
-                Step::Write { path, .. } => format!("write {}", path.display()),
+                other => format!("{other:?}"),
             })
             .collect();
         assert_eq!(
