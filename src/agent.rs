@@ -147,16 +147,7 @@ pub enum Record {
     },
 }
 
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+use crate::error_chain as chain;
 
 /// Runs the batches, then the health checks; emits every record, ends with `Done`.
 /// Returns whether anything failed.

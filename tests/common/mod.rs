@@ -72,14 +72,7 @@ fn start() -> Result<PathBuf, String> {
 
 /// An error and its sources on one line.
 pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    cdcheck::error_chain(error)
 }
 
 /// The control-plane binaries, or `None` after [`skip::skip_or_fail`] (which
