@@ -67,6 +67,51 @@ impl std::fmt::Display for Verdict {
     }
 }
 
+/// Why a check did not run. A pipeline's own defect is never a skip: it is a finding.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkipKind {
+    /// The substrate serves no traffic (no gateway, no mesh), and the step needs it.
+    NoDataPlane,
+    /// The pipeline under test gives nothing for the check to judge (no feature release,
+    /// no next release): a pipeline that does not claim the promise.
+    NotApplicable,
+    /// The substrate refuses the step (a drain that would cordon a shared node).
+    Refused,
+    /// What the check needs cannot be had by its mechanism (`rollout undo` of blue/green).
+    Limitation,
+    /// An earlier step of the scenario could not complete (the scenario has failed already).
+    NotRun,
+}
+
+impl SkipKind {
+    pub const ALL: [SkipKind; 5] = [
+        SkipKind::NoDataPlane,
+        SkipKind::NotApplicable,
+        SkipKind::Refused,
+        SkipKind::Limitation,
+        SkipKind::NotRun,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipKind::NoDataPlane => "no-data-plane",
+            SkipKind::NotApplicable => "not-applicable",
+            SkipKind::Refused => "refused",
+            SkipKind::Limitation => "limitation",
+            SkipKind::NotRun => "not-run",
+        }
+    }
+}
+
+impl std::fmt::Display for SkipKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One thing found wrong, tied to the object it concerns when there is one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Finding {
@@ -117,6 +162,9 @@ pub struct CheckResult {
     /// Why it did not run (Skipped), e.g. `local has no data plane`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_reason: Option<String>,
+    /// What kind of skip it was (Skipped); `--require` decides on this, never on the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_kind: Option<SkipKind>,
     /// Since the run started.
     #[serde(with = "millis")]
     #[schemars(with = "u64")]

@@ -118,9 +118,16 @@ async fn machine() -> Option<Machine> {
 
 async fn start(image: &str) -> LocalRegistry {
     let started = Instant::now();
-    let registry = LocalRegistry::start(&RegistryOptions::new(image))
-        .await
-        .expect("start the local registry");
+    let registry = match LocalRegistry::start(&RegistryOptions::new(image)).await {
+        Ok(registry) => registry,
+        Err(e) => {
+            let error = cdcheck::error_chain(&e);
+            match rlimit_cause(&error) {
+                Some(cause) => panic!("start the local registry: {error}\n{cause}"),
+                None => panic!("start the local registry: {error}"),
+            }
+        }
+    };
     eprintln!(
         "registry {} serving on {} in {:.1?}",
         registry.id(),
@@ -128,6 +135,62 @@ async fn start(image: &str) -> LocalRegistry {
         started.elapsed()
     );
     registry
+}
+
+/// When runc refused a container's rlimits, why: the engine asked for a limit above the hard
+/// limit of the service process that starts containers, which only CAP_SYS_RESOURCE could raise.
+fn rlimit_cause(error: &str) -> Option<String> {
+    if !error.contains("error setting rlimit") {
+        return None;
+    }
+    let service = docker_api()
+        .and_then(|api| socket_owner(api.strip_prefix("unix://").unwrap_or(&api)))
+        .map(|pid| {
+            let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+            let hard: Vec<String> = limits
+                .lines()
+                .filter(|l| l.starts_with("Max processes") || l.starts_with("Max open files"))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect();
+            format!("the service (pid {pid}) holds: {}", hard.join("; "))
+        })
+        .unwrap_or_else(|| "the service's process was not found".into());
+    Some(format!(
+        "cause: the container engine asked runc for an rlimit (type 6 is RLIMIT_NPROC, 7 RLIMIT_NOFILE) \
+         above the hard limit of its own service process, and without CAP_SYS_RESOURCE runc cannot \
+         raise it; {service}. Set the containers' default_ulimits to the service's own hard limits \
+         (.ci/run reads them from /proc/PID/limits of the service it starts) and restart the service."
+    ))
+}
+
+/// The process listening on a unix socket, from /proc/net/unix and the processes' descriptors.
+fn socket_owner(path: &str) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let inode = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(7) == Some(path))?
+        .split_whitespace()
+        .nth(6)?
+        .to_string();
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        std::fs::read_dir(entry.path().join("fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == wanted))
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn an_rlimit_refusal_is_told_apart_with_the_service_limits() {
+    let error = "start the registry container: runc create failed: unable to start container \
+                 process: error during container init: error setting rlimit type 6: operation not permitted";
+    let cause = rlimit_cause(error).expect("an rlimit refusal is recognised");
+    assert!(cause.contains("RLIMIT_NPROC"), "{cause}");
+    assert!(cause.contains("CAP_SYS_RESOURCE"), "{cause}");
+    assert_eq!(rlimit_cause("image not found: localhost/x"), None);
 }
 
 /// Whether the engine still knows a container of that id.

@@ -74,7 +74,7 @@ fn run_one(scenario: Scenario) -> Result<(), Failed> {
         let mut run_config = RunConfig::new("local", Pipeline::reference());
         if *mesh {
             run_config.data_plane = true;
-            run_config.require_data_plane = true;
+            run_config.require = [cdcheck::report::SkipKind::NoDataPlane].into();
             run_config.ingress = Some(cdcheck::scenario::dataplane::Ingress::local_mesh(
                 common::mesh_state_dir(),
             ));

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use cdcheck::report::{self, Event, Reporter, Verdict};
+use cdcheck::report::{self, Event, Reporter, SkipKind, Verdict};
 use cdcheck::scenario::dataplane::{InMesh, Ingress};
 use cdcheck::scenario::pipeline::{Manifests, Pipeline};
 use cdcheck::scenario::runner::{self, Cluster, RunConfig};
@@ -29,10 +29,32 @@ pub enum SubstrateChoice {
     Existing,
 }
 
+/// Which skips `--require` turns into failures (decided on the skip's kind, never its text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Requirement {
-    /// Fail, rather than skip, every step that needs a data plane when the substrate has none.
+    /// Steps that need a data plane, on a substrate that has none.
     DataPlane,
+    /// Checks with nothing to judge in this pipeline (no feature or next release given).
+    NotApplicable,
+    /// Steps the substrate refuses (the drain on an existing cluster without --allow-cordon).
+    Refused,
+    /// Checks a mechanism cannot make (`rollout undo` of blue/green Deployments).
+    Limitation,
+    /// Every skip: a run passes only if every check ran.
+    All,
+}
+
+impl Requirement {
+    /// The skip kinds this requirement turns into failures.
+    pub fn skip_kinds(self) -> Vec<SkipKind> {
+        match self {
+            Requirement::DataPlane => vec![SkipKind::NoDataPlane],
+            Requirement::NotApplicable => vec![SkipKind::NotApplicable],
+            Requirement::Refused => vec![SkipKind::Refused],
+            Requirement::Limitation => vec![SkipKind::Limitation],
+            Requirement::All => SkipKind::ALL.to_vec(),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,7 +116,7 @@ pub struct Args {
     #[arg(long)]
     pub keep: bool,
 
-    /// Turn skips of this kind into failures.
+    /// Turn skips of this kind into failures (repeatable; `all`: any skip fails).
     #[arg(long, value_enum)]
     pub require: Vec<Requirement>,
 
@@ -305,7 +327,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.ingress = ingress;
     config.jobs = usize::from(args.jobs);
     config.keep = args.keep;
-    config.require_data_plane = args.require.contains(&Requirement::DataPlane);
+    config.require = args.require.iter().flat_map(|r| r.skip_kinds()).collect();
     config.rollout_timeout = args.rollout_timeout;
     config.allow_cordon = substrate != SubstrateChoice::Existing || args.allow_cordon;
     if !args.single_instance.is_empty() {

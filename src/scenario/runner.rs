@@ -26,7 +26,7 @@ use crate::kube::{apply, diagnostics, drain, rbac, release, rollback, rollout};
 use crate::manifests::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, Object};
 use crate::report::{
     CheckResult, Event, Finding, KubeEvent, KubeEventKind, RunReport, SCHEMA_VERSION,
-    ScenarioReport, Totals, Verdict,
+    ScenarioReport, SkipKind, Totals, Verdict,
 };
 
 /// How a run is set up.
@@ -38,8 +38,8 @@ pub struct RunConfig {
     pub data_plane: bool,
     /// Where the substrate's gateway answers (set with `data_plane`).
     pub ingress: Option<super::dataplane::Ingress>,
-    /// Turns data-plane skips into failures.
-    pub require_data_plane: bool,
+    /// Skips of these kinds fail instead (`--require`).
+    pub require: std::collections::BTreeSet<SkipKind>,
     /// Scenarios run at once.
     pub jobs: usize,
     /// Keep what the run created (namespaces, gateway objects).
@@ -64,7 +64,7 @@ impl RunConfig {
             substrate: substrate.to_string(),
             data_plane: false,
             ingress: None,
-            require_data_plane: false,
+            require: Default::default(),
             jobs: 4,
             keep: false,
             pipeline,
@@ -351,7 +351,7 @@ impl<'a> ScenarioRun<'a> {
         description: &str,
         verdict: Verdict,
         findings: Vec<Finding>,
-        skip_reason: Option<String>,
+        skip: Option<(SkipKind, String)>,
     ) {
         // A check that runs twice in a scenario (e.g. two switches) gets `#2`, `#3`:
         // JUnit testcases and report rows are told apart by name.
@@ -371,7 +371,8 @@ impl<'a> ScenarioRun<'a> {
             step: self.step,
             verdict,
             findings,
-            skip_reason,
+            skip_kind: skip.as_ref().map(|(kind, _)| *kind),
+            skip_reason: skip.map(|(_, reason)| reason),
             at: self.step_at,
             duration: self.step_started.elapsed(),
         };
@@ -402,18 +403,14 @@ impl<'a> ScenarioRun<'a> {
         Abort
     }
 
-    fn skip(&mut self, name: &str, description: &str, reason: String) {
-        let verdict = if self.config.require_data_plane && reason.contains("data plane") {
-            Verdict::Failed
+    /// A check that did not run. A kind the run requires (`--require`) fails instead.
+    fn skip(&mut self, name: &str, description: &str, kind: SkipKind, reason: String) {
+        if self.config.require.contains(&kind) {
+            let finding = Finding::new(format!("{reason} (skip of kind {kind}, required by --require)"));
+            self.record(name, description, Verdict::Failed, vec![finding], Some((kind, reason)));
         } else {
-            Verdict::Skipped
-        };
-        let findings = if verdict == Verdict::Failed {
-            vec![Finding::new(format!("{reason} (--require data-plane)"))]
-        } else {
-            Vec::new()
-        };
-        self.record(name, description, verdict, findings, Some(reason));
+            self.record(name, description, Verdict::Skipped, Vec::new(), Some((kind, reason)));
+        }
     }
 
     fn kube_event(&mut self, kind: KubeEventKind, object: Option<String>, detail: String) {
@@ -460,6 +457,7 @@ impl<'a> ScenarioRun<'a> {
                 self.skip(
                     &format!("release-{}", release.as_str()),
                     "the pipeline has the release this scenario needs",
+                    SkipKind::NotApplicable,
                     format!("not applicable: {e}"),
                 );
                 Err(Abort)
@@ -620,7 +618,7 @@ async fn run_steps(run: &mut ScenarioRun<'_>) {
         });
         if step.need() == Need::DataPlane && !run.config.data_plane {
             let reason = format!("{} has no data plane", run.config.substrate);
-            run.skip(&step_check_name(step), &step.label(), reason);
+            run.skip(&step_check_name(step), &step.label(), SkipKind::NoDataPlane, reason);
             continue;
         }
         let result = match step {
@@ -644,7 +642,10 @@ async fn run_steps(run: &mut ScenarioRun<'_>) {
                     &later.label(),
                     Verdict::Skipped,
                     Vec::new(),
-                    Some("not run: an earlier step could not complete".into()),
+                    Some((
+                        SkipKind::NotRun,
+                        "not run: an earlier step could not complete".into(),
+                    )),
                 );
             }
             return;
@@ -830,6 +831,7 @@ async fn expect(run: &mut ScenarioRun<'_>, names: &[CheckName]) -> Result<(), Ab
             Judgement::NotApplicable(why) => run.skip(
                 name.as_str(),
                 name.description(),
+                SkipKind::NotApplicable,
                 format!("not applicable: {why}"),
             ),
         }
@@ -1081,6 +1083,7 @@ async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
         run.skip(
             "switch-after-ready",
             "Services switch only after the new release is ready",
+            SkipKind::NotApplicable,
             "not applicable: the pipeline gives no blue/green release to switch to (--next-manifests)".into(),
         );
         return Ok(());
@@ -1534,6 +1537,7 @@ async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
         None => run.skip(
             check,
             description,
+            SkipKind::NotApplicable,
             "not applicable: only one release was deployed before the undo".into(),
         ),
         Some(previous) => {
@@ -1569,6 +1573,7 @@ async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
         run.skip(
             "undo-blue-green",
             "rollout undo of blue/green Deployments",
+            SkipKind::Limitation,
             format!(
                 "limitation: {} hold one release each (blue/green); roll back by switching the Services back",
                 limitations.join(", ")
@@ -1588,9 +1593,12 @@ async fn drain_node(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
             description,
             Verdict::Skipped,
             Vec::new(),
-            Some(format!(
-                "draining cordons a node of the {} cluster, shared with others: pass --allow-cordon to let it",
-                run.config.substrate
+            Some((
+                SkipKind::Refused,
+                format!(
+                    "draining cordons a node of the {} cluster, shared with others: pass --allow-cordon to let it",
+                    run.config.substrate
+                ),
             )),
         );
         return Ok(());
@@ -1733,6 +1741,7 @@ mod tests {
             verdict,
             findings: Vec::new(),
             skip_reason: None,
+            skip_kind: None,
             at: Duration::ZERO,
             duration: Duration::ZERO,
         }

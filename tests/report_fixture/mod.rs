@@ -66,6 +66,7 @@ fn check(
         verdict,
         findings: Vec::new(),
         skip_reason: None,
+        skip_kind: None,
         at: ms(at_ms),
         duration: ms(took_ms),
     }

@@ -146,7 +146,10 @@ pub(super) async fn load_stop(
                 ),
                 crate::report::Verdict::Skipped,
                 Vec::new(),
-                Some("not applicable: no step ran under the load".into()),
+                Some((
+                    crate::report::SkipKind::NotApplicable,
+                    "not applicable: no step ran under the load".into(),
+                )),
             );
             Ok(())
         }
@@ -198,7 +201,10 @@ pub(super) async fn probe(
                     "gRPC calls with the session's userid reach the feature adservice",
                     crate::report::Verdict::Skipped,
                     Vec::new(),
-                    Some("not applicable: the release has no userid route".into()),
+                    Some((
+                        crate::report::SkipKind::NotApplicable,
+                        "not applicable: the release has no userid route".into(),
+                    )),
                 ),
             }
             probe_routing(run, &ingress, &host).await
