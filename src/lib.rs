@@ -2,6 +2,8 @@
 //!
 //! Data flows left to right (ARCHITECTURE.md):
 //!
+//! - [`names`], [`settings`]: the ground floor: the labels, annotations and namespaces
+//!   cdcheck shares across modules; every default and every environment variable it reads.
 //! - [`versions`]: every pinned external version.
 //! - [`catalog`]: the Online Boutique workloads as typed data.
 //! - [`manifests`]: pure functions from catalog + pipeline options to a [`manifests::Bundle`].
@@ -19,8 +21,10 @@ pub mod catalog;
 pub mod kube;
 pub mod manifests;
 pub mod mesh;
+pub mod names;
 pub mod report;
 pub mod scenario;
+pub mod settings;
 pub mod standin;
 pub mod substrate;
 pub mod traffic;

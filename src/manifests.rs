@@ -27,15 +27,10 @@ pub use feature::FeatureBranch;
 pub use options::{Options, RbacMode, Strategy, TlsSource};
 pub use routing::SessionId;
 
-/// Label on every object a pipeline render produces, so a later release can find
-/// (and prune) what an earlier one created.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "cdcheck";
-/// Label naming the environment an object belongs to (shared objects in
-/// `istio-system` carry it too).
-pub const ENVIRONMENT_LABEL: &str = "cdcheck.io/environment";
-/// Label naming the release that rendered an object.
-pub const RELEASE_LABEL: &str = "cdcheck.io/release";
+// The labels every rendered object carries live with the crate's other names.
+pub use crate::names::{
+    CDCHECK as MANAGED_BY_VALUE, ENVIRONMENT_LABEL, MANAGED_BY_LABEL, RELEASE_LABEL,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

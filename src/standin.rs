@@ -41,7 +41,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-pub use crate::scenario::pipeline::BROKEN_TAG;
+use crate::names::BROKEN_TAG;
 use crate::traffic::grpc::{Ad, AdRequest, AdResponse, AdService, AdServiceServer};
 
 /// The response header (and gRPC response metadata) naming the pod that answered.

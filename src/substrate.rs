@@ -1,6 +1,9 @@
 //! Provisions the cluster scenarios run against: the local substrate (a real control
 //! plane as local processes, kwok as the kubelets), kind with Istio, or an existing cluster.
 //!
+//! - [`target`]: the one entry: [`SubstrateOptions`] in, a [`Target`] out (cluster, data
+//!   plane, capabilities), and [`teardown`]. A new substrate is one file plus one variant.
+//! - [`data_plane`]: the gateway's addresses and how in-mesh calls are made.
 //! - [`binaries`]: find or build etcd, kube-apiserver, kube-controller-manager,
 //!   kube-scheduler and kwok at the pins of [`crate::versions`].
 //! - [`local`]: `up` / `down` / the kubeconfig of the local control plane.
@@ -14,6 +17,7 @@
 
 pub mod binaries;
 pub mod containers;
+pub mod data_plane;
 pub mod doctor;
 pub mod existing;
 pub mod host;
@@ -21,7 +25,13 @@ pub mod istio_crds;
 pub mod kind;
 pub mod local;
 mod pki;
+pub mod target;
 pub mod tools;
 
 pub use binaries::{Binaries, Binary, BinaryError};
-pub use local::{LocalError, NEVER_READY_ANNOTATION, Substrate, UpOptions, ZONE_LABEL};
+pub use data_plane::{DataPlane, InMesh};
+pub use local::{LocalError, Substrate, UpOptions, ZONE_LABEL};
+pub use target::{
+    Capabilities, Cluster, MeshChoice, ProvisionError, SubstrateKind, SubstrateOptions, Target,
+    provision, teardown,
+};

@@ -8,9 +8,10 @@
 #[macro_use]
 mod common;
 
+use cdcheck::names::OWNED_BY_LABEL;
 use std::collections::BTreeMap;
 
-use cdcheck::substrate::existing::{self, ExistingError, OWNED_BY_LABEL};
+use cdcheck::substrate::existing::{self, ExistingError};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};

@@ -8,12 +8,12 @@
 
 mod common;
 
+use cdcheck::names::NEVER_READY_ANNOTATION;
 use std::time::{Duration, Instant};
 
 use cdcheck::kube::rollout::{self, FAIL_FAST_MARGIN, RolloutError, RolloutWatch};
 use cdcheck::kube::{apply, release};
 use cdcheck::manifests::{Bundle, Object, Strategy};
-use cdcheck::substrate::NEVER_READY_ANNOTATION;
 use common::{Cluster, ROLLOUT_TIMEOUT, chain};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cdcheck::manifests::Bundle;
-use cdcheck::scenario::dataplane::{Ingress, gateway_target};
+use cdcheck::scenario::dataplane::gateway_target;
+use cdcheck::substrate::DataPlane;
 use cdcheck::traffic::attribution::AttributionRule;
 use cdcheck::traffic::load::{self, LoadSpec};
 use cdcheck::traffic::target::Target;
@@ -63,7 +64,7 @@ async fn expose(client: &kube::Client, env: &str) {
 
 /// Sends `n` requests through the gateway at 100/s; answers per pod and failures.
 async fn through_gateway(host: &str, n: u64) -> (BTreeMap<String, u64>, u64) {
-    let ingress = Ingress::local_mesh(common::mesh_state_dir());
+    let ingress = DataPlane::local_mesh(common::mesh_state_dir());
     let target = Target::Http(gateway_target(&ingress, host, "/").expect("target"));
     let spec = LoadSpec::open(100.0, Duration::from_millis(n * 10))
         .with_attribution(AttributionRule::frontend_pod());

@@ -11,7 +11,7 @@ use cdcheck::report::{RunReport, Verdict};
 use cdcheck::scenario::pipeline::Pipeline;
 use cdcheck::scenario::runner::{self, Cluster, RunConfig};
 use cdcheck::scenario::{Scenario, builtin};
-use cdcheck::substrate::{binaries, local};
+use cdcheck::substrate::{SubstrateKind, binaries, local};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
@@ -71,11 +71,10 @@ fn run_one(scenario: Scenario) -> Result<(), Failed> {
         let client =
             kube::Client::try_from(config.clone()).map_err(|e| Failed::from(e.to_string()))?;
         let cluster = Cluster { config, client };
-        let mut run_config = RunConfig::new("local", Pipeline::reference());
+        let mut run_config = RunConfig::new(SubstrateKind::Local, Pipeline::reference());
         if *mesh {
-            run_config.data_plane = true;
             run_config.require = [cdcheck::report::SkipKind::NoDataPlane].into();
-            run_config.ingress = Some(cdcheck::scenario::dataplane::Ingress::local_mesh(
+            run_config.data_plane = Some(cdcheck::substrate::DataPlane::local_mesh(
                 common::mesh_state_dir(),
             ));
         }

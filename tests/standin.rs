@@ -5,13 +5,14 @@
 #[path = "common/skip.rs"]
 mod skip;
 
+use cdcheck::names::BROKEN_TAG;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use cdcheck::standin::{BROKEN_TAG, POD_HEADER, Role};
+use cdcheck::standin::{POD_HEADER, Role};
 use cdcheck::traffic::attribution::{AttributionRule, ResponseView};
 use cdcheck::traffic::grpc::{AdRequest, AdServiceClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -4,30 +4,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use cdcheck::report::{self, Event, Reporter, SkipKind, Verdict};
-use cdcheck::scenario::dataplane::{InMesh, Ingress};
 use cdcheck::scenario::pipeline::{Manifests, Pipeline};
-use cdcheck::scenario::runner::{self, Cluster, RunConfig};
+use cdcheck::scenario::runner::{self, RunConfig};
 use cdcheck::scenario::spec::Need;
 use cdcheck::scenario::{self, Scenario};
-use cdcheck::substrate::local;
-
-/// Where the run happens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SubstrateChoice {
-    /// A real control plane as local processes, kwok for the nodes: no Docker,
-    /// no data plane (load and probe steps are skipped, and said so).
-    Local,
-    /// kind + Istio (needs Docker or Podman; `cdcheck doctor`): created or reused like
-    /// `cdcheck up --substrate kind`.
-    Kind,
-    /// A cluster of yours with Istio, through --kubeconfig/--context: never created or
-    /// deleted; only namespaces labelled as cdcheck's are touched.
-    Existing,
-}
+use cdcheck::settings;
+use cdcheck::substrate::{self, Cluster, InMesh, MeshChoice, SubstrateKind, SubstrateOptions};
 
 /// Which skips `--require` turns into failures (decided on the skip's kind, never its text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -65,9 +50,9 @@ impl Requirement {
   cdcheck run --list                            # what would run
 Exit status: 0 all passed (skips allowed), 1 a scenario failed, 2 bad input or no substrate.")]
 pub struct Args {
-    /// Substrate to run on. Default: local.
-    #[arg(long, value_enum)]
-    pub substrate: Option<SubstrateChoice>,
+    /// Substrate to run on.
+    #[arg(long, value_enum, default_value_t = SubstrateKind::Local)]
+    pub substrate: SubstrateKind,
 
     /// The pipeline under test: the YAML a real pipeline produced for one environment
     /// (any number of files and documents), instead of cdcheck's reference rendering.
@@ -105,11 +90,11 @@ pub struct Args {
     pub list: bool,
 
     /// Scenarios run at once (each in namespaces of its own).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = settings::JOBS, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
 
     /// Where the JUnit, JSON and HTML reports go.
-    #[arg(long, value_name = "DIR", default_value = "cdcheck-report")]
+    #[arg(long, value_name = "DIR", default_value = settings::REPORT_DIR)]
     pub report_dir: PathBuf,
 
     /// Keep the namespaces and objects the run created (for debugging).
@@ -121,8 +106,8 @@ pub struct Args {
     pub require: Vec<Requirement>,
 
     /// Bound of one rollout.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    pub rollout_timeout: Duration,
+    #[arg(long, default_value_t = settings::ROLLOUT_TIMEOUT.into())]
+    pub rollout_timeout: humantime::Duration,
 
     /// Apps held to no HA check (single instances by design), replacing the default
     /// (Online Boutique's redis-cart and loadgenerator).
@@ -130,11 +115,12 @@ pub struct Args {
     pub single_instance: Vec<String>,
 
     /// Fake nodes of the local substrate (when this run starts it).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=100))]
+    #[arg(long, default_value_t = settings::NODES, value_parser = clap::value_parser!(u32).range(settings::MIN_NODES..=settings::MAX_NODES))]
     pub nodes: u32,
 
-    /// State directory of the local substrate.
-    #[arg(long, env = "CDCHECK_STATE_DIR")]
+    /// State directory of the local substrate (default: $CDCHECK_STATE_DIR, or with the mesh
+    /// $CDCHECK_MESH_STATE_DIR, else under ~/.local/state/cdcheck).
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
 
     /// existing: the kubeconfig (default: $KUBECONFIG's first file, else ~/.kube/config).
@@ -153,7 +139,8 @@ pub struct Args {
 
     /// kind and existing: the in-mesh agent's image (built from agent/Dockerfile; on kind
     /// `cdcheck up --substrate kind --agent-image REF` loads it into the nodes).
-    #[arg(long, value_name = "REF", env = "CDCHECK_AGENT_IMAGE")]
+    /// Default: $CDCHECK_AGENT_IMAGE, else `cdcheck versions AGENT_IMAGE`.
+    #[arg(long, value_name = "REF")]
     pub agent_image: Option<String>,
 
     /// existing: let the `ha` scenario's drain cordon a node of the cluster (it evicts only
@@ -172,14 +159,6 @@ pub struct Args {
     /// installed and cdcheck runs as root (and keeps a running substrate as it is).
     #[arg(long, value_enum, default_value_t = MeshChoice::Auto)]
     pub mesh: MeshChoice,
-}
-
-/// Whether `run` starts the local mesh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum MeshChoice {
-    Auto,
-    On,
-    Off,
 }
 
 fn parse_feature_image(value: &str) -> Result<(String, String), String> {
@@ -233,6 +212,22 @@ fn list(scenarios: &[Scenario]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The substrate this run asks for, from its flags.
+fn substrate_options(args: &Args) -> SubstrateOptions {
+    let mut options = SubstrateOptions::new(args.substrate);
+    options.nodes = args.nodes;
+    options.state_dir = args.state_dir.clone();
+    options.mesh = args.mesh;
+    options.require_data_plane =
+        args.require.contains(&Requirement::DataPlane) || args.require.contains(&Requirement::All);
+    options.kubeconfig = args.kubeconfig.clone();
+    options.context = args.context.clone();
+    options.ingress = args.ingress.clone();
+    options.allow_cordon = args.allow_cordon;
+    options.agent_image = args.agent_image.clone();
+    options
+}
+
 /// Bad input or a substrate that cannot be had: exit 2 with the cause.
 fn usage_error(error: anyhow::Error) -> anyhow::Result<ExitCode> {
     eprintln!("error: failed to {error:#}");
@@ -276,252 +271,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(e) => return usage_error(anyhow::Error::new(e)),
     };
-    let substrate = args.substrate.unwrap_or(SubstrateChoice::Local);
-    if substrate != SubstrateChoice::Existing
-        && (args.kubeconfig.is_some()
-            || args.context.is_some()
-            || !args.ingress.is_empty()
-            || args.allow_cordon)
-    {
-        return usage_error(anyhow::anyhow!(
-            "use --kubeconfig, --context, --ingress or --allow-cordon: they apply to --substrate existing only"
-        ));
-    }
-    if substrate == SubstrateChoice::Local && args.agent_image.is_some() {
-        return usage_error(anyhow::anyhow!(
-            "use --agent-image: it applies to --substrate kind and existing (the local mesh has its own in-mesh client)"
-        ));
+    let options = substrate_options(&args);
+    if let Err(e) = options.check() {
+        return usage_error(anyhow::Error::new(e));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let result = match substrate {
-        SubstrateChoice::Local => runtime
-            .block_on(local_cluster(&args))
-            .map(|(cluster, ingress)| (cluster, ingress, "local")),
-        SubstrateChoice::Existing => runtime
-            .block_on(existing_cluster(&args))
-            .map(|(cluster, ingress)| (cluster, ingress, "existing")),
-        SubstrateChoice::Kind => runtime
-            .block_on(kind_cluster(&args))
-            .map(|cluster| (cluster, Some(Ingress::kind(agent_image(&args))), "kind")),
+    let progress = |line: &str| eprintln!("{line}");
+    let target = match runtime.block_on(substrate::provision(&options, &progress)) {
+        Ok(target) => target,
+        Err(e) => return usage_error(anyhow::Error::new(e)),
     };
-    let (cluster, ingress, name) = match result {
-        Ok(found) => found,
-        Err(e) => return usage_error(e),
-    };
-    if let Some(ingress) = &ingress {
+    eprintln!("{}", target.summary);
+    if let Some(data_plane) = &target.data_plane {
         eprintln!(
             "data plane: the gateway at http {} and https {}; calls inside the mesh {}",
-            ingress.http,
-            ingress.https,
-            match &ingress.in_mesh {
+            data_plane.http,
+            data_plane.https,
+            match &data_plane.in_mesh {
                 InMesh::LocalClient(_) => "through the local mesh's client".to_string(),
                 InMesh::Agent { image } => format!("by agent pods ({image})"),
             }
         );
     }
-    let mut config = RunConfig::new(name, pipeline);
-    config.data_plane = ingress.is_some();
-    config.ingress = ingress;
+    let mut config = RunConfig::for_target(&target, pipeline);
     config.jobs = usize::from(args.jobs);
     config.keep = args.keep;
     config.require = args.require.iter().flat_map(|r| r.skip_kinds()).collect();
-    config.rollout_timeout = args.rollout_timeout;
-    config.allow_cordon = substrate != SubstrateChoice::Existing || args.allow_cordon;
+    config.rollout_timeout = args.rollout_timeout.into();
     if !args.single_instance.is_empty() {
         config.single_instance = args.single_instance.clone();
     }
     let report_dir = args.report_dir.clone();
-    let code = runtime.block_on(run_with_reporters(cluster, selected, config, report_dir))?;
+    let code = runtime.block_on(run_with_reporters(
+        target.cluster,
+        selected,
+        config,
+        report_dir,
+    ))?;
     Ok(code)
-}
-
-/// The mesh to start: `on` (or `--require data-plane`) needs it, `auto` takes it
-/// when it can be had and no substrate without it is already running.
-async fn mesh_for(
-    args: &Args,
-    state_dir: &std::path::Path,
-) -> anyhow::Result<Option<cdcheck::mesh::MeshBinaries>> {
-    let required = args.mesh == MeshChoice::On || args.require.contains(&Requirement::DataPlane);
-    if args.mesh == MeshChoice::Off {
-        return Ok(None);
-    }
-    // The first run builds istiod as it builds the control plane (11–14 min cold);
-    // a failed build is a note in auto mode: the control-plane verdicts still stand.
-    if cdcheck::mesh::check_root().is_ok() && cdcheck::mesh::locate_istiod().is_err() {
-        eprintln!(
-            "building istiod {} for the local mesh into {} (11–14 min cold on 2 cores; once)",
-            cdcheck::versions::ISTIO,
-            cdcheck::substrate::binaries::cache_root().display()
-        );
-        let built = tokio::task::block_in_place(|| {
-            cdcheck::substrate::binaries::ensure_istiod(|line| eprintln!("  {line}"))
-        });
-        if let Err(e) = built {
-            if required {
-                return Err(anyhow::Error::new(e).context("build istiod for the local mesh"));
-            }
-            eprintln!("note: failed to {e}");
-        }
-    }
-    let found = cdcheck::mesh::locate().and_then(|b| cdcheck::mesh::check_root().map(|_| b));
-    match found {
-        Ok(binaries) => {
-            if !required
-                && let Some(running) = local::running(state_dir).await
-                && !running.mesh
-            {
-                eprintln!(
-                    "note: the local substrate in {} runs without the mesh: data-plane steps will be skipped (`cdcheck down` and run again for the mesh)",
-                    state_dir.display()
-                );
-                return Ok(None);
-            }
-            Ok(Some(binaries))
-        }
-        Err(e) if required => Err(anyhow::Error::new(e).context("start the local mesh")),
-        Err(e) => {
-            eprintln!("note: no local mesh, data-plane steps will be skipped: failed to {e}");
-            Ok(None)
-        }
-    }
-}
-
-async fn local_cluster(args: &Args) -> anyhow::Result<(Cluster, Option<Ingress>)> {
-    let found = super::substrate::ensure_binaries()?;
-    // The mesh substrate has a directory of its own (`default_mesh_state_dir`).
-    let probe_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(local::default_mesh_state_dir);
-    let mesh = mesh_for(args, &probe_dir).await?;
-    let state_dir = match (&args.state_dir, &mesh) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(_)) => local::default_mesh_state_dir(),
-        (None, None) => local::default_state_dir(),
-    };
-    let options = local::UpOptions {
-        nodes: args.nodes,
-        state_dir: state_dir.clone(),
-        mesh,
-        ..Default::default()
-    };
-    let substrate = local::up(&found, &options)
-        .await
-        .context("bring up the local substrate")?;
-    eprintln!(
-        "local substrate {} ({} nodes, {:.1?}); KUBECONFIG={}",
-        if substrate.reused {
-            "reused"
-        } else {
-            "started"
-        },
-        substrate.nodes.len(),
-        substrate.boot,
-        substrate.kubeconfig.display()
-    );
-    let config = cdcheck::kube::config_from(&substrate.kubeconfig)
-        .await
-        .context("read the substrate's kubeconfig")?;
-    let client = kube::Client::try_from(config.clone()).context("build a Kubernetes client")?;
-    let ingress = substrate.mesh.then(|| Ingress::local_mesh(state_dir));
-    Ok((Cluster { config, client }, ingress))
-}
-
-/// The agent image of this run: `--agent-image`, else the one `agent/Dockerfile` builds.
-fn agent_image(args: &Args) -> String {
-    args.agent_image
-        .clone()
-        .unwrap_or_else(cdcheck::agent::pod::default_image)
-}
-
-/// An existing cluster's ingress: `--ingress`, else the gateway Service's load-balancer
-/// address; `None` (data-plane steps skipped, or failed when required) when neither is had.
-async fn existing_ingress(args: &Args, client: &kube::Client) -> anyhow::Result<Option<Ingress>> {
-    use cdcheck::scenario::dataplane;
-    use cdcheck::substrate::existing;
-    let (http, https) = if args.ingress.is_empty() {
-        match existing::gateway_address(
-            client,
-            existing::ISTIO_NAMESPACE,
-            existing::INGRESS_GATEWAY,
-        )
-        .await
-        {
-            Ok(found) => (
-                dataplane::resolve(&found.host, found.http_port).await?,
-                dataplane::resolve(&found.host, found.https_port).await?,
-            ),
-            Err(e) if args.require.contains(&Requirement::DataPlane) => return Err(e.into()),
-            Err(e) => {
-                eprintln!("note: data-plane steps will be skipped: failed to {e}");
-                return Ok(None);
-            }
-        }
-    } else {
-        dataplane::ingress_from_urls(&args.ingress).await?
-    };
-    Ok(Some(Ingress::existing(http, https, agent_image(args))))
-}
-
-/// An existing cluster: connected through --kubeconfig/--context, with Istio installed.
-async fn existing_cluster(args: &Args) -> anyhow::Result<(Cluster, Option<Ingress>)> {
-    use cdcheck::substrate::existing;
-    let found = existing::connect(args.kubeconfig.as_deref(), args.context.as_deref())
-        .await
-        .context("connect to the existing cluster")?;
-    let istio = existing::istio(&found.client)
-        .await
-        .context("check the existing cluster")?;
-    eprintln!(
-        "existing cluster (context {}): Istio {} ({}, {} istiod ready){}",
-        found.context,
-        istio.version,
-        istio.image,
-        istio.ready_replicas,
-        if istio.is_pinned() {
-            String::new()
-        } else {
-            format!(
-                "; cdcheck's scenarios are written against Istio {}",
-                cdcheck::versions::ISTIO
-            )
-        }
-    );
-    let ingress = existing_ingress(args, &found.client)
-        .await
-        .context("find the existing cluster's ingress gateway")?;
-    Ok((
-        Cluster {
-            config: found.config,
-            client: found.client,
-        },
-        ingress,
-    ))
-}
-
-/// The kind substrate, created or reused as `cdcheck up --substrate kind` does.
-async fn kind_cluster(args: &Args) -> anyhow::Result<Cluster> {
-    use cdcheck::substrate::{host::SystemHost, kind};
-    let mut options = kind::KindOptions::new(kind::default_state_dir());
-    options.agent_image = Some(agent_image(args));
-    let up = tokio::task::spawn_blocking(move || {
-        kind::up(&SystemHost, &options, |step| eprintln!("+ {step}"))
-    })
-    .await
-    .context("bring up the kind substrate")?;
-    let up = match up {
-        Ok(up) => up,
-        Err(e @ kind::KindError::Preflight(_)) => return Err(e.into()),
-        Err(e) => return Err(anyhow::Error::new(e).context("bring up the kind substrate")),
-    };
-    let config = cdcheck::kube::config_from(&up.kubeconfig)
-        .await
-        .context("read the kind substrate's kubeconfig")?;
-    let client = kube::Client::try_from(config.clone()).context("build a Kubernetes client")?;
-    Ok(Cluster { config, client })
 }
 
 async fn run_with_reporters(

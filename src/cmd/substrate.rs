@@ -6,18 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use cdcheck::settings;
 use cdcheck::substrate::host::SystemHost;
-use cdcheck::substrate::{binaries, containers, doctor, kind, local};
-
-/// Which substrate `up` provisions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SubstrateKind {
-    /// A real control plane as local processes (etcd, kube-apiserver, controller-manager,
-    /// scheduler) with kwok playing the kubelets: no Docker needed, no pod runs.
-    Local,
-    /// kind + Istio (needs Docker or Podman, kind, istioctl, kubectl: `cdcheck doctor`).
-    Kind,
-}
+use cdcheck::substrate::{
+    self, MeshChoice, SubstrateKind, SubstrateOptions, binaries, containers, doctor, kind, local,
+};
 
 /// Where `up --substrate kind` puts the feature images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -36,22 +29,25 @@ pub struct UpArgs {
     pub substrate: SubstrateKind,
 
     /// Number of fake nodes (zones a, b, c round robin).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, default_value_t = settings::NODES, value_parser = clap::value_parser!(u32).range(settings::MIN_NODES..=settings::MAX_NODES))]
     pub nodes: u32,
 
-    /// Where processes' logs, certificates and the kubeconfig live.
-    #[arg(long, env = "CDCHECK_STATE_DIR")]
+    /// Where processes' logs, certificates and the kubeconfig live (default:
+    /// $CDCHECK_STATE_DIR, or with the mesh $CDCHECK_MESH_STATE_DIR, else under
+    /// ~/.local/state/cdcheck).
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
 
     /// Upper bound on the boot.
-    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    #[arg(long, default_value_t = settings::BOOT_TIMEOUT.into())]
+    pub timeout: humantime::Duration,
 
     /// Run a real Istio data plane on the local substrate: istiod, Envoy as the ingress
     /// gateway on 127.0.0.1:30080/30443, every pod a process (needs root, istiod from
-    /// `cdcheck substrate install --mesh`, and Envoy).
-    #[arg(long)]
-    pub mesh: bool,
+    /// `cdcheck substrate install --mesh`, and Envoy). `--mesh` alone means `on`; `auto`
+    /// takes it when it can be had, as `cdcheck run` does.
+    #[arg(long, value_enum, default_value_t = MeshChoice::Off, num_args = 0..=1, default_missing_value = "on")]
+    pub mesh: MeshChoice,
 
     /// kind: delete cdcheck's cluster and create it again even when its fingerprint matches.
     #[arg(long)]
@@ -72,8 +68,9 @@ pub struct UpArgs {
     #[arg(long, value_enum)]
     pub registry: Option<RegistryKind>,
 
-    /// kind: where the kind config, Istio overlay and kubeconfig are written.
-    #[arg(long, env = "CDCHECK_KIND_STATE_DIR", value_name = "DIR")]
+    /// kind: where the kind config, Istio overlay and kubeconfig are written (default:
+    /// $CDCHECK_KIND_STATE_DIR, else ~/.local/state/cdcheck/kind).
+    #[arg(long, value_name = "DIR")]
     pub kind_state_dir: Option<PathBuf>,
 }
 
@@ -90,12 +87,12 @@ pub struct DownArgs {
     #[arg(long, value_enum, default_value_t = SubstrateKind::Local)]
     pub substrate: SubstrateKind,
 
-    /// State directory of the local substrate.
-    #[arg(long, env = "CDCHECK_STATE_DIR")]
+    /// State directory of the local substrate (default: both the plain and the mesh one).
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
 
     /// kind: where `up` wrote its files (removed with the cluster).
-    #[arg(long, env = "CDCHECK_KIND_STATE_DIR", value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub kind_state_dir: Option<PathBuf>,
 }
 
@@ -108,8 +105,8 @@ pub struct DoctorArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct StateArgs {
-    /// State directory of the local substrate.
-    #[arg(long, env = "CDCHECK_STATE_DIR")]
+    /// State directory of the local substrate (default: the plain one, else the mesh one).
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
 }
 
@@ -150,27 +147,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn ensure_binaries() -> anyhow::Result<binaries::Binaries> {
     use std::io::IsTerminal;
-    if let Ok(found) = binaries::locate() {
-        return Ok(found);
+    if !std::io::stderr().is_terminal() {
+        // No terminal (CI): a spinner would print nothing, so every line goes to stderr.
+        let progress = |line: &str| eprintln!("{line}");
+        return Ok(substrate::target::ensure_binaries(&progress)?);
     }
-    eprintln!(
-        "building the control-plane binaries into {} (about 11 min cold on 2 cores)",
-        binaries::cache_root().display()
-    );
-    let result = if std::io::stderr().is_terminal() {
-        let spinner = indicatif::ProgressBar::new_spinner();
-        spinner.enable_steady_tick(Duration::from_millis(120));
-        let result = binaries::ensure(|line| {
-            spinner.println(format!("  {line}"));
-            spinner.set_message(line.chars().take(100).collect::<String>());
-        });
-        spinner.finish_and_clear();
-        result
-    } else {
-        // No terminal (CI): a spinner would print nothing, so forward every line.
-        binaries::ensure(|line| eprintln!("  {line}"))
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let progress = |line: &str| {
+        spinner.println(line);
+        spinner.set_message(line.trim().chars().take(100).collect::<String>());
     };
-    result.context("install the control-plane binaries")
+    let result = substrate::target::ensure_binaries(&progress);
+    spinner.finish_and_clear();
+    Ok(result?)
 }
 
 fn install_kind_tools() -> anyhow::Result<ExitCode> {
@@ -242,6 +232,11 @@ fn install_kind_tools() -> anyhow::Result<ExitCode> {
 
 pub fn install(args: SubstrateArgs) -> anyhow::Result<ExitCode> {
     let SubstrateCommand::Install(install) = args.command;
+    if install.substrate == SubstrateKind::Existing {
+        anyhow::bail!(
+            "install for --substrate existing: cdcheck installs nothing on a cluster of yours"
+        );
+    }
     if install.substrate == SubstrateKind::Kind {
         if install.mesh {
             anyhow::bail!("use --mesh: it applies to --substrate local");
@@ -294,7 +289,7 @@ pub fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 
 fn up_kind(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut options =
-        kind::KindOptions::new(args.kind_state_dir.unwrap_or_else(kind::default_state_dir));
+        kind::KindOptions::new(args.kind_state_dir.unwrap_or_else(settings::kind_state_dir));
     options.recreate = args.recreate;
     options.preload = args.preload;
     options.agent_image = args.agent_image;
@@ -375,110 +370,63 @@ fn up_kind(args: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    if args.substrate == SubstrateKind::Kind {
-        if args.mesh {
-            anyhow::bail!(
-                "use --mesh: it applies to --substrate local (kind has Istio's own data plane)"
-            );
+    match args.substrate {
+        SubstrateKind::Existing => anyhow::bail!(
+            "bring up --substrate existing: a cluster of yours is never created; `cdcheck run --substrate existing` connects to it"
+        ),
+        SubstrateKind::Kind => {
+            if args.mesh != MeshChoice::Off {
+                anyhow::bail!(
+                    "use --mesh: it applies to --substrate local (kind has Istio's own data plane)"
+                );
+            }
+            return up_kind(args);
         }
-        return up_kind(args);
+        SubstrateKind::Local => {}
     }
     if args.recreate || args.preload || args.agent_image.is_some() || args.registry.is_some() {
         anyhow::bail!(
             "use --recreate, --preload, --agent-image or --registry: they apply to --substrate kind only"
         );
     }
-    let found = ensure_binaries()?;
-    let mesh = if args.mesh {
-        Some(cdcheck::mesh::locate().context("start the local mesh")?)
-    } else {
-        None
-    };
-    let options = local::UpOptions {
-        nodes: args.nodes,
-        state_dir: match (args.state_dir, args.mesh) {
-            (Some(dir), _) => dir,
-            (None, true) => local::default_mesh_state_dir(),
-            (None, false) => local::default_state_dir(),
-        },
-        timeout: args.timeout,
-        mesh,
-    };
-    let substrate = runtime()?
-        .block_on(local::up(&found, &options))
+    let mut options = SubstrateOptions::new(SubstrateKind::Local);
+    options.nodes = args.nodes;
+    options.state_dir = args.state_dir;
+    options.boot_timeout = args.timeout.into();
+    options.mesh = args.mesh;
+    options.require_data_plane = args.mesh == MeshChoice::On;
+    let progress = |line: &str| eprintln!("{line}");
+    let target = runtime()?
+        .block_on(substrate::provision(&options, &progress))
         .context("bring up the local substrate")?;
-    if substrate.mesh {
-        eprintln!(
-            "local mesh: istiod {} serving; ingress gateway on http://127.0.0.1:{} and https://127.0.0.1:{}",
-            cdcheck::versions::ISTIO,
-            cdcheck::mesh::gateway::HTTP_NODE_PORT,
-            cdcheck::mesh::gateway::HTTPS_NODE_PORT,
-        );
-    }
-    eprintln!(
-        "local substrate {} at {} with {} nodes in {:.1?} (logs: {})",
-        if substrate.reused {
-            "already running"
-        } else {
-            "started"
-        },
-        substrate.server,
-        substrate.nodes.len(),
-        substrate.boot,
-        substrate.state_dir.join("logs").display(),
+    eprintln!("{}", target.summary);
+    let state_dir = settings::state_dir(options.state_dir.as_deref(), target.data_plane.is_some());
+    println!(
+        "export KUBECONFIG={}",
+        settings::local_kubeconfig(&state_dir).display()
     );
-    println!("export KUBECONFIG={}", substrate.kubeconfig.display());
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
-    if args.substrate == SubstrateKind::Kind {
-        let options =
-            kind::KindOptions::new(args.kind_state_dir.unwrap_or_else(kind::default_state_dir));
-        let engine = doctor::diagnose(&SystemHost).engine;
-        let options = kind::KindOptions {
-            engine: engine.unwrap_or(doctor::Engine::Docker),
-            ..options
-        };
-        let result = kind::down(&SystemHost, &options).context("tear down the kind substrate")?;
-        eprintln!(
-            "{}",
-            match result {
-                kind::Down::Deleted => format!("deleted kind cluster {}", options.name),
-                kind::Down::Absent => format!("no kind cluster {}", options.name),
-            }
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    // Without --state-dir: the default substrate and the default mesh one.
-    let dirs = match args.state_dir {
-        Some(dir) => vec![dir],
-        None => vec![local::default_state_dir(), local::default_mesh_state_dir()],
-    };
-    let runtime = runtime()?;
-    for dir in dirs {
-        let result = runtime
-            .block_on(local::down(&dir))
-            .context("tear down the local substrate")?;
-        if result.stopped == 0 && !result.removed {
-            eprintln!("no local substrate in {}", dir.display());
-        } else {
-            eprintln!(
-                "stopped {} processes, removed {}",
-                result.stopped,
-                dir.display()
-            );
-        }
-    }
+    let mut options = SubstrateOptions::new(args.substrate);
+    options.state_dir = args.state_dir;
+    options.kind_state_dir = args.kind_state_dir;
+    let progress = |line: &str| eprintln!("{line}");
+    runtime()?
+        .block_on(substrate::teardown(&options, &progress))
+        .context("tear down the substrate")?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn kubeconfig(args: StateArgs) -> anyhow::Result<ExitCode> {
     // Without --state-dir: the default substrate, else the default mesh one.
     let dir = args.state_dir.unwrap_or_else(|| {
-        let plain = local::default_state_dir();
-        let mesh = local::default_mesh_state_dir();
-        if !local::kubeconfig_path(&plain).exists() && local::kubeconfig_path(&mesh).exists() {
+        let plain = settings::state_dir(None, false);
+        let mesh = settings::state_dir(None, true);
+        if !settings::local_kubeconfig(&plain).exists()
+            && settings::local_kubeconfig(&mesh).exists()
+        {
             mesh
         } else {
             plain

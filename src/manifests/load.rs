@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_saphyr::MessageFormatter;
 
-use super::tls::GATEWAY_NAMESPACE;
 use super::{Bundle, Object};
+use crate::names::ISTIO_NAMESPACE;
 
 /// Where an object was written: the file, the document in it (1 = the first)
 /// and the line the document's content starts on (1-based).
@@ -593,7 +593,7 @@ pub fn place_in_namespace(
                 }
                 Some(ns) if ns == namespace => None,
                 Some(ns)
-                    if ns == GATEWAY_NAMESPACE
+                    if ns == ISTIO_NAMESPACE
                         && matches!(object, Object::Gateway(_) | Object::Secret(_)) =>
                 {
                     None

@@ -7,8 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::environment::managed_labels;
 use super::istio::{self, GatewaySpec, Server, ServerPort, ServerTls, VirtualServiceSpec};
 use super::routing::{self, cookie_session_route, default_route, userid_session_route};
-use super::tls::{GATEWAY_NAMESPACE, INGRESS_CERT_SECRET};
+use super::tls::INGRESS_CERT_SECRET;
 use super::{ManifestError, Object, Options};
+use crate::names::ISTIO_NAMESPACE;
 
 /// The ingress Gateway's name; VirtualServices bind to `istio-system/ingressgateway`.
 pub const GATEWAY_NAME: &str = "ingressgateway";
@@ -46,7 +47,7 @@ pub fn gateway(options: &Options) -> istio::Gateway {
             ],
         },
     );
-    gateway.metadata = meta(GATEWAY_NAME, GATEWAY_NAMESPACE, options);
+    gateway.metadata = meta(GATEWAY_NAME, ISTIO_NAMESPACE, options);
     gateway
 }
 
@@ -66,7 +67,7 @@ pub fn virtual_services(options: &Options) -> Result<Vec<Object>, ManifestError>
 
     let mut frontend = VirtualServiceSpec {
         hosts: vec![options.ingress_host()],
-        gateways: vec![format!("{GATEWAY_NAMESPACE}/{GATEWAY_NAME}")],
+        gateways: vec![format!("{ISTIO_NAMESPACE}/{GATEWAY_NAME}")],
         http: vec![default_route(
             &local_host("frontend", options),
             FRONTEND_PORT,

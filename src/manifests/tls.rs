@@ -11,9 +11,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{Object, Options, TlsSource};
+use crate::names::ISTIO_NAMESPACE;
 
-/// Namespace of the ingress gateway, the Gateway object and its certificate.
-pub const GATEWAY_NAMESPACE: &str = "istio-system";
 /// The Secret the Gateway's `credentialName` names.
 pub const INGRESS_CERT_SECRET: &str = "cdcheck-ingress-cert";
 /// Self-signed certificates also cover every default environment host, so that
@@ -216,7 +215,7 @@ pub fn secret(pair: &PemPair, options: &Options) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(INGRESS_CERT_SECRET.to_string()),
-            namespace: Some(GATEWAY_NAMESPACE.to_string()),
+            namespace: Some(ISTIO_NAMESPACE.to_string()),
             labels: Some(super::environment::managed_labels(options)),
             ..ObjectMeta::default()
         },

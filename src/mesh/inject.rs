@@ -19,11 +19,10 @@ use serde_json::json;
 
 use super::netns::Dialer;
 use super::proxy::ADMIN_PORT;
+use crate::names::SIDECAR_FOR_LABEL;
 
 /// The name Istio's injector gives the sidecar container.
 pub const PROXY_CONTAINER: &str = "istio-proxy";
-/// The static proxy label that the pod's `Sidecar` resource selects (value: the pod's uid).
-pub const SIDECAR_FOR_LABEL: &str = "cdcheck.io/sidecar-for";
 /// Labels copied from the pod to its `Sidecar`, so a run's clean-up finds both.
 const COPIED_LABELS: [&str; 2] = ["cdcheck.io/run", crate::manifests::MANAGED_BY_LABEL];
 /// How long an app held for its proxy waits at most for the proxy's listeners: a namespace

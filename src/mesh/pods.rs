@@ -482,7 +482,7 @@ async fn command_for(
             .unwrap_or_else(|| name.rsplitn(3, '-').last().unwrap_or(&name).to_string());
         let static_labels = if injected {
             std::collections::BTreeMap::from([(
-                inject::SIDECAR_FOR_LABEL.to_string(),
+                crate::names::SIDECAR_FOR_LABEL.to_string(),
                 pod.uid().unwrap_or_default(),
             )])
         } else {

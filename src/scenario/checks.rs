@@ -115,7 +115,7 @@ impl CheckName {
 }
 
 /// The namespace that holds the ingress gateway, its Gateway objects and certificates.
-pub const GATEWAY_NAMESPACE: &str = "istio-system";
+use crate::names::ISTIO_NAMESPACE as GATEWAY_NAMESPACE;
 
 /// What the static checks look at: the pipeline's objects as a scenario deploys them.
 pub struct PipelineView<'a> {

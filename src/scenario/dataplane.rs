@@ -3,167 +3,18 @@
 //! gateway's host ports), and gRPC calls from inside the mesh (an in-mesh client).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::Regex;
 
 use super::pipeline::Placed;
 use crate::report::{Finding, LoadResult, OutageWindow, RequestPoint};
+use crate::substrate::data_plane::DataPlane;
 use crate::traffic::attribution::AttributionRule;
 use crate::traffic::load::LoadSpec;
 use crate::traffic::record::{Summary, Timeline};
 use crate::traffic::target::{GrpcMethod, GrpcTarget, HttpTarget, Target};
 use crate::traffic::{self, TrafficError};
-
-/// Where the substrate's ingress gateway answers from the host, and how to reach
-/// inside the mesh.
-#[derive(Clone, Debug)]
-pub struct Ingress {
-    pub http: SocketAddr,
-    pub https: SocketAddr,
-    pub in_mesh: InMesh,
-}
-
-/// How calls from inside the mesh are made.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum InMesh {
-    /// The local mesh's in-mesh client (a sidecar-only pod whose egress listeners host
-    /// ports are forwarded to), from its state directory.
-    LocalClient(PathBuf),
-    /// An agent pod running `cdcheck agent` from this image next to an injected sidecar;
-    /// its records are read through the pod log API.
-    Agent { image: String },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum IngressError {
-    #[error("parse --ingress {value:?}: expected http://HOST[:PORT] or https://HOST[:PORT]")]
-    Url { value: String },
-    #[error("parse --ingress: {scheme}:// is given twice ({first} and {second})")]
-    Twice {
-        scheme: String,
-        first: String,
-        second: String,
-    },
-    #[error("resolve the ingress host {host}")]
-    Resolve {
-        host: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("resolve the ingress host {host}: it has no address")]
-    NoAddress { host: String },
-}
-
-/// The local mesh's and kind's gateway NodePorts on 127.0.0.1 (kind maps them there).
-fn node_ports() -> (SocketAddr, SocketAddr) {
-    (
-        SocketAddr::from(([127, 0, 0, 1], crate::mesh::gateway::HTTP_NODE_PORT)),
-        SocketAddr::from(([127, 0, 0, 1], crate::mesh::gateway::HTTPS_NODE_PORT)),
-    )
-}
-
-impl Ingress {
-    /// The local mesh's gateway on 127.0.0.1:30080/30443, as kind maps it.
-    pub fn local_mesh(state_dir: PathBuf) -> Ingress {
-        let (http, https) = node_ports();
-        Ingress {
-            http,
-            https,
-            in_mesh: InMesh::LocalClient(state_dir),
-        }
-    }
-
-    /// kind's gateway NodePorts, mapped to 127.0.0.1:30080/30443 by the kind config, with
-    /// the agent image loaded into the nodes.
-    pub fn kind(agent_image: String) -> Ingress {
-        let (http, https) = node_ports();
-        Ingress {
-            http,
-            https,
-            in_mesh: InMesh::Agent { image: agent_image },
-        }
-    }
-
-    /// An existing cluster's gateway at these addresses.
-    pub fn existing(http: SocketAddr, https: SocketAddr, agent_image: String) -> Ingress {
-        Ingress {
-            http,
-            https,
-            in_mesh: InMesh::Agent { image: agent_image },
-        }
-    }
-}
-
-/// `--ingress` URLs (at most one `http://` and one `https://`): the addresses of the
-/// gateway's plain and TLS ports. A scheme not given is the other's host on its default
-/// port (80 or 443), as a load balancer in front of a gateway serves them.
-pub async fn ingress_from_urls(urls: &[String]) -> Result<(SocketAddr, SocketAddr), IngressError> {
-    let mut http: Option<(String, url::Url)> = None;
-    let mut https: Option<(String, url::Url)> = None;
-    for value in urls {
-        let bad = || IngressError::Url {
-            value: value.clone(),
-        };
-        let url = url::Url::parse(value.trim()).map_err(|_| bad())?;
-        if url.host_str().is_none() || !matches!(url.path(), "" | "/") {
-            return Err(bad());
-        }
-        let slot = match url.scheme() {
-            "http" => &mut http,
-            "https" => &mut https,
-            _ => return Err(bad()),
-        };
-        if let Some((first, _)) = slot {
-            return Err(IngressError::Twice {
-                scheme: url.scheme().to_string(),
-                first: first.clone(),
-                second: value.clone(),
-            });
-        }
-        *slot = Some((value.clone(), url));
-    }
-    let host_port = |url: &url::Url, default: u16| {
-        (
-            url.host_str()
-                .unwrap_or_default()
-                .trim_matches(['[', ']'])
-                .to_string(),
-            url.port().unwrap_or(default),
-        )
-    };
-    let (http, https) = match (http, https) {
-        (Some((_, h)), Some((_, s))) => (host_port(&h, 80), host_port(&s, 443)),
-        (Some((_, h)), None) => (host_port(&h, 80), (host_port(&h, 80).0, 443)),
-        (None, Some((_, s))) => ((host_port(&s, 443).0, 80), host_port(&s, 443)),
-        (None, None) => {
-            return Err(IngressError::Url {
-                value: String::new(),
-            });
-        }
-    };
-    Ok((
-        resolve(&http.0, http.1).await?,
-        resolve(&https.0, https.1).await?,
-    ))
-}
-
-/// The first address of `host` (an IP, or a name such as a cloud load balancer's).
-pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, IngressError> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let mut addresses = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|source| IngressError::Resolve {
-            host: host.to_string(),
-            source,
-        })?;
-    addresses.next().ok_or_else(|| IngressError::NoAddress {
-        host: host.to_string(),
-    })
-}
 
 /// The environment's public host: the first host of a VirtualService bound to a
 /// gateway (not `mesh`) that names one.
@@ -222,7 +73,7 @@ pub fn session_of(placed: &Placed) -> Option<String> {
 
 /// A GET of `path` on the environment's host through the gateway.
 pub fn gateway_target(
-    ingress: &Ingress,
+    ingress: &DataPlane,
     host: &str,
     path: &str,
 ) -> Result<HttpTarget, TrafficError> {
@@ -248,7 +99,7 @@ const LOAD_CAP: Duration = Duration::from_secs(600);
 /// Starts an open-loop load of `rate` requests/s at the frontend through the gateway,
 /// each answer attributed to the pod that served it.
 pub fn start_frontend_load(
-    ingress: &Ingress,
+    ingress: &DataPlane,
     host: &str,
     rate: f64,
     started_at: Duration,
@@ -357,7 +208,7 @@ pub fn judge_load(name: &str, timeline: &Timeline, max_failed: u64) -> Vec<Findi
 }
 
 /// `/_healthz` through the gateway with the probe cookie answers 200.
-pub async fn probe_http(ingress: &Ingress, host: &str) -> Vec<Finding> {
+pub async fn probe_http(ingress: &DataPlane, host: &str) -> Vec<Finding> {
     let target = match gateway_target(ingress, host, "/_healthz")
         .and_then(|t| t.with_cookie("shop_session-id=x-readiness-probe"))
     {
@@ -378,7 +229,7 @@ pub async fn probe_http(ingress: &Ingress, host: &str) -> Vec<Finding> {
 /// (the Secret `namespace/secret` that the Gateway's `credentialName` names) and covers
 /// the host. Without that Secret the handshake is still made, to show what is served.
 pub async fn probe_tls(
-    ingress: &Ingress,
+    ingress: &DataPlane,
     host: &str,
     namespace: &str,
     secret: &str,
@@ -445,60 +296,4 @@ pub fn in_mesh_target(
     let mut target = GrpcTarget::new(&format!("http://{service_host}:{port}"), method)?;
     target.resolve = vec![(service_host.to_string(), forwarded)];
     Ok(target)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn urls(values: &[&str]) -> Vec<String> {
-        values.iter().map(|v| v.to_string()).collect()
-    }
-
-    #[tokio::test]
-    async fn ingress_urls_give_both_ports_and_a_missing_scheme_takes_its_default_port() {
-        let both = ingress_from_urls(&urls(&[
-            "http://127.0.0.1:30080",
-            "https://127.0.0.1:30443",
-        ]))
-        .await
-        .unwrap();
-        assert_eq!(both.0.to_string(), "127.0.0.1:30080");
-        assert_eq!(both.1.to_string(), "127.0.0.1:30443");
-        let only_http = ingress_from_urls(&urls(&["http://10.0.0.7"]))
-            .await
-            .unwrap();
-        assert_eq!(only_http.0.to_string(), "10.0.0.7:80");
-        assert_eq!(only_http.1.to_string(), "10.0.0.7:443");
-        let only_https = ingress_from_urls(&urls(&["https://[::1]:8443/"]))
-            .await
-            .unwrap();
-        assert_eq!(only_https.0.to_string(), "[::1]:80");
-        assert_eq!(only_https.1.to_string(), "[::1]:8443");
-        let named = ingress_from_urls(&urls(&["http://localhost:30080"]))
-            .await
-            .unwrap();
-        assert!(named.0.ip().is_loopback(), "{named:?}");
-    }
-
-    #[tokio::test]
-    async fn bad_ingress_urls_name_the_value() {
-        for bad in [
-            "10.0.0.7",
-            "ftp://10.0.0.7",
-            "http://10.0.0.7/shop",
-            "http://",
-        ] {
-            let error = ingress_from_urls(&urls(&[bad]))
-                .await
-                .unwrap_err()
-                .to_string();
-            assert!(error.contains(&format!("{bad:?}")), "{error}");
-        }
-        let twice = ingress_from_urls(&urls(&["http://a", "http://b"]))
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(twice.contains("http:// is given twice"), "{twice}");
-    }
 }

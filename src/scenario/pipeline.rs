@@ -11,24 +11,18 @@ use k8s_openapi::api::apps::v1::Deployment;
 
 use std::path::Path;
 
-use super::checks::GATEWAY_NAMESPACE;
 use super::spec::Release;
 use crate::manifests::load::{self, LoadError, Loaded};
 use crate::manifests::{
     self, Bundle, ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ManifestError, Object,
     Options, RELEASE_LABEL, SessionId, Strategy,
 };
+use crate::names::{BROKEN_TAG, ISTIO_NAMESPACE, RUN_LABEL, SCENARIO_LABEL};
 use crate::report::Finding;
 
-/// Marks every object a run creates, so an interrupted run's leftovers can be found.
-pub const RUN_LABEL: &str = "cdcheck.io/run";
-/// The scenario namespace an object belongs to (also on its objects in the gateway's namespace).
-pub const SCENARIO_LABEL: &str = "cdcheck.io/scenario-namespace";
 /// `kubectl rollout restart`'s annotation: how release N+1 differs from N when
 /// the pipeline gives no next release.
 pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
-/// The image tag of the broken release: no registry has it, so its pods never become ready.
-pub const BROKEN_TAG: &str = "cdcheck-broken-never-ready";
 /// The broken release's progress deadline, when the pipeline's is longer (the
 /// default is 600 s): a broken release then fails in seconds, not ten minutes.
 pub const BROKEN_PROGRESS_DEADLINE_SECONDS: i32 = 15;
@@ -111,7 +105,7 @@ fn environment_namespace(bundle: &Bundle) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for o in &bundle.objects {
         if let Some(ns) = o.namespace()
-            && ns != GATEWAY_NAMESPACE
+            && ns != ISTIO_NAMESPACE
         {
             *counts.entry(ns).or_default() += 1;
         }
@@ -470,7 +464,7 @@ fn break_release(bundle: &mut Bundle) -> Result<(), PipelineError> {
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(
-            crate::substrate::local::NEVER_READY_ANNOTATION.to_string(),
+            crate::names::NEVER_READY_ANNOTATION.to_string(),
             "true".to_string(),
         );
     if let Some(pod) = spec.template.spec.as_mut() {
@@ -495,7 +489,7 @@ fn isolate_gateway_objects(bundle: &mut Bundle, namespace: &str) {
     for o in &mut bundle.objects {
         let kind = o.kind();
         let meta = o.metadata_mut();
-        if meta.namespace.as_deref() == Some(GATEWAY_NAMESPACE) {
+        if meta.namespace.as_deref() == Some(ISTIO_NAMESPACE) {
             let old = meta.name.clone().unwrap_or_default();
             let new = format!("{namespace}-{old}");
             meta.name = Some(new.clone());
@@ -517,10 +511,10 @@ fn isolate_gateway_objects(bundle: &mut Bundle, namespace: &str) {
             Object::VirtualService(vs) => {
                 for g in &mut vs.spec.gateways {
                     let (ns, name) = g.split_once('/').unwrap_or((namespace, g.as_str()));
-                    if ns == GATEWAY_NAMESPACE
+                    if ns == ISTIO_NAMESPACE
                         && let Some(new) = renamed.get(&("Gateway".to_string(), name.to_string()))
                     {
-                        *g = format!("{GATEWAY_NAMESPACE}/{new}");
+                        *g = format!("{ISTIO_NAMESPACE}/{new}");
                     }
                 }
             }
@@ -667,7 +661,7 @@ mod tests {
             match o.kind().as_str() {
                 "Namespace" => assert_eq!(o.name(), "cdcheck-ha-1a2b3c"),
                 "Gateway" | "Secret" => {
-                    assert_eq!(ns, GATEWAY_NAMESPACE);
+                    assert_eq!(ns, ISTIO_NAMESPACE);
                     assert!(o.name().starts_with("cdcheck-ha-1a2b3c-"), "{}", o.key());
                 }
                 _ => assert_eq!(ns, "cdcheck-ha-1a2b3c", "{}", o.key()),

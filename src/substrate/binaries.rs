@@ -125,19 +125,7 @@ impl Binaries {
 
 /// The cache root: `$CDCHECK_BIN_CACHE`, else `$XDG_CACHE_HOME/cdcheck/bin`, else `~/.cache/cdcheck/bin`.
 pub fn cache_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CDCHECK_BIN_CACHE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir).join("cdcheck").join("bin");
-    }
-    home().join(".cache").join("cdcheck").join("bin")
-}
-
-pub(crate) fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
+    crate::settings::bin_cache()
 }
 
 fn is_executable(path: &Path) -> bool {

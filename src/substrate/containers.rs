@@ -23,6 +23,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt, TestcontainersError
 
 use super::doctor::Engine;
 use super::host::{Cmd, Host, Output};
+use crate::names::{CDCHECK, CREATED_BY_LABEL};
 use crate::versions;
 
 /// The port the registry listens on inside its container (Distribution's default).
@@ -34,10 +35,6 @@ pub const KIND_REGISTRY_NAME: &str = "cdcheck-registry";
 /// The host port kind's documentation gives the local registry (`localhost:5001`): 5000 is
 /// taken by the AirPlay receiver on macOS.
 pub const KIND_REGISTRY_HOST_PORT: u16 = 5001;
-
-/// Label of every container cdcheck starts, so a leftover is recognised as ours.
-pub const CREATED_BY_LABEL: &str = "cdcheck.io/created-by";
-pub const CREATED_BY_VALUE: &str = "cdcheck";
 
 /// What Distribution logs once it accepts connections (`msg="listening on [::]:5000"`).
 const READY_LINE: &str = "listening on";
@@ -202,7 +199,7 @@ impl LocalRegistry {
         let mut request = GenericImage::new(name, tag)
             .with_exposed_port(REGISTRY_CONTAINER_PORT.tcp())
             .with_wait_for(WaitFor::message_on_either_std(READY_LINE))
-            .with_label(CREATED_BY_LABEL, CREATED_BY_VALUE)
+            .with_label(CREATED_BY_LABEL, CDCHECK)
             .with_startup_timeout(options.startup_timeout)
             // Loopback only: the registry takes pushes without authentication.
             .with_host_config_modifier(move |config| {
@@ -443,7 +440,7 @@ pub fn remove_leftover(
             source,
         })?;
     // No such container: nothing to do (the engine's message differs, the exit code does not).
-    if !out.success() || out.stdout.trim() != CREATED_BY_VALUE {
+    if !out.success() || out.stdout.trim() != CDCHECK {
         return Ok(false);
     }
     output(

@@ -1,27 +1,19 @@
 //! An existing cluster (EKS, GKE, AKS, a shared staging cluster) through a kubeconfig
 //! and context: cdcheck never creates or deletes the cluster, checks that Istio is
 //! installed and at which version (istiod's image tag), creates only namespaces it
-//! labels [`OWNED_BY_LABEL`]` = `[`OWNED_BY_VALUE`], refuses to touch a namespace
+//! labels [`OWNED_BY_LABEL`]` = `[`CDCHECK`], refuses to touch a namespace
 //! without that label, and deletes what it created.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::names::{CDCHECK, ISTIO_NAMESPACE, OWNED_BY_LABEL, OWNED_RUN_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
-/// The label of every namespace cdcheck created on an existing cluster.
-pub const OWNED_BY_LABEL: &str = "cdcheck.io/owned-by";
-pub const OWNED_BY_VALUE: &str = "cdcheck";
-
-/// The run that created a namespace (cleaned up together).
-pub const OWNED_RUN_LABEL: &str = "cdcheck.io/owner-run";
-
-/// Where Istio's control plane is looked for.
-pub const ISTIO_NAMESPACE: &str = "istio-system";
 pub const ISTIOD: &str = "istiod";
 
 /// The ingress gateway Service `istioctl install` creates in [`ISTIO_NAMESPACE`].
@@ -62,7 +54,7 @@ pub enum ExistingError {
     #[error("read Istio's version: istiod's image {image:?} has no version tag")]
     IstioVersion { image: String },
     #[error(
-        "touch namespace {namespace}: it exists without the label {OWNED_BY_LABEL}={OWNED_BY_VALUE}, so cdcheck did not create it and leaves it alone"
+        "touch namespace {namespace}: it exists without the label {OWNED_BY_LABEL}={CDCHECK}, so cdcheck did not create it and leaves it alone"
     )]
     NotOwned { namespace: String },
     #[error("{action}")]
@@ -94,7 +86,7 @@ pub fn default_kubeconfig() -> PathBuf {
     {
         return first;
     }
-    super::binaries::home().join(".kube").join("config")
+    crate::settings::home().join(".kube").join("config")
 }
 
 /// Connects through `kubeconfig` (default: [`default_kubeconfig`]) and `context`
@@ -261,7 +253,7 @@ pub async fn gateway_address(
 }
 
 fn is_owned(ns: &Namespace) -> bool {
-    ns.labels().get(OWNED_BY_LABEL).map(String::as_str) == Some(OWNED_BY_VALUE)
+    ns.labels().get(OWNED_BY_LABEL).map(String::as_str) == Some(CDCHECK)
 }
 
 /// Fails unless `namespace` exists and carries cdcheck's label; call before touching it.
@@ -289,7 +281,7 @@ pub async fn create_namespace(
 ) -> Result<(), ExistingError> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut all = labels.clone();
-    all.insert(OWNED_BY_LABEL.to_string(), OWNED_BY_VALUE.to_string());
+    all.insert(OWNED_BY_LABEL.to_string(), CDCHECK.to_string());
     all.insert(OWNED_RUN_LABEL.to_string(), run.to_string());
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "metadata": {"name": namespace, "labels": all}
@@ -344,7 +336,7 @@ pub async fn delete_namespace(client: &Client, namespace: &str) -> Result<bool, 
 /// Deletes every namespace cdcheck created for `run`; returns their names.
 pub async fn cleanup(client: &Client, run: &str) -> Result<Vec<String>, ExistingError> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let selector = format!("{OWNED_BY_LABEL}={OWNED_BY_VALUE},{OWNED_RUN_LABEL}={run}");
+    let selector = format!("{OWNED_BY_LABEL}={CDCHECK},{OWNED_RUN_LABEL}={run}");
     let list = namespaces
         .list(&ListParams::default().labels(&selector))
         .await

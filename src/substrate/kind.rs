@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::containers::{self, ContainersError};
 use super::doctor::{self, Engine, NotReady};
 use super::host::{Cmd, Host, Output};
+use crate::names::{CDCHECK, CREATED_BY_LABEL};
 use crate::versions;
 
 /// The kind config the cluster is created from (the repository's `kind-config.yaml`).
@@ -33,10 +34,6 @@ pub const ISTIO_OVERLAY: &str = include_str!("../../istio-overlay.yaml");
 
 /// The cluster name `kind-config.yaml` gives.
 pub const DEFAULT_NAME: &str = "cdcheck";
-
-/// Label of the nodes of a cluster cdcheck created (from `kind-config.yaml`).
-pub const CREATED_BY_LABEL: &str = "cdcheck.io/created-by";
-pub const CREATED_BY_VALUE: &str = "cdcheck";
 
 /// Where the fingerprint lives in the cluster.
 pub const FINGERPRINT_NAMESPACE: &str = "kube-system";
@@ -82,7 +79,7 @@ pub enum KindError {
         source: std::io::Error,
     },
     #[error(
-        "{action} kind cluster {name}: cdcheck did not create it (no node labelled {CREATED_BY_LABEL}={CREATED_BY_VALUE}); delete it yourself with `kind delete cluster --name {name}` if you no longer need it"
+        "{action} kind cluster {name}: cdcheck did not create it (no node labelled {CREATED_BY_LABEL}={CDCHECK}); delete it yourself with `kind delete cluster --name {name}` if you no longer need it"
     )]
     Foreign { action: &'static str, name: String },
     #[error("read the fingerprint of kind cluster {name}: {detail}")]
@@ -176,17 +173,7 @@ impl KindOptions {
 
 /// `$CDCHECK_KIND_STATE_DIR`, else `$XDG_STATE_HOME/cdcheck/kind`, else `~/.local/state/cdcheck/kind`.
 pub fn default_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CDCHECK_KIND_STATE_DIR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir).join("cdcheck").join("kind");
-    }
-    super::binaries::home()
-        .join(".local")
-        .join("state")
-        .join("cdcheck")
-        .join("kind")
+    crate::settings::kind_state_dir()
 }
 
 fn sha256(text: &str) -> String {
@@ -250,7 +237,7 @@ impl Fingerprint {
             "metadata": {
                 "name": FINGERPRINT_CONFIGMAP,
                 "namespace": FINGERPRINT_NAMESPACE,
-                "labels": {CREATED_BY_LABEL: CREATED_BY_VALUE},
+                "labels": {CREATED_BY_LABEL: CDCHECK},
             },
             "data": self.data(),
         });
@@ -457,7 +444,7 @@ pub fn local_registry_hosting_yaml() -> String {
         "metadata": {
             "name": LOCAL_REGISTRY_HOSTING,
             "namespace": "kube-public",
-            "labels": {CREATED_BY_LABEL: CREATED_BY_VALUE},
+            "labels": {CREATED_BY_LABEL: CDCHECK},
         },
         "data": {
             "localRegistryHosting.v1": format!(
@@ -814,7 +801,7 @@ pub fn observe(host: &dyn Host, options: &KindOptions) -> Result<Observed, KindE
                 "get",
                 "nodes",
                 "-l",
-                &format!("{CREATED_BY_LABEL}={CREATED_BY_VALUE}"),
+                &format!("{CREATED_BY_LABEL}={CDCHECK}"),
                 "-o",
                 "name",
             ],
@@ -851,7 +838,7 @@ pub fn observe(host: &dyn Host, options: &KindOptions) -> Result<Observed, KindE
     let data: BTreeMap<String, String> =
         serde_json::from_value(value["data"].clone()).unwrap_or_default();
     // A ConfigMap of that name without our label was not written by us: no fingerprint.
-    let ours = value["metadata"]["labels"][CREATED_BY_LABEL].as_str() == Some(CREATED_BY_VALUE);
+    let ours = value["metadata"]["labels"][CREATED_BY_LABEL].as_str() == Some(CDCHECK);
     Ok(Observed::Ours(
         ours.then(|| Fingerprint::from_data(&data)).flatten(),
     ))

@@ -24,9 +24,6 @@ use super::binaries::{Binaries, BinaryError};
 use super::istio_crds::{self, CrdError, FIELD_MANAGER};
 use super::pki::{Pem, Pki, PkiError};
 
-/// Pods whose template carries this annotation never become Ready on the local
-/// substrate (kwok's `pod-never-ready` stage): how a test makes a broken release.
-pub const NEVER_READY_ANNOTATION: &str = "cdcheck.io/kwok-never-ready";
 /// The zone label of the fake nodes.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// kwok manages only the nodes carrying this annotation.
@@ -131,9 +128,9 @@ pub struct UpOptions {
 impl Default for UpOptions {
     fn default() -> Self {
         Self {
-            nodes: 3,
+            nodes: crate::settings::NODES,
             state_dir: default_state_dir(),
-            timeout: Duration::from_secs(90),
+            timeout: crate::settings::BOOT_TIMEOUT,
             mesh: None,
         }
     }
@@ -166,40 +163,19 @@ impl Substrate {
     }
 }
 
-/// `$CDCHECK_STATE_DIR`, else `$XDG_STATE_HOME/cdcheck/local`, else `~/.local/state/cdcheck/local`.
+/// The plain local substrate's directory ([`crate::settings::local_state_dir`]).
 pub fn default_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CDCHECK_STATE_DIR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir).join("cdcheck").join("local");
-    }
-    super::binaries::home()
-        .join(".local")
-        .join("state")
-        .join("cdcheck")
-        .join("local")
+    crate::settings::local_state_dir()
 }
 
-/// Where the local mesh's substrate lives unless told: `$CDCHECK_MESH_STATE_DIR`, else
-/// beside the default one with `-mesh` appended. A substrate is a mesh one or not for
-/// its whole life, so the two never share a directory: a run's mesh never turns the
-/// kwok substrate that other tools and tests expect into one whose pods are processes.
+/// The local mesh substrate's directory ([`crate::settings::mesh_state_dir`]).
 pub fn default_mesh_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CDCHECK_MESH_STATE_DIR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let default = default_state_dir();
-    let name = format!(
-        "{}-mesh",
-        default.file_name().unwrap_or_default().to_string_lossy()
-    );
-    default.with_file_name(name)
+    crate::settings::mesh_state_dir()
 }
 
 /// The admin kubeconfig of the substrate in `state_dir`.
 pub fn kubeconfig_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("kubeconfig")
+    crate::settings::local_kubeconfig(state_dir)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1144,7 +1120,7 @@ mod tests {
             .find(|d| d["metadata"]["name"] == "pod-ready")
             .unwrap();
         let text = ready["spec"]["selector"].to_string();
-        assert!(text.contains(NEVER_READY_ANNOTATION));
+        assert!(text.contains(crate::names::NEVER_READY_ANNOTATION));
     }
 
     #[test]

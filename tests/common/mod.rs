@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use cdcheck::kube::{diagnostics, release};
 use cdcheck::manifests::{self, Bundle, Options};
-use cdcheck::substrate::{binaries, local};
+use cdcheck::substrate::{MeshChoice, SubstrateKind, SubstrateOptions, binaries};
 use futures::FutureExt;
 use kube::Client;
 
@@ -40,31 +40,34 @@ fn start() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("CDCHECK_KUBECONFIG").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(path));
     }
-    let found = binaries::locate()
+    // Tests never build the binaries: a machine without them skips (and CI fails).
+    binaries::locate()
         .map_err(|e| format!("{} (run `cargo run -- substrate install` first)", chain(&e)))?;
-    // `up` takes a file lock and reuses a healthy substrate, so concurrent
-    // test binaries share one. It runs on its own runtime: tests each have theirs.
+    let options = SubstrateOptions {
+        mesh: MeshChoice::Off,
+        ..SubstrateOptions::new(SubstrateKind::Local)
+    };
+    provision_kubeconfig(options)
+}
+
+/// Provisions through the library's one entry, as `cdcheck run` does, on a runtime of its
+/// own (tests each have theirs); `up` takes a file lock and reuses a healthy substrate, so
+/// concurrent test binaries share one.
+fn provision_kubeconfig(options: SubstrateOptions) -> Result<PathBuf, String> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let options = local::UpOptions {
-            nodes: 3,
-            ..Default::default()
-        };
-        runtime
-            .block_on(local::up(&found, &options))
-            .map(|s| {
-                eprintln!(
-                    "local substrate {} in {:?}: {}",
-                    if s.reused { "reused" } else { "started" },
-                    s.boot,
-                    s.kubeconfig.display()
-                );
-                s.kubeconfig
-            })
-            .map_err(|e| chain(&e))
+        let progress = |line: &str| eprintln!("{line}");
+        let target = runtime
+            .block_on(cdcheck::substrate::provision(&options, &progress))
+            .map_err(|e| chain(&e))?;
+        eprintln!("{}", target.summary);
+        let mesh = target.data_plane.is_some();
+        Ok(cdcheck::settings::local_kubeconfig(
+            &cdcheck::settings::state_dir(options.state_dir.as_deref(), mesh),
+        ))
     })
     .join()
     .map_err(|_| "the substrate start-up thread panicked".to_string())?
@@ -267,7 +270,7 @@ pub async fn cleanup(cluster: &Cluster, env: &str) {
 /// (`CDCHECK_MESH_STATE_DIR` overrides it), so the `local_*` tests' kwok-played pods
 /// and the mesh's process pods never share a substrate.
 pub fn mesh_state_dir() -> PathBuf {
-    local::default_mesh_state_dir()
+    cdcheck::settings::mesh_state_dir()
 }
 
 /// Why the local mesh cannot run here, if it cannot.
@@ -286,28 +289,16 @@ pub fn start_mesh() -> Result<PathBuf, String> {
     if let Some(why) = mesh_unavailable() {
         return Err(why);
     }
-    let found = binaries::locate().map_err(|e| chain(&e))?;
-    let mut mesh = cdcheck::mesh::locate().map_err(|e| chain(&e))?;
-    // The mesh daemon and the stand-ins are cdcheck's binary, not this test's.
-    mesh.cdcheck = PathBuf::from(env!("CARGO_BIN_EXE_cdcheck"));
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let options = local::UpOptions {
-            nodes: 3,
-            state_dir: mesh_state_dir(),
-            timeout: Duration::from_secs(180),
-            mesh: Some(mesh),
-        };
-        runtime
-            .block_on(local::up(&found, &options))
-            .map(|s| s.kubeconfig)
-            .map_err(|e| chain(&e))
-    })
-    .join()
-    .map_err(|_| "the mesh start-up thread panicked".to_string())?
+    let options = SubstrateOptions {
+        mesh: MeshChoice::On,
+        require_data_plane: true,
+        state_dir: Some(mesh_state_dir()),
+        boot_timeout: Duration::from_secs(180),
+        // The mesh daemon and the stand-ins are cdcheck's binary, not this test's.
+        cdcheck_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_cdcheck"))),
+        ..SubstrateOptions::new(SubstrateKind::Local)
+    };
+    provision_kubeconfig(options)
 }
 
 /// The local mesh substrate (started once per test binary), or `None` after

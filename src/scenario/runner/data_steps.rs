@@ -6,18 +6,17 @@ use std::time::{Duration, Instant};
 
 use ::kube::api::Api;
 
-use super::{
-    Abort, GATEWAY_NAMESPACE, MANAGED_BY_LABEL, MANAGED_BY_VALUE, RUN_LABEL, ScenarioRun, Step,
-    chain, step_check_name,
-};
+use super::{Abort, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ScenarioRun, Step, chain, step_check_name};
+use crate::names::{ISTIO_NAMESPACE, RUN_LABEL};
 use crate::report::{Finding, KubeEventKind};
-use crate::scenario::dataplane::{self, InMesh, Ingress};
+use crate::scenario::dataplane;
 use crate::scenario::pipeline::Placed;
+use crate::substrate::{DataPlane, InMesh};
 
 /// The ingress and the environment's host of the release deployed last.
-fn ingress_and_host(run: &mut ScenarioRun<'_>, step: &Step) -> Result<(Ingress, String), Abort> {
+fn ingress_and_host(run: &mut ScenarioRun<'_>, step: &Step) -> Result<(DataPlane, String), Abort> {
     let name = step_check_name(step);
-    let Some(ingress) = run.config.ingress.clone() else {
+    let Some(ingress) = run.config.data_plane.clone() else {
         return Err(run.error(
             &name,
             &step.label(),
@@ -43,7 +42,7 @@ fn ingress_and_host(run: &mut ScenarioRun<'_>, step: &Step) -> Result<(Ingress, 
 
 /// Waits until the environment answers through the gateway (routes and endpoints
 /// reach the gateway a moment after the rollout completes), up to 30 s.
-async fn wait_serving(ingress: &Ingress, host: &str) -> Result<(), String> {
+async fn wait_serving(ingress: &DataPlane, host: &str) -> Result<(), String> {
     let target = dataplane::gateway_target(ingress, host, "/_healthz")
         .and_then(|t| t.with_cookie("shop_session-id=x-readiness-probe"))
         .map_err(|e| e.to_string())?;
@@ -224,7 +223,7 @@ pub(super) async fn probe(
 }
 
 /// The Secret each HTTPS server of the deployed Gateways names, and its certificate.
-async fn probe_tls(run: &mut ScenarioRun<'_>, ingress: &Ingress, host: &str) -> Vec<Finding> {
+async fn probe_tls(run: &mut ScenarioRun<'_>, ingress: &DataPlane, host: &str) -> Vec<Finding> {
     let Some((_, placed)) = run.deployed.as_ref() else {
         return vec![Finding::new("no release is deployed".to_string())];
     };
@@ -236,7 +235,7 @@ async fn probe_tls(run: &mut ScenarioRun<'_>, ingress: &Ingress, host: &str) -> 
     {
         let namespace = gateway["metadata"]["namespace"]
             .as_str()
-            .unwrap_or(GATEWAY_NAMESPACE)
+            .unwrap_or(ISTIO_NAMESPACE)
             .to_string();
         for server in gateway["spec"]["servers"].as_array().into_iter().flatten() {
             if let Some(credential) = server["tls"]["credentialName"].as_str() {
@@ -268,7 +267,7 @@ async fn probe_tls(run: &mut ScenarioRun<'_>, ingress: &Ingress, host: &str) -> 
 
 /// Cookie routing through the gateway: the session's requests reach the feature
 /// frontend, look-alikes and other requests stay on mainline.
-async fn probe_routing(run: &mut ScenarioRun<'_>, ingress: &Ingress, host: &str) -> Vec<Finding> {
+async fn probe_routing(run: &mut ScenarioRun<'_>, ingress: &DataPlane, host: &str) -> Vec<Finding> {
     use crate::traffic::routing::{RoutingProbe, cookie_variants};
     let Some((_, placed)) = run.deployed.as_ref() else {
         return vec![Finding::new("no release is deployed".to_string())];
@@ -315,7 +314,7 @@ async fn mesh_client<'r>(
 ) -> Result<&'r mut crate::mesh::client::InMeshClient, String> {
     if run.mesh_client.is_none() {
         let Some(InMesh::LocalClient(state_dir)) =
-            run.config.ingress.as_ref().map(|i| i.in_mesh.clone())
+            run.config.data_plane.as_ref().map(|i| i.in_mesh.clone())
         else {
             return Err(format!(
                 "calls from inside the mesh need an in-mesh client, which cdcheck drives only on the local mesh (substrate {})",
@@ -390,7 +389,8 @@ async fn probe_grpc(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
             "the release has no gRPC Service (a port named grpc*) to probe".to_string(),
         )];
     }
-    if let Some(InMesh::Agent { image }) = run.config.ingress.as_ref().map(|i| i.in_mesh.clone()) {
+    if let Some(InMesh::Agent { image }) = run.config.data_plane.as_ref().map(|i| i.in_mesh.clone())
+    {
         return probe_grpc_by_agent(run, &image, &services).await;
     }
     let client = match mesh_client(run).await {
@@ -463,7 +463,8 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Option<Vec<Finding>>
         Ok(s) => s,
         Err(e) => return Some(vec![Finding::new(format!("session id {session}: {e}"))]),
     };
-    if let Some(InMesh::Agent { image }) = run.config.ingress.as_ref().map(|i| i.in_mesh.clone()) {
+    if let Some(InMesh::Agent { image }) = run.config.data_plane.as_ref().map(|i| i.in_mesh.clone())
+    {
         return Some(probe_userid_by_agent(run, &image, &session, &feature).await);
     }
     let client = match mesh_client(run).await {

@@ -1,0 +1,697 @@
+//! The runner's release steps: deploy, update (rolling), switch (blue/green), the broken
+//! release, rollback and `rollout undo`, each judged by what the cluster did.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ::kube::ResourceExt;
+use ::kube::api::{Api, ListParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+
+use super::namespaces::ensure_namespace;
+use super::{Abort, ScenarioRun};
+use crate::error_chain as chain;
+use crate::kube::{apply, release, rollback, rollout};
+use crate::manifests::Object;
+use crate::report::{Finding, KubeEventKind, SkipKind};
+use crate::scenario::checks::{self};
+use crate::scenario::pipeline::Placed;
+use crate::scenario::spec::Release;
+
+pub(super) fn deployment_keys(placed: &Placed) -> Vec<(String, String)> {
+    placed
+        .bundle
+        .deployments()
+        .map(|d| {
+            (
+                d.metadata.namespace.clone().unwrap_or_default(),
+                d.metadata.name.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Applies a release and waits for its rollout; the pipeline is at fault when
+/// the API refuses an object or a rollout fails.
+pub(super) async fn deploy(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
+    let placed = run.place(release)?;
+    ensure_namespace(run, &placed).await?;
+    run.kube_event(
+        KubeEventKind::Apply,
+        None,
+        format!(
+            "apply the {} release ({} objects)",
+            release.as_str(),
+            placed.bundle.objects.len()
+        ),
+    );
+    let name = format!("deploy-{}", release.as_str());
+    let description = format!(
+        "the {} release applies and every Deployment rolls out",
+        release.as_str()
+    );
+    let result = release::deploy(
+        &run.cluster.client,
+        &placed.bundle,
+        &run.namespace,
+        run.config.rollout_timeout,
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            run.kube_event(
+                KubeEventKind::RolloutComplete,
+                None,
+                format!(
+                    "{} Deployments rolled out in {:?}",
+                    report.rollouts.len(),
+                    report.took
+                ),
+            );
+            run.judged(&name, &description, Vec::new());
+            run.released(release, placed);
+            Ok(())
+        }
+        Err(e) => {
+            let findings = deploy_findings(&e);
+            run.kube_event(KubeEventKind::RolloutFailed, None, chain(&e));
+            run.judged(&name, &description, findings);
+            Err(Abort)
+        }
+    }
+}
+
+pub(super) fn deploy_findings(error: &release::ReleaseError) -> Vec<Finding> {
+    match error {
+        release::ReleaseError::Rollout(rollout::RolloutError::ProgressDeadline {
+            namespace,
+            name,
+            reason,
+            message,
+            ..
+        }) => vec![Finding::about(
+            format!("Deployment/{namespace}/{name}"),
+            format!("{reason}: {message}"),
+        )],
+        release::ReleaseError::Rollout(rollout::RolloutError::Timeout {
+            namespace,
+            name,
+            waited,
+            state,
+            ..
+        }) => vec![Finding::about(
+            format!("Deployment/{namespace}/{name}"),
+            format!("did not roll out within {waited:?} ({state})"),
+        )],
+        other => vec![Finding::new(chain(other))],
+    }
+}
+
+/// Rolls to `release` while watching every Deployment: ready pods must never
+/// fall below the desired count.
+pub(super) async fn update(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
+    let placed = run.place(release)?;
+    let keys = deployment_keys(&placed);
+    let mut watches = Vec::new();
+    for (ns, name) in &keys {
+        match rollout::RolloutWatch::start(&run.cluster.client, ns, name).await {
+            Ok(watch) => watches.push(watch),
+            Err(e) => {
+                return Err(run.error(
+                    &format!("update-{}", release.as_str()),
+                    "the rollout watches start",
+                    chain(&e),
+                ));
+            }
+        }
+    }
+    run.kube_event(
+        KubeEventKind::RolloutStarted,
+        None,
+        format!("apply the {} release", release.as_str()),
+    );
+    if let Err(e) =
+        apply::apply_bundle(&run.cluster.client, &placed.bundle, Some(&run.namespace)).await
+    {
+        run.judged(
+            &format!("update-{}", release.as_str()),
+            "the next release applies",
+            vec![Finding::new(chain(&e))],
+        );
+        return Err(Abort);
+    }
+    let timeout = run.config.rollout_timeout;
+    let results = futures::future::join_all(watches.into_iter().map(|w| w.wait(timeout))).await;
+    let mut failures = Vec::new();
+    let mut dips = Vec::new();
+    let single = run.config.single_instance.clone();
+    for ((_, name), result) in keys.iter().zip(results) {
+        match result {
+            Ok(report) => {
+                let is_ha = placed
+                    .bundle
+                    .deployments()
+                    .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+                    .is_some_and(|d| !single.contains(&checks::app_of(d)));
+                if is_ha && report.min_ready_pods() < report.desired() {
+                    dips.push(Finding::about(
+                        format!("Deployment/{}/{name}", run.namespace),
+                        format!(
+                            "ready pods fell to {} of {} desired during the rollout",
+                            report.min_ready_pods(),
+                            report.desired()
+                        ),
+                    ));
+                }
+            }
+            Err(e) => failures.extend(deploy_findings(&release::ReleaseError::Rollout(e))),
+        }
+    }
+    run.kube_event(
+        KubeEventKind::RolloutComplete,
+        None,
+        format!("the {} release rolled out", release.as_str()),
+    );
+    run.judged(
+        &format!("update-{}-rolls-out", release.as_str()),
+        "every Deployment rolls out to the new release",
+        failures.clone(),
+    );
+    run.judged(
+        "ready-never-below-desired",
+        "no HA Deployment had fewer ready pods than desired at any moment of the rollout",
+        dips,
+    );
+    if !failures.is_empty() {
+        return Err(Abort);
+    }
+    run.released(release, placed);
+    Ok(())
+}
+
+/// Blue/green: the new release's Deployments beside the old, Services switched once they are ready.
+pub(super) async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
+    if !run.config.pipeline.can_switch() {
+        run.skip(
+            "switch-after-ready",
+            "Services switch only after the new release is ready",
+            SkipKind::NotApplicable,
+            "not applicable: the pipeline gives no blue/green release to switch to (--next-manifests)".into(),
+        );
+        return Ok(());
+    }
+    let placed = run.place(release)?;
+    run.kube_event(
+        KubeEventKind::Apply,
+        None,
+        format!(
+            "apply the {} release beside the current one",
+            release.as_str()
+        ),
+    );
+    let result = release::bluegreen_switch(
+        &run.cluster.client,
+        &placed.bundle,
+        &run.namespace,
+        run.config.rollout_timeout,
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            // The switch's own timeline, observed by watches apart from the switch itself.
+            let origin = run.since_run_start(report.started_at);
+            for event in &report.events {
+                let (kind, object, detail) = match &event.what {
+                    release::DeployEventKind::PodsReady {
+                        deployment,
+                        ready,
+                        desired,
+                    } => (
+                        KubeEventKind::RolloutComplete,
+                        format!("Deployment/{deployment}"),
+                        format!("{ready}/{desired} new pods ready"),
+                    ),
+                    release::DeployEventKind::ServiceSwitched { service, .. } => (
+                        KubeEventKind::Switch,
+                        format!("Service/{service}"),
+                        "selects the new release".to_string(),
+                    ),
+                };
+                run.kube_event_at(origin + event.at, kind, Some(object), detail);
+            }
+            let findings = release::check_bluegreen_switch(&placed.bundle, &report.events)
+                .iter()
+                .map(|f| Finding::new(f.to_string()))
+                .collect();
+            run.judged(
+                "switch-after-ready",
+                "every Service switched to the new release only after all of its new pods were ready",
+                findings,
+            );
+            let mixed = match services_select_only(run, &placed).await {
+                Ok(f) => f,
+                Err(message) => {
+                    return Err(run.error(
+                        "nothing-mixed-after",
+                        "read Services and pods",
+                        message,
+                    ));
+                }
+            };
+            run.judged(
+                "nothing-mixed-after",
+                "after the switch every Service selects pods of the new release only",
+                mixed,
+            );
+            run.released(release, placed);
+            Ok(())
+        }
+        Err(e) => {
+            run.judged(
+                "switch-after-ready",
+                "Services switch only after the new release is ready",
+                deploy_findings(&e),
+            );
+            Err(Abort)
+        }
+    }
+}
+
+/// Every Service of the release selects at least one pod, and only pods of the
+/// release's own Deployments (by their ReplicaSet's name).
+pub(super) async fn services_select_only(
+    run: &ScenarioRun<'_>,
+    placed: &Placed,
+) -> Result<Vec<Finding>, String> {
+    use k8s_openapi::api::core::v1::Service;
+    let deployments: Vec<String> = placed.bundle.deployments().map(|d| d.name_any()).collect();
+    let services: Api<Service> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
+    let pods: Api<Pod> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
+    let mut findings = Vec::new();
+    for wanted in placed
+        .bundle
+        .objects
+        .iter()
+        .filter(|o| matches!(o, Object::Service(_)))
+    {
+        let name = wanted.name();
+        let live = services
+            .get(&name)
+            .await
+            .map_err(|e| format!("read Service {name}: {}", chain(&e)))?;
+        let selector = live
+            .spec
+            .and_then(|s| s.selector)
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        if selector.is_empty() {
+            continue;
+        }
+        let selected = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| format!("list the pods of Service {name}: {}", chain(&e)))?;
+        let key = format!("Service/{}/{name}", run.namespace);
+        let live_pods: Vec<&Pod> = selected
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        if live_pods.is_empty() {
+            findings.push(Finding::about(
+                key.clone(),
+                format!("selects no pod ({selector})"),
+            ));
+        }
+        for pod in live_pods {
+            let replicaset = pod
+                .owner_references()
+                .iter()
+                .find(|o| o.kind == "ReplicaSet")
+                .map(|o| o.name.clone())
+                .unwrap_or_default();
+            if !deployments
+                .iter()
+                .any(|d| replicaset.starts_with(&format!("{d}-")))
+            {
+                findings.push(Finding::about(
+                    key.clone(),
+                    format!(
+                        "selects pod {} of {replicaset}, which is not of the new release",
+                        pod.name_any()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(findings)
+}
+
+/// A release that never becomes ready must fail its rollout within the progress
+/// deadline (plus a margin for the controller's sync), with the reason, while
+/// the previous release keeps every ready pod.
+pub(super) async fn deploy_broken(
+    run: &mut ScenarioRun<'_>,
+    release: Release,
+) -> Result<(), Abort> {
+    let placed = run.place(release)?;
+    let broken: Vec<(String, String, i32)> = placed
+        .bundle
+        .deployments()
+        .filter(|d| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .is_some_and(|p| {
+                    p.containers.iter().any(|c| {
+                        c.image
+                            .as_deref()
+                            .is_some_and(|i| i.ends_with(crate::names::BROKEN_TAG))
+                    })
+                })
+        })
+        .map(|d| {
+            (
+                run.namespace.clone(),
+                d.name_any(),
+                d.spec
+                    .as_ref()
+                    .and_then(|s| s.progress_deadline_seconds)
+                    .unwrap_or(600),
+            )
+        })
+        .collect();
+    let Some((ns, name, deadline)) = broken.first().cloned() else {
+        return Err(run.error(
+            "broken-release",
+            "a broken release can be made",
+            "the broken release breaks no Deployment".into(),
+        ));
+    };
+    let watch = match rollout::RolloutWatch::start(&run.cluster.client, &ns, &name).await {
+        Ok(watch) => watch,
+        Err(e) => {
+            return Err(run.error("broken-release", "the rollout watch starts", chain(&e)));
+        }
+    };
+    let applied_at = Instant::now();
+    run.kube_event(
+        KubeEventKind::RolloutStarted,
+        Some(format!("Deployment/{ns}/{name}")),
+        format!("apply the broken release (progressDeadlineSeconds {deadline})"),
+    );
+    if let Err(e) =
+        apply::apply_bundle(&run.cluster.client, &placed.bundle, Some(&run.namespace)).await
+    {
+        return Err(run.error(
+            "broken-release-applies",
+            "the broken release applies",
+            chain(&e),
+        ));
+    }
+    let deadline = Duration::from_secs(deadline.max(0) as u64);
+    let bound = deadline + rollout::FAIL_FAST_MARGIN;
+    // Wait past the bound, so a late failure is measured rather than cut off.
+    let result = watch.wait(bound + Duration::from_secs(30)).await;
+    let took = applied_at.elapsed();
+    let key = format!("Deployment/{ns}/{name}");
+    if let Err(rollout::RolloutError::ProgressDeadline { reason, .. }) = &result {
+        run.kube_event(
+            KubeEventKind::RolloutFailed,
+            Some(key.clone()),
+            format!("{reason} after {took:.1?}"),
+        );
+    }
+    let fail_fast: Vec<Finding> =
+        rollout::check_fail_fast(&result, deadline, rollout::FAIL_FAST_MARGIN, took)
+            .iter()
+            .map(|f| Finding::about(key.clone(), f.to_string()))
+            .collect();
+    let mut kept = Vec::new();
+    // Mainline keeps serving: the previous ReplicaSet's pods stay ready.
+    let pods: Api<Pod> = Api::namespaced(run.cluster.client.clone(), &ns);
+    let desired = run
+        .deployed
+        .as_ref()
+        .and_then(|(_, p)| {
+            p.bundle
+                .deployments()
+                .find(|d| d.name_any() == name)
+                .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
+        })
+        .unwrap_or(1);
+    match pods.list(&ListParams::default()).await {
+        Ok(list) => {
+            let ready = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.spec.as_ref().is_some_and(|s| {
+                        s.containers.iter().all(|c| {
+                            !c.image
+                                .as_deref()
+                                .is_some_and(|i| i.ends_with(crate::names::BROKEN_TAG))
+                        })
+                    })
+                })
+                .filter(|p| {
+                    p.labels().get("app").map(String::as_str)
+                        == Some(crate::scenario::pipeline::BROKEN_WORKLOAD)
+                })
+                .filter(|p| pod_is_ready(p))
+                .count() as i32;
+            if ready < desired {
+                kept.push(Finding::about(
+                    key.clone(),
+                    format!("only {ready} of {desired} mainline pod(s) stayed ready under the broken release"),
+                ));
+            }
+        }
+        Err(e) => {
+            return Err(run.error("mainline-keeps-serving", "mainline stays ready", chain(&e)));
+        }
+    }
+    run.judged(
+        "broken-release-fails-fast",
+        "a release whose pods never become ready fails its rollout within the progress deadline, with its reason",
+        fail_fast,
+    );
+    run.judged(
+        "mainline-keeps-serving",
+        "the previous release keeps all its ready pods while the broken one fails",
+        kept,
+    );
+    Ok(())
+}
+
+pub(super) fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Redeploys `release` and checks that every Deployment's pod template (images,
+/// env, annotations) is that release's again.
+pub(super) async fn rollback_to(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
+    let placed = run.place(release)?;
+    run.kube_event(
+        KubeEventKind::Rollback,
+        None,
+        format!("redeploy the {} release", release.as_str()),
+    );
+    let result = rollback::redeploy_previous(
+        &run.cluster.client,
+        &placed.bundle,
+        &run.namespace,
+        run.config.rollout_timeout,
+    )
+    .await;
+    if let Err(e) = result {
+        run.judged(
+            "rollback-rolls-out",
+            "the previous release redeploys and rolls out",
+            match &e {
+                rollback::RollbackError::Redeploy(inner) => deploy_findings(inner),
+                other => vec![Finding::new(chain(other))],
+            },
+        );
+        return Err(Abort);
+    }
+    let findings = templates_match(run, &placed).await?;
+    run.judged(
+        "rollback-restores-templates",
+        "after the rollback every Deployment runs the previous release's images, env and pod template",
+        findings,
+    );
+    run.released(release, placed);
+    Ok(())
+}
+
+/// Compares the live pod templates with the release's.
+pub(super) async fn templates_match(
+    run: &mut ScenarioRun<'_>,
+    placed: &Placed,
+) -> Result<Vec<Finding>, Abort> {
+    let api: Api<Deployment> = Api::namespaced(run.cluster.client.clone(), &run.namespace);
+    let mut findings = Vec::new();
+    for want in placed.bundle.deployments() {
+        let name = want.name_any();
+        let live = match api.get(&name).await {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(run.error("read-deployment", "read the live Deployment", chain(&e)));
+            }
+        };
+        let key = format!("Deployment/{}/{name}", run.namespace);
+        let wanted = want.spec.as_ref().map(|s| &s.template);
+        let got = live.spec.as_ref().map(|s| &s.template);
+        let containers = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+            t.and_then(|t| t.spec.as_ref())
+                .map(|s| {
+                    s.containers
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.name.clone(),
+                                c.image.clone(),
+                                c.env.clone().unwrap_or_default(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        for ((name_w, image_w, env_w), (_, image_g, env_g)) in
+            containers(wanted).iter().zip(containers(got).iter())
+        {
+            if image_w != image_g {
+                findings.push(Finding::about(
+                    key.clone(),
+                    format!("container {name_w} runs {image_g:?}, not {image_w:?}"),
+                ));
+            }
+            if env_w != env_g {
+                findings.push(Finding::about(
+                    key.clone(),
+                    format!("container {name_w}'s env differs from the release's"),
+                ));
+            }
+        }
+        let annotations = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+            t.and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.clone())
+                .unwrap_or_default()
+        };
+        let (aw, ag): (BTreeMap<_, _>, BTreeMap<_, _>) = (annotations(wanted), annotations(got));
+        if aw != ag {
+            findings.push(Finding::about(
+                key.clone(),
+                format!(
+                    "pod template annotations differ: expected {:?}, found {:?}",
+                    aw.keys().collect::<Vec<_>>(),
+                    ag.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+    }
+    Ok(findings)
+}
+
+/// `kubectl rollout undo` of every Deployment: the previous revision's template
+/// comes back. Blue/green Deployments hold one release and cannot be undone: that
+/// limitation is reported, not failed.
+pub(super) async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
+    let Some((_, placed)) = run.deployed.clone() else {
+        return Err(run.error(
+            "undo",
+            "undo needs a deployed release",
+            "nothing was deployed".into(),
+        ));
+    };
+    let previous = run.history.iter().rev().nth(1).copied();
+    let mut failures = Vec::new();
+    let mut limitations = Vec::new();
+    let mut undone: Vec<String> = Vec::new();
+    let keys = deployment_keys(&placed);
+    for (ns, name) in &keys {
+        run.kube_event(
+            KubeEventKind::Undo,
+            Some(format!("Deployment/{ns}/{name}")),
+            "rollout undo".into(),
+        );
+    }
+    // Every Deployment at once, as a pipeline's rollback job would.
+    let timeout = run.config.rollout_timeout;
+    let client = run.cluster.client.clone();
+    let results = futures::future::join_all(
+        keys.iter()
+            .map(|(ns, name)| rollback::undo(&client, ns, name, timeout)),
+    )
+    .await;
+    for ((ns, name), result) in keys.into_iter().zip(results) {
+        match result {
+            Ok(_) => undone.push(name),
+            Err(rollback::RollbackError::NoPreviousRevision { .. }) => limitations.push(name),
+            Err(e) => failures.push(Finding::about(format!("Deployment/{ns}/{name}"), chain(&e))),
+        }
+    }
+    let description =
+        "rollout undo brings every Deployment back to the previous release's pod template";
+    let check = "undo-restores-previous-revision";
+    match previous {
+        _ if !failures.is_empty() => run.judged(check, description, failures),
+        // Nothing could be undone: the limitation below says why; nothing was proven.
+        _ if undone.is_empty() => {}
+        None => run.skip(
+            check,
+            description,
+            SkipKind::NotApplicable,
+            "not applicable: only one release was deployed before the undo".into(),
+        ),
+        Some(previous) => {
+            // Judge exactly the Deployments that were undone, against the previous release.
+            let mut target = run.place(previous)?;
+            target
+                .bundle
+                .objects
+                .retain(|o| !matches!(o, Object::Deployment(_)) || undone.contains(&o.name()));
+            let missing: Vec<Finding> = undone
+                .iter()
+                .filter(|n| target.bundle.find("Deployment", n).is_none())
+                .map(|n| {
+                    Finding::about(
+                        format!("Deployment/{}/{n}", run.namespace),
+                        format!(
+                            "was undone, but the {} release has no such Deployment",
+                            previous.as_str()
+                        ),
+                    )
+                })
+                .collect();
+            let mut findings = templates_match(run, &target).await?;
+            findings.extend(missing);
+            if limitations.is_empty() {
+                run.released(previous, target);
+            }
+            run.judged(check, description, findings);
+        }
+    }
+    if !limitations.is_empty() {
+        run.skip(
+            "undo-blue-green",
+            "rollout undo of blue/green Deployments",
+            SkipKind::Limitation,
+            format!(
+                "limitation: {} hold one release each (blue/green); roll back by switching the Services back",
+                limitations.join(", ")
+            ),
+        );
+    }
+    Ok(())
+}
