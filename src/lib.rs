@@ -8,7 +8,8 @@
 //! - [`catalog`]: the Online Boutique workloads as typed data.
 //! - [`manifests`]: pure functions from catalog + pipeline options to a [`manifests::Bundle`].
 //! - [`traffic`]: load generation, probes and request attribution.
-//! - [`substrate`]: provisions the cluster (kind or the local control plane).
+//! - [`substrate`]: provisions the cluster through one entry, [`substrate::provision`]: the local
+//!   control plane (with or without the mesh), kind, or an existing cluster.
 //! - [`mesh`]: the local substrate's Istio data plane (istiod, Envoy, pods as processes).
 //! - [`kube`]: apply, wait, rollback, RBAC checks and diagnostics against a cluster.
 //! - [`scenario`]: scenario files, their checks, and the runner that emits events.

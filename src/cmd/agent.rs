@@ -30,13 +30,13 @@ pub struct Args {
     pub health: Vec<(String, String)>,
 
     /// The client sidecar's Prometheus stats.
-    #[arg(long, value_name = "URL", env = "CDCHECK_AGENT_STATS_URL", default_value = agent::DEFAULT_STATS_URL)]
+    #[arg(long, value_name = "URL", env = cdcheck::settings::env::AGENT_STATS_URL, default_value = agent::DEFAULT_STATS_URL)]
     pub stats: String,
 
     /// Connect every request to this address (the port stays the URL's; `:authority`
     /// stays the host): where a sidecar listens on the pod's address instead of
     /// capturing traffic with iptables, as on cdcheck's local mesh.
-    #[arg(long, value_name = "IP", env = "CDCHECK_AGENT_VIA")]
+    #[arg(long, value_name = "IP", env = cdcheck::settings::env::AGENT_VIA)]
     pub via: Option<std::net::IpAddr>,
 
     /// Retry each health check until SERVING, and a warm-up call before the first batch

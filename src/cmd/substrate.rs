@@ -311,9 +311,7 @@ fn up_kind(args: UpArgs) -> anyhow::Result<ExitCode> {
                     containers::KIND_REGISTRY_NAME
                 );
             }
-            let image = std::env::var("CDCHECK_REGISTRY_IMAGE")
-                .ok()
-                .filter(|v| !v.is_empty())
+            let image = settings::var_string(settings::env::REGISTRY_IMAGE)
                 .unwrap_or_else(|| cdcheck::versions::REGISTRY_IMAGE.to_string());
             let registry = runtime
                 .block_on(containers::LocalRegistry::start(

@@ -144,7 +144,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
 
 /// Where `binary` comes from: env var, then PATH, then the cache.
 pub fn locate_one(binary: Binary, cache: &Path) -> Result<Option<PathBuf>, BinaryError> {
-    if let Some(value) = std::env::var_os(binary.env_var()).filter(|v| !v.is_empty()) {
+    if let Some(value) = crate::settings::var(binary.env_var()) {
         let path = PathBuf::from(value);
         if !is_executable(&path) {
             return Err(BinaryError::Unusable {

@@ -81,7 +81,7 @@ pub struct Existing {
 
 /// `$KUBECONFIG`'s first file, else `~/.kube/config`.
 pub fn default_kubeconfig() -> PathBuf {
-    if let Some(value) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty())
+    if let Some(value) = crate::settings::var("KUBECONFIG")
         && let Some(first) = std::env::split_paths(&value).next()
     {
         return first;

@@ -70,8 +70,11 @@ pub fn istioctl_plan(cache: &Path) -> Result<Vec<Step>, ToolsError> {
                     .display()
                     .to_string(),
             );
-        if let Some(fallback) = std::env::var_os("CDCHECK_GOPROXY_FALLBACK") {
-            cmd = cmd.with_env("CDCHECK_GOPROXY_FALLBACK", &fallback.to_string_lossy());
+        if let Some(fallback) = crate::settings::var(crate::settings::env::GOPROXY_FALLBACK) {
+            cmd = cmd.with_env(
+                crate::settings::env::GOPROXY_FALLBACK,
+                &fallback.to_string_lossy(),
+            );
         }
         return Ok(vec![
             Step::Write {
