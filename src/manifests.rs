@@ -7,6 +7,7 @@
 
 pub mod environment;
 pub mod feature;
+pub mod image;
 pub mod istio;
 pub mod load;
 pub mod options;

@@ -205,12 +205,8 @@ impl fmt::Display for Role {
 /// An image reference's name (last path segment) and tag, e.g.
 /// `registry:5000/microservices-demo/frontend:v0.10.6@sha256:...` → (`frontend`, `v0.10.6`).
 pub fn image_name_and_tag(image: &str) -> (&str, Option<&str>) {
-    let without_digest = image.split_once('@').map_or(image, |(name, _)| name);
-    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
-    match last.split_once(':') {
-        Some((name, tag)) => (name, Some(tag)),
-        None => (last, None),
-    }
+    let image = crate::manifests::image::ImageRef::parse(image);
+    (image.name(), image.tag)
 }
 
 /// The role an image plays: the Online Boutique image names, and `redis` for redis-cart.

@@ -73,22 +73,53 @@ pub fn certificate_dns_names(cert_pem: &str, path: &Path) -> Result<Vec<String>,
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                names.push(dns.to_string());
-            }
+    Ok(dns_names(&cert))
+}
+
+/// The names a certificate's subjectAltName lists: its DNS names, and its IP addresses when
+/// asked, in the certificate's order.
+pub fn subject_alt_names(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    with_ips: bool,
+) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(dns.to_string()),
+            GeneralName::IPAddress(bytes) if with_ips => Some(ip_to_string(bytes)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The DNS names a certificate covers: its SANs, or its CN when it has none (as clients
+/// that still read the CN fall back to it).
+pub fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    let names = subject_alt_names(cert, false);
+    if !names.is_empty() {
+        return names;
+    }
+    cert.subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect()
+}
+
+fn ip_to_string(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
+        16 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(bytes);
+            std::net::Ipv6Addr::from(octets).to_string()
         }
+        _ => format!("{bytes:?}"),
     }
-    if names.is_empty() {
-        names.extend(
-            cert.subject()
-                .iter_common_name()
-                .filter_map(|cn| cn.as_str().ok().map(str::to_string)),
-        );
-    }
-    Ok(names)
 }
 
 /// Whether a certificate name (possibly `*.` wildcard) covers a host.

@@ -751,29 +751,13 @@ fn certificate_facts(pem: &str) -> Result<(Vec<String>, time::OffsetDateTime), S
         .map_err(|e| format!("holds an unreadable certificate: {e}"))?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| format!("holds an unparsable certificate: {e}"))?;
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(n) = name {
-                names.push(n.to_string());
-            }
-        }
-    }
-    if names.is_empty() {
-        names.extend(
-            cert.subject()
-                .iter_common_name()
-                .filter_map(|cn| cn.as_str().ok().map(str::to_string)),
-        );
-    }
+    let names = crate::manifests::tls::dns_names(&cert);
     Ok((names, cert.validity().not_after.to_datetime()))
 }
 
 /// The tag of an image reference (`repo/name:tag@sha256:...` -> `tag`).
 fn image_tag(image: &str) -> Option<&str> {
-    let without_digest = image.split('@').next().unwrap_or(image);
-    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
-    last.split_once(':').map(|(_, tag)| tag)
+    crate::manifests::image::ImageRef::parse(image).tag
 }
 
 fn feature_names(view: &PipelineView) -> Judgement {

@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use std::path::Path;
 
 use super::spec::Release;
+use crate::manifests::image::ImageRef;
 use crate::manifests::load::{self, LoadError, Loaded};
 use crate::manifests::{
     self, Bundle, ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ManifestError, Object,
@@ -284,9 +285,7 @@ fn reference_features() -> Result<Vec<manifests::FeatureBranch>, ManifestError> 
 /// The repository's last path segment of an image reference (`frontend` of
 /// `registry.example.com/shop/frontend:pr-1@sha256:...`).
 fn image_name(image: &str) -> &str {
-    let without_digest = image.split('@').next().unwrap_or(image);
-    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
-    last.split(':').next().unwrap_or(last)
+    ImageRef::parse(image).name()
 }
 
 /// Replaces, in the named Deployments, every container image of SERVICE by REF.
@@ -470,12 +469,7 @@ fn break_release(bundle: &mut Bundle) -> Result<(), PipelineError> {
     if let Some(pod) = spec.template.spec.as_mut() {
         for c in &mut pod.containers {
             if let Some(image) = c.image.as_mut() {
-                let repo = image.split('@').next().unwrap_or(image);
-                let repo = match repo.rsplit_once(':') {
-                    Some((r, tag)) if !tag.contains('/') => r,
-                    _ => repo,
-                };
-                *image = format!("{repo}:{BROKEN_TAG}");
+                *image = ImageRef::parse(image).with_tag(BROKEN_TAG);
             }
         }
     }

@@ -74,20 +74,8 @@ pub enum ContainersError {
         address: String,
         status_line: String,
     },
-    #[error("{purpose}: `{cmd}` could not be started")]
-    Spawn {
-        purpose: String,
-        cmd: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{purpose}: `{cmd}` exited with {code}: {tail}")]
-    Failed {
-        purpose: String,
-        cmd: String,
-        code: String,
-        tail: String,
-    },
+    #[error(transparent)]
+    Command(#[from] super::host::CommandError),
     #[error("read the manifest of {reference} from the local registry at {address}")]
     Manifest {
         address: String,
@@ -159,19 +147,13 @@ impl RegistryOptions {
 /// Splits `name[:tag][@digest]` into testcontainers' name and tag (the tag keeps the digest,
 /// which the engine then checks); a colon before the last `/` is a registry's port, not a tag.
 pub fn split_reference(image: &str) -> (String, String) {
-    let (named, digest) = match image.split_once('@') {
-        Some((named, digest)) => (named, Some(digest)),
-        None => (image, None),
-    };
-    let (name, tag) = match named.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => (name, tag),
-        _ => (named, "latest"),
-    };
-    let tag = match digest {
+    let image = crate::manifests::image::ImageRef::parse(image);
+    let tag = image.tag.unwrap_or("latest");
+    let tag = match image.digest {
         Some(digest) => format!("{tag}@{digest}"),
         None => tag.to_string(),
     };
-    (name.to_string(), tag)
+    (image.repository.to_string(), tag)
 }
 
 /// A running local registry; dropping it removes its container.
@@ -377,24 +359,7 @@ pub fn push_commands(
 }
 
 fn output(host: &dyn Host, purpose: &str, cmd: &Cmd) -> Result<Output, ContainersError> {
-    let out = host.run(cmd).map_err(|source| ContainersError::Spawn {
-        purpose: purpose.to_string(),
-        cmd: cmd.to_string(),
-        source,
-    })?;
-    if out.success() {
-        Ok(out)
-    } else {
-        Err(ContainersError::Failed {
-            purpose: purpose.to_string(),
-            cmd: cmd.to_string(),
-            code: out
-                .code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "a signal".into()),
-            tail: out.tail(),
-        })
-    }
+    Ok(super::host::output(host, purpose, cmd)?)
 }
 
 /// Pushes a local image to the registry at `address` as `target`; first checks the registry
@@ -434,7 +399,7 @@ pub fn remove_leftover(
     let purpose = format!("inspect the container {name}");
     let out = host
         .run(&inspect)
-        .map_err(|source| ContainersError::Spawn {
+        .map_err(|source| super::host::CommandError::Spawn {
             purpose: purpose.clone(),
             cmd: inspect.to_string(),
             source,

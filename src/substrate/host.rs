@@ -202,6 +202,47 @@ pub fn existing_ancestor(path: &Path) -> PathBuf {
     current
 }
 
+/// A command that did not do its job: it could not start, or it exited unsuccessfully.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{purpose}: `{cmd}` could not be started")]
+    Spawn {
+        purpose: String,
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{purpose}: `{cmd}` exited with {code}: {tail}")]
+    Failed {
+        purpose: String,
+        cmd: String,
+        code: String,
+        tail: String,
+    },
+}
+
+/// Runs `cmd` on `host` for `purpose`; its output when it exits 0.
+pub fn output(host: &dyn Host, purpose: &str, cmd: &Cmd) -> Result<Output, CommandError> {
+    let out = host.run(cmd).map_err(|source| CommandError::Spawn {
+        purpose: purpose.to_string(),
+        cmd: cmd.to_string(),
+        source,
+    })?;
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(CommandError::Failed {
+            purpose: purpose.to_string(),
+            cmd: cmd.to_string(),
+            code: out
+                .code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "a signal".into()),
+            tail: out.tail(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

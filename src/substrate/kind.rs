@@ -58,20 +58,8 @@ pub const FEATURE_SERVICES: [&str; 2] = ["frontend", "adservice"];
 pub enum KindError {
     #[error(transparent)]
     Preflight(#[from] NotReady),
-    #[error("{purpose}: `{cmd}` could not be started")]
-    Spawn {
-        purpose: String,
-        cmd: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{purpose}: `{cmd}` exited with {code}: {tail}")]
-    Failed {
-        purpose: String,
-        cmd: String,
-        code: String,
-        tail: String,
-    },
+    #[error(transparent)]
+    Command(#[from] super::host::CommandError),
     #[error("write {path}")]
     Write {
         path: PathBuf,
@@ -744,24 +732,7 @@ pub fn down_plan(options: &KindOptions, observed: &Observed) -> Result<Plan, Kin
 }
 
 fn output(host: &dyn Host, purpose: &str, cmd: &Cmd) -> Result<Output, KindError> {
-    let out = host.run(cmd).map_err(|source| KindError::Spawn {
-        purpose: purpose.to_string(),
-        cmd: cmd.to_string(),
-        source,
-    })?;
-    if out.success() {
-        Ok(out)
-    } else {
-        Err(KindError::Failed {
-            purpose: purpose.to_string(),
-            cmd: cmd.to_string(),
-            code: out
-                .code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "a signal".into()),
-            tail: out.tail(),
-        })
-    }
+    Ok(super::host::output(host, purpose, cmd)?)
 }
 
 /// Asks kind and the cluster what is there under the cluster's name.

@@ -151,20 +151,7 @@ impl CertificateInfo {
     /// Describes a DER certificate; `None` if it does not parse.
     pub fn from_der(der: &[u8]) -> Option<Self> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let mut sans = Vec::new();
-        if let Ok(Some(ext)) = cert.subject_alternative_name() {
-            for name in &ext.value.general_names {
-                match name {
-                    x509_parser::extensions::GeneralName::DNSName(dns) => {
-                        sans.push(dns.to_string())
-                    }
-                    x509_parser::extensions::GeneralName::IPAddress(bytes) => {
-                        sans.push(ip_to_string(bytes))
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let sans = crate::manifests::tls::subject_alt_names(&cert, true);
         Some(Self {
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
@@ -176,18 +163,6 @@ impl CertificateInfo {
                 .unwrap_or_else(|_| cert.validity().not_after.to_string()),
             sha256: sha256_hex(der),
         })
-    }
-}
-
-fn ip_to_string(bytes: &[u8]) -> String {
-    match bytes.len() {
-        4 => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
-        16 => {
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(bytes);
-            std::net::Ipv6Addr::from(octets).to_string()
-        }
-        _ => format!("{bytes:?}"),
     }
 }
 
