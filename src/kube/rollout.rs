@@ -100,6 +100,18 @@ pub struct Sample {
     pub old_pods: i32,
 }
 
+/// Reads the samples a [`RolloutWatch`] recorded, during or after its wait.
+#[derive(Clone)]
+pub struct SampleRecorder {
+    rx: tokio::sync::watch::Receiver<Progress>,
+}
+
+impl SampleRecorder {
+    pub fn samples(&self) -> Vec<Sample> {
+        self.rx.borrow().samples.clone()
+    }
+}
+
 /// Where the rollout stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -534,6 +546,14 @@ impl RolloutWatch {
     /// Samples so far.
     pub fn samples(&self) -> Vec<Sample> {
         self.rx.borrow().samples.clone()
+    }
+
+    /// A handle on the samples that outlives [`RolloutWatch::wait`], which consumes the watch:
+    /// what it recorded over the whole wait, whichever way the wait ended.
+    pub fn recorder(&self) -> SampleRecorder {
+        SampleRecorder {
+            rx: self.rx.clone(),
+        }
     }
 
     /// Waits for the rollout of the Deployment's generation as the API server

@@ -61,7 +61,10 @@ mod tests {
         assert_eq!(port_only.tag, None);
         assert_eq!(port_only.name(), "frontend");
         let bare = ImageRef::parse("redis");
-        assert_eq!((bare.repository, bare.tag, bare.digest), ("redis", None, None));
+        assert_eq!(
+            (bare.repository, bare.tag, bare.digest),
+            ("redis", None, None)
+        );
         let digest_only = ImageRef::parse("redis@sha256:abc");
         assert_eq!((digest_only.name(), digest_only.tag), ("redis", None));
     }

@@ -46,11 +46,16 @@ struct Shape {
     selector_extra: BTreeMap<String, String>,
     replicas: Option<i32>,
     strategy: Option<DeploymentStrategy>,
+    progress_deadline_seconds: Option<i32>,
     anti_affinity_topology_key: Option<String>,
     pre_stop_delay_seconds: Option<i64>,
     termination_grace_period_seconds: Option<i64>,
     extra_env: Vec<(String, String)>,
 }
+
+/// The pipeline's `progressDeadlineSeconds` for every Deployment: a rollout that makes no
+/// progress for a minute fails, and the pipeline's deploy step with it.
+pub const PROGRESS_DEADLINE_SECONDS: i32 = 60;
 
 /// What upstream's `kubernetes-manifests.yaml` holds for every workload.
 pub fn render_upstream() -> Vec<Object> {
@@ -191,6 +196,8 @@ fn mainline_shape(workload: &Workload, options: &Options) -> Shape {
         termination_grace_period_seconds: workload.termination_grace_period_seconds,
         ..Shape::default()
     };
+    // A release that makes no progress is reported within a minute, not Kubernetes' ten.
+    shape.progress_deadline_seconds = Some(PROGRESS_DEADLINE_SECONDS);
     match workload.role {
         Role::Stateless => {
             shape.replicas = Some(options.ha.replicas);
@@ -469,6 +476,7 @@ fn deployment(workload: &Workload, shape: &Shape) -> Deployment {
                 ..LabelSelector::default()
             },
             strategy: shape.strategy.clone(),
+            progress_deadline_seconds: shape.progress_deadline_seconds,
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(template_labels),

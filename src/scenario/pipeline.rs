@@ -24,9 +24,6 @@ use crate::report::Finding;
 /// `kubectl rollout restart`'s annotation: how release N+1 differs from N when
 /// the pipeline gives no next release.
 pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
-/// The broken release's progress deadline, when the pipeline's is longer (the
-/// default is 600 s): a broken release then fails in seconds, not ten minutes.
-pub const BROKEN_PROGRESS_DEADLINE_SECONDS: i32 = 15;
 /// The workload the broken release breaks (the one users reach first).
 pub const BROKEN_WORKLOAD: &str = "frontend";
 /// The test session the reference feature branch routes by cookie and `userid`.
@@ -124,6 +121,8 @@ pub struct Placed {
     pub bundle: Bundle,
     /// Objects of the pipeline left out, with why; the `namespace-scoped` check reports them.
     pub not_deployed: Vec<Finding>,
+    /// The broken release: the Deployment it broke.
+    pub broken: Option<String>,
 }
 
 /// What a scenario may change of the reference rendering.
@@ -237,13 +236,14 @@ impl Pipeline {
                 Placed {
                     bundle: manifests::render(&options)?,
                     not_deployed: Vec::new(),
+                    broken: None,
                 }
             }
             Pipeline::Manifests(m) => place_manifests(m, release, namespace)?,
         };
         match release {
             Release::Next if !self.renames_next(overrides) => restart(&mut placed.bundle),
-            Release::Broken => break_release(&mut placed.bundle)?,
+            Release::Broken => placed.broken = Some(break_release(&mut placed.bundle)?),
             Release::Feature => {
                 let (deployments, images) = self.feature_deployments();
                 set_feature_images(&mut placed.bundle, &deployments, images)?;
@@ -375,6 +375,7 @@ fn place_manifests(
     Ok(Placed {
         bundle,
         not_deployed,
+        broken: None,
     })
 }
 
@@ -444,19 +445,19 @@ fn restart(bundle: &mut Bundle) {
 
 /// The broken release: [`BROKEN_WORKLOAD`]'s image becomes a tag no registry has
 /// (on the local substrate, kwok's never-ready stage plays the failing pull).
-fn break_release(bundle: &mut Bundle) -> Result<(), PipelineError> {
+fn break_release(bundle: &mut Bundle) -> Result<String, PipelineError> {
     let target = deployments_mut(bundle)
         .find(|d| super::checks::app_of(d) == BROKEN_WORKLOAD)
         .ok_or(PipelineError::Release {
             release: "broken",
             why: format!("the pipeline deploys no {BROKEN_WORKLOAD} to break"),
         })?;
+    let name = target.metadata.name.clone().unwrap_or_default();
     let spec = target
         .spec
         .as_mut()
         .expect("a rendered Deployment has a spec");
-    let deadline = spec.progress_deadline_seconds.unwrap_or(600);
-    spec.progress_deadline_seconds = Some(deadline.min(BROKEN_PROGRESS_DEADLINE_SECONDS));
+    // The pipeline's own progressDeadlineSeconds stays: it is what the scenario judges.
     spec.template
         .metadata
         .get_or_insert_with(Default::default)
@@ -473,7 +474,7 @@ fn break_release(bundle: &mut Bundle) -> Result<(), PipelineError> {
             }
         }
     }
-    Ok(())
+    Ok(name)
 }
 
 /// Renames objects in the gateway's namespace to `<namespace>-<name>` and points
@@ -746,7 +747,8 @@ mod tests {
                 assert!(image.ends_with(&format!(":{BROKEN_TAG}")), "{image}");
                 assert_eq!(
                     spec.progress_deadline_seconds,
-                    Some(BROKEN_PROGRESS_DEADLINE_SECONDS)
+                    Some(crate::manifests::workload::PROGRESS_DEADLINE_SECONDS),
+                    "the broken release keeps the pipeline's own deadline"
                 );
             } else {
                 assert!(!image.contains(BROKEN_TAG), "{image}");

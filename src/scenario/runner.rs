@@ -133,6 +133,24 @@ pub async fn run(
     let order: Vec<String> = scenarios.iter().map(|s| s.name.clone()).collect();
     let config = Arc::new(config.clone());
     let locks = Arc::new(locks::GatewayLocks::new());
+    // The one gateway host the pipeline's releases share whatever the scenario (a
+    // pipeline's own manifests name it); learned once by a trial placement, since the
+    // reference's host follows the namespace and is never shared.
+    let shared_host = [Release::Current, Release::Feature]
+        .into_iter()
+        .find_map(|r| {
+            config
+                .pipeline
+                .place(
+                    r,
+                    "cdcheck-probe-host",
+                    &config.run_id,
+                    ReferenceOverrides::default(),
+                )
+                .ok()
+        })
+        .and_then(|placed| super::dataplane::environment_host(&placed))
+        .filter(|h| !h.starts_with("cdcheck-probe-host"));
     // Longest first: the run then lasts about as long as its longest scenario
     // rather than that plus whatever was started before it.
     let mut scenarios = scenarios;
@@ -143,26 +161,12 @@ pub async fn run(
             let config = config.clone();
             let emitter = emitter.clone();
             let locks = locks.clone();
+            let shared_host = shared_host.clone();
             async move {
                 // On a data plane, wait for the gateway's host (and port 443, for a
                 // TLS probe) to be free before the scenario starts, and keep them.
                 let _guard = if config.data_plane.is_some() {
-                    let host = [Release::Current, Release::Feature]
-                        .into_iter()
-                        .find_map(|r| {
-                            config
-                                .pipeline
-                                .place(
-                                    r,
-                                    "cdcheck-probe-host",
-                                    &config.run_id,
-                                    ReferenceOverrides::default(),
-                                )
-                                .ok()
-                        })
-                        .and_then(|placed| super::dataplane::environment_host(&placed))
-                        // The reference pipeline's host follows the namespace: never shared.
-                        .filter(|h| !h.starts_with("cdcheck-probe-host"));
+                    let host = shared_host.clone();
                     let tls = scenario
                         .steps
                         .iter()
