@@ -677,3 +677,55 @@ proptest! {
         assert_no_panic_and_named_errors(&text);
     }
 }
+
+/// A pipeline's output as one file, or on standard input, loads as a directory holding it.
+#[test]
+fn one_file_and_standard_input_load_like_a_directory_of_them() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline/current");
+    let file = dir.join("20-workloads.yaml");
+    let from_file = load::load_path(&file).expect("load one file");
+    let only = tempfile::tempdir().unwrap();
+    std::fs::copy(&file, only.path().join("20-workloads.yaml")).unwrap();
+    let from_dir = load::load_path(only.path()).expect("load a directory of it");
+    assert_eq!(from_file.bundle, from_dir.bundle);
+    assert!(!from_file.bundle.objects.is_empty());
+    let source = from_file.source_of(&from_file.bundle.objects[0]).unwrap();
+    assert!(source.to_string().contains("20-workloads.yaml"), "{source}");
+}
+
+#[test]
+fn bad_yaml_on_standard_input_is_refused_naming_stdin_and_the_line() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cdcheck"))
+        .args(["run", "--manifests", "-", "--mesh", "off"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cdcheck");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\nkind: [unclosed\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("<stdin>, document 2, line"), "{stderr}");
+}
+
+#[test]
+fn standard_input_given_twice_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cdcheck"))
+        .args(["run", "--manifests", "-", "--feature-manifests", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("standard input (-) can be given once"),
+        "{stderr}"
+    );
+}

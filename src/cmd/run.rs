@@ -56,17 +56,19 @@ pub struct Args {
 
     /// The pipeline under test: the YAML a real pipeline produced for one environment
     /// (any number of files and documents), instead of cdcheck's reference rendering.
-    #[arg(long, value_name = "DIR")]
+    /// A directory (every *.yaml/*.yml under it), one file, or `-` for standard input
+    /// (`helm template ... | cdcheck run --manifests -`).
+    #[arg(long, value_name = "DIR|FILE|-")]
     pub manifests: Option<PathBuf>,
 
     /// The feature branch's objects (Deployments, Services, the VirtualServices with its
     /// session routes), added to --manifests for the feature-branch scenario.
-    #[arg(long, value_name = "DIR", requires = "manifests")]
+    #[arg(long, value_name = "DIR|FILE|-", requires = "manifests")]
     pub feature_manifests: Option<PathBuf>,
 
     /// The next release, whole; without it release N+1 is --manifests with a changed
     /// pod template (as `kubectl rollout restart` does).
-    #[arg(long, value_name = "DIR", requires = "manifests")]
+    #[arg(long, value_name = "DIR|FILE|-", requires = "manifests")]
     pub next_manifests: Option<PathBuf>,
 
     /// Scenario files to run instead of the built-in ones (a directory of *.yaml).

@@ -123,12 +123,48 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
             dir: dir.to_path_buf(),
         });
     }
-    let mut loaded = Loaded::default();
+    let mut texts = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::ReadFile {
-            file: file.clone(),
-            source,
+        let text = read_file(&file)?;
+        texts.push((file, text));
+    }
+    load_texts(texts)
+}
+
+/// What a pipeline hands over: a directory (see [`load_dir`]), one file of any name
+/// (`helm template ... > out.yaml`), or `-` for standard input (`helm template ... |
+/// cdcheck run --manifests -`), whose findings name the file `<stdin>`.
+pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| {
+            LoadError::ReadFile {
+                file: PathBuf::from(STDIN_NAME),
+                source,
+            }
         })?;
+        return load_texts(vec![(PathBuf::from(STDIN_NAME), text)]);
+    }
+    if path.is_file() {
+        return load_texts(vec![(path.to_path_buf(), read_file(path)?)]);
+    }
+    load_dir(path)
+}
+
+/// How standard input is named in findings and errors.
+pub const STDIN_NAME: &str = "<stdin>";
+
+fn read_file(file: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(file).map_err(|source| LoadError::ReadFile {
+        file: file.to_path_buf(),
+        source,
+    })
+}
+
+/// Loads files already read, in the given order, refusing an object defined twice.
+fn load_texts(texts: Vec<(PathBuf, String)>) -> Result<Loaded, LoadError> {
+    let mut loaded = Loaded::default();
+    for (file, text) in texts {
         for (object, source) in load_str(&file, &text)? {
             let key = object.key();
             if let Some(first) = loaded.sources.get(&key) {

@@ -35,6 +35,8 @@ pub enum PipelineError {
     Render(#[from] ManifestError),
     #[error("load the pipeline's manifests")]
     Load(#[from] LoadError),
+    #[error("read the pipeline's manifests: standard input (-) can be given once")]
+    StdinTwice,
     #[error("make the {release} release: {why}")]
     Release { release: &'static str, why: String },
     /// The pipeline does not have this release: what needs it does not apply.
@@ -78,14 +80,26 @@ impl Manifests {
         feature: Option<&Path>,
         next: Option<&Path>,
     ) -> Result<Manifests, PipelineError> {
-        let loaded = load::load_dir(current)?;
+        let stdin = [Some(current), feature, next]
+            .into_iter()
+            .flatten()
+            .filter(|p| *p == Path::new("-"))
+            .count();
+        if stdin > 1 {
+            return Err(PipelineError::StdinTwice);
+        }
+        let loaded = load::load_path(current)?;
         let namespace = environment_namespace(&loaded.bundle);
         Ok(Manifests {
-            dir: current.display().to_string(),
+            dir: if current == Path::new("-") {
+                load::STDIN_NAME.to_string()
+            } else {
+                current.display().to_string()
+            },
             namespace,
             current: loaded,
-            feature: feature.map(load::load_dir).transpose()?,
-            next: next.map(load::load_dir).transpose()?,
+            feature: feature.map(load::load_path).transpose()?,
+            next: next.map(load::load_path).transpose()?,
             feature_images: Vec::new(),
         })
     }
