@@ -141,3 +141,30 @@ async fn least_privilege_deployer_deploys_and_waits_for_its_environment() {
     assert_eq!(status.code, 403, "{status:?}");
     common::cleanup(&cluster, &env).await;
 }
+
+/// A kind the cluster does not serve (the Gateway API without its CRDs, as upstream's own
+/// istio-manifests.yaml uses it) is named as such, with what to install, not as a bare 404.
+#[tokio::test]
+async fn a_kind_without_its_crd_is_named_with_what_to_install() {
+    let cluster = require_cluster!();
+    let gvk = kube::api::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway");
+    let value = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "istio-gateway", "namespace": "default"},
+        "spec": {"gatewayClassName": "istio", "listeners": []},
+    });
+    let error = apply::apply_value(&cluster.client, &gvk, &value)
+        .await
+        .expect_err("no Gateway API CRDs on the local substrate");
+    let text = cdcheck::error_chain(&error);
+    assert!(
+        matches!(error, apply::ApplyError::NotServed { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("does not serve gateway.networking.k8s.io/v1 Gateway")
+            && text.contains("Gateway API"),
+        "{text}"
+    );
+}

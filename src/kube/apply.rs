@@ -29,6 +29,18 @@ pub enum ApplyError {
         #[source]
         source: ::kube::Error,
     },
+    /// The API server serves no such kind: its CustomResourceDefinition is not installed.
+    #[error(
+        "apply {key}: the cluster does not serve {api_version} {kind}: its CustomResourceDefinition is not installed{}",
+        crd_hint(api_version)
+    )]
+    NotServed {
+        key: String,
+        api_version: String,
+        kind: String,
+        #[source]
+        source: ::kube::Error,
+    },
     #[error("list {kind} in {namespace} to prune")]
     List {
         kind: String,
@@ -49,6 +61,10 @@ impl ApplyError {
     pub fn api_status(&self) -> Option<&::kube::core::Status> {
         match self {
             ApplyError::Apply {
+                source: ::kube::Error::Api(status),
+                ..
+            }
+            | ApplyError::NotServed {
                 source: ::kube::Error::Api(status),
                 ..
             }
@@ -129,7 +145,34 @@ pub async fn apply_value(
         &Patch::Apply(value),
     )
     .await
-    .map_err(|source| ApplyError::Apply { key, source })
+    .map_err(|source| match &source {
+        ::kube::Error::Api(status) if status.code == 404 && is_unserved_kind(&status.message) => {
+            ApplyError::NotServed {
+                key,
+                api_version: value["apiVersion"].as_str().unwrap_or_default().to_string(),
+                kind: gvk.kind.clone(),
+                source,
+            }
+        }
+        _ => ApplyError::Apply { key, source },
+    })
+}
+
+/// A 404 that says the resource type is unknown, as opposed to a missing namespace or
+/// object (`namespaces "x" not found`).
+fn is_unserved_kind(message: &str) -> bool {
+    message.contains("page not found") || message.contains("could not find the requested resource")
+}
+
+/// What installs the CRDs of an API group users meet most.
+fn crd_hint(api_version: &str) -> &'static str {
+    if api_version.starts_with("gateway.networking.k8s.io/") {
+        " (the Kubernetes Gateway API: install its standard-channel CRDs first)"
+    } else if api_version.contains(".istio.io/") {
+        " (Istio's: install Istio, e.g. `istioctl install`)"
+    } else {
+        ""
+    }
 }
 
 /// Applies `objects` in order; returns their keys.
@@ -247,4 +290,21 @@ pub async fn prune(client: &Client, bundle: &Bundle, env: &str) -> Result<Vec<St
         }
     }
     Ok(pruned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unserved_kind_is_told_from_a_missing_namespace_and_names_what_to_install() {
+        assert!(is_unserved_kind("404 page not found"));
+        assert!(is_unserved_kind(
+            "the server could not find the requested resource"
+        ));
+        assert!(!is_unserved_kind("namespaces \"shop\" not found"));
+        assert!(crd_hint("gateway.networking.k8s.io/v1").contains("Gateway API"));
+        assert!(crd_hint("networking.istio.io/v1").contains("Istio"));
+        assert_eq!(crd_hint("v1"), "");
+    }
 }
