@@ -39,7 +39,7 @@ pub enum ApplyError {
         api_version: String,
         kind: String,
         #[source]
-        source: ::kube::Error,
+        source: Box<::kube::Error>,
     },
     #[error("list {kind} in {namespace} to prune")]
     List {
@@ -59,12 +59,13 @@ pub enum ApplyError {
 impl ApplyError {
     /// The API server's Status when it answered with one (e.g. a validation error).
     pub fn api_status(&self) -> Option<&::kube::core::Status> {
+        if let ApplyError::NotServed { source, .. } = self
+            && let ::kube::Error::Api(status) = source.as_ref()
+        {
+            return Some(status);
+        }
         match self {
             ApplyError::Apply {
-                source: ::kube::Error::Api(status),
-                ..
-            }
-            | ApplyError::NotServed {
                 source: ::kube::Error::Api(status),
                 ..
             }
@@ -151,7 +152,7 @@ pub async fn apply_value(
                 key,
                 api_version: value["apiVersion"].as_str().unwrap_or_default().to_string(),
                 kind: gvk.kind.clone(),
-                source,
+                source: Box::new(source),
             }
         }
         _ => ApplyError::Apply { key, source },
