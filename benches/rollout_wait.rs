@@ -13,9 +13,9 @@
 use std::time::{Duration, Instant};
 
 use cdcheck::kube::rollout::RolloutWatch;
-use cdcheck::kube::{apply, connect, release};
+use cdcheck::kube::{apply, release};
 use cdcheck::manifests::{self, Bundle, Object, Options};
-use cdcheck::substrate::{binaries, local};
+use cdcheck::substrate::{MeshChoice, SubstrateKind, SubstrateOptions, binaries};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
@@ -118,11 +118,16 @@ async fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(20);
-    let found = binaries::locate().expect("control-plane binaries (cdcheck substrate install)");
-    let substrate = local::up(&found, &local::UpOptions::default())
+    binaries::locate().expect("control-plane binaries (cdcheck substrate install)");
+    let options = SubstrateOptions {
+        mesh: MeshChoice::Off,
+        ..SubstrateOptions::new(SubstrateKind::Local)
+    };
+    let progress = |line: &str| eprintln!("{line}");
+    let target = cdcheck::substrate::provision(&options, &progress)
         .await
         .expect("start the local substrate");
-    let client = connect(&substrate.kubeconfig).await.expect("connect");
+    let client = target.cluster.client.clone();
     let env = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let releases = [frontend(&env, "v0.10.6"), frontend(&env, "v0.10.7")];
     release::deploy(&client, &releases[0], &env, TIMEOUT)
