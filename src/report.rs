@@ -321,11 +321,25 @@ pub struct RunReport {
     /// `reference rendering` or the `--manifests` directory.
     pub pipeline: String,
     pub verdict: Verdict,
+    /// Each with its skips counted by kind, derived from its checks when written
+    /// (a scenario that passed with skips must not read as a plain pass).
+    #[serde(serialize_with = "skips::serialize_scenarios")]
+    #[schemars(with = "Vec<skips::ScenarioReportWithSkips>")]
     pub scenarios: Vec<ScenarioReport>,
     /// By scenario verdict.
     pub scenario_totals: Totals,
     /// By check verdict, over every scenario.
     pub check_totals: Totals,
+    /// Set when the run was cut short (Ctrl-C): the report holds the scenarios that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
+}
+
+/// What an interrupted run did not finish.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Interruption {
+    /// The selected scenarios that had not finished, in the order they were selected.
+    pub unfinished: Vec<String>,
 }
 
 /// What the runner emits, in order. Reporters consume these; a collector folds
@@ -367,6 +381,16 @@ pub enum Event {
     RunFinished {
         report: Box<RunReport>,
     },
+    /// The run was cut short (Ctrl-C) and no `RunFinished` will come. Reporters
+    /// report what finished, from the events they saw (see [`Collector`]).
+    RunInterrupted,
+}
+
+impl Event {
+    /// Whether no event follows this one.
+    pub fn ends_run(&self) -> bool {
+        matches!(self, Event::RunFinished { .. } | Event::RunInterrupted)
+    }
 }
 
 /// Consumes the runner's events. File reporters usually act on `RunFinished` only.
@@ -394,11 +418,214 @@ impl ScenarioReport {
         }
         reasons
     }
+
+    /// Its skipped checks grouped by kind, in [`SkipKind`] order (a skip recorded
+    /// without a kind last), each group with its checks in the order they ran.
+    pub fn skips(&self) -> Vec<SkipGroup<'_>> {
+        let mut groups: Vec<SkipGroup<'_>> = Vec::new();
+        for check in self.checks.iter().filter(|c| c.verdict == Verdict::Skipped) {
+            match groups.iter_mut().find(|g| g.kind == check.skip_kind) {
+                Some(group) => group.checks.push(check),
+                None => groups.push(SkipGroup {
+                    kind: check.skip_kind,
+                    checks: vec![check],
+                }),
+            }
+        }
+        // None sorts first in Option's order: put the unclassified last.
+        groups.sort_by_key(|g| (g.kind.is_none(), g.kind));
+        groups
+    }
+
+    /// What its verdict reads as once skips are counted: `passed`, `failed`,
+    /// `passed, 3 skipped (no-data-plane)`, `skipped: 5 of 5 checks (not-applicable, not-run)`.
+    /// A scenario that passed the checks it ran but skipped others is not a plain pass.
+    pub fn verdict_label(&self) -> String {
+        let groups = self.skips();
+        if groups.is_empty() {
+            return self.verdict.as_str().to_string();
+        }
+        let skipped: usize = groups.iter().map(|g| g.checks.len()).sum();
+        let kinds = if groups.len() == 1 {
+            groups[0].kind_str().to_string()
+        } else {
+            groups
+                .iter()
+                .map(|g| format!("{} {}", g.checks.len(), g.kind_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.verdict == Verdict::Skipped {
+            format!(
+                "skipped: {skipped} of {} checks ({kinds})",
+                self.checks.len()
+            )
+        } else {
+            format!("{}, {skipped} skipped ({kinds})", self.verdict)
+        }
+    }
+
+    /// Passed the checks it ran, and skipped some: shown amber, never green.
+    pub fn passed_with_skips(&self) -> bool {
+        self.verdict == Verdict::Passed && self.checks.iter().any(|c| c.verdict == Verdict::Skipped)
+    }
+
+    /// Why the scenario did not run at all because the pipeline gives nothing for
+    /// it to judge (`--manifests` without `--feature-manifests` for `feature-branch`):
+    /// none of its checks reached a verdict, and one was skipped as not applicable.
+    /// `None` when it ran, or when it was skipped for another cause (no data plane).
+    pub fn not_applicable_reason(&self) -> Option<&str> {
+        if self.checks.iter().any(|c| c.verdict != Verdict::Skipped) {
+            return None;
+        }
+        self.checks
+            .iter()
+            .find(|c| c.skip_kind == Some(SkipKind::NotApplicable))
+            .map(|c| c.skip_reason.as_deref().unwrap_or("not applicable"))
+    }
+}
+
+/// Skipped checks of one kind, in one scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SkipGroup<'a> {
+    pub kind: Option<SkipKind>,
+    pub checks: Vec<&'a CheckResult>,
+}
+
+impl SkipGroup<'_> {
+    /// The kind's name, `unclassified` for a skip recorded without one (a report from before kinds).
+    pub fn kind_str(&self) -> &'static str {
+        self.kind.map_or("unclassified", SkipKind::as_str)
+    }
+
+    /// Its distinct reasons, in order of first appearance.
+    pub fn reasons(&self) -> Vec<&str> {
+        let mut reasons: Vec<&str> = Vec::new();
+        for reason in self.checks.iter().filter_map(|c| c.skip_reason.as_deref()) {
+            if !reasons.contains(&reason) {
+                reasons.push(reason);
+            }
+        }
+        reasons
+    }
+
+    /// Its checks' names, each as it is, joined with `, `.
+    pub fn names(&self) -> String {
+        self.checks
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl RunReport {
+    /// Scenarios that did not run because the pipeline gives nothing for them to
+    /// judge, with why: a promise the run did not test, to be said loudly.
+    pub fn not_applicable(&self) -> Vec<(&ScenarioReport, &str)> {
+        self.scenarios
+            .iter()
+            .filter_map(|sc| sc.not_applicable_reason().map(|why| (sc, why)))
+            .collect()
+    }
 }
 
 impl Totals {
     pub fn total(&self) -> usize {
         self.passed + self.failed + self.skipped + self.error
+    }
+}
+
+/// Folds the runner's events into the report of what finished, for a run that
+/// ends without `RunFinished` (Ctrl-C): nextest's cancel, which keeps what ran.
+#[derive(Debug, Default)]
+pub struct Collector {
+    started: Option<Started>,
+    finished: Vec<ScenarioReport>,
+}
+
+#[derive(Debug)]
+struct Started {
+    at: std::time::Instant,
+    /// RFC 3339, UTC, as the reporters saw `RunStarted` (the runner's own stamp is in `RunFinished`).
+    wall: String,
+    substrate: String,
+    data_plane: bool,
+    pipeline: String,
+    selected: Vec<String>,
+}
+
+impl Collector {
+    pub fn event(&mut self, event: &Event) {
+        match event {
+            Event::RunStarted {
+                substrate,
+                data_plane,
+                pipeline,
+                scenarios,
+            } => {
+                self.started = Some(Started {
+                    at: std::time::Instant::now(),
+                    wall: time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    substrate: substrate.clone(),
+                    data_plane: *data_plane,
+                    pipeline: pipeline.clone(),
+                    selected: scenarios.clone(),
+                });
+                self.finished.clear();
+            }
+            Event::ScenarioFinished { report } => self.finished.push((**report).clone()),
+            _ => {}
+        }
+    }
+
+    /// The report of the scenarios that finished, in the order they were selected,
+    /// marked interrupted with the ones that did not. Its verdict is `error`: the
+    /// run reached none on what it did not finish, so it never reads as passed.
+    pub fn interrupted_report(&self) -> RunReport {
+        let selected = self
+            .started
+            .as_ref()
+            .map(|s| s.selected.clone())
+            .unwrap_or_default();
+        let mut scenarios = self.finished.clone();
+        scenarios.sort_by_key(|r| {
+            selected
+                .iter()
+                .position(|n| *n == r.name)
+                .unwrap_or(usize::MAX)
+        });
+        let unfinished = selected
+            .iter()
+            .filter(|n| !scenarios.iter().any(|r| r.name == **n))
+            .cloned()
+            .collect();
+        let mut scenario_totals = Totals::default();
+        let mut check_totals = Totals::default();
+        for scenario in &scenarios {
+            scenario_totals.add(scenario.verdict);
+            scenario
+                .checks
+                .iter()
+                .for_each(|c| check_totals.add(c.verdict));
+        }
+        let started = self.started.as_ref();
+        RunReport {
+            schema_version: SCHEMA_VERSION,
+            cdcheck_version: env!("CARGO_PKG_VERSION").to_string(),
+            started: started.map(|s| s.wall.clone()).unwrap_or_default(),
+            duration: started.map(|s| s.at.elapsed()).unwrap_or_default(),
+            substrate: started.map(|s| s.substrate.clone()).unwrap_or_default(),
+            data_plane: started.is_some_and(|s| s.data_plane),
+            pipeline: started.map(|s| s.pipeline.clone()).unwrap_or_default(),
+            verdict: Verdict::Error,
+            scenarios,
+            scenario_totals,
+            check_totals,
+            interrupted: Some(Interruption { unfinished }),
+        }
     }
 }
 
@@ -409,6 +636,55 @@ pub mod json;
 pub mod junit;
 
 pub use files::{FileReporter, ReportFiles, write_all};
+
+/// The scenarios' derived skip summary in `report.json`: computed from the checks
+/// when written, so no producer of a [`ScenarioReport`] can leave it out of step.
+mod skips {
+    use std::collections::BTreeMap;
+
+    use schemars::JsonSchema;
+    use serde::{Serialize, Serializer};
+
+    use super::{ScenarioReport, SkipKind};
+
+    /// Everything one scenario produced, with how its verdict reads once its skips are
+    /// counted (derived from its checks when written).
+    #[derive(Serialize, JsonSchema)]
+    #[schemars(rename = "ScenarioReport")]
+    pub struct ScenarioReportWithSkips<'a> {
+        #[serde(flatten)]
+        report: &'a ScenarioReport,
+        /// Its skipped checks counted by kind; left out when none was skipped.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+        skipped_by_kind: BTreeMap<SkipKind, usize>,
+        /// Its verdict as it reads with skips counted: `passed, 3 skipped (no-data-plane)`.
+        verdict_label: String,
+    }
+
+    impl<'a> ScenarioReportWithSkips<'a> {
+        fn of(report: &'a ScenarioReport) -> Self {
+            let mut skipped_by_kind = BTreeMap::new();
+            for group in report.skips() {
+                // A skip without a kind (a report from before kinds) has no key to count under.
+                if let Some(kind) = group.kind {
+                    skipped_by_kind.insert(kind, group.checks.len());
+                }
+            }
+            ScenarioReportWithSkips {
+                report,
+                skipped_by_kind,
+                verdict_label: report.verdict_label(),
+            }
+        }
+    }
+
+    pub fn serialize_scenarios<S: Serializer>(
+        scenarios: &[ScenarioReport],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(scenarios.iter().map(ScenarioReportWithSkips::of))
+    }
+}
 
 /// Durations as integer milliseconds in JSON.
 mod millis {

@@ -16,6 +16,7 @@ use cdcheck::traffic::load::{self, LoadSpec};
 use cdcheck::traffic::target::Target;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
 /// The mesh's gateway is shared: its tests take turns.
@@ -172,14 +173,37 @@ fn broken_frontend(env: &str, with_readiness_probe: bool) -> serde_json::Value {
     value
 }
 
-async fn with_broken_pod(with_readiness_probe: bool) -> (BTreeMap<String, u64>, u64) {
-    let Some(cluster) = mesh().await else {
-        return (BTreeMap::new(), 0);
-    };
+/// Whether the broken pod's endpoint in frontend's EndpointSlices is ready, once
+/// the EndpointSlice controller lists it (`None` until then).
+async fn broken_endpoint_ready(client: &kube::Client, env: &str) -> Option<bool> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), env);
+    let slices = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=frontend"))
+        .await
+        .expect("list EndpointSlices");
+    slices
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .find(|e| {
+            e.target_ref
+                .as_ref()
+                .and_then(|r| r.name.as_deref())
+                .is_some_and(|n| n.starts_with("frontend-broken"))
+        })
+        .map(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+}
+
+/// What the gateway answered with the broken pod beside the good ones: answers per
+/// pod, failures and how many requests were sent; `None` when the mesh cannot start
+/// (reported by `skip_or_fail`).
+async fn with_broken_pod(with_readiness_probe: bool) -> Option<(BTreeMap<String, u64>, u64, u64)> {
+    const REQUESTS: u64 = 200;
+    let cluster = mesh().await?;
     let _turn = SERIAL.lock().await;
     let client = cluster.client.clone();
     let cluster_ref = &cluster;
-    common::with_temp_env(&cluster, "mesh-ready", |env| async move {
+    let outcome = common::with_temp_env(&cluster, "mesh-ready", |env| async move {
         let host = format!("{env}.boutique.test");
         common::deploy(cluster_ref, &frontend(&env), &env).await;
         expose(&client, &env).await;
@@ -193,41 +217,52 @@ async fn with_broken_pod(with_readiness_probe: bool) -> (BTreeMap<String, u64>, 
             )
             .await
             .expect("apply frontend-broken");
-        // Its process starts at once; without a probe it is Ready then, with one never.
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &env);
-        for _ in 0..100 {
-            let running = pods
-                .list(&ListParams::default().labels("app=frontend"))
-                .await
-                .expect("pods")
-                .items
-                .iter()
-                .filter(|p| {
-                    p.metadata
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| n.starts_with("frontend-broken"))
-                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                })
-                .count();
-            if running == 1 {
+        // Wait on what decides the outcome rather than a fixed time: the EndpointSlice
+        // controller has listed the broken pod (ready without a probe, never with one),
+        // and, without a probe, istiod has pushed it to the gateway (a request fails).
+        let bound = Duration::from_secs(60);
+        let started = std::time::Instant::now();
+        let expected_ready = !with_readiness_probe;
+        loop {
+            if broken_endpoint_ready(&client, &env).await == Some(expected_ready) {
                 break;
             }
+            assert!(
+                started.elapsed() < bound,
+                "the broken pod's endpoint is not listed with ready={expected_ready} within {bound:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        through_gateway(&host, 200).await
+        if expected_ready {
+            loop {
+                let (_, failed) = through_gateway(&host, 10).await;
+                if failed > 0 {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < bound,
+                    "the gateway never sent a request to the ready broken pod within {bound:?}"
+                );
+            }
+        }
+        through_gateway(&host, REQUESTS).await
     })
-    .await
+    .await;
+    Some((outcome.0, outcome.1, REQUESTS))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_never_passes_its_readiness_probe_receives_no_traffic() {
-    let (by_pod, failed) = with_broken_pod(true).await;
-    if by_pod.is_empty() {
+    let Some((by_pod, failed, sent)) = with_broken_pod(true).await else {
         return; // skipped (reported by skip_or_fail)
-    }
+    };
     assert_eq!(failed, 0, "requests failed: {by_pod:?}");
+    // Every answer attributed to a pod: an empty attribution is no evidence.
+    assert_eq!(
+        by_pod.values().sum::<u64>(),
+        sent,
+        "answers per pod: {by_pod:?}"
+    );
     assert!(
         by_pod.keys().all(|p| !p.starts_with("frontend-broken")),
         "the never-ready pod answered: {by_pod:?}"
@@ -236,12 +271,13 @@ async fn a_pod_that_never_passes_its_readiness_probe_receives_no_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_the_same_pod_without_a_readiness_probe_gets_traffic_and_fails_it() {
-    let (by_pod, failed) = with_broken_pod(false).await;
-    if by_pod.is_empty() && failed == 0 {
+    let Some((by_pod, failed, _)) = with_broken_pod(false).await else {
         return; // skipped (reported by skip_or_fail)
-    }
+    };
     assert!(
         failed > 0,
         "without a readiness probe the broken pod must be in the endpoints and fail requests: {by_pod:?}"
     );
+    // The good pods still answer: the failures are the broken pod's share, not an outage.
+    assert!(!by_pod.is_empty(), "no answer at all: {by_pod:?}");
 }

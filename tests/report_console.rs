@@ -9,9 +9,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cdcheck::report::console::{ConsoleOptions, ConsoleReporter};
-use cdcheck::report::{Event, ReportFiles, Reporter, RunReport};
+use cdcheck::report::{Event, ReportFiles, Reporter};
 use report_fixture::{
-    FAILED_SCENARIO, MARKUP_FINDING, PASSED_SCENARIO, SKIP_REASON, SKIPPED_SCENARIO,
+    FAILED_SCENARIO, FEATURE_SCENARIO, MARKUP_FINDING, NOT_GIVEN_REASON, PASSED_SCENARIO,
+    SKIP_REASON, SKIPPED_SCENARIO, events_of, interrupted_events,
 };
 
 /// A writer the test can read back after the reporter is done with it.
@@ -34,53 +35,19 @@ impl Captured {
     }
 }
 
-/// The events a runner emits for the fixture's run, scenarios interleaved as they run concurrently.
-fn events_of(report: &RunReport) -> Vec<Event> {
-    let mut events = vec![Event::RunStarted {
-        substrate: report.substrate.clone(),
-        data_plane: report.data_plane,
-        pipeline: report.pipeline.clone(),
-        scenarios: report.scenarios.iter().map(|s| s.name.clone()).collect(),
-    }];
-    for scenario in &report.scenarios {
-        events.push(Event::ScenarioStarted {
-            scenario: scenario.name.clone(),
-            namespace: scenario.namespace.clone(),
-            steps: 6,
-        });
-        events.push(Event::StepStarted {
-            scenario: scenario.name.clone(),
-            step: 0,
-            label: "deploy release 1".into(),
-        });
-    }
-    for scenario in &report.scenarios {
-        for check in &scenario.checks {
-            events.push(Event::Check {
-                scenario: scenario.name.clone(),
-                result: check.clone(),
-            });
-        }
-        events.push(Event::ScenarioFinished {
-            report: Box::new(scenario.clone()),
-        });
-    }
-    events.push(Event::RunFinished {
-        report: Box::new(report.clone()),
-    });
-    events
+fn run_console(color: bool) -> String {
+    console_of(&events_of(&report_fixture::run_report()), color)
 }
 
-fn run_console(color: bool) -> String {
+fn console_of(events: &[Event], color: bool) -> String {
     let captured = Captured::default();
     let mut console = ConsoleReporter::new(
         Box::new(captured.clone()),
         ConsoleOptions { color, live: false },
     )
     .with_report_files(ReportFiles::in_dir(Path::new("cdcheck-report")));
-    let report = report_fixture::run_report();
-    for event in events_of(&report) {
-        console.event(&event).unwrap();
+    for event in events {
+        console.event(event).unwrap();
     }
     captured.text()
 }
@@ -94,7 +61,8 @@ fn each_scenario_gets_a_verdict_line_with_failed_findings_indented_below() {
     );
     assert!(
         out.contains(&format!(
-            "SKIP {SKIPPED_SCENARIO} (3.9 s): 2 skipped of 5 checks ({SKIP_REASON})\n"
+            "SKIP {SKIPPED_SCENARIO} (3.9 s): 2 skipped (no-data-plane) of 5 checks\n       \
+             skipped (no-data-plane) served-certificate-by-sni, http-redirects-to-https: {SKIP_REASON}\n"
         )),
         "{out}"
     );
@@ -140,11 +108,12 @@ fn the_summary_counts_and_lists_skips_apart_from_passes() {
     );
     assert!(
         summary.contains(&format!(
-            "Skipped (not run, so not passed):\n  https: 2 checks (served-certificate-by-sni, http-redirects-to-https): {SKIP_REASON}\n"
+            "Skipped (not run, so not passed):\n  https: 2 no-data-plane checks (served-certificate-by-sni, http-redirects-to-https): {SKIP_REASON}\n"
         )),
         "{summary}"
     );
     assert!(summary.contains("\nVerdict: FAILED\n"), "{summary}");
+    assert!(!summary.contains("NOT RUN"), "{summary}");
     assert!(
         summary.ends_with(
             "Reports:\n  cdcheck-report/junit.xml\n  cdcheck-report/report.json\n  cdcheck-report/report.html\n\n"
@@ -206,4 +175,108 @@ fn progress_shows_each_running_scenario_at_its_current_step() {
         })
         .unwrap();
     assert_eq!(console.progress_of(FAILED_SCENARIO), None);
+}
+
+#[test]
+fn a_pass_with_skips_reads_passed_with_its_skips_in_amber_never_green() {
+    let out = console_of(&events_of(&report_fixture::with_skips()), false);
+    assert!(
+        out.contains(&format!(
+            "PASS {PASSED_SCENARIO} (24.6 s): passed, 3 skipped (no-data-plane) of 7 checks\n       \
+             skipped (no-data-plane) probe-routing, probe-grpc, load-frontend-zero-failed: {SKIP_REASON}\n"
+        )),
+        "{out}"
+    );
+    let summary = &out[out.find("Summary on local").unwrap()..];
+    assert!(
+        summary.contains(
+            "  zero-downtime-bluegreen  PASSED+SKIPS       4       0        3      0     24.6 s\n"
+        ),
+        "{summary}"
+    );
+
+    // In colour, the pass that skipped is amber (33, yellow), and green (32) only
+    // where something passed outright: never on the scenario's tag or row.
+    let coloured = console_of(&events_of(&report_fixture::with_skips()), true);
+    let line = coloured
+        .lines()
+        .find(|l| l.contains(PASSED_SCENARIO) && l.contains("passed, 3 skipped"))
+        .unwrap_or_else(|| panic!("{coloured}"));
+    assert!(line.contains("\x1b[33"), "{line:?}");
+    assert!(!line.contains("\x1b[32"), "{line:?}");
+    let row = coloured
+        .lines()
+        .find(|l| l.contains(PASSED_SCENARIO) && l.contains("PASSED+SKIPS"))
+        .unwrap_or_else(|| panic!("{coloured}"));
+    assert!(!row.contains("\x1b[32"), "{row:?}");
+    // Control: a plain pass is green.
+    let plain = run_console(true);
+    let plain_line = plain
+        .lines()
+        .find(|l| l.contains(PASSED_SCENARIO) && l.contains("PASS"))
+        .unwrap();
+    assert!(plain_line.contains("\x1b[32"), "{plain_line:?}");
+}
+
+#[test]
+fn a_scenario_the_pipeline_gives_nothing_for_says_so_on_its_own_line() {
+    let out = console_of(&events_of(&report_fixture::with_skips()), false);
+    let summary = &out[out.find("Summary on local").unwrap()..];
+    let line = format!("NOT RUN: {FEATURE_SCENARIO} did not run: {NOT_GIVEN_REASON}");
+    assert!(
+        summary.lines().any(|l| l == line),
+        "no line {line:?} in\n{summary}"
+    );
+    // It comes before the skip list, and the skipped checks keep their own names.
+    assert!(summary.find(&line).unwrap() < summary.find("Skipped (not run").unwrap());
+    assert!(
+        summary.contains(
+            "  feature-branch: 3 not-run checks (feature-names, session-routes-anchored, probe-routing): \
+             not run: an earlier step could not complete\n"
+        ),
+        "{summary}"
+    );
+    assert!(summary.contains("\nVerdict: FAILED\n"), "{summary}");
+}
+
+#[test]
+fn a_run_that_passed_with_skips_has_an_amber_verdict_that_counts_them() {
+    let mut report = report_fixture::with_skips();
+    report.scenarios.remove(1);
+    report.verdict = cdcheck::report::Verdict::Passed;
+    let out = console_of(&events_of(&report), false);
+    assert!(
+        out.contains("\nVerdict: PASSED, 9 checks skipped\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_console_output_of_a_run_with_skips() {
+    insta::assert_snapshot!(
+        "console_with_skips",
+        console_of(&events_of(&report_fixture::with_skips()), false)
+    );
+}
+
+#[test]
+fn an_interrupted_run_summarises_what_finished_and_names_what_did_not() {
+    let out = console_of(&interrupted_events(&report_fixture::with_skips(), 3), false);
+    let summary = &out[out
+        .find("Summary on local")
+        .unwrap_or_else(|| panic!("no summary after RunInterrupted:\n{out}"))..];
+    assert!(
+        summary.contains("INTERRUPTED: 3 of 4 scenarios finished; not finished: feature-branch\n"),
+        "{summary}"
+    );
+    let table: Vec<&str> = summary
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.ends_with(" s"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(table, [PASSED_SCENARIO, FAILED_SCENARIO, SKIPPED_SCENARIO]);
+    assert!(
+        summary.contains("\nVerdict: ERROR (interrupted)\n"),
+        "{summary}"
+    );
 }

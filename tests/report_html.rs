@@ -10,7 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cdcheck::report::html;
-use report_fixture::{FAILED_SCENARIO, MARKUP_FINDING, SKIP_REASON};
+use report_fixture::{
+    FAILED_SCENARIO, FEATURE_SCENARIO, MARKUP_FINDING, NOT_GIVEN_REASON, PASSED_SCENARIO,
+    SKIP_REASON,
+};
 
 fn page() -> String {
     html::to_html(&report_fixture::run_report())
@@ -96,8 +99,98 @@ fn every_load_has_a_timeline_with_its_outages_and_the_scenarios_events() {
     assert!(passed.contains("class=\"failed-ticks\" d=\"\""));
 
     let skipped = section(&page, report_fixture::SKIPPED_SCENARIO);
-    assert!(skipped.contains(&format!("skipped: {SKIP_REASON}")));
+    assert!(skipped.contains(&format!("skipped (no-data-plane): {SKIP_REASON}")));
     assert!(!skipped.contains("<svg"));
+}
+
+/// The class and text of the first badge in `html`.
+fn first_badge(html: &str) -> (&str, &str) {
+    let at = html.find("<span class=\"badge ").expect("a badge");
+    let rest = &html[at + "<span class=\"badge ".len()..];
+    let class = &rest[..rest.find('"').unwrap()];
+    let text = &rest[rest.find('>').unwrap() + 1..rest.find("</span>").unwrap()];
+    (class, text)
+}
+
+#[test]
+fn a_pass_with_skips_is_amber_with_its_skips_never_a_green_pass() {
+    let page = html::to_html(&report_fixture::with_skips());
+    let bluegreen = section(&page, PASSED_SCENARIO);
+    assert!(
+        bluegreen.starts_with(&format!("id=\"scenario-{PASSED_SCENARIO}\"")),
+        "{}",
+        &bluegreen[..80]
+    );
+    assert_eq!(
+        first_badge(bluegreen),
+        ("passed-skips", "passed, 3 skipped (no-data-plane)")
+    );
+    // The scenario's box is not of the `passed` class, whose badges CSS paints green.
+    let opening = &page[..page
+        .find(&format!("id=\"scenario-{PASSED_SCENARIO}\""))
+        .unwrap()];
+    assert!(
+        opening.ends_with("<details class=\"scenario passed-skips\" "),
+        "{}",
+        &opening[opening.len() - 60..]
+    );
+    // In the overview too.
+    let overview = &page[page.find("<section class=\"overview\"").unwrap()..];
+    let row = &overview[overview.find(&format!(">{PASSED_SCENARIO}</a>")).unwrap()..];
+    assert_eq!(
+        first_badge(row),
+        ("passed-skips", "passed, 3 skipped (no-data-plane)")
+    );
+    // Control: without skips it is a plain pass.
+    let plain = html::to_html(&report_fixture::run_report());
+    assert_eq!(
+        first_badge(section(&plain, PASSED_SCENARIO)),
+        ("passed", "passed")
+    );
+}
+
+#[test]
+fn the_html_header_and_overview_of_a_run_with_skips() {
+    let page = html::to_html(&report_fixture::with_skips());
+    let start = page.find("<header").unwrap();
+    let end = page.find("</section>").unwrap() + "</section>".len();
+    // One element a line, for a readable snapshot.
+    insta::assert_snapshot!(
+        "html_with_skips_header",
+        page[start..end].replace("><", ">\n<")
+    );
+}
+
+#[test]
+fn a_scenario_the_pipeline_gives_nothing_for_has_a_banner() {
+    let page = html::to_html(&report_fixture::with_skips());
+    let header = &page[..page.find("</header>").unwrap()];
+    assert!(
+        header.contains(&format!(
+            "<p class=\"banner not-run\"><a href=\"#scenario-{FEATURE_SCENARIO}\">{FEATURE_SCENARIO}</a> did not run: {NOT_GIVEN_REASON}</p>"
+        )),
+        "{header}"
+    );
+    assert!(!html::to_html(&report_fixture::run_report()).contains("banner not-run"));
+}
+
+#[test]
+fn an_interrupted_run_has_a_banner_and_what_finished() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut writer = cdcheck::report::FileReporter::new(temp.path());
+    for event in report_fixture::interrupted_events(&report_fixture::with_skips(), 3) {
+        cdcheck::report::Reporter::event(&mut writer, &event).unwrap();
+    }
+    let page = std::fs::read_to_string(&writer.written().unwrap().html).unwrap();
+    assert!(
+        page.contains(&format!(
+            "<p class=\"banner interrupted\">Interrupted: 3 of 4 scenarios finished; this report holds those. Not finished: {FEATURE_SCENARIO}.</p>"
+        )),
+        "{}",
+        &page[..page.find("</header>").unwrap()]
+    );
+    assert!(page.contains("<title>cdcheck: error (interrupted) on local</title>"));
+    assert_eq!(page.matches("<details class=\"scenario ").count(), 3);
 }
 
 #[test]
@@ -169,6 +262,8 @@ struct Ink {
     colours: usize,
     /// Pixels of the timeline's request-dot blue (#2563eb at 55 % over white).
     timeline_dots: usize,
+    /// Pixels of the skip background (#fef3c7).
+    amber: usize,
 }
 
 impl Ink {
@@ -182,7 +277,11 @@ impl Ink {
         let channels = info.color_type.samples();
         let mut colours: HashMap<&[u8], usize> = HashMap::new();
         let mut timeline_dots = 0;
+        let mut amber = 0;
         for pixel in buffer[..info.buffer_size()].chunks(channels) {
+            if pixel[..3] == [0xfe, 0xf3, 0xc7] {
+                amber += 1;
+            }
             *colours.entry(pixel).or_default() += 1;
             let dot_blue = [135u8, 169, 244];
             if pixel[..3]
@@ -201,6 +300,7 @@ impl Ink {
             drawn: (pixels - background) as f64 / pixels as f64,
             colours: colours.len(),
             timeline_dots,
+            amber,
         }
     }
 
@@ -240,6 +340,30 @@ fn the_report_renders_in_headless_chromium() {
         ink.looks_rendered(),
         "the screenshot {} does not look like the report: {ink:?}",
         shot.display()
+    );
+
+    // The run with skips: its amber (the skip badges' and banner's background,
+    // #fef3c7) must cover more of the page than in the run above, whose only
+    // amber is the https scenario's.
+    let skips_dir = out_dir.join("with-skips");
+    let skips_files =
+        cdcheck::report::write_all(&report_fixture::with_skips(), &skips_dir).unwrap();
+    let skips_shot = out_dir.join("screenshot-with-skips.png");
+    let _ = std::fs::remove_file(&skips_shot);
+    screenshot(
+        &chromium,
+        &format!("file://{}", skips_files.html.display()),
+        &skips_shot,
+        &temp.path().join("profile-skips"),
+    );
+    let skips_ink = Ink::of(&skips_shot);
+    assert!(skips_ink.looks_rendered(), "{skips_ink:?}");
+    assert!(
+        skips_ink.amber > ink.amber + 2000,
+        "amber pixels: {} with skips, {} without ({})",
+        skips_ink.amber,
+        ink.amber,
+        skips_shot.display()
     );
 
     // Negative control: the same judgement calls a blank page blank.

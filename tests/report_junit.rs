@@ -3,9 +3,10 @@
 
 mod report_fixture;
 
-use cdcheck::report::{Verdict, junit};
+use cdcheck::report::{FileReporter, Reporter, Verdict, junit};
 use report_fixture::{
-    FAILED_SCENARIO, MARKUP_FINDING, PASSED_SCENARIO, SKIP_REASON, SKIPPED_SCENARIO,
+    FAILED_SCENARIO, FEATURE_SCENARIO, MARKUP_FINDING, NOT_GIVEN_REASON, PASSED_SCENARIO,
+    SKIP_REASON, SKIPPED_SCENARIO, interrupted_events,
 };
 use roxmltree::{Document, Node};
 
@@ -125,23 +126,143 @@ fn skips_are_skipped_with_their_reason_never_passes() {
     let xml = junit::to_xml(&report_fixture::run_report()).unwrap();
     let doc = Document::parse(&xml).unwrap();
     let https = suite(&doc, SKIPPED_SCENARIO);
-    let skipped: Vec<(&str, Option<&str>)> = https
+    let skipped: Vec<(&str, Option<&str>, Option<&str>)> = https
         .children()
         .filter(|n| n.has_tag_name("testcase"))
         .filter_map(|n| {
+            let skipped = child(n, "skipped")?;
             Some((
                 n.attribute("name").unwrap(),
-                child(n, "skipped")?.attribute("message"),
+                skipped.attribute("type"),
+                skipped.attribute("message"),
             ))
         })
         .collect();
     assert_eq!(
         skipped,
         [
-            ("served-certificate-by-sni", Some(SKIP_REASON)),
-            ("http-redirects-to-https", Some(SKIP_REASON)),
+            (
+                "served-certificate-by-sni",
+                Some("no-data-plane"),
+                Some(SKIP_REASON)
+            ),
+            (
+                "http-redirects-to-https",
+                Some("no-data-plane"),
+                Some(SKIP_REASON)
+            ),
         ]
     );
+}
+
+/// Each testcase's outcome as CI reads it: the name of its one child element
+/// (`failure`, `error`, `skipped`), or `pass` when it has none.
+fn outcomes<'a>(suite: Node<'a, '_>) -> Vec<(&'a str, &'a str)> {
+    suite
+        .children()
+        .filter(|n| n.has_tag_name("testcase"))
+        .map(|n| {
+            let outcome = n
+                .children()
+                .find(|c| {
+                    c.is_element() && ["failure", "error", "skipped"].contains(&c.tag_name().name())
+                })
+                .map_or("pass", |c| c.tag_name().name());
+            (n.attribute("name").unwrap(), outcome)
+        })
+        .collect()
+}
+
+fn property<'a>(suite: Node<'a, '_>, name: &str) -> Option<&'a str> {
+    suite
+        .descendants()
+        .find(|n| n.has_tag_name("property") && n.attribute("name") == Some(name))
+        .and_then(|n| n.attribute("value"))
+}
+
+#[test]
+fn a_pass_with_skips_has_its_skips_as_skipped_testcases_and_says_so() {
+    let xml = junit::to_xml(&report_fixture::with_skips()).unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    let bluegreen = suite(&doc, PASSED_SCENARIO);
+    assert_eq!(
+        outcomes(bluegreen),
+        [
+            ("service-selects-one-colour", "pass"),
+            ("switch-after-ready", "pass"),
+            ("nothing-mixed-after-switch", "pass"),
+            ("no-failed-request-under-load", "pass"),
+            ("probe-routing", "skipped"),
+            ("probe-grpc", "skipped"),
+            ("load-frontend-zero-failed", "skipped"),
+        ]
+    );
+    assert_eq!(bluegreen.attribute("skipped"), Some("3"));
+    assert_eq!(property(bluegreen, "verdict"), Some("passed"));
+    assert_eq!(
+        property(bluegreen, "verdict_label"),
+        Some("passed, 3 skipped (no-data-plane)")
+    );
+
+    let feature = suite(&doc, FEATURE_SCENARIO);
+    assert!(outcomes(feature).iter().all(|(_, o)| *o == "skipped"));
+    let release = child(case(feature, "release-feature"), "skipped").unwrap();
+    assert_eq!(release.attribute("type"), Some("not-applicable"));
+    assert_eq!(release.attribute("message"), Some(NOT_GIVEN_REASON));
+    assert_eq!(
+        property(feature, "verdict_label"),
+        Some("skipped: 4 of 4 checks (1 not-applicable, 3 not-run)")
+    );
+}
+
+#[test]
+fn the_junit_of_a_run_with_skips() {
+    insta::assert_snapshot!(
+        "junit_with_skips",
+        junit::to_xml(&report_fixture::with_skips()).unwrap()
+    );
+}
+
+#[test]
+fn an_interrupted_run_writes_what_finished_and_an_error_for_what_did_not() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut writer = FileReporter::new(temp.path());
+    for event in interrupted_events(&report_fixture::with_skips(), 2) {
+        writer.event(&event).unwrap();
+    }
+    let files = writer.written().expect("RunInterrupted writes the reports");
+    let xml = std::fs::read_to_string(&files.junit).unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    let root = doc.root_element();
+    assert_eq!(root.attribute("name"), Some("cdcheck (interrupted)"));
+    let suites: Vec<&str> = root
+        .children()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .map(|n| n.attribute("name").unwrap())
+        .collect();
+    assert_eq!(
+        suites,
+        [
+            PASSED_SCENARIO,
+            FAILED_SCENARIO,
+            SKIPPED_SCENARIO,
+            FEATURE_SCENARIO
+        ]
+    );
+    // The finished ones as they were; the unfinished ones an error each.
+    assert_eq!(
+        outcomes(suite(&doc, FAILED_SCENARIO))
+            .iter()
+            .filter(|(_, o)| *o == "failure")
+            .count(),
+        2
+    );
+    for unfinished in [SKIPPED_SCENARIO, FEATURE_SCENARIO] {
+        let error = child(case(suite(&doc, unfinished), "scenario"), "error")
+            .unwrap_or_else(|| panic!("{unfinished} has no <error>"));
+        assert_eq!(error.attribute("type"), Some("interrupted"));
+    }
+    assert_eq!(root.attribute("errors"), Some("2"));
 }
 
 #[test]

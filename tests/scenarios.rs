@@ -1,8 +1,11 @@
 //! Each built-in scenario as a test (`cargo test --test scenarios ha`), run by
 //! the real runner against the reference pipeline on the local substrate. A
-//! scenario passes when no check failed; its skipped checks (steps that need a
-//! data plane) are printed. Without a substrate the tests fail in CI and are
-//! reported as ignored, with the reason, elsewhere.
+//! scenario passes when no check failed; its skipped checks are printed. A
+//! scenario that was skipped whole (nothing of it ran) fails on the substrates
+//! these tests claim to exercise, the cluster `CDCHECK_KUBECONFIG` names and the
+//! local mesh; it passes, loudly, only on the local substrate without a data plane
+//! outside CI. Without a substrate the tests fail in CI and are reported as
+//! ignored, with the reason, elsewhere.
 
 use std::io::Write;
 use std::sync::OnceLock;
@@ -95,7 +98,21 @@ fn run_one(scenario: Scenario) -> Result<(), Failed> {
     }
     // Shown with --nocapture (and for failures, in the message).
     print!("{out}");
+    // A skip passes only where the substrate admittedly cannot run it: the local
+    // substrate without a data plane, outside CI (which requires the mesh).
+    let existing = std::env::var_os("CDCHECK_KUBECONFIG").is_some_and(|v| !v.is_empty());
+    let skip_fails = existing || *mesh;
     match scenario.verdict {
+        Verdict::Skipped if skip_fails => Err(Failed::from(format!(
+            "scenario {} was skipped (nothing of it ran) on {}: {}\n{out}",
+            scenario.name,
+            if existing {
+                "the cluster CDCHECK_KUBECONFIG names"
+            } else {
+                "the local mesh"
+            },
+            scenario.skip_reasons().join("; ")
+        ))),
         Verdict::Passed | Verdict::Skipped => {
             // Skips are not passes: show them even when the test passes (not captured).
             let skipped = scenario

@@ -331,9 +331,14 @@ async fn run_with_reporters(
             // The files first, so the console's summary can point at them.
             writer.event(&event)?;
             console.event(&event)?;
+            if event.ends_run() {
+                break;
+            }
         }
         Ok(())
     });
+    // Ctrl-C drops the runner and its sender: this one tells the reporters the run was interrupted.
+    let interrupt = tx.clone();
     let run_id = config.run_id.clone();
     let keep = config.keep;
     let outcome = tokio::select! {
@@ -341,6 +346,16 @@ async fn run_with_reporters(
         _ = tokio::signal::ctrl_c() => None,
     };
     let Some(report) = outcome else {
+        // The reports of what finished, marked interrupted, before cleaning up.
+        let _ = interrupt.send(Event::RunInterrupted);
+        match reporters.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!(
+                "error: failed to write the reports: {}",
+                cdcheck::error_chain(&e)
+            ),
+            Err(_) => eprintln!("error: failed to write the reports: a reporter panicked"),
+        }
         eprintln!(
             "interrupted: {}",
             if keep {

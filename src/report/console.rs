@@ -1,5 +1,7 @@
 //! The console reporter: live progress while scenarios run, a verdict line per
-//! finished scenario with the failed checks' findings, and a one-screen summary.
+//! finished scenario with the failed checks' findings and the skips by kind, and
+//! a one-screen summary. A skip is never drawn green: a scenario that passed the
+//! checks it ran but skipped others reads `passed, 3 skipped (no-data-plane)`, in amber.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -9,7 +11,8 @@ use console::Style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{
-    Event, ReportError, ReportFiles, Reporter, RunReport, ScenarioReport, Totals, Verdict,
+    Collector, Event, ReportError, ReportFiles, Reporter, RunReport, ScenarioReport, Totals,
+    Verdict,
 };
 
 /// How the console reporter writes.
@@ -48,6 +51,8 @@ pub struct ConsoleReporter {
     overall: Option<ProgressBar>,
     running: BTreeMap<String, Running>,
     report_files: Option<ReportFiles>,
+    /// What finished, for the summary of an interrupted run.
+    collector: Collector,
 }
 
 struct Running {
@@ -74,6 +79,7 @@ impl ConsoleReporter {
             overall: None,
             running: BTreeMap::new(),
             report_files: None,
+            collector: Collector::default(),
         }
     }
 
@@ -151,12 +157,15 @@ impl ConsoleReporter {
         self.line(&text)
     }
 
-    /// `PASS ha (12.3 s)`, with the failed checks and their findings below.
+    /// `PASS ha (12.3 s)`, with the failed checks and their findings below, and
+    /// the skipped checks by kind with their reasons.
     fn scenario_lines(&self, report: &ScenarioReport) -> String {
         let totals = report.check_totals();
+        let skips = report.skips();
+        let tag_style = self.styles.scenario_style(report);
         let mut text = format!(
             "{} {} ({})",
-            self.styles.verdict_tag(report.verdict),
+            self.styles.tag(report.verdict, tag_style),
             self.styles.bold.apply_to(&report.name),
             seconds(report.duration)
         );
@@ -167,18 +176,21 @@ impl ConsoleReporter {
         if totals.error > 0 {
             counts.push(format!("{} error", totals.error));
         }
-        if totals.skipped > 0 {
-            counts.push(format!("{} skipped", totals.skipped));
-        }
-        if !counts.is_empty() {
-            text.push_str(&format!(
-                ": {} of {} checks",
-                counts.join(", "),
-                totals.total()
+        if !skips.is_empty() {
+            counts.push(format!(
+                "{} skipped ({})",
+                totals.skipped,
+                skip_kinds(report)
             ));
         }
-        if totals.skipped > 0 {
-            text.push_str(&format!(" ({})", report.skip_reasons().join("; ")));
+        if !counts.is_empty() {
+            let passed = if report.passed_with_skips() {
+                "passed, "
+            } else {
+                ""
+            };
+            let counts = format!("{passed}{} of {} checks", counts.join(", "), totals.total());
+            text.push_str(&format!(": {}", tag_style.apply_to(counts)));
         }
         for check in &report.checks {
             if !matches!(check.verdict, Verdict::Failed | Verdict::Error) {
@@ -196,6 +208,15 @@ impl ConsoleReporter {
             if check.findings.is_empty() {
                 text.push_str("\n         - (no finding recorded)");
             }
+        }
+        for group in &skips {
+            text.push_str(&format!(
+                "\n       {} ({}) {}: {}",
+                self.styles.skip.apply_to("skipped"),
+                group.kind_str(),
+                group.names(),
+                reasons_or_none(&group.reasons())
+            ));
         }
         text
     }
@@ -230,6 +251,21 @@ impl ConsoleReporter {
             report.substrate,
             report.pipeline
         );
+        if let Some(interruption) = &report.interrupted {
+            let unfinished = if interruption.unfinished.is_empty() {
+                String::new()
+            } else {
+                format!("; not finished: {}", interruption.unfinished.join(", "))
+            };
+            text.push_str(&format!(
+                "{}\n\n",
+                s.fail.apply_to(format!(
+                    "INTERRUPTED: {} of {} scenarios finished{unfinished}",
+                    report.scenarios.len(),
+                    report.scenarios.len() + interruption.unfinished.len()
+                ))
+            ));
+        }
         let name_width = report
             .scenarios
             .iter()
@@ -237,16 +273,25 @@ impl ConsoleReporter {
             .max()
             .unwrap_or(0)
             .max("SCENARIO".len());
+        let verdict_width = report
+            .scenarios
+            .iter()
+            .map(|sc| table_verdict(sc).len())
+            .max()
+            .unwrap_or(0)
+            .max("VERDICT".len());
         text.push_str(&format!(
-            "  {:<name_width$}  {:<7}  {:>6}  {:>6}  {:>7}  {:>5}  {:>9}\n",
+            "  {:<name_width$}  {:<verdict_width$}  {:>6}  {:>6}  {:>7}  {:>5}  {:>9}\n",
             "SCENARIO", "VERDICT", "PASSED", "FAILED", "SKIPPED", "ERROR", "DURATION"
         ));
         for scenario in &report.scenarios {
             let totals = scenario.check_totals();
+            // Padded before styling, since escape codes would count as width.
+            let verdict = format!("{:<verdict_width$}", table_verdict(scenario));
             text.push_str(&format!(
                 "  {:<name_width$}  {}  {:>6}  {:>6}  {:>7}  {:>5}  {:>9}\n",
                 scenario.name,
-                s.verdict_padded(scenario.verdict, 7),
+                s.scenario_style(scenario).apply_to(verdict),
                 totals.passed,
                 totals.failed,
                 totals.skipped,
@@ -266,6 +311,16 @@ impl ConsoleReporter {
             report.check_totals.total()
         ));
 
+        // A promise the run did not test at all says so on a line of its own, in
+        // every run's summary, not among the skips below.
+        for (scenario, why) in report.not_applicable() {
+            text.push_str(&format!(
+                "\n{}\n",
+                s.skip
+                    .apply_to(format!("NOT RUN: {} did not run: {why}", scenario.name))
+            ));
+        }
+
         let skipped: Vec<&ScenarioReport> = report
             .scenarios
             .iter()
@@ -277,32 +332,36 @@ impl ConsoleReporter {
                 s.skip.apply_to("Skipped (not run, so not passed):")
             ));
             for scenario in skipped {
-                let names: Vec<&str> = scenario
-                    .checks
-                    .iter()
-                    .filter(|c| c.verdict == Verdict::Skipped)
-                    .map(|c| c.name.as_str())
-                    .collect();
-                let reasons = scenario.skip_reasons();
-                let reasons = if reasons.is_empty() {
-                    "no reason recorded".to_string()
-                } else {
-                    reasons.join("; ")
-                };
-                text.push_str(&format!(
-                    "  {}: {} check{} ({}): {reasons}\n",
-                    scenario.name,
-                    names.len(),
-                    if names.len() == 1 { "" } else { "s" },
-                    names.join(", ")
-                ));
+                let groups = scenario.skips();
+                if groups.is_empty() {
+                    text.push_str(&format!("  {}: no check ran\n", scenario.name));
+                }
+                for group in groups {
+                    let n = group.checks.len();
+                    text.push_str(&format!(
+                        "  {}: {n} {} check{} ({}): {}\n",
+                        scenario.name,
+                        group.kind_str(),
+                        if n == 1 { "" } else { "s" },
+                        group.names(),
+                        reasons_or_none(&group.reasons())
+                    ));
+                }
             }
         }
 
-        text.push_str(&format!(
-            "\nVerdict: {}\n",
-            s.verdict_padded(report.verdict, 0)
-        ));
+        let verdict = match (&report.interrupted, report.check_totals.skipped) {
+            (Some(_), _) => s.verdict_padded(report.verdict, 0) + " (interrupted)",
+            (None, skipped) if skipped > 0 && report.verdict == Verdict::Passed => s
+                .skip
+                .apply_to(format!(
+                    "PASSED, {skipped} check{} skipped",
+                    if skipped == 1 { "" } else { "s" }
+                ))
+                .to_string(),
+            (None, _) => s.verdict_padded(report.verdict, 0),
+        };
+        text.push_str(&format!("\nVerdict: {verdict}\n"));
         if let Some(files) = &self.report_files {
             text.push_str("Reports:\n");
             for path in files.paths() {
@@ -332,6 +391,7 @@ impl Reporter for ConsoleReporter {
                     scenarios.len(),
                     if scenarios.len() == 1 { "" } else { "s" }
                 );
+                self.collector.event(event);
                 self.run_started(scenarios.len());
                 self.line(&text)
             }
@@ -350,9 +410,46 @@ impl Reporter for ConsoleReporter {
                 Ok(())
             }
             Event::Check { .. } | Event::Kube { .. } | Event::Load { .. } => Ok(()),
-            Event::ScenarioFinished { report } => self.scenario_finished(report),
+            Event::ScenarioFinished { report } => {
+                self.collector.event(event);
+                self.scenario_finished(report)
+            }
             Event::RunFinished { report } => self.run_finished(report),
+            Event::RunInterrupted => {
+                let report = self.collector.interrupted_report();
+                self.run_finished(&report)
+            }
         }
+    }
+}
+
+/// The kinds of a scenario's skips: `no-data-plane`, or `2 not-applicable, 3 not-run`.
+fn skip_kinds(report: &ScenarioReport) -> String {
+    let groups = report.skips();
+    if groups.len() == 1 {
+        return groups[0].kind_str().to_string();
+    }
+    groups
+        .iter()
+        .map(|g| format!("{} {}", g.checks.len(), g.kind_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn reasons_or_none(reasons: &[&str]) -> String {
+    if reasons.is_empty() {
+        "no reason recorded".to_string()
+    } else {
+        reasons.join("; ")
+    }
+}
+
+/// The summary table's verdict: `PASSED+SKIPS` for a pass that skipped checks.
+fn table_verdict(scenario: &ScenarioReport) -> String {
+    if scenario.passed_with_skips() {
+        "PASSED+SKIPS".to_string()
+    } else {
+        scenario.verdict.as_str().to_uppercase()
     }
 }
 
@@ -385,23 +482,32 @@ impl Styles {
         }
     }
 
-    fn style_of(&self, verdict: Verdict) -> &Style {
-        match verdict {
-            Verdict::Passed => &self.pass,
-            Verdict::Skipped => &self.skip,
-            Verdict::Failed | Verdict::Error => &self.fail,
+    /// A scenario's colour: amber when it passed but skipped checks, never green.
+    fn scenario_style(&self, scenario: &ScenarioReport) -> &Style {
+        if scenario.passed_with_skips() {
+            &self.skip
+        } else {
+            self.style_of(scenario.verdict)
         }
     }
 
-    /// `PASS`, `FAIL`, `SKIP`, `ERR!`, padded so names line up.
-    fn verdict_tag(&self, verdict: Verdict) -> String {
+    /// `PASS`, `FAIL`, `SKIP`, `ERROR`, right-aligned so names line up, in the given style.
+    fn tag(&self, verdict: Verdict, style: &Style) -> String {
         let tag = match verdict {
             Verdict::Passed => "PASS",
             Verdict::Skipped => "SKIP",
             Verdict::Failed => "FAIL",
             Verdict::Error => "ERROR",
         };
-        format!("{:>5}", self.style_of(verdict).apply_to(tag))
+        format!("{:>5}", style.apply_to(tag))
+    }
+
+    fn style_of(&self, verdict: Verdict) -> &Style {
+        match verdict {
+            Verdict::Passed => &self.pass,
+            Verdict::Skipped => &self.skip,
+            Verdict::Failed | Verdict::Error => &self.fail,
+        }
     }
 
     fn verdict_word(&self, verdict: Verdict) -> String {

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Event, ReportError, Reporter, RunReport, html, json, junit};
+use super::{Collector, Event, ReportError, Reporter, RunReport, html, json, junit};
 
 /// Where the file reports of a run are, once written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,9 +56,11 @@ fn write_replacing(path: &Path, contents: &[u8]) -> Result<(), ReportError> {
     Ok(())
 }
 
-/// Writes the file reports when the run finishes.
+/// Writes the file reports when the run finishes, or, when it is interrupted,
+/// the report of the scenarios that finished, marked interrupted.
 pub struct FileReporter {
     dir: PathBuf,
+    collector: Collector,
     written: Option<ReportFiles>,
 }
 
@@ -66,11 +68,12 @@ impl FileReporter {
     pub fn new(dir: impl Into<PathBuf>) -> FileReporter {
         FileReporter {
             dir: dir.into(),
+            collector: Collector::default(),
             written: None,
         }
     }
 
-    /// The files written, once `RunFinished` has been handled.
+    /// The files written, once `RunFinished` or `RunInterrupted` has been handled.
     pub fn written(&self) -> Option<&ReportFiles> {
         self.written.as_ref()
     }
@@ -78,8 +81,16 @@ impl FileReporter {
 
 impl Reporter for FileReporter {
     fn event(&mut self, event: &Event) -> Result<(), ReportError> {
-        if let Event::RunFinished { report } = event {
-            self.written = Some(write_all(report, &self.dir)?);
+        self.collector.event(event);
+        match event {
+            Event::RunFinished { report } => {
+                self.written = Some(write_all(report, &self.dir)?);
+            }
+            Event::RunInterrupted => {
+                let report = self.collector.interrupted_report();
+                self.written = Some(write_all(&report, &self.dir)?);
+            }
+            _ => {}
         }
         Ok(())
     }

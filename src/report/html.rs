@@ -5,6 +5,11 @@
 //!
 //! Built with maud, which escapes every interpolated string: findings and
 //! diagnostics quote objects and API errors that may contain markup.
+//!
+//! A skip is never green: a scenario (or run) that passed the checks it ran but
+//! skipped others is amber and reads `passed, 3 skipped (no-data-plane)`; a
+//! scenario the pipeline gave nothing to judge, and an interrupted run, get a
+//! banner at the top.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -23,7 +28,7 @@ pub fn to_html(report: &RunReport) -> String {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "cdcheck: " (report.verdict) " on " (report.substrate) }
+                title { "cdcheck: " (run_label(report)) " on " (report.substrate) }
                 style { (PreEscaped(CSS)) }
             }
             body {
@@ -52,10 +57,26 @@ fn run_header(report: &RunReport) -> Markup {
         "no data plane"
     };
     html! {
-        header class={ "run " (report.verdict.as_str()) } {
+        header class={ "run " (run_class(report)) } {
             div class="title" {
                 h1 { "cdcheck conformance run" }
-                span class={ "badge big " (report.verdict.as_str()) } { (report.verdict) }
+                span class={ "badge big " (run_class(report)) } { (run_label(report)) }
+            }
+            @if let Some(interruption) = &report.interrupted {
+                p class="banner interrupted" {
+                    "Interrupted: " (report.scenarios.len()) " of "
+                    (report.scenarios.len() + interruption.unfinished.len())
+                    " scenarios finished; this report holds those."
+                    @if !interruption.unfinished.is_empty() {
+                        " Not finished: " (interruption.unfinished.join(", ")) "."
+                    }
+                }
+            }
+            @for (scenario, why) in report.not_applicable() {
+                p class="banner not-run" {
+                    a href={ "#" (anchor(&scenario.name)) } { (scenario.name) }
+                    " did not run: " (why)
+                }
             }
             dl class="meta" {
                 div { dt { "Substrate" } dd { (report.substrate) " (" (plane) ")" } }
@@ -113,7 +134,7 @@ fn overview(report: &RunReport) -> Markup {
                         @let failed: u64 = scenario.loads.iter().map(|l| l.failed).sum();
                         tr {
                             td { a href={ "#" (anchor(&scenario.name)) } { (scenario.name) } }
-                            td { (badge(scenario.verdict)) }
+                            td { (scenario_badge(scenario)) }
                             td class="num" { (totals.passed) }
                             td class="num" { (totals.failed) }
                             td class="num" { (totals.skipped) }
@@ -134,11 +155,11 @@ fn overview(report: &RunReport) -> Markup {
 fn scenario_section(scenario: &ScenarioReport) -> Markup {
     let totals = scenario.check_totals();
     let open = matches!(scenario.verdict, Verdict::Failed | Verdict::Error);
-    let skip_reasons = scenario.skip_reasons();
+    let skips = scenario.skips();
     html! {
-        details class={ "scenario " (scenario.verdict.as_str()) } id=(anchor(&scenario.name)) open[open] {
+        details class={ "scenario " (scenario_class(scenario)) } id=(anchor(&scenario.name)) open[open] {
             summary {
-                (badge(scenario.verdict))
+                (scenario_badge(scenario))
                 span class="name" { (scenario.name) }
                 span class="dim" { (seconds(scenario.duration)) }
                 span class="dim" {
@@ -147,8 +168,10 @@ fn scenario_section(scenario: &ScenarioReport) -> Markup {
                     @if totals.error > 0 { ", " (totals.error) " error" }
                     @if totals.skipped > 0 { ", " (totals.skipped) " skipped" }
                 }
-                @if !skip_reasons.is_empty() {
-                    span class="skip-reason" { "skipped: " (skip_reasons.join("; ")) }
+                @for group in &skips {
+                    span class="skip-reason" {
+                        "skipped (" (group.kind_str()) "): " (group.reasons().join("; "))
+                    }
                 }
             }
             div class="body" {
@@ -223,8 +246,12 @@ fn checks_table(checks: &[CheckResult]) -> Markup {
                                         }
                                     }
                                 }
-                                @if let Some(reason) = &check.skip_reason {
-                                    span class="skip-reason" { "skipped: " (reason) }
+                                @if check.verdict == Verdict::Skipped {
+                                    span class="skip-reason" {
+                                        "skipped ("
+                                        (check.skip_kind.map_or("unclassified", |k| k.as_str()))
+                                        "): " (check.skip_reason.as_deref().unwrap_or("no reason recorded"))
+                                    }
                                 }
                             }
                             td class="num" { (seconds(check.at)) }
@@ -580,6 +607,39 @@ fn badge(verdict: Verdict) -> Markup {
     html! { span class={ "badge " (verdict.as_str()) } { (verdict) } }
 }
 
+/// The scenario's verdict as it reads with its skips: `passed, 3 skipped (no-data-plane)`, amber.
+fn scenario_badge(scenario: &ScenarioReport) -> Markup {
+    html! { span class={ "badge " (scenario_class(scenario)) } { (scenario.verdict_label()) } }
+}
+
+/// `passed-skips` for a pass with skipped checks (amber), else the verdict.
+fn scenario_class(scenario: &ScenarioReport) -> &'static str {
+    if scenario.passed_with_skips() {
+        "passed-skips"
+    } else {
+        scenario.verdict.as_str()
+    }
+}
+
+fn run_class(report: &RunReport) -> &'static str {
+    if report.verdict == Verdict::Passed && report.check_totals.skipped > 0 {
+        "passed-skips"
+    } else {
+        report.verdict.as_str()
+    }
+}
+
+/// `passed`, `passed, 5 skipped`, `error (interrupted)`.
+fn run_label(report: &RunReport) -> String {
+    if report.interrupted.is_some() {
+        format!("{} (interrupted)", report.verdict)
+    } else if run_class(report) == "passed-skips" {
+        format!("passed, {} skipped", report.check_totals.skipped)
+    } else {
+        report.verdict.to_string()
+    }
+}
+
 /// A fragment id made of the scenario name's safe characters.
 fn anchor(name: &str) -> String {
     let safe: String = name
@@ -653,7 +713,10 @@ body { margin: 0; background: #f3f4f6; color: var(--text);
 code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace; font-size: 12.5px; }
 header.run { background: #fff; padding: 18px 32px 14px; border-top: 8px solid var(--dim); box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 header.run.passed { border-top-color: var(--pass); } header.run.failed { border-top-color: var(--fail); }
-header.run.skipped { border-top-color: var(--skip); } header.run.error { border-top-color: var(--err); }
+header.run.skipped, header.run.passed-skips { border-top-color: var(--skip); } header.run.error { border-top-color: var(--err); }
+.banner { margin: 10px 0 4px; padding: 8px 14px; border-radius: 6px; font-weight: 700; font-size: 15px; }
+.banner.not-run { background: var(--skip-bg); color: var(--skip); border: 1px solid #f59e0b; }
+.banner.interrupted { background: var(--err-bg); color: var(--err); border: 1px solid #a855f7; }
 .title { display: flex; align-items: center; gap: 16px; }
 h1 { font-size: 22px; margin: 0; }
 h2 { font-size: 17px; margin: 0; }
@@ -671,7 +734,7 @@ h3 { font-size: 15px; margin: 18px 0 4px; }
 .badge.big { font-size: 15px; padding: 3px 14px; border-radius: 14px; }
 .passed .badge, .badge.passed, .count.passed { background: var(--pass-bg); color: var(--pass); }
 .badge.failed, .count.failed { background: var(--fail-bg); color: var(--fail); }
-.badge.skipped, .count.skipped { background: var(--skip-bg); color: var(--skip); }
+.badge.skipped, .badge.passed-skips, .count.skipped { background: var(--skip-bg); color: var(--skip); }
 .badge.error, .count.error { background: var(--err-bg); color: var(--err); }
 main { padding: 8px 32px 24px; }
 section.overview { background: #fff; border-radius: 6px; padding: 12px 16px; margin: 12px 0; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
@@ -686,7 +749,7 @@ a { color: #1d4ed8; text-decoration: none; } a:hover { text-decoration: underlin
 details.scenario { background: #fff; border-radius: 6px; margin: 12px 0; box-shadow: 0 1px 2px rgba(0,0,0,.08);
   border-left: 5px solid var(--dim); }
 details.scenario.passed { border-left-color: var(--pass); } details.scenario.failed { border-left-color: var(--fail); }
-details.scenario.skipped { border-left-color: var(--skip); } details.scenario.error { border-left-color: var(--err); }
+details.scenario.skipped, details.scenario.passed-skips { border-left-color: var(--skip); } details.scenario.error { border-left-color: var(--err); }
 details.scenario > summary { cursor: pointer; padding: 10px 16px; display: flex; align-items: center; gap: 14px; flex-wrap: wrap; }
 details.scenario > summary .name { font-size: 16px; font-weight: 700; }
 details.scenario > .body { padding: 0 16px 14px 20px; }

@@ -1,5 +1,7 @@
 //! The JUnit XML report: one testsuite per scenario, one testcase per check,
-//! for CI systems to show a run like any test run.
+//! for CI systems to show a run like any test run. A skipped check is a
+//! `<skipped>` testcase (its kind as the type, its reason as the message), never
+//! a pass; an interrupted run adds an `<error>` testsuite per scenario it did not finish.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -21,7 +23,11 @@ pub fn to_xml(report: &RunReport) -> Result<String, ReportError> {
 /// The report as a quick-junit document, for callers that add to it.
 pub fn to_junit(report: &RunReport) -> quick_junit::Report {
     let started = chrono::DateTime::parse_from_rfc3339(&report.started).ok();
-    let mut junit = quick_junit::Report::new("cdcheck");
+    let mut junit = quick_junit::Report::new(if report.interrupted.is_some() {
+        "cdcheck (interrupted)"
+    } else {
+        "cdcheck"
+    });
     junit.set_time(report.duration);
     if let Some(started) = started {
         junit.set_timestamp(started);
@@ -29,7 +35,25 @@ pub fn to_junit(report: &RunReport) -> quick_junit::Report {
     for scenario in &report.scenarios {
         junit.add_test_suite(test_suite(report, scenario, started));
     }
+    if let Some(interruption) = &report.interrupted {
+        // CI must not read an interrupted run as the scenarios that happened to finish.
+        for name in &interruption.unfinished {
+            junit.add_test_suite(unfinished_suite(name));
+        }
+    }
     junit
+}
+
+fn unfinished_suite(name: &str) -> TestSuite {
+    let mut suite = TestSuite::new(name);
+    suite.add_property(Property::new("verdict", "interrupted"));
+    let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+    status.set_type("interrupted");
+    status.set_message("the run was interrupted (Ctrl-C) before this scenario finished");
+    let mut case = TestCase::new("scenario", status);
+    case.set_classname(name);
+    suite.add_test_case(case);
+    suite
 }
 
 fn test_suite(
@@ -48,6 +72,8 @@ fn test_suite(
         Property::new("tags", scenario.tags.join(",")),
         Property::new("needs", scenario.needs.join(",")),
         Property::new("verdict", scenario.verdict.as_str()),
+        // `passed, 3 skipped (no-data-plane)`: how the verdict reads with its skips.
+        Property::new("verdict_label", scenario.verdict_label()),
         Property::new("substrate", report.substrate.as_str()),
         Property::new("pipeline", report.pipeline.as_str()),
     ]);
@@ -81,6 +107,7 @@ fn check_status(check: &CheckResult) -> TestCaseStatus {
         Verdict::Skipped => {
             let mut status = TestCaseStatus::skipped();
             status.set_message(check.skip_reason.as_deref().unwrap_or("skipped"));
+            status.set_type(check.skip_kind.map_or("unclassified", |k| k.as_str()));
             status
         }
         Verdict::Failed | Verdict::Error => {

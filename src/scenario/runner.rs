@@ -202,6 +202,7 @@ pub async fn run(
         scenarios: reports,
         scenario_totals,
         check_totals,
+        interrupted: None,
     };
     emitter.send(Event::RunFinished {
         report: Box::new(report.clone()),

@@ -1,27 +1,157 @@
 //! A realistic run report for the reporter tests: a blue/green scenario that
 //! passed under a 2000-request load, a rolling update that failed with a 300 ms
 //! outage during its rollout, and an https scenario whose data-plane checks were
-//! skipped on the local substrate.
+//! skipped on the local substrate. [`with_skips`] adds what a `--manifests` run
+//! without `--feature-manifests` on a substrate without a data plane looks like:
+//! a pass that skipped checks, and a feature-branch scenario that did not run.
 
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use cdcheck::report::{
-    CheckResult, Finding, KubeEvent, KubeEventKind, LoadResult, OutageWindow, RequestPoint,
-    RunReport, SCHEMA_VERSION, ScenarioReport, Totals, Verdict,
+    CheckResult, Event, Finding, KubeEvent, KubeEventKind, LoadResult, OutageWindow, RequestPoint,
+    RunReport, SCHEMA_VERSION, ScenarioReport, SkipKind, Totals, Verdict,
 };
 
 pub const FAILED_SCENARIO: &str = "zero-downtime-rolling";
 pub const PASSED_SCENARIO: &str = "zero-downtime-bluegreen";
 pub const SKIPPED_SCENARIO: &str = "https";
 pub const SKIP_REASON: &str = "local has no data plane";
+pub const FEATURE_SCENARIO: &str = "feature-branch";
+/// The runner's reason when the pipeline gives no feature release.
+pub const NOT_GIVEN_REASON: &str =
+    "not applicable: make the feature release: the pipeline gives none (--feature-manifests)";
 /// A finding that quotes markup, as API errors and proxies' bodies do.
 pub const MARKUP_FINDING: &str =
     "the gateway answered 503 with <html><body>no healthy upstream</body></html>";
 
 pub fn run_report() -> RunReport {
-    let scenarios = vec![bluegreen_passed(), rolling_failed(), https_skipped()];
+    totalled(vec![bluegreen_passed(), rolling_failed(), https_skipped()])
+}
+
+/// The run with skips that must not read as passes: the blue/green scenario passes
+/// what it ran and skips 3 data-plane checks, and `feature-branch` (last) did not
+/// run because the pipeline gives no feature release.
+pub fn with_skips() -> RunReport {
+    let mut bluegreen = bluegreen_passed();
+    for (name, description) in [
+        ("probe-routing", "probe routing"),
+        ("probe-grpc", "probe grpc"),
+        ("load-frontend-zero-failed", "stop load frontend"),
+    ] {
+        let mut c = check(name, description, 6, Verdict::Skipped, 24_500, 0);
+        c.skip_kind = Some(SkipKind::NoDataPlane);
+        c.skip_reason = Some(SKIP_REASON.into());
+        bluegreen.checks.push(c);
+    }
+    totalled(vec![
+        bluegreen,
+        rolling_failed(),
+        https_skipped(),
+        feature_not_given(),
+    ])
+}
+
+fn feature_not_given() -> ScenarioReport {
+    let mut release = check(
+        "release-feature",
+        "the pipeline has the release this scenario needs",
+        0,
+        Verdict::Skipped,
+        29_100,
+        1,
+    );
+    release.skip_kind = Some(SkipKind::NotApplicable);
+    release.skip_reason = Some(NOT_GIVEN_REASON.into());
+    let mut checks = vec![release];
+    for (step, name) in [
+        (1, "feature-names"),
+        (1, "session-routes-anchored"),
+        (2, "probe-routing"),
+    ] {
+        let mut c = check(name, name, step, Verdict::Skipped, 29_100, 0);
+        c.skip_kind = Some(SkipKind::NotRun);
+        c.skip_reason = Some("not run: an earlier step could not complete".into());
+        checks.push(c);
+    }
+    ScenarioReport {
+        name: FEATURE_SCENARIO.into(),
+        file: "scenarios/feature-branch.yaml".into(),
+        description: "A feature image tag's branch is appended to its names; session routes".into(),
+        tags: vec!["feature-branch".into(), "routing".into()],
+        needs: vec!["control-plane".into(), "data-plane".into()],
+        namespace: "cdc-fb-4".into(),
+        verdict: Verdict::Skipped,
+        started_at: ms(29_000),
+        duration: ms(120),
+        checks,
+        events: Vec::new(),
+        loads: Vec::new(),
+        diagnostics: None,
+    }
+}
+
+/// The events a runner emits for a run, scenarios interleaved as they run concurrently.
+pub fn events_of(report: &RunReport) -> Vec<Event> {
+    let mut events = vec![Event::RunStarted {
+        substrate: report.substrate.clone(),
+        data_plane: report.data_plane,
+        pipeline: report.pipeline.clone(),
+        scenarios: report.scenarios.iter().map(|s| s.name.clone()).collect(),
+    }];
+    for scenario in &report.scenarios {
+        events.push(Event::ScenarioStarted {
+            scenario: scenario.name.clone(),
+            namespace: scenario.namespace.clone(),
+            steps: 6,
+        });
+        events.push(Event::StepStarted {
+            scenario: scenario.name.clone(),
+            step: 0,
+            label: "deploy release 1".into(),
+        });
+    }
+    for scenario in &report.scenarios {
+        for check in &scenario.checks {
+            events.push(Event::Check {
+                scenario: scenario.name.clone(),
+                result: check.clone(),
+            });
+        }
+        events.push(Event::ScenarioFinished {
+            report: Box::new(scenario.clone()),
+        });
+    }
+    events.push(Event::RunFinished {
+        report: Box::new(report.clone()),
+    });
+    events
+}
+
+/// The events of a run interrupted once its first `finished` scenarios (in
+/// selection order) have finished: no later `ScenarioFinished`, no `RunFinished`.
+pub fn interrupted_events(report: &RunReport, finished: usize) -> Vec<Event> {
+    let mut seen = 0;
+    let mut events = Vec::new();
+    for event in events_of(report) {
+        match &event {
+            Event::ScenarioFinished { .. } => {
+                seen += 1;
+                if seen > finished {
+                    continue;
+                }
+            }
+            Event::RunFinished { .. } => continue,
+            _ => {}
+        }
+        events.push(event);
+    }
+    events.push(Event::RunInterrupted);
+    events
+}
+
+fn totalled(scenarios: Vec<ScenarioReport>) -> RunReport {
     let mut scenario_totals = Totals::default();
     let mut check_totals = Totals::default();
     let mut verdict = Verdict::Passed;
@@ -44,6 +174,7 @@ pub fn run_report() -> RunReport {
         scenarios,
         scenario_totals,
         check_totals,
+        interrupted: None,
     }
 }
 
@@ -352,6 +483,7 @@ fn https_skipped() -> ScenarioReport {
     let skipped = |name: &str, description: &str, step: usize| {
         let mut c = check(name, description, step, Verdict::Skipped, 3_900, 0);
         c.skip_reason = Some(SKIP_REASON.into());
+        c.skip_kind = Some(SkipKind::NoDataPlane);
         c
     };
     let checks = vec![
