@@ -19,16 +19,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
 
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+use cdcheck::error_chain as chain;
 
 /// The substrate's kubeconfig, and whether it has a data plane: `CDCHECK_KUBECONFIG`
 /// (none), else the local mesh (started or reused; CI requires it), else the local

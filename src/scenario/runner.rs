@@ -580,19 +580,34 @@ async fn run_steps(run: &mut ScenarioRun<'_>) {
         if result.is_err() {
             for later in steps.iter().skip(index + 1) {
                 run.step += 1;
-                run.record(
-                    &step_check_name(later),
-                    &later.label(),
-                    Verdict::Skipped,
-                    Vec::new(),
-                    Some((
-                        SkipKind::NotRun,
-                        "not run: an earlier step could not complete".into(),
-                    )),
-                );
+                for (name, description) in step_checks(later) {
+                    run.record(
+                        &name,
+                        &description,
+                        Verdict::Skipped,
+                        Vec::new(),
+                        Some((
+                            SkipKind::NotRun,
+                            "not run: an earlier step could not complete".into(),
+                        )),
+                    );
+                }
             }
             return;
         }
+    }
+}
+
+/// The checks a step records, each with its description: an `expect` step records
+/// one per check it names, under the check's own name (joining its label into one
+/// name gave `expect-feature-names,-session-routes-anchored,...`).
+fn step_checks(step: &Step) -> Vec<(String, String)> {
+    match step {
+        Step::Expect(names) => names
+            .iter()
+            .map(|n| (n.as_str().to_string(), n.description().to_string()))
+            .collect(),
+        other => vec![(step_check_name(other), other.label())],
     }
 }
 
@@ -612,6 +627,19 @@ fn step_check_name(step: &Step) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expect_step_records_each_check_under_its_own_name() {
+        use crate::scenario::checks::CheckName;
+        let step = Step::Expect(vec![
+            CheckName::FeatureNames,
+            CheckName::SessionRoutesAnchored,
+        ]);
+        let names: Vec<String> = step_checks(&step).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["feature-names", "session-routes-anchored"]);
+        let label = step_check_name(&step);
+        assert!(label.contains(','), "the old joined name: {label}");
+    }
 
     fn check(verdict: Verdict) -> CheckResult {
         CheckResult {
