@@ -834,6 +834,23 @@ async fn expect(run: &mut ScenarioRun<'_>, names: &[CheckName]) -> Result<(), Ab
                 SkipKind::NotApplicable,
                 format!("not applicable: {why}"),
             ),
+            Judgement::NothingToCheck(why) => {
+                run.error(
+                    name.as_str(),
+                    name.description(),
+                    format!("nothing to check: {why}"),
+                );
+            }
+            Judgement::Partly { findings, unjudged } => {
+                run.judged(name.as_str(), name.description(), findings);
+                let what = format!("what {} could not judge", name.as_str());
+                run.skip(
+                    &format!("{}-unjudged", name.as_str()),
+                    &what,
+                    SkipKind::Limitation,
+                    unjudged,
+                );
+            }
         }
     }
     Ok(())
@@ -867,6 +884,9 @@ async fn placement_check(run: &ScenarioRun<'_>, placed: &Placed) -> Result<Vec<F
         .iter()
         .map(|d| d.name_any())
         .collect();
+    if let Err(empty) = checks::ha_population(&view) {
+        return Ok(vec![empty]);
+    }
     let findings = placement::check(&run.cluster.client, &run.namespace, &names)
         .await
         .map_err(|e| chain(&e))?;
