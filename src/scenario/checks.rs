@@ -1833,6 +1833,77 @@ mod controls {
             .containers[0]
     }
 
+    /// Every built-in scenario's static checks, judged as the runner judges them on the
+    /// release the scenario deploys first, for a pipeline.
+    fn judge_scenarios(pipeline: &crate::scenario::pipeline::Pipeline) -> Vec<(String, Judgement)> {
+        use crate::scenario::spec::Step;
+        let single = vec!["redis-cart".to_string(), "loadgenerator".to_string()];
+        let mut out = Vec::new();
+        for scenario in crate::scenario::builtin::scenarios().unwrap() {
+            let Some(Step::Deploy(release)) = scenario.steps.first() else {
+                continue;
+            };
+            let placed = pipeline
+                .place(*release, "cdcheck-x-1a2b3c", "run1", Default::default())
+                .unwrap();
+            for check in expected(&scenario.name) {
+                let view = PipelineView {
+                    namespace: "cdcheck-x-1a2b3c",
+                    bundle: &placed.bundle,
+                    single_instance: &single,
+                    not_deployed: &placed.not_deployed,
+                    certificate_min_days: 30,
+                };
+                out.push((
+                    format!("{}/{}", scenario.name, check.as_str()),
+                    run_static(check, &view),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_correct_fixture_pipeline_and_the_reference_pass_every_scenario_s_static_checks() {
+        use crate::scenario::pipeline::{Manifests, Pipeline};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline");
+        let fixture = Pipeline::Manifests(Box::new(
+            Manifests::load(&dir.join("current"), Some(&dir.join("feature")), None).unwrap(),
+        ));
+        for pipeline in [fixture, Pipeline::reference()] {
+            let judged = judge_scenarios(&pipeline);
+            assert!(judged.len() >= 16, "{judged:?}");
+            for (name, j) in judged {
+                assert!(passes(&j), "{}: {name}: {j:?}", pipeline.describe());
+            }
+        }
+    }
+
+    #[test]
+    fn the_fixture_pipeline_without_adservice_s_userid_route_fails_feature_routes() {
+        use crate::scenario::pipeline::{Manifests, Pipeline};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline");
+        let mut m =
+            Manifests::load(&dir.join("current"), Some(&dir.join("feature")), None).unwrap();
+        let feature = m.feature.as_mut().unwrap();
+        feature
+            .bundle
+            .objects
+            .retain(|o| !(matches!(o, Object::VirtualService(_)) && o.name() == "adservice"));
+        let judged = judge_scenarios(&Pipeline::Manifests(Box::new(m)));
+        let failed: Vec<_> = judged.iter().filter(|(_, j)| !passes(j)).collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        let (name, j) = failed[0];
+        assert_eq!(name, "feature-branch/feature-routes");
+        let f = found(j);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            f[0].object.as_deref(),
+            Some("Deployment/cdcheck-x-1a2b3c/adservice-myfeature")
+        );
+        assert!(f[0].message.contains("userid"), "{f:?}");
+    }
+
     #[test]
     fn render_with_the_loadgenerator_passes_readiness_probes_in_smoke_and_rolling() {
         let mut o = Options::for_env("dev");
