@@ -1277,6 +1277,62 @@ fn feature_routes(view: &PipelineView) -> Vec<Finding> {
     out
 }
 
+/// What [`one_colour`] proves, for the check the blue/green switch records.
+pub const ONE_COLOUR_DESCRIPTION: &str = "blue/green: no Service of either release selects the other release's pods, so one colour serves at a time";
+
+/// Blue/green releases serve one colour at a time only if each release's Services
+/// select that release's pods alone. A Service that selects by `app` only selects
+/// both colours' pods while both run: the old release's Services send requests to
+/// the new pods before the switch (before they were proven), and the new release's
+/// send to the old pods after it. Judged on the two releases' objects: every Service
+/// of each against every Deployment the other has and it has not.
+pub fn one_colour(previous: &Bundle, next: &Bundle) -> Vec<Finding> {
+    let names = |b: &Bundle| -> BTreeSet<String> { b.deployments().map(deployment_key).collect() };
+    let (previous_names, next_names) = (names(previous), names(next));
+    let mut out = Vec::new();
+    for (services_of_release, when, others, other_names, own_names) in [
+        (
+            previous,
+            "before the switch",
+            next,
+            &next_names,
+            &previous_names,
+        ),
+        (
+            next,
+            "after the switch",
+            previous,
+            &previous_names,
+            &next_names,
+        ),
+    ] {
+        for s in services(services_of_release) {
+            let namespace = s.metadata.namespace.as_deref().unwrap_or("");
+            let crossing: Vec<String> = others
+                .deployments()
+                .filter(|d| {
+                    let key = deployment_key(d);
+                    other_names.contains(&key)
+                        && !own_names.contains(&key)
+                        && d.metadata.namespace.as_deref().unwrap_or("") == namespace
+                        && service_selects(s, &template_labels(d))
+                })
+                .map(deployment_key)
+                .collect();
+            if !crossing.is_empty() {
+                out.push(Finding::about(
+                    service_key(s),
+                    format!(
+                        "selects the other release's pods too ({}): both colours serve {when}",
+                        crossing.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn virtual_services(bundle: &Bundle) -> Vec<&VirtualService> {
     bundle
         .objects
@@ -1904,6 +1960,81 @@ mod controls {
         assert!(f[0].message.contains("userid"), "{f:?}");
     }
 
+    fn bluegreen(release: &str) -> Bundle {
+        let mut o = Options::for_env("dev");
+        o.strategy = manifests::Strategy::Bluegreen;
+        o.release = release.to_string();
+        manifests::render(&o).unwrap()
+    }
+
+    #[test]
+    fn services_that_select_both_colours_are_found() {
+        let (blue, green) = (bluegreen("v1"), bluegreen("v2"));
+        assert_eq!(one_colour(&blue, &green), vec![]);
+        // Selecting by `app` only: every Service of both releases selects both colours.
+        let by_app = |mut b: Bundle| {
+            for o in &mut b.objects {
+                if let Object::Service(s) = o {
+                    let sel = s.spec.as_mut().unwrap().selector.as_mut().unwrap();
+                    sel.retain(|k, _| k == "app");
+                }
+            }
+            b
+        };
+        let f = one_colour(&by_app(blue.clone()), &by_app(green.clone()));
+        let frontend: Vec<_> = f
+            .iter()
+            .filter(|f| f.object.as_deref() == Some("Service/dev/frontend"))
+            .collect();
+        assert_eq!(frontend.len(), 2, "{f:?}");
+        assert!(
+            frontend[0].message.contains("Deployment/dev/frontend-v2"),
+            "{f:?}"
+        );
+        assert!(frontend[0].message.contains("before the switch"), "{f:?}");
+        assert!(
+            frontend[1].message.contains("Deployment/dev/frontend-v1"),
+            "{f:?}"
+        );
+        assert!(frontend[1].message.contains("after the switch"), "{f:?}");
+        // Only the new release's Services: the old colour still serves after the switch.
+        let f = one_colour(&blue, &by_app(green));
+        assert!(
+            !f.is_empty() && f.iter().all(|f| f.message.contains("after the switch")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn the_bluegreen_fixture_pipeline_serves_one_colour_at_a_time() {
+        use crate::scenario::pipeline::{Manifests, Pipeline};
+        use crate::scenario::spec::Release;
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline-bluegreen");
+        let m = Manifests::load(&dir.join("current"), None, Some(&dir.join("next"))).unwrap();
+        let pipeline = Pipeline::Manifests(Box::new(m));
+        assert!(pipeline.can_switch());
+        let place = |r| {
+            pipeline
+                .place(r, "cdcheck-x-1a2b3c", "run1", Default::default())
+                .unwrap()
+                .bundle
+        };
+        let (current, next) = (place(Release::Current), place(Release::Next));
+        let names = |b: &Bundle| b.deployments().map(deployment_key).collect::<BTreeSet<_>>();
+        // A Deployment per release, but the single redis-cart both share.
+        let shared: Vec<_> = names(&current)
+            .intersection(&names(&next))
+            .cloned()
+            .collect();
+        assert_eq!(
+            shared,
+            vec!["Deployment/cdcheck-x-1a2b3c/redis-cart".to_string()]
+        );
+        assert_eq!(one_colour(&current, &next), vec![]);
+        assert_eq!(one_colour(&next, &current), vec![]);
+    }
+
     #[test]
     fn render_with_the_loadgenerator_passes_readiness_probes_in_smoke_and_rolling() {
         let mut o = Options::for_env("dev");
@@ -1992,10 +2123,13 @@ mod controls {
                 }
                 Object::Service(s) => {
                     rename(s.metadata.name.as_mut().unwrap());
-                    if let Some(sel) = s.spec.as_mut().and_then(|s| s.selector.as_mut()) {
-                        if let Some(v) = sel.get_mut("app") {
-                            rename(v)
-                        }
+                    if let Some(v) = s
+                        .spec
+                        .as_mut()
+                        .and_then(|s| s.selector.as_mut())
+                        .and_then(|sel| sel.get_mut("app"))
+                    {
+                        rename(v)
                     }
                 }
                 _ => {}

@@ -1171,6 +1171,10 @@ async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
                 "after the switch every Service selects pods of the new release only",
                 mixed,
             );
+            if let Some((_, previous)) = &run.deployed {
+                let findings = checks::one_colour(&previous.bundle, &placed.bundle);
+                run.judged("one-colour-selectors", checks::ONE_COLOUR_DESCRIPTION, findings);
+            }
             run.deployed = Some((release, placed));
             run.history.push(release);
             Ok(())
