@@ -1173,7 +1173,11 @@ async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort
             );
             if let Some((_, previous)) = &run.deployed {
                 let findings = checks::one_colour(&previous.bundle, &placed.bundle);
-                run.judged("one-colour-selectors", checks::ONE_COLOUR_DESCRIPTION, findings);
+                run.judged(
+                    "one-colour-selectors",
+                    checks::ONE_COLOUR_DESCRIPTION,
+                    findings,
+                );
             }
             run.deployed = Some((release, placed));
             run.history.push(release);
