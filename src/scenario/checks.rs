@@ -160,7 +160,9 @@ pub enum Judgement {
         unjudged: String,
     },
     /// The pipeline has nothing this check is about and does not claim the promise:
-    /// not a pass.
+    /// not a pass. No check returns it today: a pipeline that gives no feature or next
+    /// release has the scenario needing it skipped by the runner before any check, and
+    /// an empty population is a failure or [`Judgement::NothingToCheck`], never this.
     NotApplicable(String),
     /// The check's population is empty and cdcheck cannot tell that the pipeline is
     /// at fault (e.g. no workload it can recognise as a gRPC backend): an error
