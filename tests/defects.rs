@@ -496,15 +496,28 @@ fn substrate_missing() -> Option<String> {
         .map(|e| e.to_string())
 }
 
-fn main() {
-    let args = Arguments::from_args();
-    let dir = root().join("fixtures/defects");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+/// The defect files (`correct-pipeline.passes.yaml` is the correct pipeline's list).
+fn defect_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures/defects"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml")
+                && !p.to_string_lossy().ends_with(".passes.yaml")
+        })
         .collect();
     files.sort();
+    files
+}
+
+fn read_defect(file: &Path) -> Defect {
+    let text = std::fs::read_to_string(file).unwrap();
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let files = defect_files();
     let missing = substrate_missing().filter(|_| std::env::var_os("CI").is_none());
     if let Some(why) = &missing {
         let _ = std::io::stderr().write_all(
@@ -514,12 +527,20 @@ fn main() {
     let mut trials = vec![
         Trial::test("correct-pipeline", check_correct_pipeline)
             .with_ignored_flag(missing.is_some()),
+        // Needs no substrate: every defect's mutations apply to its pipeline.
+        Trial::test("every-defect-materializes", || {
+            for file in defect_files() {
+                let defect = read_defect(&file);
+                let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+                materialize(&defect.pipeline, Some(&defect), dir.path())
+                    .map_err(|e| Failed::from(format!("{}: {e}", file.display())))?;
+            }
+            Ok(())
+        }),
     ];
     for file in files {
         let name = file.file_stem().unwrap().to_string_lossy().to_string();
-        let text = std::fs::read_to_string(&file).unwrap();
-        let defect: Defect =
-            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let defect = read_defect(&file);
         trials.push(
             Trial::test(name, move || check_defect(defect)).with_ignored_flag(missing.is_some()),
         );
