@@ -3,7 +3,11 @@
 //! a named finding. Each is a test (`cargo test --test defects no-pdb`) that
 //! writes the mutated pipeline to a temporary directory and runs the real
 //! `cdcheck run --manifests` on it; `correct-pipeline` runs every scenario on the
-//! unmutated pipeline and must find nothing (no false alarm).
+//! unmutated pipeline and must find nothing (no false alarm), and the checks that
+//! pass there must be exactly those `fixtures/defects/correct-pipeline.passes.yaml`
+//! lists (a check that silently turns into a skip fails it). A defect with
+//! `pipeline: bluegreen` mutates `fixtures/pipeline-bluegreen/` (a blue/green
+//! pipeline with its next release, run with `--next-manifests`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,11 +31,34 @@ struct Defect {
     /// How a pipeline author gets here.
     #[allow(dead_code)]
     why: String,
+    /// The correct pipeline mutated: `rolling` (`fixtures/pipeline/`, the default) or
+    /// `bluegreen` (`fixtures/pipeline-bluegreen/`, with a next release).
+    #[serde(default = "rolling")]
+    pipeline: String,
     mutations: Vec<Mutation>,
     /// What the same scenario's traffic shows on a data plane (the local mesh): a
     /// check of a load or probe that must fail too, with a finding containing `finding`.
     #[serde(default, rename = "data-plane")]
     data_plane: Option<DataPlaneEvidence>,
+}
+
+fn rolling() -> String {
+    "rolling".to_string()
+}
+
+/// The parts of a pipeline, each a directory passed to `cdcheck run` by its flag.
+const PARTS: [(&str, &str); 3] = [
+    ("current", "--manifests"),
+    ("feature", "--feature-manifests"),
+    ("next", "--next-manifests"),
+];
+
+fn pipeline_dir(pipeline: &str) -> Result<PathBuf, String> {
+    match pipeline {
+        "rolling" => Ok(root().join("fixtures/pipeline")),
+        "bluegreen" => Ok(root().join("fixtures/pipeline-bluegreen")),
+        other => Err(format!("unknown pipeline {other:?} (rolling or bluegreen)")),
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -44,7 +71,7 @@ struct DataPlaneEvidence {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Mutation {
-    /// `current` or `feature`: which part of the pipeline.
+    /// `current`, `feature` or `next`: which part of the pipeline.
     file: String,
     /// Documents to change: every document whose fields equal these.
     #[serde(default, rename = "match")]
@@ -111,20 +138,34 @@ fn write_part(dir: &Path, part: &[(String, Vec<Value>)]) {
     }
 }
 
-fn segments(path: &str) -> Vec<&str> {
-    path.split('.').collect()
+/// A dotted path's segments; `\\.` is a dot inside a segment (a label key such as
+/// `cdcheck\\.io/release`).
+fn segments(path: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.as_str().starts_with('.') => {
+                chars.next();
+                out.last_mut().unwrap().push('.');
+            }
+            '.' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
 }
 
-fn get_mut<'a>(value: &'a mut Value, path: &[&str], create: bool) -> Option<&'a mut Value> {
+fn get_mut<'a>(value: &'a mut Value, path: &[String], create: bool) -> Option<&'a mut Value> {
     let mut at = value;
     for seg in path {
         at = match at {
             Value::Array(items) => items.get_mut(seg.parse::<usize>().ok()?)?,
             Value::Object(map) => {
-                if create && !map.contains_key(*seg) {
+                if create && !map.contains_key(seg) {
                     map.insert(seg.to_string(), Value::Object(Default::default()));
                 }
-                map.get_mut(*seg)?
+                map.get_mut(seg)?
             }
             _ => return None,
         };
@@ -154,7 +195,7 @@ fn mutate(doc: &mut Value, m: &Mutation) -> Result<(), String> {
         let segs = segments(path);
         let (last, parent) = segs.split_last().unwrap();
         if let Some(Value::Object(map)) = get_mut(doc, parent, false) {
-            map.remove(*last);
+            map.remove(last);
         }
     }
     if let [a, b] = m.swap.as_slice() {
@@ -180,10 +221,23 @@ fn selects(selector: &Selector, doc: &Value) -> bool {
             .is_none_or(|n| doc["metadata"]["name"] == n.as_str())
 }
 
-/// Writes the pipeline with the defect's mutations into `dir/{current,feature}`.
-fn materialize(defect: Option<&Defect>, dir: &Path) -> Result<(), String> {
-    for part_name in ["current", "feature"] {
-        let mut part = read_part(&root().join("fixtures/pipeline").join(part_name));
+/// Writes the pipeline with the defect's mutations into `dir/{current,feature,next}`
+/// (the parts the pipeline has).
+fn materialize(pipeline: &str, defect: Option<&Defect>, dir: &Path) -> Result<(), String> {
+    let base = pipeline_dir(pipeline)?;
+    if let Some(m) = defect
+        .map(|d| d.mutations.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .find(|m| !base.join(&m.file).is_dir())
+    {
+        return Err(format!("pipeline {pipeline} has no part {:?}", m.file));
+    }
+    for (part_name, _) in PARTS {
+        if !base.join(part_name).is_dir() {
+            continue;
+        }
+        let mut part = read_part(&base.join(part_name));
         for m in defect
             .map(|d| d.mutations.as_slice())
             .unwrap_or_default()
@@ -219,22 +273,35 @@ fn materialize(defect: Option<&Defect>, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Which scenarios a run selects (`--filter`).
+enum Filter<'a> {
+    Exact(&'a str),
+    Containing(&'a str),
+}
+
 /// Runs `cdcheck run` on the materialized pipeline; returns the exit code and report.
-fn run_cdcheck(dir: &Path, scenario: Option<&str>) -> Result<(i32, Value, String), Failed> {
+fn run_cdcheck(dir: &Path, scenario: Option<Filter>) -> Result<(i32, Value, String), Failed> {
     let report_dir = dir.join("report");
     let mut command = Command::new(env!("CARGO_BIN_EXE_cdcheck"));
+    command.arg("run");
+    for (part, flag) in PARTS {
+        if dir.join(part).is_dir() {
+            command.arg(flag).arg(dir.join(part));
+        }
+    }
     command
-        .arg("run")
-        .arg("--manifests")
-        .arg(dir.join("current"))
-        .arg("--feature-manifests")
-        .arg(dir.join("feature"))
         .arg("--report-dir")
         .arg(&report_dir)
         .arg("--jobs")
         .arg("2");
-    if let Some(s) = scenario {
-        command.args(["--filter", s, "--exact"]);
+    match scenario {
+        Some(Filter::Exact(s)) => {
+            command.args(["--filter", s, "--exact"]);
+        }
+        Some(Filter::Containing(s)) => {
+            command.args(["--filter", s]);
+        }
+        None => {}
     }
     // On the local mesh, every scenario's data-plane steps run and must run.
     match common::mesh_unavailable() {
@@ -265,8 +332,8 @@ fn run_cdcheck(dir: &Path, scenario: Option<&str>) -> Result<(i32, Value, String
 
 fn check_defect(defect: Defect) -> Result<(), Failed> {
     let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
-    materialize(Some(&defect), dir.path()).map_err(Failed::from)?;
-    let (code, report, stderr) = run_cdcheck(dir.path(), Some(&defect.scenario))?;
+    materialize(&defect.pipeline, Some(&defect), dir.path()).map_err(Failed::from)?;
+    let (code, report, stderr) = run_cdcheck(dir.path(), Some(Filter::Exact(&defect.scenario)))?;
     let scenario = report["scenarios"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == defect.scenario.as_str()))
@@ -333,34 +400,89 @@ fn check_defect(defect: Defect) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The checks that pass on the correct pipelines, by scenario: `control-plane` on any
+/// substrate, `data-plane` besides on the local mesh.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Passes {
+    control_plane: std::collections::BTreeMap<String, Vec<String>>,
+    data_plane: std::collections::BTreeMap<String, Vec<String>>,
+}
+
 fn check_correct_pipeline() -> Result<(), Failed> {
-    let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
-    materialize(None, dir.path()).map_err(Failed::from)?;
-    let (code, report, stderr) = run_cdcheck(dir.path(), None)?;
-    let failed: Vec<String> = report["scenarios"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| {
-            s["checks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|c| c["verdict"] != "passed" && c["verdict"] != "skipped")
-                .map(move |c| format!("{} / {}: {}", s["name"], c["name"], c["findings"]))
-        })
-        .collect();
-    if code != 0 || !failed.is_empty() {
+    let text =
+        std::fs::read_to_string(root().join("fixtures/defects/correct-pipeline.passes.yaml"))
+            .map_err(|e| Failed::from(e.to_string()))?;
+    let passes: Passes = serde_saphyr::from_str(&text).map_err(|e| Failed::from(e.to_string()))?;
+    let mut passed = std::collections::BTreeSet::new();
+    let mut data_plane = false;
+    let mut log = String::new();
+    // The rolling pipeline runs every scenario (its blue/green ones have no next
+    // release: not applicable); the blue/green pipeline runs the blue/green ones.
+    for (pipeline, filter) in [
+        ("rolling", None),
+        ("bluegreen", Some(Filter::Containing("bluegreen"))),
+    ] {
+        let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+        materialize(pipeline, None, dir.path()).map_err(Failed::from)?;
+        let (code, report, stderr) = run_cdcheck(dir.path(), filter)?;
+        data_plane = report["data_plane"] == true;
+        let bluegreen_run = pipeline == "bluegreen";
+        let scenarios: Vec<&Value> = report["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            // Each blue/green scenario counts from the blue/green pipeline's run.
+            .filter(|s| s["name"].as_str().unwrap_or("").contains("bluegreen") == bluegreen_run)
+            .collect();
+        let failed: Vec<String> = scenarios
+            .iter()
+            .flat_map(|s| {
+                s["checks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|c| c["verdict"] != "passed" && c["verdict"] != "skipped")
+                    .map(move |c| format!("{} / {}: {}", s["name"], c["name"], c["findings"]))
+            })
+            .collect();
+        if !failed.is_empty() || code != 0 {
+            return Err(format!(
+                "false alarm on the correct {pipeline} pipeline (exit {code}): {failed:#?}\n{stderr}"
+            )
+            .into());
+        }
+        for s in scenarios {
+            for c in s["checks"].as_array().unwrap() {
+                if c["verdict"] == "passed" {
+                    passed.insert(format!(
+                        "{}/{}",
+                        s["name"].as_str().unwrap_or(""),
+                        c["name"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        log.push_str(&stderr);
+    }
+    let mut expected = std::collections::BTreeSet::new();
+    for (set, used) in [
+        (&passes.control_plane, true),
+        (&passes.data_plane, data_plane),
+    ] {
+        if used {
+            for (scenario, checks) in set {
+                expected.extend(checks.iter().map(|c| format!("{scenario}/{c}")));
+            }
+        }
+    }
+    if passed != expected {
         return Err(format!(
-            "false alarm on the correct pipeline (exit {code}): {failed:#?}\n{stderr}"
+            "the checks passing on the correct pipelines (data plane: {data_plane}) are not those listed:\n  passing but not listed: {:#?}\n  listed but not passing: {:#?}\n{log}",
+            passed.difference(&expected).collect::<Vec<_>>(),
+            expected.difference(&passed).collect::<Vec<_>>(),
         )
         .into());
-    }
-    let passed = report["check_totals"]["passed"].as_u64().unwrap_or(0);
-    if passed < 30 {
-        return Err(
-            format!("only {passed} checks passed on the correct pipeline\n{stderr}").into(),
-        );
     }
     Ok(())
 }
@@ -374,15 +496,28 @@ fn substrate_missing() -> Option<String> {
         .map(|e| e.to_string())
 }
 
-fn main() {
-    let args = Arguments::from_args();
-    let dir = root().join("fixtures/defects");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+/// The defect files (`correct-pipeline.passes.yaml` is the correct pipeline's list).
+fn defect_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures/defects"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml")
+                && !p.to_string_lossy().ends_with(".passes.yaml")
+        })
         .collect();
     files.sort();
+    files
+}
+
+fn read_defect(file: &Path) -> Defect {
+    let text = std::fs::read_to_string(file).unwrap();
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let files = defect_files();
     let missing = substrate_missing().filter(|_| std::env::var_os("CI").is_none());
     if let Some(why) = &missing {
         let _ = std::io::stderr().write_all(
@@ -392,12 +527,20 @@ fn main() {
     let mut trials = vec![
         Trial::test("correct-pipeline", check_correct_pipeline)
             .with_ignored_flag(missing.is_some()),
+        // Needs no substrate: every defect's mutations apply to its pipeline.
+        Trial::test("every-defect-materializes", || {
+            for file in defect_files() {
+                let defect = read_defect(&file);
+                let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+                materialize(&defect.pipeline, Some(&defect), dir.path())
+                    .map_err(|e| Failed::from(format!("{}: {e}", file.display())))?;
+            }
+            Ok(())
+        }),
     ];
     for file in files {
         let name = file.file_stem().unwrap().to_string_lossy().to_string();
-        let text = std::fs::read_to_string(&file).unwrap();
-        let defect: Defect =
-            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let defect = read_defect(&file);
         trials.push(
             Trial::test(name, move || check_defect(defect)).with_ignored_flag(missing.is_some()),
         );

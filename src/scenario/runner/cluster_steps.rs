@@ -44,6 +44,23 @@ pub(super) async fn expect(run: &mut ScenarioRun<'_>, names: &[CheckName]) -> Re
                 SkipKind::NotApplicable,
                 format!("not applicable: {why}"),
             ),
+            Judgement::NothingToCheck(why) => {
+                run.error(
+                    name.as_str(),
+                    name.description(),
+                    format!("nothing to check: {why}"),
+                );
+            }
+            Judgement::Partly { findings, unjudged } => {
+                run.judged(name.as_str(), name.description(), findings);
+                let what = format!("what {} could not judge", name.as_str());
+                run.skip(
+                    &format!("{}-unjudged", name.as_str()),
+                    &what,
+                    SkipKind::Limitation,
+                    unjudged,
+                );
+            }
         }
     }
     Ok(())
@@ -80,6 +97,9 @@ pub(super) async fn placement_check(
         .iter()
         .map(|d| d.name_any())
         .collect();
+    if let Err(empty) = checks::ha_population(&view) {
+        return Ok(vec![empty]);
+    }
     let findings = placement::check(&run.cluster.client, &run.namespace, &names)
         .await
         .map_err(|e| chain(&e))?;

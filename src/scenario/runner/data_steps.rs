@@ -186,26 +186,15 @@ pub(super) async fn probe(
         ProbeKind::Http => dataplane::probe_http(&ingress, &host).await,
         ProbeKind::Tls => probe_tls(run, &ingress, &host).await,
         ProbeKind::Routing => {
-            // The userid hop inside the mesh is a check of its own, recorded first:
-            // a pipeline without userid routes gets it skipped as not applicable,
-            // never passed for what did not run.
-            match probe_userid_routing(run).await {
-                Some(findings) => run.judged(
-                    &format!("{name}-userid"),
-                    "gRPC calls with the session's userid reach the feature adservice from inside the mesh, and no other call does",
-                    findings,
-                ),
-                None => run.record(
-                    &format!("{name}-userid"),
-                    "gRPC calls with the session's userid reach the feature adservice",
-                    crate::report::Verdict::Skipped,
-                    Vec::new(),
-                    Some((
-                        crate::report::SkipKind::NotApplicable,
-                        "not applicable: the release has no userid route".into(),
-                    )),
-                ),
-            }
+            // The userid hop inside the mesh is a check of its own, recorded first. The
+            // scenario runs on a feature release only, so a release without a userid
+            // route fails it (a pipeline's own defect is never a skip).
+            let findings = probe_userid_routing(run).await;
+            run.judged(
+                &format!("{name}-userid"),
+                "gRPC calls with the session's userid reach the feature adservice from inside the mesh, and no other call does",
+                findings,
+            );
             probe_routing(run, &ingress, &host).await
         }
         ProbeKind::Grpc => probe_grpc(run).await,
@@ -431,23 +420,38 @@ async fn probe_grpc(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
 }
 
 /// `userid` routing inside the mesh: GetAds with the session's userid reaches the
-/// feature adservice, look-alikes and calls without it stay on mainline.
-/// `None` when the release has no userid route to probe.
-async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Option<Vec<Finding>> {
+/// feature adservice, look-alikes and calls without it stay on mainline. A release
+/// without a userid route fails, naming the feature adservice it leaves unreachable.
+async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
     use crate::traffic::routing::{RoutingProbe, userid_variants};
-    let (_, placed) = run.deployed.as_ref()?;
+    let Some((_, placed)) = run.deployed.as_ref() else {
+        return vec![Finding::new("no release is deployed".to_string())];
+    };
     let has_userid_route = placed
         .bundle
         .of_kind("VirtualService")
         .filter_map(|o| o.to_json().ok())
         .any(|vs| vs.to_string().contains("\"userid\""));
     if !has_userid_route {
-        return None;
+        let feature = placed
+            .bundle
+            .deployments()
+            .filter_map(|d| d.metadata.name.clone())
+            .find(|n| n.starts_with("adservice-"));
+        return vec![match feature {
+            Some(feature) => Finding::about(
+                format!("Deployment/{}/{feature}", run.namespace),
+                "no VirtualService routes gRPC calls by the session's userid metadata, so no session reaches this feature adservice",
+            ),
+            None => Finding::new(
+                "the feature release has no userid route and no feature Deployment of adservice (adservice-<branch>): the promise's gRPC hop (a session's userid reaching the feature adservice) is not there",
+            ),
+        }];
     }
     let Some(session) = dataplane::session_of(placed) else {
-        return Some(vec![Finding::new(
+        return vec![Finding::new(
             "a userid route exists but no session id could be read from it".to_string(),
-        )]);
+        )];
     };
     let Some(feature) = placed
         .bundle
@@ -455,32 +459,32 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Option<Vec<Finding>>
         .filter_map(|d| d.metadata.name.clone())
         .find(|n| n.starts_with("adservice-"))
     else {
-        return Some(vec![Finding::new(
+        return vec![Finding::new(
             "a userid route exists but the release has no feature Deployment of adservice (adservice-<branch>)".to_string(),
-        )]);
+        )];
     };
     let session = match crate::manifests::routing::SessionId::parse(&session) {
         Ok(s) => s,
-        Err(e) => return Some(vec![Finding::new(format!("session id {session}: {e}"))]),
+        Err(e) => return vec![Finding::new(format!("session id {session}: {e}"))],
     };
     if let Some(InMesh::Agent { image }) = run.config.data_plane.as_ref().map(|i| i.in_mesh.clone())
     {
-        return Some(probe_userid_by_agent(run, &image, &session, &feature).await);
+        return probe_userid_by_agent(run, &image, &session, &feature).await;
     }
     let client = match mesh_client(run).await {
         Ok(c) => c,
-        Err(why) => return Some(vec![Finding::new(why)]),
+        Err(why) => return vec![Finding::new(why)],
     };
     let local = match client.forward(9555, Duration::from_secs(15)).await {
         Ok(a) => a,
-        Err(e) => return Some(vec![Finding::new(chain(&e))]),
+        Err(e) => return vec![Finding::new(chain(&e))],
     };
     let method = crate::traffic::target::GrpcMethod::GetAds {
         context_keys: vec!["clothing".to_string()],
     };
     let base = match dataplane::in_mesh_target("adservice", 9555, local, method) {
         Ok(t) => t,
-        Err(e) => return Some(vec![Finding::new(chain(&e))]),
+        Err(e) => return vec![Finding::new(chain(&e))],
     };
     let health = dataplane::in_mesh_target(
         "adservice",
@@ -493,9 +497,9 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Option<Vec<Finding>>
     if let Ok(health) = health
         && let Err(why) = call_until_ok(&health).await
     {
-        return Some(vec![Finding::new(format!(
+        return vec![Finding::new(format!(
             "adservice:9555 does not answer from inside the mesh: {why}"
-        ))]);
+        ))];
     }
     let probe = RoutingProbe {
         per_variant: u64::from(ROUTING_REQUESTS_PER_VARIANT),
@@ -505,12 +509,10 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Option<Vec<Finding>>
             .expect("escaped regex"),
         mainline_label: regex::Regex::new("^adservice-").expect("static regex"),
     };
-    Some(
-        match probe.run_userids(&base, &userid_variants(&session)).await {
-            Ok(report) => variant_findings("userid", &report),
-            Err(e) => vec![Finding::new(chain(&e))],
-        },
-    )
+    match probe.run_userids(&base, &userid_variants(&session)).await {
+        Ok(report) => variant_findings("userid", &report),
+        Err(e) => vec![Finding::new(chain(&e))],
+    }
 }
 
 /// One finding per variant that did not pass, with where its requests went.

@@ -264,6 +264,14 @@ pub(super) async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Resul
                 "after the switch every Service selects pods of the new release only",
                 mixed,
             );
+            if let Some((_, previous)) = &run.deployed {
+                let findings = checks::one_colour(&previous.bundle, &placed.bundle);
+                run.judged(
+                    "one-colour-selectors",
+                    checks::ONE_COLOUR_DESCRIPTION,
+                    findings,
+                );
+            }
             run.released(release, placed);
             Ok(())
         }
