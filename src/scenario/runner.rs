@@ -236,13 +236,23 @@ pub fn scenario_verdict(checks: &[CheckResult]) -> Verdict {
         .iter()
         .map(|c| c.verdict)
         .fold(Verdict::Passed, Verdict::worst);
-    // Skipped checks are counted and shown, never passed; a scenario is skipped
-    // only when nothing of it ran.
-    if worst == Verdict::Skipped && checks.iter().any(|c| c.verdict == Verdict::Passed) {
+    // Skipped checks are counted and shown, never passed. A scenario passes only when a
+    // check of its promise passed: deploying the release it starts from proves nothing of
+    // it (a blue/green scenario without a next release deploys, then skips the rest).
+    if worst == Verdict::Skipped
+        && checks
+            .iter()
+            .any(|c| c.verdict == Verdict::Passed && !is_setup(&c.name))
+    {
         Verdict::Passed
     } else {
         worst
     }
+}
+
+/// The checks that only set a scenario up: the deploy of the release it starts from.
+fn is_setup(check: &str) -> bool {
+    check.starts_with("deploy-current")
 }
 
 /// A scenario in progress.
@@ -627,6 +637,21 @@ fn step_check_name(step: &Step) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scenario_whose_promise_was_all_skipped_is_skipped_though_its_deploy_passed() {
+        let mut deploy = check(Verdict::Passed);
+        deploy.name = "deploy-current".into();
+        let mut switch = check(Verdict::Skipped);
+        switch.name = "switch-after-ready".into();
+        assert_eq!(
+            scenario_verdict(&[deploy.clone(), switch.clone()]),
+            Verdict::Skipped
+        );
+        let mut judged = check(Verdict::Passed);
+        judged.name = "nothing-mixed-after".into();
+        assert_eq!(scenario_verdict(&[deploy, switch, judged]), Verdict::Passed);
+    }
 
     #[test]
     fn an_expect_step_records_each_check_under_its_own_name() {
