@@ -15,117 +15,100 @@ use crate::manifests::routing::{SESSION_COOKIE, USERID_METADATA};
 use crate::manifests::{Bundle, Object};
 use crate::report::Finding;
 
-/// Every check a scenario can `expect`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CheckName {
-    Replicas,
-    AntiAffinityInSpec,
-    PdbPerHaService,
-    Placement,
-    RollingStrategy,
-    ReadinessProbes,
-    GracefulShutdown,
-    HealthzProbe,
-    GrpcProbes,
-    TlsSecret,
-    Certificate,
-    FeatureNames,
-    FeatureRoutes,
-    SessionRoutesAnchored,
-    SessionRoutesOrdered,
-    RouteDestinations,
-    NamespaceScoped,
-    RbacMatrix,
+/// How a check is judged.
+#[derive(Clone, Copy)]
+pub enum Judge {
+    /// On the release's objects alone: a pure function of the [`PipelineView`].
+    Static(fn(&PipelineView) -> Judgement),
+    /// Against the cluster, by the runner (`runner/cluster_steps.rs`'s `live_check`).
+    Live,
+}
+
+/// One row of [`CHECKS`]: everything cdcheck knows of a check.
+pub struct CheckSpec {
+    pub check: CheckName,
+    /// The name scenario files and reports use.
+    pub name: &'static str,
+    /// One line saying what the check proves, and of what (its population).
+    pub description: &'static str,
+    pub judge: Judge,
+}
+
+/// Declares [`CheckName`] and [`CHECKS`] from one list, so a check is added in one
+/// place: its variant, name, how it is judged and its claim, side by side.
+macro_rules! checks {
+    ($($variant:ident = $name:literal, $judge:expr, $description:literal;)*) => {
+        /// Every check a scenario can `expect`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        pub enum CheckName {
+            $(#[serde(rename = $name)] $variant,)*
+        }
+
+        /// Every check, in [`CheckName`]'s order.
+        pub const CHECKS: &[CheckSpec] = &[
+            $(CheckSpec { check: CheckName::$variant, name: $name, description: $description, judge: $judge },)*
+        ];
+    };
+}
+
+checks! {
+    Replicas = "replicas", Judge::Static(|view| Judgement::Findings(over_ha(view, replicas))),
+        "every HA Deployment asks for at least 2 replicas (no HA Deployment fails)";
+    AntiAffinityInSpec = "anti-affinity-in-spec", Judge::Static(|view| Judgement::Findings(over_ha(view, anti_affinity))),
+        "every HA Deployment's pods repel each other across kubernetes.io/hostname (no HA Deployment fails)";
+    PdbPerHaService = "pdb-per-ha-service", Judge::Static(|view| Judgement::Findings(over_ha(view, |ha| pdbs(view, ha)))),
+        "a PodDisruptionBudget covers every HA Deployment and lets one pod go at most while keeping one (no HA Deployment fails)";
+    Placement = "placement", Judge::Live,
+        "the pods of every HA Deployment run on at least 2 nodes (no HA Deployment fails)";
+    RollingStrategy = "rolling-strategy", Judge::Static(|view| Judgement::Findings(over_ha(view, rolling_strategy))),
+        "every HA Deployment rolls (RollingUpdate) with maxUnavailable 0, never Recreate (no HA Deployment fails)";
+    ReadinessProbes = "readiness-probes", Judge::Static(|view| Judgement::Findings(probes_present(view))),
+        "every container of a workload that serves through a Service (a Service selects its pods) has a readiness and a liveness probe; workloads no Service selects (upstream's loadgenerator) serve nothing and are not judged";
+    GracefulShutdown = "graceful-shutdown", Judge::Static(|view| Judgement::Findings(over_ha(view, graceful_shutdown))),
+        "every HA container drains before it stops: a preStop sleep of at least 5s (the time the endpoint takes to leave Envoy's EDS and kube-proxy) and shorter than the grace period; a hook cdcheck cannot time (httpGet, an exec other than sleep) fails";
+    HealthzProbe = "healthz-probe", Judge::Static(healthz_probe),
+        "the frontend's readiness probe is an HTTP GET of /_healthz (no frontend is an error: nothing to check)";
+    GrpcProbes = "grpc-probes", Judge::Static(grpc_probes),
+        "every gRPC backend (by Online Boutique's names, or a Service port named grpc*) is probed by gRPC health (none found is an error: nothing to check)";
+    TlsSecret = "tls-secret", Judge::Static(tls_secret),
+        "the Secret each HTTPS Gateway server names exists in the gateway's namespace with a certificate and key";
+    Certificate = "certificate", Judge::Static(certificate),
+        "the ingress certificate covers the Gateway's hosts and does not expire within 30 days";
+    FeatureNames = "feature-names", Judge::Static(feature_names),
+        "every feature Deployment (a SemVer pre-release tag, or a second Deployment of a service's image) carries its branch suffix on its name, app label and Services, and no Service selects both it and mainline";
+    FeatureRoutes = "feature-routes", Judge::Static(|view| Judgement::Findings(feature_routes(view))),
+        "every feature Deployment is reached by a session route (a cookie or userid match) through a Service that selects its pods";
+    SessionRoutesAnchored = "session-routes-anchored", Judge::Static(|view| Judgement::Findings(session_routes_anchored(view))),
+        "session routes match the session id exactly: look-alike cookies and ids do not match";
+    SessionRoutesOrdered = "session-routes-ordered", Judge::Static(|view| Judgement::Findings(session_routes_ordered(view))),
+        "every session route comes before the catch-all route of its VirtualService";
+    RouteDestinations = "route-destinations", Judge::Static(|view| Judgement::Findings(route_destinations(view))),
+        "every VirtualService destination is a Service the pipeline deploys";
+    NamespaceScoped = "namespace-scoped", Judge::Static(|view| Judgement::Findings(view.not_deployed.to_vec())),
+        "the pipeline deploys nothing cluster-scoped and nothing outside its namespace (but the gateway's Secret and Gateway)";
+    RbacMatrix = "rbac-matrix", Judge::Live,
+        "the deployer may change its own namespace and nothing else, checked with its real token";
 }
 
 impl CheckName {
+    /// The check's row in [`CHECKS`].
+    pub fn spec(self) -> &'static CheckSpec {
+        // The macro lists the variants and the rows in one order (a unit test holds it).
+        &CHECKS[self as usize]
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            CheckName::Replicas => "replicas",
-            CheckName::AntiAffinityInSpec => "anti-affinity-in-spec",
-            CheckName::PdbPerHaService => "pdb-per-ha-service",
-            CheckName::Placement => "placement",
-            CheckName::RollingStrategy => "rolling-strategy",
-            CheckName::ReadinessProbes => "readiness-probes",
-            CheckName::GracefulShutdown => "graceful-shutdown",
-            CheckName::HealthzProbe => "healthz-probe",
-            CheckName::GrpcProbes => "grpc-probes",
-            CheckName::TlsSecret => "tls-secret",
-            CheckName::Certificate => "certificate",
-            CheckName::FeatureNames => "feature-names",
-            CheckName::FeatureRoutes => "feature-routes",
-            CheckName::SessionRoutesAnchored => "session-routes-anchored",
-            CheckName::SessionRoutesOrdered => "session-routes-ordered",
-            CheckName::RouteDestinations => "route-destinations",
-            CheckName::NamespaceScoped => "namespace-scoped",
-            CheckName::RbacMatrix => "rbac-matrix",
-        }
+        self.spec().name
     }
 
     /// One line saying what the check proves, and of what (its population).
     pub fn description(self) -> &'static str {
-        match self {
-            CheckName::Replicas => {
-                "every HA Deployment asks for at least 2 replicas (no HA Deployment fails)"
-            }
-            CheckName::AntiAffinityInSpec => {
-                "every HA Deployment's pods repel each other across kubernetes.io/hostname (no HA Deployment fails)"
-            }
-            CheckName::PdbPerHaService => {
-                "a PodDisruptionBudget covers every HA Deployment and lets one pod go at most while keeping one (no HA Deployment fails)"
-            }
-            CheckName::Placement => {
-                "the pods of every HA Deployment run on at least 2 nodes (no HA Deployment fails)"
-            }
-            CheckName::RollingStrategy => {
-                "every HA Deployment rolls (RollingUpdate) with maxUnavailable 0, never Recreate (no HA Deployment fails)"
-            }
-            CheckName::ReadinessProbes => {
-                "every container of a workload that serves through a Service (a Service selects its pods) has a readiness and a liveness probe; workloads no Service selects (upstream's loadgenerator) serve nothing and are not judged"
-            }
-            CheckName::GracefulShutdown => {
-                "every HA container drains before it stops: a preStop sleep of at least 5s (the time the endpoint takes to leave Envoy's EDS and kube-proxy) and shorter than the grace period; a hook cdcheck cannot time (httpGet, an exec other than sleep) fails"
-            }
-            CheckName::HealthzProbe => {
-                "the frontend's readiness probe is an HTTP GET of /_healthz (no frontend is an error: nothing to check)"
-            }
-            CheckName::GrpcProbes => {
-                "every gRPC backend (by Online Boutique's names, or a Service port named grpc*) is probed by gRPC health (none found is an error: nothing to check)"
-            }
-            CheckName::TlsSecret => {
-                "the Secret each HTTPS Gateway server names exists in the gateway's namespace with a certificate and key"
-            }
-            CheckName::Certificate => {
-                "the ingress certificate covers the Gateway's hosts and does not expire within 30 days"
-            }
-            CheckName::FeatureNames => {
-                "every feature Deployment (a SemVer pre-release tag, or a second Deployment of a service's image) carries its branch suffix on its name, app label and Services, and no Service selects both it and mainline"
-            }
-            CheckName::FeatureRoutes => {
-                "every feature Deployment is reached by a session route (a cookie or userid match) through a Service that selects its pods"
-            }
-            CheckName::SessionRoutesAnchored => {
-                "session routes match the session id exactly: look-alike cookies and ids do not match"
-            }
-            CheckName::SessionRoutesOrdered => {
-                "every session route comes before the catch-all route of its VirtualService"
-            }
-            CheckName::RouteDestinations => {
-                "every VirtualService destination is a Service the pipeline deploys"
-            }
-            CheckName::NamespaceScoped => {
-                "the pipeline deploys nothing cluster-scoped and nothing outside its namespace (but the gateway's Secret and Gateway)"
-            }
-            CheckName::RbacMatrix => {
-                "the deployer may change its own namespace and nothing else, checked with its real token"
-            }
-        }
+        self.spec().description
     }
 
     /// Checks that need the cluster, run by the runner rather than by [`run_static`].
     pub fn is_live(self) -> bool {
-        matches!(self, CheckName::Placement | CheckName::RbacMatrix)
+        matches!(self.spec().judge, Judge::Live)
     }
 }
 
@@ -242,28 +225,10 @@ fn over_ha(
 
 /// Runs a static check. Panics if asked for a live one (the runner never does).
 pub fn run_static(check: CheckName, view: &PipelineView) -> Judgement {
-    let findings = match check {
-        CheckName::Replicas => over_ha(view, replicas),
-        CheckName::AntiAffinityInSpec => over_ha(view, anti_affinity),
-        CheckName::PdbPerHaService => over_ha(view, |ha| pdbs(view, ha)),
-        CheckName::RollingStrategy => over_ha(view, rolling_strategy),
-        CheckName::ReadinessProbes => probes_present(view),
-        CheckName::GracefulShutdown => over_ha(view, graceful_shutdown),
-        CheckName::HealthzProbe => return healthz_probe(view),
-        CheckName::GrpcProbes => return grpc_probes(view),
-        CheckName::TlsSecret => return tls_secret(view),
-        CheckName::Certificate => return certificate(view),
-        CheckName::FeatureNames => return feature_names(view),
-        CheckName::FeatureRoutes => feature_routes(view),
-        CheckName::SessionRoutesAnchored => session_routes_anchored(view),
-        CheckName::SessionRoutesOrdered => session_routes_ordered(view),
-        CheckName::RouteDestinations => route_destinations(view),
-        CheckName::NamespaceScoped => view.not_deployed.to_vec(),
-        CheckName::Placement | CheckName::RbacMatrix => {
-            unreachable!("{} is a live check", check.as_str())
-        }
-    };
-    Judgement::Findings(findings)
+    match check.spec().judge {
+        Judge::Static(judge) => judge(view),
+        Judge::Live => unreachable!("{} is a live check", check.as_str()),
+    }
 }
 
 fn replicas(ha: Vec<&Deployment>) -> Vec<Finding> {
@@ -1549,6 +1514,35 @@ mod tests {
         options.sessions = vec![manifests::SessionId::parse("3f1c2a9e").unwrap()];
         configure(&mut options);
         manifests::render(&options).unwrap()
+    }
+
+    #[test]
+    fn every_check_is_one_row_of_the_table_in_the_enum_order() {
+        let mut names = BTreeSet::new();
+        for (index, spec) in CHECKS.iter().enumerate() {
+            assert_eq!(spec.check as usize, index, "{} is out of order", spec.name);
+            assert!(names.insert(spec.name), "{} is listed twice", spec.name);
+            let parsed: CheckName = serde_json::from_value(serde_json::json!(spec.name)).unwrap();
+            assert_eq!(
+                parsed, spec.check,
+                "scenario files name {} differently",
+                spec.name
+            );
+            assert!(
+                !spec.description.is_empty(),
+                "{} states no claim",
+                spec.name
+            );
+        }
+        assert_eq!(CheckName::RbacMatrix.spec().name, "rbac-matrix");
+        assert!(CheckName::Placement.is_live() && CheckName::RbacMatrix.is_live());
+        assert_eq!(
+            CHECKS
+                .iter()
+                .filter(|s| matches!(s.judge, Judge::Live))
+                .count(),
+            2
+        );
     }
 
     fn judge(check: CheckName, bundle: &Bundle) -> Judgement {
