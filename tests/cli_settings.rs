@@ -44,7 +44,10 @@ fn a_flag_for_another_substrate_is_refused_by_name() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("use --nodes, --ingress: they do not apply to --substrate kind"),
+        stderr.contains(
+            "use --nodes, --ingress with --substrate kind: --nodes applies to --substrate \
+             local only; --ingress applies to --substrate existing only"
+        ),
         "{stderr}"
     );
 }

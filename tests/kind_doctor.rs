@@ -349,7 +349,11 @@ fn kubeconfig_context_and_ingress_are_refused_outside_the_existing_substrate() {
             assert_eq!(out.status.code(), Some(2), "{stderr}");
             assert_eq!(
                 stderr.trim(),
-                "error: failed to use --kubeconfig, --context, --ingress or --allow-cordon: they apply to --substrate existing only"
+                format!(
+                    "error: failed to use {0} with --substrate {substrate}: {0} applies to \
+                     --substrate existing only",
+                    flag[0]
+                )
             );
         }
     }
@@ -357,7 +361,7 @@ fn kubeconfig_context_and_ingress_are_refused_outside_the_existing_substrate() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("use --agent-image: it applies to --substrate kind and existing"),
+        stderr.contains("--agent-image applies to --substrate kind and existing"),
         "{stderr}"
     );
     let out = cdcheck_with_empty_path(&["run", "--feature-image", "cartservice=reg/cart:1"]);

@@ -14,6 +14,9 @@ fn cdcheck(state_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cdcheck"))
         .args(args)
         .env("CDCHECK_STATE_DIR", state_dir)
+        // `kubeconfig` falls back to the mesh substrate's directory; CI exports it and may
+        // have a mesh running, which must not answer for this test's substrate.
+        .env("CDCHECK_MESH_STATE_DIR", state_dir.with_extension("mesh"))
         .output()
         .expect("run cdcheck")
 }

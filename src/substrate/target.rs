@@ -108,46 +108,46 @@ impl SubstrateOptions {
     pub fn check(&self) -> Result<(), ProvisionError> {
         let defaults = SubstrateOptions::new(self.kind);
         let mut misplaced = Vec::new();
-        let mut not_for = |applies: bool, flag: &'static str| {
+        let mut not_for = |applies: bool, flag: &'static str, applies_to: &'static str| {
             if !applies {
-                misplaced.push(flag);
+                misplaced.push(MisplacedFlag { flag, applies_to });
             }
         };
         let local = self.kind == SubstrateKind::Local;
         let kind = self.kind == SubstrateKind::Kind;
         let existing = self.kind == SubstrateKind::Existing;
         if self.nodes != defaults.nodes {
-            not_for(local, "--nodes");
+            not_for(local, "--nodes", "local only");
         }
         if self.state_dir.is_some() {
-            not_for(local, "--state-dir");
+            not_for(local, "--state-dir", "local only");
         }
         if self.mesh != defaults.mesh && self.mesh != MeshChoice::Off {
-            not_for(local, "--mesh");
+            not_for(local, "--mesh", "local only");
         }
         if self.kubeconfig.is_some() {
-            not_for(existing, "--kubeconfig");
+            not_for(existing, "--kubeconfig", "existing only");
         }
         if self.context.is_some() {
-            not_for(existing, "--context");
+            not_for(existing, "--context", "existing only");
         }
         if !self.ingress.is_empty() {
-            not_for(existing, "--ingress");
+            not_for(existing, "--ingress", "existing only");
         }
         if self.allow_cordon {
-            not_for(existing, "--allow-cordon");
+            not_for(existing, "--allow-cordon", "existing only");
         }
         if self.agent_image.is_some() {
-            not_for(kind || existing, "--agent-image");
+            not_for(kind || existing, "--agent-image", "kind and existing");
         }
         if self.kind_state_dir.is_some() {
-            not_for(kind, "--kind-state-dir");
+            not_for(kind, "--kind-state-dir", "kind only");
         }
         if misplaced.is_empty() {
             Ok(())
         } else {
             Err(ProvisionError::Misplaced {
-                flags: misplaced.join(", "),
+                flags: MisplacedFlags(misplaced),
                 substrate: self.kind,
             })
         }
@@ -199,11 +199,40 @@ pub struct Target {
     pub summary: String,
 }
 
+/// A flag given to a substrate it does not apply to, and where it does apply.
+#[derive(Debug)]
+pub struct MisplacedFlag {
+    flag: &'static str,
+    applies_to: &'static str,
+}
+
+/// The misplaced flags of one command line; displays where each applies.
+#[derive(Debug)]
+pub struct MisplacedFlags(Vec<MisplacedFlag>);
+
+impl MisplacedFlags {
+    fn names(&self) -> String {
+        let names: Vec<&str> = self.0.iter().map(|m| m.flag).collect();
+        names.join(", ")
+    }
+}
+
+impl std::fmt::Display for MisplacedFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let places: Vec<String> = self
+            .0
+            .iter()
+            .map(|m| format!("{} applies to --substrate {}", m.flag, m.applies_to))
+            .collect();
+        f.write_str(&places.join("; "))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
-    #[error("use {flags}: they do not apply to --substrate {substrate}")]
+    #[error("use {} with --substrate {substrate}: {flags}", flags.names())]
     Misplaced {
-        flags: String,
+        flags: MisplacedFlags,
         substrate: SubstrateKind,
     },
     #[error("install the control-plane binaries")]
@@ -566,7 +595,8 @@ mod tests {
         assert!(error.is_usage());
         assert_eq!(
             error.to_string(),
-            "use --ingress, --agent-image: they do not apply to --substrate local"
+            "use --ingress, --agent-image with --substrate local: --ingress applies to \
+             --substrate existing only; --agent-image applies to --substrate kind and existing"
         );
         let mut options = SubstrateOptions::new(SubstrateKind::Existing);
         options.nodes = 5;
