@@ -39,7 +39,7 @@ async fn up_prints_the_kubeconfig_export_and_its_cluster_outlives_the_command() 
         "{stderr}"
     );
 
-    let up = cdcheck(&state_dir, &["up", "--substrate", "local", "--nodes", "1"]);
+    let up = cdcheck(&state_dir, &["up", "--substrate", "local", "--nodes", "2"]);
     let stdout = String::from_utf8_lossy(&up.stdout).to_string();
     assert!(
         up.status.success(),
@@ -59,7 +59,7 @@ async fn up_prints_the_kubeconfig_export_and_its_cluster_outlives_the_command() 
         .list(&ListParams::default().labels("type=kwok"))
         .await
         .unwrap();
-    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items.len(), 2);
 
     let printed = cdcheck(&state_dir, &["kubeconfig"]);
     assert!(printed.status.success());
