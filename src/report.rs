@@ -255,6 +255,13 @@ pub struct LoadResult {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// `app/pod` of every pod that began terminating or was deleted while the load ran:
+    /// the events a zero-downtime verdict is about.
+    #[serde(default)]
+    pub terminated_pods: Vec<String>,
+    /// The Services switched to another release while the load ran.
+    #[serde(default)]
+    pub service_switches: Vec<String>,
     pub outages: Vec<OutageWindow>,
     pub timeline: Vec<RequestPoint>,
 }

@@ -35,7 +35,12 @@ struct Defect {
     /// `bluegreen` (`fixtures/pipeline-bluegreen/`, with a next release).
     #[serde(default = "rolling")]
     pipeline: String,
+    #[serde(default)]
     mutations: Vec<Mutation>,
+    /// The pipeline's next release is its current one re-applied (`--next-manifests` gets
+    /// the current part, after its mutations).
+    #[serde(default, rename = "next-is-current")]
+    next_is_current: bool,
     /// What the same scenario's traffic shows on a data plane (the local mesh): a
     /// check of a load or probe that must fail too, with a finding containing `finding`.
     #[serde(default, rename = "data-plane")]
@@ -269,6 +274,9 @@ fn materialize(pipeline: &str, defect: Option<&Defect>, dir: &Path) -> Result<()
             }
         }
         write_part(&dir.join(part_name), &part);
+        if part_name == "current" && defect.is_some_and(|d| d.next_is_current) {
+            write_part(&dir.join("next"), &part);
+        }
     }
     Ok(())
 }

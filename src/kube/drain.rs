@@ -387,8 +387,8 @@ pub struct Observed {
     pub initial: BTreeMap<String, PodPlace>,
     /// Per app, the fewest Ready, non-terminating pods at any moment after the sync.
     pub min_ready: BTreeMap<String, usize>,
-    /// `namespace/name` of every pod seen terminating or deleted after the sync.
-    pub terminated: BTreeSet<String>,
+    /// `namespace/name` -> app of every pod seen terminating or deleted after the sync.
+    pub terminated: BTreeMap<String, String>,
     /// Watch events received after the sync.
     pub events: usize,
 }
@@ -504,12 +504,12 @@ async fn observe(
             }
             watcher::Event::Apply(p) => {
                 if p.metadata.deletion_timestamp.is_some() {
-                    observed.terminated.insert(pod_key(&p));
+                    observed.terminated.insert(pod_key(&p), app_of(&p));
                 }
                 current.insert(pod_key(&p), p);
             }
             watcher::Event::Delete(p) => {
-                observed.terminated.insert(pod_key(&p));
+                observed.terminated.insert(pod_key(&p), app_of(&p));
                 current.remove(&pod_key(&p));
             }
         }
@@ -670,7 +670,7 @@ pub fn verdict(
         });
     }
     for pod in &report.evicted {
-        if !observed.terminated.contains(pod) {
+        if !observed.terminated.contains_key(pod) {
             findings.push(DrainFinding::NotSeen { pod: pod.clone() });
         }
     }
@@ -820,7 +820,10 @@ mod tests {
             })
             .collect(),
             min_ready: min_ready.iter().map(|(a, n)| (a.to_string(), *n)).collect(),
-            terminated: terminated.iter().map(|s| s.to_string()).collect(),
+            terminated: terminated
+                .iter()
+                .map(|s| (s.to_string(), String::new()))
+                .collect(),
             events: 3,
         }
     }

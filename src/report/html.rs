@@ -288,6 +288,24 @@ fn load_section(load: &LoadResult, events: &[KubeEvent]) -> Markup {
                     " (" (ms(outage.to_ms - outage.from_ms)) " at " (seconds_ms(outage.from_ms)) ")"
                 }
             }
+            p class="small" {
+                "Under this load: "
+                b { (load.terminated_pods.len()) } " pod termination"
+                @if load.terminated_pods.len() != 1 { "s" }
+                @if !load.terminated_pods.is_empty() {
+                    " ("
+                    @for (i, pod) in load.terminated_pods.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        code { (pod) }
+                    }
+                    ")"
+                }
+                " · " b { (load.service_switches.len()) } " Service switch"
+                @if load.service_switches.len() != 1 { "es" }
+                @if load.terminated_pods.is_empty() && load.service_switches.is_empty() {
+                    " — nothing was replaced while it ran"
+                }
+            }
             (timeline_chart(load, events))
             div class="legend" {
                 span { i class="key ok" {} "request (latency)" }

@@ -176,14 +176,17 @@ fn failure_output(scenario: &ScenarioReport) -> String {
     for load in &scenario.loads {
         let _ = writeln!(
             out,
-            "load {} -> {}: {} requests, {} failed, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "load {} -> {}: {} requests, {} failed, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, \
+             over {} pod terminations and {} Service switches",
             load.name,
             load.target,
             load.requests,
             load.failed,
             load.p50_ms,
             load.p99_ms,
-            load.max_ms
+            load.max_ms,
+            load.terminated_pods.len(),
+            load.service_switches.len()
         );
         for outage in &load.outages {
             let _ = writeln!(

@@ -89,6 +89,12 @@ pub struct RunningLoad {
     pub started_at: Duration,
     /// The scenario's checks recorded before it started (the runner sets it).
     pub checks_before: usize,
+    /// The scenario's Kubernetes events recorded before it started (the runner sets it),
+    /// so the Service switches made under the load can be counted.
+    pub events_before: usize,
+    /// The watch of the scenario's pods while the load runs (the runner starts it), so the
+    /// pod terminations the load covered can be counted.
+    pub pods: Option<crate::kube::drain::PodWatch>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<Timeline, TrafficError>>,
 }
@@ -113,6 +119,8 @@ pub fn start_frontend_load(
         target: format!("frontend via http://{host}/ on {}", ingress.http),
         started_at,
         checks_before: 0,
+        events_before: 0,
+        pods: None,
         stop,
         task,
     })
@@ -120,6 +128,7 @@ pub fn start_frontend_load(
 
 impl RunningLoad {
     /// Stops sending, waits for the answers in flight, and returns the timeline.
+    /// The pod watch, if any, must have been taken out before.
     pub async fn finish(self) -> Result<Timeline, TrafficError> {
         let _ = self.stop.send(true);
         match self.task.await {
@@ -137,6 +146,7 @@ pub fn load_result(
     load_target: &str,
     started_at: Duration,
     timeline: &Timeline,
+    disruptions: &Disruptions,
 ) -> LoadResult {
     let summary = Summary::of(timeline);
     let offset_ms = started_at.as_secs_f64() * 1e3;
@@ -150,6 +160,8 @@ pub fn load_result(
         p50_ms: summary.latency.p50_us as f64 / 1e3,
         p99_ms: summary.latency.p99_us as f64 / 1e3,
         max_ms: summary.latency.max_us as f64 / 1e3,
+        terminated_pods: disruptions.terminated_pods.clone(),
+        service_switches: disruptions.service_switches.clone(),
         outages: traffic::verdict::outage_windows(&timeline.records)
             .iter()
             .map(|w| OutageWindow {
@@ -169,6 +181,64 @@ pub fn load_result(
             })
             .collect(),
     }
+}
+
+/// What a load window covered: the events a zero-downtime claim is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Disruptions {
+    /// `app/pod` of every pod that began terminating or was deleted while the load ran.
+    pub terminated_pods: Vec<String>,
+    /// Every Service switched to another release while the load ran.
+    pub service_switches: Vec<String>,
+}
+
+impl Disruptions {
+    pub fn count(&self) -> u64 {
+        (self.terminated_pods.len() + self.service_switches.len()) as u64
+    }
+
+    /// "3 pod terminations (frontend x2, cartservice x1) and 1 Service switch".
+    pub fn describe(&self) -> String {
+        let mut by_app = std::collections::BTreeMap::<&str, usize>::new();
+        for pod in &self.terminated_pods {
+            *by_app
+                .entry(pod.split('/').next().unwrap_or(""))
+                .or_default() += 1;
+        }
+        let apps: Vec<String> = by_app
+            .iter()
+            .map(|(app, n)| format!("{} x{n}", if app.is_empty() { "(no app)" } else { app }))
+            .collect();
+        let count =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut text = count(
+            self.terminated_pods.len(),
+            "pod termination",
+            "pod terminations",
+        );
+        if !apps.is_empty() {
+            text.push_str(&format!(" ({})", apps.join(", ")));
+        }
+        text.push_str(" and ");
+        text.push_str(&count(
+            self.service_switches.len(),
+            "Service switch",
+            "Service switches",
+        ));
+        text
+    }
+}
+
+/// The finding of a load window that covered fewer disruptions than its claim needs.
+pub fn judge_disruptions(name: &str, disruptions: &Disruptions, min: u64) -> Vec<Finding> {
+    if disruptions.count() >= min {
+        return Vec::new();
+    }
+    vec![Finding::new(format!(
+        "load {name} covered {}, fewer than the {min} its zero-downtime verdict needs: \
+         nothing was replaced while it ran, so its zero failed requests prove nothing",
+        disruptions.describe()
+    ))]
 }
 
 /// The findings of a finished load held to `max_failed`.
@@ -225,24 +295,49 @@ pub async fn probe_http(ingress: &DataPlane, host: &str) -> Vec<Finding> {
     }
 }
 
-/// The certificate the gateway serves for the host's SNI is the leaf of `expected_pem`
-/// (the Secret `namespace/secret` that the Gateway's `credentialName` names) and covers
-/// the host. Without that Secret the handshake is still made, to show what is served.
+/// What the Secret a Gateway's `credentialName` names holds, as Istio reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// The certificate (PEM) of a `kubernetes.io/tls` Secret (`tls.crt`) or of a generic
+    /// one (`cert`), the two shapes Istio's gateway accepts.
+    Certificate(Vec<u8>),
+    /// The Secret exists but holds neither `tls.crt` nor `cert`.
+    NoCertificate,
+    /// No such Secret.
+    Missing,
+    /// The API did not say (an error other than not-found): nothing can be compared.
+    Unreadable(String),
+}
+
+impl Credential {
+    pub fn of(secret: Option<&k8s_openapi::api::core::v1::Secret>) -> Credential {
+        let Some(secret) = secret else {
+            return Credential::Missing;
+        };
+        let data = secret.data.clone().unwrap_or_default();
+        match data.get("tls.crt").or_else(|| data.get("cert")) {
+            Some(pem) => Credential::Certificate(pem.0.clone()),
+            None => Credential::NoCertificate,
+        }
+    }
+}
+
+/// The HTTPS verdict from the handshake: the gateway must complete it for the host's
+/// SNI with a certificate that covers the host and is valid, and that certificate must
+/// be the one of the Secret the Gateway's `credentialName` names.
 pub async fn probe_tls(
     ingress: &DataPlane,
     host: &str,
     namespace: &str,
     secret: &str,
-    expected_pem: Option<&[u8]>,
+    credential: &Credential,
 ) -> Vec<Finding> {
-    let mut findings = Vec::new();
-    if expected_pem.is_none() {
-        findings.push(Finding::new(format!(
-            "the Gateway's credentialName names Secret {secret}, which does not exist in {namespace} (or has no tls.crt)"
-        )));
-    }
+    let expected_pem = match credential {
+        Credential::Certificate(pem) => Some(pem.as_slice()),
+        _ => None,
+    };
     let address = ingress.https.to_string();
-    match traffic::probe::tls(
+    let report = match traffic::probe::tls(
         &address,
         host,
         &["h2", "http/1.1"],
@@ -251,36 +346,65 @@ pub async fn probe_tls(
     )
     .await
     {
-        Ok(report) if report.passed() && expected_pem.is_some() => {}
-        Ok(report) => {
-            if let Some(error) = &report.error_message {
-                findings.push(Finding::new(format!(
-                    "TLS handshake with the gateway ({address}) for SNI {host} failed: {error}"
-                )));
-            } else if expected_pem.is_none() {
-                findings.push(Finding::new(format!(
-                    "the gateway served a certificate (sha256 {}) for {host} anyway",
-                    report
-                        .chain
-                        .first()
-                        .map(|c| c.sha256.as_str())
-                        .unwrap_or("none")
-                )));
-            }
-            if report.matches_expected == Some(false) {
-                findings.push(Finding::new(format!(
-                    "the gateway served a certificate (sha256 {}) that is not Secret {namespace}/{secret}'s (sha256 {})",
-                    report.chain.first().map(|c| c.sha256.as_str()).unwrap_or("none"),
-                    report.expected_sha256.as_deref().unwrap_or("none")
-                )));
-            }
-            if report.error.is_none() && !report.name_in_sans {
-                findings.push(Finding::new(format!(
-                    "the served certificate does not cover {host}"
-                )));
-            }
+        Ok(report) => report,
+        Err(e) => return vec![Finding::new(format!("probe TLS on {address}: {e}"))],
+    };
+    let mut findings = handshake_findings(&report, host);
+    let served = report
+        .chain
+        .first()
+        .map(|c| c.sha256.clone())
+        .unwrap_or_else(|| "none".into());
+    let named = format!("Secret {namespace}/{secret}");
+    match credential {
+        Credential::Certificate(_) if report.matches_expected == Some(false) => {
+            findings.push(Finding::new(format!(
+                "the gateway served a certificate (sha256 {served}) that is not {named}'s \
+                 (sha256 {}), which the Gateway's credentialName names",
+                report.expected_sha256.as_deref().unwrap_or("none")
+            )));
         }
-        Err(e) => findings.push(Finding::new(format!("probe TLS on {address}: {e}"))),
+        Credential::Certificate(_) => {}
+        Credential::Missing => findings.push(Finding::new(format!(
+            "the Gateway's credentialName names {named}, which does not exist in {namespace}"
+        ))),
+        Credential::NoCertificate => findings.push(Finding::new(format!(
+            "the Gateway's credentialName names {named}, which has neither tls.crt nor cert"
+        ))),
+        Credential::Unreadable(why) => findings.push(Finding::new(format!(
+            "cdcheck could not read {named} to compare it with what was served: {why}"
+        ))),
+    }
+    findings
+}
+
+/// What the handshake itself shows is wrong: it failed, or the leaf does not cover the
+/// host or is not valid now.
+fn handshake_findings(report: &traffic::probe::TlsProbeReport, host: &str) -> Vec<Finding> {
+    if let Some(error) = &report.error_message {
+        return vec![Finding::new(format!(
+            "the TLS handshake with the gateway ({}) for SNI {host} failed: {error}",
+            report.address
+        ))];
+    }
+    let Some(leaf) = report.chain.first() else {
+        return vec![Finding::new(format!(
+            "the gateway ({}) completed the handshake for SNI {host} without a certificate",
+            report.address
+        ))];
+    };
+    let mut findings = Vec::new();
+    if !report.name_in_sans {
+        findings.push(Finding::new(format!(
+            "the certificate served for SNI {host} does not cover it (names: {})",
+            leaf.sans.join(", ")
+        )));
+    }
+    if leaf.expired {
+        findings.push(Finding::new(format!(
+            "the certificate served for SNI {host} is not valid now (not after {})",
+            leaf.not_after
+        )));
     }
     findings
 }
@@ -296,4 +420,142 @@ pub fn in_mesh_target(
     let mut target = GrpcTarget::new(&format!("http://{service_host}:{port}"), method)?;
     target.resolve = vec![(service_host.to_string(), forwarded)];
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disruptions(pods: &[&str], switches: &[&str]) -> Disruptions {
+        Disruptions {
+            terminated_pods: pods.iter().map(|p| p.to_string()).collect(),
+            service_switches: switches.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_load_window_that_replaced_nothing_fails_a_claim_that_needs_one_disruption() {
+        let none = disruptions(&[], &[]);
+        let findings = judge_disruptions("shop", &none, 1);
+        assert_eq!(findings.len(), 1);
+        assert!(
+            findings[0]
+                .message
+                .contains("covered 0 pod terminations and 0 Service switches, fewer than the 1"),
+            "{}",
+            findings[0].message
+        );
+        assert!(judge_disruptions("shop", &none, 0).is_empty());
+    }
+
+    #[test]
+    fn one_termination_or_one_switch_is_enough_for_one() {
+        let pod = disruptions(&["frontend/frontend-1"], &[]);
+        assert!(judge_disruptions("shop", &pod, 1).is_empty());
+        let switch = disruptions(&[], &["Service/frontend"]);
+        assert!(judge_disruptions("shop", &switch, 1).is_empty());
+        assert_eq!(judge_disruptions("shop", &switch, 2).len(), 1);
+    }
+
+    fn secret(type_: &str, keys: &[&str]) -> k8s_openapi::api::core::v1::Secret {
+        k8s_openapi::api::core::v1::Secret {
+            type_: Some(type_.into()),
+            data: Some(
+                keys.iter()
+                    .map(|k| {
+                        (
+                            k.to_string(),
+                            k8s_openapi::ByteString(format!("pem of {k}").into_bytes()),
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn both_secret_shapes_istio_reads_give_the_certificate() {
+        let tls = secret("kubernetes.io/tls", &["tls.crt", "tls.key"]);
+        assert_eq!(
+            Credential::of(Some(&tls)),
+            Credential::Certificate(b"pem of tls.crt".to_vec())
+        );
+        let generic = secret("Opaque", &["cert", "key"]);
+        assert_eq!(
+            Credential::of(Some(&generic)),
+            Credential::Certificate(b"pem of cert".to_vec())
+        );
+        let neither = secret("Opaque", &["password"]);
+        assert_eq!(Credential::of(Some(&neither)), Credential::NoCertificate);
+        assert_eq!(Credential::of(None), Credential::Missing);
+    }
+
+    fn served(
+        error: Option<&str>,
+        name_in_sans: bool,
+        expired: bool,
+    ) -> traffic::probe::TlsProbeReport {
+        traffic::probe::TlsProbeReport {
+            address: "127.0.0.1:30443".into(),
+            server_name: "shop.test".into(),
+            protocol_version: error.is_none().then(|| "TLSv1_3".into()),
+            alpn: None,
+            chain: if error.is_some() {
+                Vec::new()
+            } else {
+                vec![traffic::probe::CertificateInfo {
+                    subject: "CN=shop.test".into(),
+                    issuer: "CN=shop.test".into(),
+                    sans: vec!["other.test".into()],
+                    not_after: "Tue, 1 Dec 2026 00:00:00 +0000".into(),
+                    expired,
+                    sha256: "ab".into(),
+                }]
+            },
+            error: error.map(|_| crate::traffic::record::ErrorClass::Tls),
+            error_message: error.map(str::to_string),
+            expected_sha256: None,
+            matches_expected: None,
+            name_in_sans,
+        }
+    }
+
+    #[test]
+    fn the_handshake_alone_fails_a_refused_uncovered_or_expired_certificate() {
+        let refused =
+            handshake_findings(&served(Some("connection reset"), false, false), "shop.test");
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].message.contains("the TLS handshake with the gateway (127.0.0.1:30443) for SNI shop.test failed: connection reset"));
+        let uncovered = handshake_findings(&served(None, false, false), "shop.test");
+        assert!(
+            uncovered[0]
+                .message
+                .contains("does not cover it (names: other.test)"),
+            "{uncovered:?}"
+        );
+        let expired = handshake_findings(&served(None, true, true), "shop.test");
+        assert_eq!(expired.len(), 1);
+        assert!(
+            expired[0].message.contains("is not valid now"),
+            "{expired:?}"
+        );
+        assert!(handshake_findings(&served(None, true, false), "shop.test").is_empty());
+    }
+
+    #[test]
+    fn disruptions_are_described_by_app() {
+        let d = disruptions(
+            &[
+                "frontend/frontend-1",
+                "frontend/frontend-2",
+                "cartservice/cart-1",
+            ],
+            &["Service/frontend"],
+        );
+        assert_eq!(
+            d.describe(),
+            "3 pod terminations (cartservice x1, frontend x2) and 1 Service switch"
+        );
+    }
 }

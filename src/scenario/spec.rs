@@ -125,6 +125,11 @@ pub struct LoadStopStep {
     /// Failed requests the load may have; zero downtime means 0.
     #[serde(default)]
     pub max_failed: u64,
+    /// Disruptions the load must have covered for its verdict to mean anything: pod
+    /// terminations in the scenario's namespace plus Service switches while it ran. A
+    /// zero-downtime claim over a window in which nothing was replaced proves nothing.
+    #[serde(default)]
+    pub min_disruptions: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

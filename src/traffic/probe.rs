@@ -141,8 +141,10 @@ pub struct CertificateInfo {
     pub issuer: String,
     /// DNS names and IP addresses of the subjectAltName extension.
     pub sans: Vec<String>,
-    /// RFC 3339.
+    /// RFC 2822.
     pub not_after: String,
+    /// Whether the certificate was outside its validity period when it was served.
+    pub expired: bool,
     /// Lowercase hex SHA-256 of the DER encoding.
     pub sha256: String,
 }
@@ -161,6 +163,7 @@ impl CertificateInfo {
                 .not_after
                 .to_rfc2822()
                 .unwrap_or_else(|_| cert.validity().not_after.to_string()),
+            expired: !cert.validity().is_valid(),
             sha256: sha256_hex(der),
         })
     }

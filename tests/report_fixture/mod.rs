@@ -614,6 +614,11 @@ fn load(
         p50_ms: quantile(0.5),
         p99_ms: quantile(0.99),
         max_ms: quantile(1.0),
+        terminated_pods: vec![
+            "frontend/frontend-7c9d8b6f54-2xkqp".into(),
+            "frontend/frontend-7c9d8b6f54-9mzlw".into(),
+        ],
+        service_switches: Vec::new(),
         outages,
         timeline,
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use ::kube::api::Api;
 
 use super::{Abort, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ScenarioRun, Step, chain, step_check_name};
+use crate::kube::drain::PodWatch;
 use crate::names::{ISTIO_NAMESPACE, RUN_LABEL};
 use crate::report::{Finding, KubeEventKind};
 use crate::scenario::dataplane;
@@ -93,10 +94,18 @@ pub(super) async fn load_start(
     if let Err(why) = wait_serving(&ingress, &host).await {
         return Err(run.error(&name, &step.label(), why));
     }
+    // Watch the scenario's pods before the first request, so every termination the load
+    // covers is counted.
+    let pods = match PodWatch::start(&run.cluster.client, &run.namespace, POD_WATCH_SYNC).await {
+        Ok(pods) => pods,
+        Err(e) => return Err(run.error(&name, &step.label(), chain(&e))),
+    };
     let started_at = run.emitter.at();
     match dataplane::start_frontend_load(&ingress, &host, load.rate, started_at) {
         Ok(mut running) => {
             running.checks_before = run.checks.len();
+            running.events_before = run.events.len();
+            running.pods = Some(pods);
             run.kube_event(
                 KubeEventKind::Other,
                 None,
@@ -119,7 +128,7 @@ pub(super) async fn load_stop(
     stop: &crate::scenario::spec::LoadStopStep,
 ) -> Result<(), Abort> {
     let name = step_check_name(step);
-    let Some(load) = run.loads.remove(&stop.name) else {
+    let Some(mut load) = run.loads.remove(&stop.name) else {
         return Err(run.error(
             &name,
             &step.label(),
@@ -135,6 +144,11 @@ pub(super) async fn load_stop(
         .iter()
         .skip(load.checks_before + 1)
         .any(|c| c.verdict != crate::report::Verdict::Skipped);
+    let disruptions = disruptions_under(run, &mut load).await;
+    let disruptions = match disruptions {
+        Ok(d) => d,
+        Err(why) => return Err(run.error(&name, &step.label(), why)),
+    };
     match load.finish().await {
         Ok(_) if !ran_under_load => {
             run.record(
@@ -153,19 +167,65 @@ pub(super) async fn load_stop(
             Ok(())
         }
         Ok(timeline) => {
-            let findings = dataplane::judge_load(&stop.name, &timeline, stop.max_failed);
+            let mut findings = dataplane::judge_load(&stop.name, &timeline, stop.max_failed);
+            findings.extend(dataplane::judge_disruptions(
+                &stop.name,
+                &disruptions,
+                stop.min_disruptions,
+            ));
             run.load_results.push(dataplane::load_result(
-                &stop.name, &target, started_at, &timeline,
+                &stop.name,
+                &target,
+                started_at,
+                &timeline,
+                &disruptions,
             ));
             let description = format!(
-                "load {} fails at most {} requests",
-                stop.name, stop.max_failed
+                "load {} fails at most {} requests over {} (at least {} needed)",
+                stop.name,
+                stop.max_failed,
+                disruptions.describe(),
+                stop.min_disruptions
             );
             run.judged(&name, &description, findings);
             Ok(())
         }
         Err(e) => Err(run.error(&name, &step.label(), chain(&e))),
     }
+}
+
+/// How long a pod watch may take to list the scenario's pods before a load starts.
+const POD_WATCH_SYNC: Duration = Duration::from_secs(30);
+
+/// The pod terminations and Service switches while `load` ran; stops its pod watch.
+async fn disruptions_under(
+    run: &ScenarioRun<'_>,
+    load: &mut dataplane::RunningLoad,
+) -> Result<dataplane::Disruptions, String> {
+    let service_switches = run
+        .events
+        .iter()
+        .skip(load.events_before)
+        .filter(|e| e.kind == KubeEventKind::Switch)
+        .filter_map(|e| e.object.clone())
+        .collect();
+    let Some(pods) = load.pods.take() else {
+        return Err("the load's pod watch was never started".into());
+    };
+    // A watch broken midway has a gap: a termination may be missing, so no count is given.
+    let observed = pods.finish().await.map_err(|e| chain(&e))?;
+    let terminated_pods = observed
+        .terminated
+        .iter()
+        .map(|(key, app)| {
+            let pod = key.rsplit('/').next().unwrap_or(key);
+            format!("{app}/{pod}")
+        })
+        .collect();
+    Ok(dataplane::Disruptions {
+        terminated_pods,
+        service_switches,
+    })
 }
 
 pub(super) async fn probe(
@@ -182,6 +242,7 @@ pub(super) async fn probe(
             return Err(run.error(&name, &step.label(), why));
         }
     }
+    let mut detail = String::new();
     let findings = match kind {
         ProbeKind::Http => dataplane::probe_http(&ingress, &host).await,
         ProbeKind::Tls => probe_tls(run, &ingress, &host).await,
@@ -197,7 +258,11 @@ pub(super) async fn probe(
             );
             probe_routing(run, &ingress, &host).await
         }
-        ProbeKind::Grpc => probe_grpc(run).await,
+        ProbeKind::Grpc => {
+            let (findings, timings) = probe_grpc(run).await;
+            detail = timings;
+            findings
+        }
     };
     let description = match kind {
         ProbeKind::Http => format!("/_healthz of http://{host} answers through the gateway"),
@@ -205,7 +270,10 @@ pub(super) async fn probe(
         ProbeKind::Routing => {
             "the session's requests reach the feature branch and no other request does".into()
         }
-        ProbeKind::Grpc => "every gRPC backend answers SERVING from inside the mesh".into(),
+        ProbeKind::Grpc => format!(
+            "every gRPC backend answers SERVING from inside the mesh at the first answer of \
+             its own after its rollout completed{detail}"
+        ),
     };
     run.judged(&name, &description, findings);
     Ok(())
@@ -241,15 +309,12 @@ async fn probe_tls(run: &mut ScenarioRun<'_>, ingress: &DataPlane, host: &str) -
     for (namespace, secret) in secrets {
         let api: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(run.cluster.client.clone(), &namespace);
-        let pem = api
-            .get_opt(&secret)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|s| s.data)
-            .and_then(|d| d.get("tls.crt").map(|b| b.0.clone()));
+        let credential = match api.get_opt(&secret).await {
+            Ok(found) => dataplane::Credential::of(found.as_ref()),
+            Err(e) => dataplane::Credential::Unreadable(chain(&e)),
+        };
         findings
-            .extend(dataplane::probe_tls(ingress, host, &namespace, &secret, pem.as_deref()).await);
+            .extend(dataplane::probe_tls(ingress, host, &namespace, &secret, &credential).await);
     }
     findings
 }
@@ -328,26 +393,55 @@ async fn mesh_client<'r>(
     Ok(run.mesh_client.as_mut().expect("set above"))
 }
 
-/// Calls `target` until it succeeds or 15 s pass (the sidecar's routes and endpoints
-/// arrive a moment after its listeners); the last failure otherwise.
-async fn call_until_ok(target: &crate::traffic::target::GrpcTarget) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+/// How long a gRPC backend may take to answer from inside the mesh: the in-mesh client's
+/// sidecar may still be learning the endpoints (a transport error or Envoy's UNAVAILABLE).
+const GRPC_SERVING_WITHIN: Duration = Duration::from_secs(15);
+
+/// How a backend's health check went, from the first try to SERVING.
+struct HealthTries {
+    /// From the first try to the SERVING answer.
+    to_serving: Duration,
+    /// The first answer the backend's own health service gave that was not SERVING: a
+    /// Ready pod (its rollout reported complete) that does not serve.
+    not_serving: Option<String>,
+}
+
+/// Calls grpc.health.v1 until SERVING. Transport errors are retried (they come from the
+/// path, not the backend); an answer of the backend's other than SERVING is retried too,
+/// to time SERVING, but is kept: the caller fails it.
+async fn call_until_serving(
+    target: &crate::traffic::target::GrpcTarget,
+) -> Result<HealthTries, String> {
+    let started = Instant::now();
+    let mut not_serving = None;
     let mut last = String::new();
-    while Instant::now() < deadline {
+    while started.elapsed() < GRPC_SERVING_WITHIN {
         match crate::traffic::probe::grpc_health(target).await {
-            Ok(report) if report.healthy => return Ok(()),
+            Ok(report) if report.healthy => {
+                return Ok(HealthTries {
+                    to_serving: started.elapsed(),
+                    not_serving,
+                });
+            }
             Ok(report) => {
+                let status = report.serving_status.clone();
                 last = format!(
                     "{} {}",
                     report.outcome.key(),
-                    report.serving_status.unwrap_or_default()
-                )
+                    status.clone().unwrap_or_default()
+                );
+                if let (None, Some(status)) = (&not_serving, status) {
+                    not_serving = Some(format!("{status} at {} ms", started.elapsed().as_millis()));
+                }
             }
             Err(e) => last = chain(&e),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(last)
+    Err(match not_serving {
+        Some(first) => format!("{last} (first answered {first})"),
+        None => last,
+    })
 }
 
 /// The deployed release's gRPC Services (a port named `grpc*`): (name, port).
@@ -367,26 +461,33 @@ fn grpc_services(placed: &Placed) -> Vec<(String, u16)> {
         .collect()
 }
 
-/// gRPC health of every backend from inside the mesh.
-async fn probe_grpc(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
+/// gRPC health of every backend from inside the mesh, and a note of the time each took
+/// to answer SERVING (empty where the agent probes).
+async fn probe_grpc(run: &mut ScenarioRun<'_>) -> (Vec<Finding>, String) {
     let Some((_, placed)) = run.deployed.as_ref() else {
-        return vec![Finding::new("no release is deployed".to_string())];
+        return (
+            vec![Finding::new("no release is deployed".to_string())],
+            String::new(),
+        );
     };
     let services = grpc_services(placed);
     if services.is_empty() {
-        return vec![Finding::new(
-            "the release has no gRPC Service (a port named grpc*) to probe".to_string(),
-        )];
+        let none = "the release has no gRPC Service (a port named grpc*) to probe";
+        return (vec![Finding::new(none.to_string())], String::new());
     }
     if let Some(InMesh::Agent { image }) = run.config.data_plane.as_ref().map(|i| i.in_mesh.clone())
     {
-        return probe_grpc_by_agent(run, &image, &services).await;
+        return (
+            probe_grpc_by_agent(run, &image, &services).await,
+            String::new(),
+        );
     }
     let client = match mesh_client(run).await {
         Ok(c) => c,
-        Err(why) => return vec![Finding::new(why)],
+        Err(why) => return (vec![Finding::new(why)], String::new()),
     };
     let mut findings = Vec::new();
+    let mut timings = Vec::new();
     let mut forwarded: BTreeMap<u16, std::net::SocketAddr> = BTreeMap::new();
     for (service, port) in services {
         let local = match forwarded.get(&port) {
@@ -406,17 +507,31 @@ async fn probe_grpc(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
             service: String::new(),
         };
         match dataplane::in_mesh_target(&service, port, local, method) {
-            Ok(target) => {
-                if let Err(why) = call_until_ok(&target).await {
-                    findings.push(Finding::new(format!(
-                        "grpc.health.v1 of {service}:{port} from inside the mesh is not SERVING: {why}"
-                    )));
+            Ok(target) => match call_until_serving(&target).await {
+                Ok(tries) => {
+                    timings.push(format!("{service} {} ms", tries.to_serving.as_millis()));
+                    if let Some(first) = tries.not_serving {
+                        findings.push(Finding::new(format!(
+                            "{service}:{port} answered {first} after its rollout reported \
+                             complete (SERVING after {} ms): its pods were Ready before they \
+                             served",
+                            tries.to_serving.as_millis()
+                        )));
+                    }
                 }
-            }
+                Err(why) => findings.push(Finding::new(format!(
+                    "grpc.health.v1 of {service}:{port} from inside the mesh is not SERVING \
+                     within {} s: {why}",
+                    GRPC_SERVING_WITHIN.as_secs()
+                ))),
+            },
             Err(e) => findings.push(Finding::new(chain(&e))),
         }
     }
-    findings
+    (
+        findings,
+        format!(" (time to SERVING: {})", timings.join(", ")),
+    )
 }
 
 /// `userid` routing inside the mesh: GetAds with the session's userid reaches the
@@ -495,7 +610,7 @@ async fn probe_userid_routing(run: &mut ScenarioRun<'_>) -> Vec<Finding> {
         },
     );
     if let Ok(health) = health
-        && let Err(why) = call_until_ok(&health).await
+        && let Err(why) = call_until_serving(&health).await
     {
         return vec![Finding::new(format!(
             "adservice:9555 does not answer from inside the mesh: {why}"

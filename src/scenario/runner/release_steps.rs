@@ -112,6 +112,10 @@ pub(super) fn deploy_findings(error: &release::ReleaseError) -> Vec<Finding> {
 /// fall below the desired count.
 pub(super) async fn update(run: &mut ScenarioRun<'_>, release: Release) -> Result<(), Abort> {
     let placed = run.place(release)?;
+    let replaces_nothing = run
+        .deployed
+        .as_ref()
+        .is_some_and(|(_, previous)| same_pod_templates(&previous.bundle, &placed.bundle));
     let keys = deployment_keys(&placed);
     let mut watches = Vec::new();
     for (ns, name) in &keys {
@@ -173,10 +177,21 @@ pub(super) async fn update(run: &mut ScenarioRun<'_>, release: Release) -> Resul
         None,
         format!("the {} release rolled out", release.as_str()),
     );
+    let mut rolled_out = failures.clone();
+    if replaces_nothing {
+        // Not a reason to stop: the loads under this update must still report that
+        // they covered nothing.
+        rolled_out.push(Finding::new(format!(
+            "the {} release changes no Deployment's pod template, so applying it replaced \
+             no pod and nothing rolled out (an unchanged image tag such as :latest \
+             re-applied?)",
+            release.as_str()
+        )));
+    }
     run.judged(
         &format!("update-{}-rolls-out", release.as_str()),
-        "every Deployment rolls out to the new release",
-        failures.clone(),
+        "every Deployment rolls out to the new release, which changes at least one pod template",
+        rolled_out,
     );
     run.judged(
         "ready-never-below-desired",
@@ -188,6 +203,27 @@ pub(super) async fn update(run: &mut ScenarioRun<'_>, release: Release) -> Resul
     }
     run.released(release, placed);
     Ok(())
+}
+
+/// Whether every Deployment of `next` has a namesake in `previous` with the same pod
+/// template: applying `next` then starts no rollout.
+fn same_pod_templates(
+    previous: &crate::manifests::Bundle,
+    next: &crate::manifests::Bundle,
+) -> bool {
+    let template = |d: &k8s_openapi::api::apps::v1::Deployment| {
+        d.spec
+            .as_ref()
+            .map(|s| serde_json::to_value(&s.template).unwrap_or_default())
+    };
+    let mut next_deployments = next.deployments().peekable();
+    next_deployments.peek().is_some()
+        && next_deployments.all(|d| {
+            previous
+                .deployments()
+                .find(|p| p.metadata.name == d.metadata.name)
+                .is_some_and(|p| template(p) == template(d))
+        })
 }
 
 /// Blue/green: the new release's Deployments beside the old, Services switched once they are ready.
@@ -557,15 +593,17 @@ pub(super) async fn rollback_to(run: &mut ScenarioRun<'_>, release: Release) -> 
         run.config.rollout_timeout,
     )
     .await;
-    if let Err(e) = result {
-        run.judged(
-            "rollback-rolls-out",
-            "the previous release redeploys and rolls out",
-            match &e {
-                rollback::RollbackError::Redeploy(inner) => deploy_findings(inner),
-                other => vec![Finding::new(chain(other))],
-            },
-        );
+    let failed = result.is_err();
+    run.judged(
+        "rollback-rolls-out",
+        "the previous release redeploys and rolls out",
+        match &result {
+            Ok(_) => Vec::new(),
+            Err(rollback::RollbackError::Redeploy(inner)) => deploy_findings(inner),
+            Err(other) => vec![Finding::new(chain(other))],
+        },
+    );
+    if failed {
         return Err(Abort);
     }
     let findings = templates_match(run, &placed).await?;
@@ -739,4 +777,56 @@ pub(super) async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::{Bundle, Object};
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    fn deployment(name: &str, image: &str) -> Object {
+        Object::Deployment(
+            serde_json::from_value::<Deployment>(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": name}},
+                        "spec": {"containers": [{"name": "server", "image": image}]}
+                    }
+                }
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn bundle(objects: Vec<Object>) -> Bundle {
+        Bundle { objects }
+    }
+
+    #[test]
+    fn a_release_that_changes_one_pod_template_replaces_something() {
+        let previous = bundle(vec![
+            deployment("frontend", "f:1"),
+            deployment("cart", "c:1"),
+        ]);
+        let next = bundle(vec![
+            deployment("frontend", "f:1"),
+            deployment("cart", "c:2"),
+        ]);
+        assert!(!same_pod_templates(&previous, &next));
+        let added = bundle(vec![
+            deployment("frontend", "f:1"),
+            deployment("ads", "a:1"),
+        ]);
+        assert!(!same_pod_templates(&previous, &added));
+    }
+
+    #[test]
+    fn the_same_release_re_applied_replaces_nothing() {
+        let previous = bundle(vec![deployment("frontend", "f:latest")]);
+        assert!(same_pod_templates(&previous, &previous));
+        assert!(!same_pod_templates(&previous, &bundle(Vec::new())));
+    }
 }
