@@ -266,6 +266,28 @@ pub struct LoadResult {
     pub timeline: Vec<RequestPoint>,
 }
 
+/// Where a scenario's time went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TimeBreakdown {
+    /// Before its first step, not counted in its `duration`: waiting for the gateway's
+    /// host (or its HTTPS port) that another scenario held.
+    #[serde(with = "millis")]
+    #[schemars(with = "u64")]
+    pub waited_for_gateway: Duration,
+    /// The wall time of each step that ran, in order (steps skipped or not reached are absent).
+    pub steps: Vec<StepTime>,
+}
+
+/// One step's wall time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepTime {
+    /// The step's label, e.g. `update to next`.
+    pub step: String,
+    #[serde(with = "millis")]
+    #[schemars(with = "u64")]
+    pub duration: Duration,
+}
+
 /// Everything one scenario produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScenarioReport {
@@ -287,6 +309,9 @@ pub struct ScenarioReport {
     pub checks: Vec<CheckResult>,
     pub events: Vec<KubeEvent>,
     pub loads: Vec<LoadResult>,
+    /// Where the scenario's time went: waiting for the gateway, then each step.
+    #[serde(default)]
+    pub time: TimeBreakdown,
     /// Events, pod statuses, ReplicaSet history and API errors, gathered when the scenario failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnostics: Option<String>,

@@ -56,7 +56,9 @@ fn console_of(events: &[Event], color: bool) -> String {
 fn each_scenario_gets_a_verdict_line_with_failed_findings_indented_below() {
     let out = run_console(false);
     assert!(
-        out.contains(&format!("PASS {PASSED_SCENARIO} (24.6 s)\n")),
+        out.contains(&format!(
+            "PASS {PASSED_SCENARIO} (24.6 s, after 12.4 s waiting for the gateway)\n"
+        )),
         "{out}"
     );
     assert!(
@@ -182,7 +184,7 @@ fn a_pass_with_skips_reads_passed_with_its_skips_in_amber_never_green() {
     let out = console_of(&events_of(&report_fixture::with_skips()), false);
     assert!(
         out.contains(&format!(
-            "PASS {PASSED_SCENARIO} (24.6 s): passed, 3 skipped (no-data-plane) of 7 checks\n       \
+            "PASS {PASSED_SCENARIO} (24.6 s, after 12.4 s waiting for the gateway): passed, 3 skipped (no-data-plane) of 7 checks\n       \
              skipped (no-data-plane) probe-routing, probe-grpc, load-frontend-zero-failed: {SKIP_REASON}\n"
         )),
         "{out}"

@@ -163,8 +163,16 @@ impl ConsoleReporter {
         let totals = report.check_totals();
         let skips = report.skips();
         let tag_style = self.styles.scenario_style(report);
+        // A wait of its own shows where a run's time went (scenarios sharing a host or
+        // judging TLS take the gateway in turn); under a second is noise.
+        let waited = report.time.waited_for_gateway;
+        let wait = if waited >= std::time::Duration::from_secs(1) {
+            format!(", after {} waiting for the gateway", seconds(waited))
+        } else {
+            String::new()
+        };
         let mut text = format!(
-            "{} {} ({})",
+            "{} {} ({}{wait})",
             self.styles.tag(report.verdict, tag_style),
             self.styles.bold.apply_to(&report.name),
             seconds(report.duration)

@@ -183,6 +183,19 @@ fn scenario_section(scenario: &ScenarioReport) -> Markup {
                     @if !scenario.needs.is_empty() { " · needs " (scenario.needs.join(", ")) }
                 }
                 (checks_table(&scenario.checks))
+                @if !scenario.time.steps.is_empty() {
+                    p class="small" {
+                        "Time: "
+                        @if scenario.time.waited_for_gateway.as_millis() >= 1000 {
+                            (seconds_ms(scenario.time.waited_for_gateway.as_secs_f64() * 1000.0))
+                            " waiting for the gateway, then "
+                        }
+                        @for (i, step) in scenario.time.steps.iter().enumerate() {
+                            @if i > 0 { " · " }
+                            (step.step) " " (seconds_ms(step.duration.as_secs_f64() * 1000.0))
+                        }
+                    }
+                }
                 @for load in &scenario.loads {
                     (load_section(load, &scenario.events))
                 }

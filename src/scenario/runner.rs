@@ -165,6 +165,7 @@ pub async fn run(
             async move {
                 // On a data plane, wait for the gateway's host (and port 443, for a
                 // TLS probe) to be free before the scenario starts, and keep them.
+                let waiting = Instant::now();
                 let _guard = if config.data_plane.is_some() {
                     let host = shared_host.clone();
                     let tls = scenario
@@ -175,7 +176,8 @@ pub async fn run(
                 } else {
                     None
                 };
-                run_scenario(&cluster, &scenario, &config, &emitter).await
+                let waited = waiting.elapsed();
+                run_scenario(&cluster, &scenario, &config, &emitter, waited).await
             }
         })
         .buffer_unordered(config.jobs.max(1))
@@ -275,6 +277,8 @@ struct ScenarioRun<'a> {
     /// Background loads started and not yet stopped, by name.
     loads: BTreeMap<String, super::dataplane::RunningLoad>,
     load_results: Vec<crate::report::LoadResult>,
+    /// The wall time of each step that ran.
+    step_times: Vec<crate::report::StepTime>,
     /// The in-mesh client, once a step needed one.
     mesh_client: Option<crate::mesh::client::InMeshClient>,
 }
@@ -455,6 +459,7 @@ async fn run_scenario(
     scenario: &Scenario,
     config: &RunConfig,
     emitter: &Emitter,
+    waited_for_gateway: Duration,
 ) -> ScenarioReport {
     let namespace = scenario_namespace(&scenario.name);
     let started_at = emitter.at();
@@ -481,6 +486,7 @@ async fn run_scenario(
         step_started: Instant::now(),
         step_at: emitter.at(),
         loads: BTreeMap::new(),
+        step_times: Vec::new(),
         load_results: Vec::new(),
         mesh_client: None,
     };
@@ -545,6 +551,10 @@ async fn run_scenario(
         checks: run.checks,
         events: run.events,
         loads: run.load_results,
+        time: crate::report::TimeBreakdown {
+            waited_for_gateway,
+            steps: run.step_times,
+        },
         diagnostics,
     };
     emitter.send(Event::ScenarioFinished {
@@ -587,6 +597,10 @@ async fn run_steps(run: &mut ScenarioRun<'_>) {
             Step::LoadStop(stop) => data_steps::load_stop(run, step, stop).await,
             Step::Probe(kind) => data_steps::probe(run, step, kind).await,
         };
+        run.step_times.push(crate::report::StepTime {
+            step: step.label(),
+            duration: run.step_started.elapsed(),
+        });
         if result.is_err() {
             for later in steps.iter().skip(index + 1) {
                 run.step += 1;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cdcheck::report::{
     CheckResult, Event, Finding, KubeEvent, KubeEventKind, LoadResult, OutageWindow, RequestPoint,
-    RunReport, SCHEMA_VERSION, ScenarioReport, SkipKind, Totals, Verdict,
+    RunReport, SCHEMA_VERSION, ScenarioReport, SkipKind, StepTime, TimeBreakdown, Totals, Verdict,
 };
 
 pub const FAILED_SCENARIO: &str = "zero-downtime-rolling";
@@ -88,6 +88,7 @@ fn feature_not_given() -> ScenarioReport {
         checks,
         events: Vec::new(),
         loads: Vec::new(),
+        time: TimeBreakdown::default(),
         diagnostics: None,
     }
 }
@@ -322,6 +323,19 @@ fn bluegreen_passed() -> ScenarioReport {
         checks,
         events,
         loads: vec![load],
+        time: TimeBreakdown {
+            waited_for_gateway: Duration::from_millis(12_400),
+            steps: vec![
+                StepTime {
+                    step: "deploy current".into(),
+                    duration: Duration::from_millis(9_100),
+                },
+                StepTime {
+                    step: "switch to next".into(),
+                    duration: Duration::from_millis(21_700),
+                },
+            ],
+        },
         diagnostics: None,
     }
 }
@@ -458,6 +472,7 @@ fn rolling_failed() -> ScenarioReport {
         checks,
         events,
         loads: vec![load],
+        time: TimeBreakdown::default(),
         diagnostics: Some(format!(
             "Events (namespace {ns}):\n\
              19.402 s  Normal   Killing            pod/frontend-7c9d5b6f4-x2l8q  Stopping container server\n\
@@ -541,6 +556,7 @@ fn https_skipped() -> ScenarioReport {
             "release 1",
         )],
         loads: Vec::new(),
+        time: TimeBreakdown::default(),
         diagnostics: None,
     }
 }
