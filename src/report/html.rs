@@ -187,12 +187,12 @@ fn scenario_section(scenario: &ScenarioReport) -> Markup {
                     p class="small" {
                         "Time: "
                         @if scenario.time.waited_for_gateway.as_millis() >= 1000 {
-                            (seconds_ms(scenario.time.waited_for_gateway.as_secs_f64() * 1000.0))
+                            (format!("{:.1} s", scenario.time.waited_for_gateway.as_secs_f64()))
                             " waiting for the gateway, then "
                         }
                         @for (i, step) in scenario.time.steps.iter().enumerate() {
                             @if i > 0 { " · " }
-                            (step.step) " " (seconds_ms(step.duration.as_secs_f64() * 1000.0))
+                            (step.step) " " b { (format!("{:.1} s", step.duration.as_secs_f64())) }
                         }
                     }
                 }
@@ -307,9 +307,9 @@ fn load_section(load: &LoadResult, events: &[KubeEvent]) -> Markup {
                 @if load.terminated_pods.len() != 1 { "s" }
                 @if !load.terminated_pods.is_empty() {
                     " ("
-                    @for (i, pod) in load.terminated_pods.iter().enumerate() {
+                    @for (i, (app, count)) in terminations_by_app(load).iter().enumerate() {
                         @if i > 0 { ", " }
-                        code { (pod) }
+                        code { (app) } " × " (count)
                     }
                     ")"
                 }
@@ -317,6 +317,15 @@ fn load_section(load: &LoadResult, events: &[KubeEvent]) -> Markup {
                 @if load.service_switches.len() != 1 { "es" }
                 @if load.terminated_pods.is_empty() && load.service_switches.is_empty() {
                     " — nothing was replaced while it ran"
+                }
+            }
+            @if !load.terminated_pods.is_empty() {
+                details class="small" {
+                    summary { "Pods terminated under this load" }
+                    @for (i, pod) in load.terminated_pods.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        code { (pod) }
+                    }
                 }
             }
             (timeline_chart(load, events))
@@ -720,6 +729,17 @@ fn tick_ms(value: f64, step: f64) -> String {
     } else {
         format!("{value:.1} ms")
     }
+}
+
+/// The pods a load saw terminate, counted by app (`app/pod` names).
+fn terminations_by_app(load: &LoadResult) -> BTreeMap<&str, usize> {
+    let mut by_app = BTreeMap::new();
+    for pod in &load.terminated_pods {
+        *by_app
+            .entry(pod.split('/').next().unwrap_or(""))
+            .or_default() += 1;
+    }
+    by_app
 }
 
 fn seconds_ms(value_ms: f64) -> String {
