@@ -141,12 +141,19 @@ fn a_pass_with_skips_is_amber_with_its_skips_never_a_green_pass() {
         first_badge(row),
         ("passed-skips", "passed, 3 skipped (no-data-plane)")
     );
+    // And in the header's counts: the pass is named apart, in amber.
+    let header = &page[..page.find("<section class=\"overview\"").unwrap()];
+    assert!(
+        header.contains("<span class=\"count skipped\">of which <b>1</b> with skips</span>"),
+        "{header}"
+    );
     // Control: without skips it is a plain pass.
     let plain = html::to_html(&report_fixture::run_report());
     assert_eq!(
         first_badge(section(&plain, PASSED_SCENARIO)),
         ("passed", "passed")
     );
+    assert!(!plain.contains("with skips</span>"));
 }
 
 #[test]

@@ -85,14 +85,25 @@ fn run_header(report: &RunReport) -> Markup {
                 div { dt { "Duration" } dd { (seconds(report.duration)) } }
             }
             div class="totals" {
-                (totals_row("Scenarios", &report.scenario_totals))
-                (totals_row("Checks", &report.check_totals))
+                (totals_row("Scenarios", &report.scenario_totals, passed_with_skips(report)))
+                (totals_row("Checks", &report.check_totals, 0))
             }
         }
     }
 }
 
-fn totals_row(label: &str, totals: &Totals) -> Markup {
+/// Scenarios that passed with skipped checks: counted as passed, shown apart in amber.
+fn passed_with_skips(report: &RunReport) -> usize {
+    report
+        .scenarios
+        .iter()
+        .filter(|s| s.passed_with_skips())
+        .count()
+}
+
+/// The counts by verdict; `passed_with_skips` of the passes are named beside them, so a
+/// pass with skips never reads as a plain green pass.
+fn totals_row(label: &str, totals: &Totals, passed_with_skips: usize) -> Markup {
     let counts = [
         (Verdict::Passed, totals.passed),
         (Verdict::Failed, totals.failed),
@@ -105,6 +116,11 @@ fn totals_row(label: &str, totals: &Totals) -> Markup {
             @for (verdict, count) in counts {
                 span class={ "count " (verdict.as_str()) @if count == 0 { " zero" } } {
                     b { (count) } " " (verdict)
+                }
+                @if verdict == Verdict::Passed && passed_with_skips > 0 {
+                    span class="count skipped" {
+                        "of which " b { (passed_with_skips) } " with skips"
+                    }
                 }
             }
             span class="total" { (totals.total()) " in all" }
