@@ -7,7 +7,8 @@
 //!   with the `FRONTEND_MESSAGE` banner (when set) and a `Pod: <name>` footer, the
 //!   shapes [`AttributionRule::frontend_banner`] and [`AttributionRule::frontend_pod`] read.
 //! - the gRPC backends: `grpc.health.v1.Health` (Check and Watch) SERVING for `""`, the
-//!   workload's name and its `hipstershop.*` service; adservice also answers
+//!   workload's name and its `hipstershop.*` service (NOT_SERVING during a warm-up the
+//!   pod's env may set, [`WARMUP_ENV`]); adservice also answers
 //!   `hipstershop.AdService/GetAds` with ads that name the pod. Other methods are UNIMPLEMENTED.
 //! - `redis` (redis-cart): a TCP listener that answers `PING` with `+PONG`.
 //! - `loadgenerator`: listens nowhere and waits to be signalled.
@@ -239,7 +240,14 @@ pub struct Config {
     pub pod_name: String,
     /// The frontend's `FRONTEND_MESSAGE` (empty: no banner).
     pub frontend_message: Option<String>,
+    /// How long a gRPC backend answers NOT_SERVING after it starts listening, as a service
+    /// that warms a cache before it serves does ([`WARMUP_ENV`] in the pod's env).
+    pub warmup: Duration,
 }
+
+/// The pod env variable that gives a gRPC stand-in a warm-up, in seconds: it listens at
+/// once (a TCP probe passes) but answers NOT_SERVING until the warm-up ends.
+pub const WARMUP_ENV: &str = "CDCHECK_STANDIN_WARMUP_SECONDS";
 
 /// A stand-in with its ports bound, ready to serve.
 #[derive(Debug)]
@@ -250,6 +258,7 @@ pub struct Standin {
     pod_header: HeaderValue,
     tag: Option<String>,
     banner: Option<String>,
+    warmup: Duration,
     listeners: Vec<TcpListener>,
     addresses: Vec<SocketAddr>,
 }
@@ -290,6 +299,7 @@ pub async fn bind(config: Config) -> Result<Standin, StandinError> {
         pod_header,
         tag: tag.map(str::to_string),
         banner: config.frontend_message.filter(|m| !m.trim().is_empty()),
+        warmup: config.warmup,
         listeners,
         addresses,
     })
@@ -359,7 +369,8 @@ impl Standin {
                 }
             }
             Protocol::Grpc => {
-                let (reporter, routes) = grpc_routes(self.role, &self.pod, self.broken).await;
+                let (reporter, routes) =
+                    grpc_routes(self.role, &self.pod, self.broken, self.warmup).await;
                 for (listener, address) in self.listeners.into_iter().zip(self.addresses) {
                     let routes = routes.clone();
                     let reporter = reporter.clone();
@@ -576,15 +587,27 @@ async fn grpc_routes(
     role: Role,
     pod: &Arc<str>,
     broken: bool,
+    warmup: Duration,
 ) -> (tonic_health::server::HealthReporter, tonic::service::Routes) {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let status = if broken {
+    let status = if broken || !warmup.is_zero() {
         tonic_health::ServingStatus::NotServing
     } else {
         tonic_health::ServingStatus::Serving
     };
     for name in role.health_names() {
         reporter.set_service_status(name, status).await;
+    }
+    if !broken && !warmup.is_zero() {
+        let reporter = reporter.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            for name in role.health_names() {
+                reporter
+                    .set_service_status(name, tonic_health::ServingStatus::Serving)
+                    .await;
+            }
+        });
     }
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(health);

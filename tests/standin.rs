@@ -385,6 +385,40 @@ async fn the_broken_release_listens_but_never_becomes_ready() {
     }
 }
 
+/// A warm-up in the pod's env: the backend listens at once (a TCP probe would pass) and
+/// answers NOT_SERVING until the warm-up ends, then SERVING. Control: without it, SERVING
+/// from the first answer.
+#[tokio::test]
+async fn a_warm_up_answers_not_serving_until_it_ends() {
+    let image = image(Role::ProductCatalogService.image_name(), "v0.10.6");
+    let warm = Standin::start(
+        &image,
+        "catalog-1",
+        1,
+        &[(cdcheck::standin::WARMUP_ENV, "2")],
+    );
+    assert_eq!(
+        health(warm.addresses[0], "").await,
+        Ok(ServingStatus::NotServing)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = health(warm.addresses[0], "").await;
+    while status != Ok(ServingStatus::Serving) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = health(warm.addresses[0], "").await;
+    }
+    assert_eq!(
+        status,
+        Ok(ServingStatus::Serving),
+        "the warm-up never ended"
+    );
+    let cold = Standin::start(&image, "catalog-2", 1, &[]);
+    assert_eq!(
+        health(cold.addresses[0], "").await,
+        Ok(ServingStatus::Serving)
+    );
+}
+
 #[tokio::test]
 async fn redis_answers_ping() {
     let standin = Standin::start("redis:alpine", "redis-cart-5b7d-xyz12", 1, &[]);

@@ -37,6 +37,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ports: args.ports,
         pod_name,
         frontend_message: std::env::var("FRONTEND_MESSAGE").ok(),
+        warmup: std::time::Duration::from_secs(
+            std::env::var(standin::WARMUP_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
+        ),
     };
     match standin::run(config) {
         Ok(()) => Ok(ExitCode::SUCCESS),
