@@ -636,6 +636,46 @@ pub async fn matrix_with_client(
     probes: Vec<Probe>,
 ) -> Result<Matrix, RbacError> {
     let admin_client = Client::try_from(admin.clone()).map_err(RbacError::Client)?;
+    let mut cells = ask(&admin_client, as_subject, subject, probes).await?;
+    // The authorizer's RBAC cache follows the API a moment behind: just after a Role is
+    // written, a review may deny what a request a few milliseconds later is allowed (seen
+    // on a loaded machine). Cells whose answers disagree are asked again, both ways, a few
+    // times; a disagreement that outlasts that is reported.
+    for _ in 0..DISAGREEMENT_RECHECKS {
+        let disagreeing: Vec<usize> = (0..cells.len())
+            .filter(|&i| cells[i].review != cells[i].request && !cells[i].is_error())
+            .collect();
+        if disagreeing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(DISAGREEMENT_RECHECK_DELAY).await;
+        let again = disagreeing
+            .iter()
+            .map(|&i| cells[i].probe.clone())
+            .collect();
+        let answers = ask(&admin_client, as_subject, subject, again).await?;
+        for (i, cell) in disagreeing.into_iter().zip(answers) {
+            cells[i] = cell;
+        }
+    }
+    Ok(Matrix {
+        subject: subject.clone(),
+        cells,
+    })
+}
+
+/// How many times cells whose review and request disagree are asked again.
+const DISAGREEMENT_RECHECKS: usize = 5;
+/// The wait before each of those rounds.
+const DISAGREEMENT_RECHECK_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Each probe's review, then its real request.
+async fn ask(
+    admin_client: &Client,
+    as_subject: &Client,
+    subject: &Subject,
+    probes: Vec<Probe>,
+) -> Result<Vec<Cell>, RbacError> {
     let checks = probes.into_iter().map(|probe| {
         let admin_client = admin_client.clone();
         let as_subject = as_subject.clone();
@@ -650,16 +690,12 @@ pub async fn matrix_with_client(
             })
         }
     });
-    let cells = futures::stream::iter(checks)
+    futures::stream::iter(checks)
         .buffered(16)
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Matrix {
-        subject: subject.clone(),
-        cells,
-    })
+        .collect()
 }
 
 use futures::StreamExt;
