@@ -7,7 +7,8 @@
 //! pass there must be exactly those `fixtures/defects/correct-pipeline.passes.yaml`
 //! lists (a check that silently turns into a skip fails it). A defect with
 //! `pipeline: bluegreen` mutates `fixtures/pipeline-bluegreen/` (a blue/green
-//! pipeline with its next release, run with `--next-manifests`).
+//! pipeline with its next release, run with `--next-manifests`). Every trial but the
+//! `https` ones serves a host of its own, so trials run side by side on one data plane.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
