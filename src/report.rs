@@ -288,6 +288,24 @@ pub struct StepTime {
     pub duration: Duration,
 }
 
+impl LoadResult {
+    /// The pods it saw terminate, counted by app (`terminated_pods` are `app/pod`).
+    pub fn terminations_by_app(&self) -> std::collections::BTreeMap<&str, usize> {
+        terminations_by_app(&self.terminated_pods)
+    }
+}
+
+/// `app/pod` names counted by app.
+pub fn terminations_by_app(pods: &[String]) -> std::collections::BTreeMap<&str, usize> {
+    let mut by_app = std::collections::BTreeMap::new();
+    for pod in pods {
+        *by_app
+            .entry(pod.split('/').next().unwrap_or(""))
+            .or_default() += 1;
+    }
+    by_app
+}
+
 /// Everything one scenario produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScenarioReport {

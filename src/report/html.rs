@@ -323,7 +323,7 @@ fn load_section(load: &LoadResult, events: &[KubeEvent]) -> Markup {
                 @if load.terminated_pods.len() != 1 { "s" }
                 @if !load.terminated_pods.is_empty() {
                     " ("
-                    @for (i, (app, count)) in terminations_by_app(load).iter().enumerate() {
+                    @for (i, (app, count)) in load.terminations_by_app().iter().enumerate() {
                         @if i > 0 { ", " }
                         code { (app) } " × " (count)
                     }
@@ -745,17 +745,6 @@ fn tick_ms(value: f64, step: f64) -> String {
     } else {
         format!("{value:.1} ms")
     }
-}
-
-/// The pods a load saw terminate, counted by app (`app/pod` names).
-fn terminations_by_app(load: &LoadResult) -> BTreeMap<&str, usize> {
-    let mut by_app = BTreeMap::new();
-    for pod in &load.terminated_pods {
-        *by_app
-            .entry(pod.split('/').next().unwrap_or(""))
-            .or_default() += 1;
-    }
-    by_app
 }
 
 fn seconds_ms(value_ms: f64) -> String {

@@ -199,13 +199,7 @@ impl Disruptions {
 
     /// "3 pod terminations (frontend x2, cartservice x1) and 1 Service switch".
     pub fn describe(&self) -> String {
-        let mut by_app = std::collections::BTreeMap::<&str, usize>::new();
-        for pod in &self.terminated_pods {
-            *by_app
-                .entry(pod.split('/').next().unwrap_or(""))
-                .or_default() += 1;
-        }
-        let apps: Vec<String> = by_app
+        let apps: Vec<String> = crate::report::terminations_by_app(&self.terminated_pods)
             .iter()
             .map(|(app, n)| format!("{} x{n}", if app.is_empty() { "(no app)" } else { app }))
             .collect();

@@ -211,19 +211,20 @@ fn same_pod_templates(
     previous: &crate::manifests::Bundle,
     next: &crate::manifests::Bundle,
 ) -> bool {
-    let template = |d: &k8s_openapi::api::apps::v1::Deployment| {
-        d.spec
-            .as_ref()
-            .map(|s| serde_json::to_value(&s.template).unwrap_or_default())
-    };
     let mut next_deployments = next.deployments().peekable();
     next_deployments.peek().is_some()
         && next_deployments.all(|d| {
             previous
                 .deployments()
                 .find(|p| p.metadata.name == d.metadata.name)
-                .is_some_and(|p| template(p) == template(d))
+                .is_some_and(|p| pod_template(p) == pod_template(d))
         })
+}
+
+fn pod_template(
+    d: &k8s_openapi::api::apps::v1::Deployment,
+) -> Option<&k8s_openapi::api::core::v1::PodTemplateSpec> {
+    d.spec.as_ref().map(|s| &s.template)
 }
 
 /// Blue/green: the new release's Deployments beside the old, Services switched once they are ready.
