@@ -4,10 +4,12 @@
 //! line on stdout, read back through the pod log API.
 //!
 //! Each batch of requests (one `userid`, or none) is attributed by the client sidecar's
-//! per-upstream-cluster counters ([`stats`]): read before and after the batch, the
-//! clusters whose `envoy_cluster_upstream_rq_total` moved are where the batch went. This
-//! works for any workload without changing it; it needs batches not to overlap (they run
-//! one after another) and no other client in the agent's pod.
+//! counters ([`stats`]), read before and after the batch: the upstream clusters whose
+//! `envoy_cluster_upstream_rq_total` moved say which Services the batch went to, and the
+//! upstream hosts whose `rq_total` moved say which pods answered it (the runner names
+//! them by their addresses), so a mainline Service that also selects feature pods is
+//! caught. This works for any workload without changing it; it needs batches not to
+//! overlap (they run one after another) and no other client in the agent's pod.
 
 pub mod pod;
 pub mod remote;
@@ -89,6 +91,8 @@ pub struct AgentOptions {
     pub batches: Vec<Batch>,
     pub health: Vec<(String, String)>,
     pub stats_url: String,
+    /// The sidecar's admin `/clusters?format=json`: the upstream hosts' counters.
+    pub hosts_url: String,
     pub timeout: Duration,
     /// Connect to this address instead of resolving the targets' hosts.
     pub via: Option<std::net::IpAddr>,
@@ -129,6 +133,9 @@ pub enum Record {
         clusters: BTreeMap<String, u64>,
         /// `clusters` by Service (the outbound cluster's host's first label).
         services: BTreeMap<String, u64>,
+        /// The upstream hosts (`ip:port`) whose request counters moved, by how much: the
+        /// pods that answered.
+        endpoints: BTreeMap<String, u64>,
     },
     Health {
         service: String,
@@ -277,6 +284,9 @@ async fn run_batch(
     let before = stats::scrape(http, &options.stats_url)
         .await
         .map_err(|e| chain(&e))?;
+    let hosts_before = stats::scrape_hosts(http, &options.hosts_url)
+        .await
+        .map_err(|e| chain(&e))?;
     let mut succeeded = 0;
     for seq in 0..batch.requests {
         let started = Instant::now();
@@ -295,7 +305,11 @@ async fn run_batch(
     let after = stats::scrape(http, &options.stats_url)
         .await
         .map_err(|e| chain(&e))?;
+    let hosts_after = stats::scrape_hosts(http, &options.hosts_url)
+        .await
+        .map_err(|e| chain(&e))?;
     let clusters = stats::delta(&before, &after);
+    let endpoints = stats::delta(&hosts_before, &hosts_after);
     let mut services = BTreeMap::new();
     for (cluster, count) in &clusters {
         let service = IstioCluster::parse(cluster)
@@ -310,6 +324,7 @@ async fn run_batch(
         succeeded,
         clusters,
         services,
+        endpoints,
     });
     Ok(succeeded == batch.requests)
 }
@@ -397,6 +412,7 @@ mod tests {
             succeeded: requests,
             clusters: BTreeMap::new(),
             services: services.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            endpoints: BTreeMap::new(),
         }
     }
 

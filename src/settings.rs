@@ -45,8 +45,10 @@ pub mod env {
     pub const REGISTRY_IMAGE: &str = "CDCHECK_REGISTRY_IMAGE";
     /// A file:// Go module proxy tried first (the versions this machine's proxy refuses).
     pub const GOPROXY_FALLBACK: &str = "CDCHECK_GOPROXY_FALLBACK";
-    /// The agent's sidecar stats URL and the address it dials through (set in its pod).
+    /// The agent's sidecar stats and upstream hosts URLs and the address it dials
+    /// through (set in its pod by the local mesh).
     pub const AGENT_STATS_URL: &str = "CDCHECK_AGENT_STATS_URL";
+    pub const AGENT_HOSTS_URL: &str = "CDCHECK_AGENT_HOSTS_URL";
     pub const AGENT_VIA: &str = "CDCHECK_AGENT_VIA";
 }
 

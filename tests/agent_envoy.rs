@@ -2,9 +2,13 @@
 //! sidecar: its static config names clusters as Istio does (`outbound|9555||<svc>.<ns>.svc.cluster.local`)
 //! and tags their stats with Istio's `cluster_name` regex, and routes gRPC `userid: s1`
 //! to adservice-myfeature as the rendered VirtualService says. The agent's batches are
-//! attributed by the counters it reads from Envoy's `/stats/prometheus` before and after.
-//! Negative control: the same with a `userid` *prefix* match (a leaky route), where the
-//! look-alike `s1x` batch is caught reaching the feature.
+//! attributed by the counters it reads from Envoy's `/stats/prometheus` (per cluster) and
+//! `/clusters?format=json` (per upstream host) before and after.
+//! Negative controls: the same with a `userid` *prefix* match (a leaky route), where the
+//! look-alike `s1x` batch is caught reaching the feature; and a mainline cluster that
+//! also lists the feature's backend (a mainline Service selecting feature pods), where
+//! the batch without `userid` reads as all-mainline per cluster but names the feature's
+//! address per host.
 
 mod support_envoy;
 
@@ -29,6 +33,15 @@ fn feature() -> String {
 
 /// A sidecar-like Envoy: one outbound listener, the two adservice clusters, Istio's stats tags.
 fn sidecar(userid_match: Value, main: &GrpcBackend, feat: &GrpcBackend) -> Value {
+    sidecar_with_mainline(userid_match, &[main.addr], feat)
+}
+
+/// A sidecar-like Envoy whose mainline cluster has the endpoints `mainline_endpoints`.
+fn sidecar_with_mainline(
+    userid_match: Value,
+    mainline_endpoints: &[std::net::SocketAddr],
+    feat: &GrpcBackend,
+) -> Value {
     let mut config = bootstrap(
         vec![http_listener(
             "outbound",
@@ -38,7 +51,7 @@ fn sidecar(userid_match: Value, main: &GrpcBackend, feat: &GrpcBackend) -> Value
             ],
         )],
         vec![
-            cluster(&mainline(), &[main.addr], true, None),
+            cluster(&mainline(), mainline_endpoints, true, None),
             cluster(&feature(), &[feat.addr], true, None),
         ],
     );
@@ -59,6 +72,7 @@ fn options(envoy: &Envoy, batches: &[&str]) -> AgentOptions {
         batches: batches.iter().map(|b| Batch::parse(b).unwrap()).collect(),
         health: Vec::new(),
         stats_url: format!("http://{}/stats/prometheus", envoy.admin),
+        hosts_url: format!("http://{}/clusters?format=json", envoy.admin),
         timeout: Duration::from_secs(5),
         via: None,
         settle: Duration::ZERO,
@@ -103,6 +117,14 @@ async fn batches_are_attributed_by_the_sidecars_cluster_counters_and_a_leaky_rou
         unreachable!()
     };
     assert_eq!(*clusters, BTreeMap::from([(feature(), 20)]), "{records:#?}");
+    let Record::Batch { endpoints, .. } = &by_user[&Some("s1".into())] else {
+        unreachable!()
+    };
+    assert_eq!(
+        *endpoints,
+        BTreeMap::from([(feat.addr.to_string(), 20)]),
+        "{records:#?}"
+    );
     assert_eq!(
         agent::judge_batch(&by_user[&Some("s1".into())], "adservice-myfeature"),
         Ok(())
@@ -142,6 +164,34 @@ async fn batches_are_attributed_by_the_sidecars_cluster_counters_and_a_leaky_rou
         agent::judge_batch(&by_user[&Some("s1x".into())], "adservice"),
         Err("userid s1x: 10 of 10 requests went elsewhere than adservice (10 to adservice-myfeature)".into())
     );
+}
+
+#[tokio::test]
+async fn a_mainline_cluster_that_lists_feature_pods_is_named_per_host() {
+    cdcheck::install_crypto_provider();
+    let Some(binary) = support_envoy::envoy_or_skip("agent per-host attribution") else {
+        return;
+    };
+    let main = GrpcBackend::start("adservice-0").await;
+    let feat = GrpcBackend::start("adservice-myfeature-0").await;
+    let envoy = Envoy::start(
+        &binary,
+        &sidecar_with_mainline(header_exact("userid", "s1"), &[main.addr, feat.addr], &feat),
+    )
+    .await;
+    let (records, failed) = run(&options(&envoy, &["-=20"])).await;
+    assert!(!failed, "{records:#?}");
+    let by_user = batches(&records);
+    // Per cluster the batch looks right: every request went to the mainline's cluster.
+    assert_eq!(agent::judge_batch(&by_user[&None], "adservice"), Ok(()));
+    // Per host, the feature's backend answered some of them (round robin: about half).
+    let Record::Batch { endpoints, .. } = &by_user[&None] else {
+        unreachable!()
+    };
+    let to_feature = endpoints.get(&feat.addr.to_string()).copied().unwrap_or(0);
+    let to_mainline = endpoints.get(&main.addr.to_string()).copied().unwrap_or(0);
+    assert_eq!(to_feature + to_mainline, 20, "{records:#?}");
+    assert!(to_feature > 0, "{records:#?}");
 }
 
 #[tokio::test]
@@ -197,6 +247,8 @@ async fn cdcheck_agent_streams_json_lines_with_attribution_and_health() {
                 "s1=5",
                 "--stats",
                 &format!("http://{}/stats/prometheus", envoy.admin),
+                "--hosts",
+                &format!("http://{}/clusters?format=json", envoy.admin),
                 "--health",
                 health,
                 "--timeout",
@@ -230,6 +282,7 @@ async fn cdcheck_agent_streams_json_lines_with_attribution_and_health() {
         ]
     );
     assert_eq!(lines[5]["services"], json!({"adservice-myfeature": 5}));
+    assert_eq!(lines[5]["endpoints"], json!({feat.addr.to_string(): 5}));
     assert_eq!(lines[6]["status"], "SERVING");
 
     // Control: a service the backend does not serve is not healthy, and the exit says so.

@@ -182,7 +182,33 @@ fn batch(records: &[Value], userid: Option<&str>) -> Record {
         succeeded: value["succeeded"].as_u64().expect("succeeded") as u32,
         clusters: map(&value["clusters"]),
         services: map(&value["services"]),
+        endpoints: map(&value["endpoints"]),
     }
+}
+
+/// The pods whose addresses answered a batch (from its per-host counters), by name.
+async fn answering_pods(client: &kube::Client, env: &str, batch: &Record) -> BTreeMap<String, u64> {
+    let Record::Batch { endpoints, .. } = batch else {
+        panic!("not a batch: {batch:?}")
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), env);
+    let pods = pods.list(&Default::default()).await.expect("list pods");
+    let mut answered = BTreeMap::new();
+    for (address, count) in endpoints {
+        let ip = address
+            .parse::<std::net::SocketAddr>()
+            .expect("an ip:port")
+            .ip()
+            .to_string();
+        let pod = pods
+            .items
+            .iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip.as_str()))
+            .and_then(|p| p.metadata.name.clone())
+            .unwrap_or_else(|| format!("{address} (no pod)"));
+        *answered.entry(pod).or_insert(0) += count;
+    }
+    answered
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,6 +235,25 @@ async fn the_agent_pod_sends_its_session_to_the_feature_only_and_a_route_to_main
             agent::judge_batch(&batch(records, None), "adservice"),
             Ok(()),
             "{records:#?}"
+        );
+        // Per host: the session was answered by the feature's pods alone, the rest by the
+        // mainline's alone.
+        let by_pod = answering_pods(&client, &env, &batch(records, Some(SESSION))).await;
+        assert!(
+            !by_pod.is_empty() && by_pod.keys().all(|p| p.starts_with("adservice-myfeature-")),
+            "{by_pod:#?}"
+        );
+        assert!(
+            by_pod.values().sum::<u64>() >= u64::from(REQUESTS),
+            "{by_pod:#?}"
+        );
+        let by_pod = answering_pods(&client, &env, &batch(records, None)).await;
+        assert!(
+            !by_pod.is_empty()
+                && by_pod
+                    .keys()
+                    .all(|p| p.starts_with("adservice-") && !p.starts_with("adservice-myfeature-")),
+            "{by_pod:#?}"
         );
         let health: Vec<&Value> = records.iter().filter(|r| r["record"] == "health").collect();
         assert_eq!(health.len(), 1, "{records:#?}");

@@ -3,8 +3,10 @@
 //! existing clusters — loads and probes through the gateway address given by
 //! `--ingress`, gRPC health and `userid` routing by agent pods (`cdcheck agent` beside a
 //! sidecar) whose records are read through the pod log API and attributed by the
-//! sidecar's per-cluster counters. Its negative control is a pipeline whose userid
-//! route matches a prefix instead of the exact id.
+//! sidecar's per-host counters, named by the pods that have those addresses. Its
+//! negative controls are a pipeline whose userid route matches a prefix instead of the
+//! exact id, and one whose mainline adservice Service also selects the feature's pods
+//! (which per-Service counters cannot see).
 
 mod common;
 
@@ -91,6 +93,42 @@ fn checks(report: &Path) -> std::collections::BTreeMap<String, (String, String)>
     out
 }
 
+/// The reference pipeline (`fixtures/pipeline`: current and feature) copied into a
+/// temporary directory, each file's text passed through `mutate(file name, text)`.
+fn copy_pipeline(mutate: impl Fn(&str, String) -> String) -> tempfile::TempDir {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline");
+    let pipeline = tempfile::tempdir().unwrap();
+    for dir in ["current", "feature"] {
+        std::fs::create_dir(pipeline.path().join(dir)).unwrap();
+        for entry in std::fs::read_dir(fixture.join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().to_string();
+            let text = mutate(&name, std::fs::read_to_string(entry.path()).unwrap());
+            std::fs::write(pipeline.path().join(dir).join(&name), text).unwrap();
+        }
+    }
+    pipeline
+}
+
+/// Runs the feature-branch scenario on `pipeline` (from [`copy_pipeline`]).
+fn run_feature_branch(kubeconfig: &Path, report: &Path, pipeline: &Path) -> Output {
+    let manifests = pipeline.join("current");
+    let features = pipeline.join("feature");
+    run_existing(
+        kubeconfig,
+        report,
+        &[
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--feature-manifests",
+            features.to_str().unwrap(),
+            "--filter",
+            "feature-branch",
+            "--exact",
+        ],
+    )
+}
+
 /// The mesh's gateway is shared: the runs take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -170,46 +208,21 @@ async fn a_userid_route_that_matches_a_prefix_fails_the_agents_routing_check() {
     record_istiod(&client).await;
 
     // The reference pipeline's output with one field changed: `exact` becomes `prefix`.
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline");
-    let pipeline = tempfile::tempdir().unwrap();
-    for dir in ["current", "feature"] {
-        std::fs::create_dir(pipeline.path().join(dir)).unwrap();
-        for entry in std::fs::read_dir(fixture.join(dir)).unwrap() {
-            let entry = entry.unwrap();
-            let text = std::fs::read_to_string(entry.path()).unwrap();
-            std::fs::write(pipeline.path().join(dir).join(entry.file_name()), text).unwrap();
-        }
-    }
-    let feature = pipeline.path().join("feature/feature.yaml");
-    let text = std::fs::read_to_string(&feature).unwrap();
     let exact = "        userid:\n          exact: 5e3b9c1a-cdcheck-fixture-session";
-    assert!(text.contains(exact), "the fixture's userid route changed");
-    std::fs::write(
-        &feature,
+    let pipeline = copy_pipeline(|file, text| {
+        if file != "feature.yaml" {
+            return text;
+        }
+        assert!(text.contains(exact), "the fixture's userid route changed");
         text.replace(
             exact,
             "        userid:\n          prefix: 5e3b9c1a-cdcheck-fixture-session",
-        ),
-    )
-    .unwrap();
+        )
+    });
 
     let report = tempfile::tempdir().unwrap();
-    let manifests = pipeline.path().join("current");
-    let features = pipeline.path().join("feature");
     let out = tokio::task::block_in_place(|| {
-        run_existing(
-            &kubeconfig,
-            report.path(),
-            &[
-                "--manifests",
-                manifests.to_str().unwrap(),
-                "--feature-manifests",
-                features.to_str().unwrap(),
-                "--filter",
-                "feature-branch",
-                "--exact",
-            ],
-        )
+        run_feature_branch(&kubeconfig, report.path(), pipeline.path())
     });
     let stderr = String::from_utf8_lossy(&out.stderr);
     let checks = checks(report.path());
@@ -225,5 +238,80 @@ async fn a_userid_route_that_matches_a_prefix_fails_the_agents_routing_check() {
     assert_eq!(
         checks["feature-branch/probe-routing"].0, "passed",
         "{checks:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mainline_service_that_selects_feature_pods_fails_the_agents_routing_check() {
+    cdcheck::install_crypto_provider();
+    let _turn = SERIAL.lock().await;
+    let Some(kubeconfig) = mesh_kubeconfig() else {
+        return;
+    };
+    let config = cdcheck::kube::config_from(&kubeconfig).await.unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    record_istiod(&client).await;
+
+    // The feature's adservice pods keep `app: adservice` (told apart from the mainline's by
+    // a second label its own Service selects), so the mainline Service selects them too.
+    // Every request without userid still goes to the mainline's cluster: only per-pod
+    // attribution sees that some are answered by the feature.
+    let pipeline = copy_pipeline(|file, text| {
+        if file != "feature.yaml" {
+            return text;
+        }
+        let documents: Vec<String> = text
+            .split("\n---\n")
+            .map(|doc| {
+                let is = |kind: &str| {
+                    doc.contains(&format!("kind: {kind}\n"))
+                        && doc.contains("  name: adservice-myfeature\n")
+                };
+                if is("Deployment") {
+                    let selector = "    matchLabels:\n      app: adservice-myfeature\n";
+                    let labels = "      labels:\n        app: adservice-myfeature\n";
+                    assert!(doc.contains(selector) && doc.contains(labels), "{doc}");
+                    doc.replace(
+                        selector,
+                        "    matchLabels:\n      app: adservice\n      variant: myfeature\n",
+                    )
+                    .replace(
+                        labels,
+                        "      labels:\n        app: adservice\n        variant: myfeature\n",
+                    )
+                } else if is("Service") {
+                    let selector = "  selector:\n    app: adservice-myfeature\n";
+                    assert!(doc.contains(selector), "{doc}");
+                    doc.replace(
+                        selector,
+                        "  selector:\n    app: adservice\n    variant: myfeature\n",
+                    )
+                } else {
+                    doc.to_string()
+                }
+            })
+            .collect();
+        documents.join("\n---\n")
+    });
+
+    let report = tempfile::tempdir().unwrap();
+    let out = tokio::task::block_in_place(|| {
+        run_feature_branch(&kubeconfig, report.path(), pipeline.path())
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let checks = checks(report.path());
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{checks:#?}");
+    let (verdict, findings) = &checks["feature-branch/probe-routing-userid"];
+    assert_eq!(verdict, "failed", "{checks:#?}");
+    // Ordinary requests are answered by a feature pod, named as such.
+    assert!(
+        findings.contains("userid variant `no userid` (expected Mainline)"),
+        "{findings}"
+    );
+    assert!(findings.contains("adservice-myfeature-"), "{findings}");
+    // The session's own requests reach the feature, through its own Service.
+    assert!(
+        !findings.contains("variant `userid of the session`"),
+        "{findings}"
     );
 }

@@ -7,6 +7,10 @@
 //! `envoy_cluster_name`: both are read. Istio records no `cluster.outbound` stats unless
 //! the pod asks (`proxy.istio.io/config` with `proxyStatsMatcher.inclusionPrefixes:
 //! [cluster.outbound]`), which the agent's pod does.
+//!
+//! The same sidecar's admin `/clusters?format=json` gives each upstream host's own
+//! `rq_total` (Envoy keeps host counters whatever the stats matcher says): read before
+//! and after a batch, the addresses whose counters moved are the pods that answered it.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +27,12 @@ pub enum StatsError {
     },
     #[error("read the sidecar's stats at {url}: HTTP {status}")]
     Status { url: String, status: u16 },
+    #[error("parse the sidecar's upstream hosts at {url}")]
+    Hosts {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("parse line {line} of the sidecar's stats: {reason}: {text:?}")]
     Parse {
         line: usize,
@@ -148,11 +158,86 @@ impl IstioCluster {
     }
 }
 
-/// Reads the counters once.
-pub async fn scrape(
-    client: &reqwest::Client,
-    url: &str,
-) -> Result<BTreeMap<String, u64>, StatsError> {
+/// The sidecar's admin `/clusters` as JSON, as seen from the agent's container.
+pub const DEFAULT_HOSTS_URL: &str = "http://127.0.0.1:15000/clusters?format=json";
+
+/// `/clusters?format=json` of Envoy's admin, the parts read here.
+#[derive(serde::Deserialize)]
+struct ClustersDump {
+    #[serde(default)]
+    cluster_statuses: Vec<ClusterStatus>,
+}
+
+#[derive(serde::Deserialize)]
+struct ClusterStatus {
+    #[serde(default)]
+    host_statuses: Vec<HostStatus>,
+}
+
+#[derive(serde::Deserialize)]
+struct HostStatus {
+    address: Option<HostAddress>,
+    #[serde(default)]
+    stats: Vec<HostStat>,
+}
+
+#[derive(serde::Deserialize)]
+struct HostAddress {
+    socket_address: Option<SocketAddress>,
+}
+
+#[derive(serde::Deserialize)]
+struct SocketAddress {
+    address: String,
+    #[serde(default)]
+    port_value: u32,
+}
+
+/// Proto3 JSON writes a uint64 as a string and leaves a zero out.
+#[derive(serde::Deserialize)]
+struct HostStat {
+    name: String,
+    #[serde(default)]
+    value: Option<serde_json::Value>,
+}
+
+/// Every upstream host's `rq_total` by its address (`10.244.1.5:9555`, `[fd00::5]:9555`),
+/// summed over the clusters that list it (a pod behind two Services is one host).
+pub fn host_counters(text: &str, url: &str) -> Result<BTreeMap<String, u64>, StatsError> {
+    let dump: ClustersDump = serde_json::from_str(text).map_err(|source| StatsError::Hosts {
+        url: url.to_string(),
+        source,
+    })?;
+    let mut counters = BTreeMap::new();
+    for host in dump.cluster_statuses.iter().flat_map(|c| &c.host_statuses) {
+        let Some(socket) = host
+            .address
+            .as_ref()
+            .and_then(|a| a.socket_address.as_ref())
+        else {
+            continue; // a pipe or an internal address: no pod behind it
+        };
+        let value = host
+            .stats
+            .iter()
+            .find(|s| s.name == "rq_total")
+            .and_then(|s| match &s.value {
+                Some(serde_json::Value::String(v)) => v.parse().ok(),
+                Some(serde_json::Value::Number(v)) => v.as_u64(),
+                _ => Some(0),
+            })
+            .unwrap_or(0);
+        let address = match socket.address.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, socket.port_value as u16).to_string(),
+            Err(_) => format!("{}:{}", socket.address, socket.port_value),
+        };
+        *counters.entry(address).or_insert(0) += value;
+    }
+    Ok(counters)
+}
+
+/// GETs `url` and returns its body.
+async fn get_text(client: &reqwest::Client, url: &str) -> Result<String, StatsError> {
     let response = client
         .get(url)
         .send()
@@ -167,11 +252,26 @@ pub async fn scrape(
             status: response.status().as_u16(),
         });
     }
-    let text = response.text().await.map_err(|source| StatsError::Fetch {
+    response.text().await.map_err(|source| StatsError::Fetch {
         url: url.to_string(),
         source,
-    })?;
-    cluster_counters(&text, UPSTREAM_RQ_TOTAL)
+    })
+}
+
+/// Reads the upstream hosts' counters once.
+pub async fn scrape_hosts(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<BTreeMap<String, u64>, StatsError> {
+    host_counters(&get_text(client, url).await?, url)
+}
+
+/// Reads the counters once.
+pub async fn scrape(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<BTreeMap<String, u64>, StatsError> {
+    cluster_counters(&get_text(client, url).await?, UPSTREAM_RQ_TOTAL)
 }
 
 #[cfg(test)]
@@ -236,6 +336,39 @@ envoy_cluster_upstream_rq_total{cluster_name="odd \"name\", with } inside"} 1
             delta(&before, &after),
             BTreeMap::from([("b".to_string(), 10), ("c".to_string(), 1)])
         );
+    }
+
+    /// Trimmed from a sidecar's `/clusters?format=json`: a pod behind two clusters, a
+    /// host with no requests (its `rq_total` left out), an IPv6 host, a pipe.
+    const HOSTS: &str = r#"{"cluster_statuses": [
+      {"name": "outbound|9555||adservice.dev.svc.cluster.local", "host_statuses": [
+        {"address": {"socket_address": {"address": "10.0.0.5", "port_value": 9555}},
+         "stats": [{"name": "cx_connect_fail"}, {"value": "40", "name": "rq_total", "type": "COUNTER"}]},
+        {"address": {"socket_address": {"address": "10.0.0.6", "port_value": 9555}},
+         "stats": [{"name": "rq_total", "type": "COUNTER"}]}]},
+      {"name": "outbound|9555||adservice-myfeature.dev.svc.cluster.local", "host_statuses": [
+        {"address": {"socket_address": {"address": "10.0.0.5", "port_value": 9555}},
+         "stats": [{"value": "2", "name": "rq_total"}]},
+        {"address": {"socket_address": {"address": "fd00::7", "port_value": 9555}},
+         "stats": [{"value": 3, "name": "rq_total"}]}]},
+      {"name": "sds-grpc", "host_statuses": [
+        {"address": {"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}, "stats": []}]},
+      {"name": "BlackHoleCluster"}
+    ]}"#;
+
+    #[test]
+    fn host_counters_are_read_per_address_across_clusters() {
+        let counters = host_counters(HOSTS, "u").unwrap();
+        assert_eq!(
+            counters,
+            BTreeMap::from([
+                ("10.0.0.5:9555".to_string(), 42),
+                ("10.0.0.6:9555".to_string(), 0),
+                ("[fd00::7]:9555".to_string(), 3),
+            ])
+        );
+        let error = host_counters("<html>", "http://p/clusters").unwrap_err();
+        assert!(error.to_string().contains("http://p/clusters"), "{error}");
     }
 
     #[test]

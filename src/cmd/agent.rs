@@ -1,6 +1,7 @@
 //! `cdcheck agent`: the in-mesh client. Sends gRPC requests to adservice by batches of one
 //! `userid` and per-backend gRPC health checks from inside the mesh, and prints one JSON
-//! record per line (request, batch attribution by the sidecar's counters, health, done).
+//! record per line (request, batch attribution by the sidecar's counters per Service and
+//! per pod address, health, done).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +33,10 @@ pub struct Args {
     /// The client sidecar's Prometheus stats.
     #[arg(long, value_name = "URL", env = cdcheck::settings::env::AGENT_STATS_URL, default_value = agent::DEFAULT_STATS_URL)]
     pub stats: String,
+
+    /// The client sidecar's admin `/clusters` as JSON: which pods answered each batch.
+    #[arg(long, value_name = "URL", env = cdcheck::settings::env::AGENT_HOSTS_URL, default_value = agent::stats::DEFAULT_HOSTS_URL)]
+    pub hosts: String,
 
     /// Connect every request to this address (the port stays the URL's; `:authority`
     /// stays the host): where a sidecar listens on the pod's address instead of
@@ -67,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         batches: args.batches,
         health: args.health,
         stats_url: args.stats,
+        hosts_url: args.hosts,
         timeout: args.timeout,
         via: args.via,
         settle: args.settle,

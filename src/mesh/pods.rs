@@ -543,10 +543,17 @@ async fn command_for(
         for (key, value) in env_of(pod, ip, container) {
             command.env(key, value);
         }
-        command.env("CDCHECK_AGENT_VIA", ip.to_string()).env(
-            "CDCHECK_AGENT_STATS_URL",
-            format!("http://{ip}:{}/stats/prometheus", proxy::ADMIN_PORT),
-        );
+        use crate::settings::env;
+        command
+            .env(env::AGENT_VIA, ip.to_string())
+            .env(
+                env::AGENT_STATS_URL,
+                format!("http://{ip}:{}/stats/prometheus", proxy::ADMIN_PORT),
+            )
+            .env(
+                env::AGENT_HOSTS_URL,
+                format!("http://{ip}:{}/clusters?format=json", proxy::ADMIN_PORT),
+            );
         return Ok(command);
     }
     let mut command = Command::new(&shared.config.cdcheck);

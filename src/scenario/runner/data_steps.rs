@@ -764,7 +764,8 @@ fn judge_health_records(
 }
 
 /// `userid` routing inside the mesh through the agent: a batch per variant, each
-/// attributed by the agent sidecar's per-cluster request counters.
+/// attributed per pod by the agent sidecar's per-host request counters, the hosts named
+/// by the pods that had their addresses.
 async fn probe_userid_by_agent(
     run: &mut ScenarioRun<'_>,
     image: &str,
@@ -791,44 +792,88 @@ async fn probe_userid_by_agent(
         Ok(records) => records,
         Err(why) => return vec![Finding::new(why)],
     };
-    let report = userid_report_from_records(&records, &variants, feature, "adservice");
+    let pods = match pods_by_address(run).await {
+        Ok(pods) => pods,
+        Err(why) => return vec![Finding::new(why)],
+    };
+    let sides = PodSides::new(feature, "adservice");
+    let report = userid_report_from_records(&records, &variants, &pods, &sides);
     let mut findings = agent_errors(&records);
     findings.extend(variant_findings("userid", &report));
     findings
 }
 
-/// The label of an outbound cluster: its Service, `@subset` when it names one (the
-/// feature may be a subset of the mainline's host).
-fn cluster_label(cluster: &str) -> String {
-    match crate::agent::stats::IstioCluster::parse(cluster) {
-        Some(c) if c.subset.is_empty() => c.service().to_string(),
-        Some(c) => format!("{}@{}", c.service(), c.subset),
-        None => cluster.to_string(),
+/// The scenario namespace's pods by address (every IP a pod has).
+async fn pods_by_address(
+    run: &ScenarioRun<'_>,
+) -> Result<BTreeMap<std::net::IpAddr, String>, String> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(run.cluster.client.clone(), &run.namespace);
+    let list = pods.list(&Default::default()).await.map_err(|e| {
+        format!(
+            "list the pods of {} to name the agent's answers: {e}",
+            run.namespace
+        )
+    })?;
+    let mut by_address = BTreeMap::new();
+    for pod in list.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let status = pod.status.unwrap_or_default();
+        let ips = status
+            .pod_ips
+            .into_iter()
+            .flatten()
+            .map(|p| p.ip)
+            .chain(status.pod_ip);
+        for ip in ips {
+            if let Ok(ip) = ip.parse() {
+                by_address.insert(ip, name.clone());
+            }
+        }
     }
+    Ok(by_address)
 }
 
-/// The routing report of the agent's batch records, batch `i` being `variants[i]`:
-/// the feature is the Service `feature` (or a subset of it), the mainline the Service
-/// `mainline`; the counts are the sidecar's upstream requests (retries included), so a
-/// variant passes when every request succeeded, nothing went to the other side or
-/// elsewhere, and the expected side counted at least every success.
-fn userid_report_from_records(
-    records: &[serde_json::Value],
-    variants: &[crate::traffic::routing::Variant],
-    feature: &str,
-    mainline: &str,
-) -> crate::traffic::routing::RoutingReport {
-    use crate::traffic::routing::{RoutingReport, Side, VariantReport};
-    let side_of = |label: &str| {
-        let service = label.split('@').next().unwrap_or(label);
-        if service == feature {
+/// Which side a pod is on, by its name: the feature's Deployment names its pods
+/// `<feature>-…`, the mainline's `<mainline>-…` (the feature's own prefix is tried first:
+/// `adservice-myfeature-…` starts with `adservice-` too).
+struct PodSides {
+    feature: String,
+    mainline: String,
+}
+
+impl PodSides {
+    fn new(feature: &str, mainline: &str) -> PodSides {
+        PodSides {
+            feature: format!("{feature}-"),
+            mainline: format!("{mainline}-"),
+        }
+    }
+
+    fn side_of(&self, pod: &str) -> Option<crate::traffic::routing::Side> {
+        use crate::traffic::routing::Side;
+        if pod.starts_with(&self.feature) {
             Some(Side::Feature)
-        } else if service == mainline {
+        } else if pod.starts_with(&self.mainline) {
             Some(Side::Mainline)
         } else {
             None
         }
-    };
+    }
+}
+
+/// The routing report of the agent's batch records, batch `i` being `variants[i]`: each
+/// batch's upstream hosts named by the pod with that address (`pods`) and put on a side by
+/// `sides`. The counts are the sidecar's upstream requests (retries included), so a
+/// variant passes when every request succeeded, nothing went to the other side or to an
+/// address no pod has, and the expected side counted at least every success.
+fn userid_report_from_records(
+    records: &[serde_json::Value],
+    variants: &[crate::traffic::routing::Variant],
+    pods: &BTreeMap<std::net::IpAddr, String>,
+    sides: &PodSides,
+) -> crate::traffic::routing::RoutingReport {
+    use crate::traffic::routing::{RoutingReport, VariantReport};
     let mut reports = Vec::new();
     for (index, variant) in variants.iter().enumerate() {
         let batch = records
@@ -840,14 +885,21 @@ fn userid_report_from_records(
         let succeeded = batch.and_then(|b| b["succeeded"].as_u64()).unwrap_or(0);
         let mut distribution = BTreeMap::new();
         let (mut reached_expected, mut leaked, mut unknown) = (0, 0, 0);
-        for (cluster, count) in batch
-            .and_then(|b| b["clusters"].as_object())
+        for (address, count) in batch
+            .and_then(|b| b["endpoints"].as_object())
             .into_iter()
             .flatten()
         {
             let count = count.as_u64().unwrap_or(0);
-            let label = cluster_label(cluster);
-            match side_of(&label) {
+            let pod = address
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .and_then(|a| pods.get(&a.ip()));
+            let (label, side) = match pod {
+                Some(pod) => (pod.clone(), sides.side_of(pod)),
+                None => (format!("{address} (no pod has it)"), None),
+            };
+            match side {
                 Some(side) if side == variant.expected => reached_expected += count,
                 Some(_) => leaked += count,
                 None => unknown += count,
@@ -896,70 +948,85 @@ mod tests {
         index: u64,
         requests: u64,
         succeeded: u64,
-        clusters: serde_json::Value,
+        endpoints: serde_json::Value,
     ) -> serde_json::Value {
-        json!({"record": "batch", "batch": index, "requests": requests, "succeeded": succeeded, "clusters": clusters})
+        json!({"record": "batch", "batch": index, "requests": requests, "succeeded": succeeded, "endpoints": endpoints})
     }
 
-    const FEATURE: &str = "outbound|9555||adservice-myfeature.s1.svc.cluster.local";
-    const MAINLINE: &str = "outbound|9555||adservice.s1.svc.cluster.local";
+    const FEATURE: &str = "10.0.0.7:9555";
+    const MAINLINE: &str = "10.0.0.5:9555";
+    const MAINLINE_TOO: &str = "10.0.0.6:9555";
+
+    fn pods() -> BTreeMap<std::net::IpAddr, String> {
+        BTreeMap::from([
+            ([10, 0, 0, 5].into(), "adservice-7d9f-abcde".to_string()),
+            ([10, 0, 0, 6].into(), "adservice-7d9f-fghij".to_string()),
+            (
+                [10, 0, 0, 7].into(),
+                "adservice-myfeature-5c4b-klmno".to_string(),
+            ),
+            ([10, 0, 0, 8].into(), "cartservice-1a2b-pqrst".to_string()),
+        ])
+    }
 
     #[test]
-    fn userid_batches_pass_only_when_each_reaches_its_side_alone() {
+    fn userid_batches_pass_only_when_each_reaches_its_sides_pods_alone() {
         let session = crate::manifests::routing::SessionId::parse("abc").unwrap();
         let variants = userid_variants(&session);
         assert_eq!(variants.len(), 4);
+        let sides = PodSides::new("adservice-myfeature", "adservice");
         let good = vec![
             batch(0, 40, 40, json!({FEATURE: 40})),
-            batch(1, 40, 40, json!({MAINLINE: 40})),
+            batch(1, 40, 40, json!({MAINLINE: 20, MAINLINE_TOO: 20})),
             batch(2, 40, 40, json!({MAINLINE: 41})),
-            batch(3, 40, 40, json!({MAINLINE: 40})),
+            batch(3, 40, 40, json!({MAINLINE_TOO: 40})),
             json!({"record": "done", "failed": false}),
         ];
-        let report =
-            userid_report_from_records(&good, &variants, "adservice-myfeature", "adservice");
+        let report = userid_report_from_records(&good, &variants, &pods(), &sides);
         assert!(report.passed, "{report}");
-
-        // One request of forty with a look-alike userid leaks to the feature.
-        let mut leaky = good.clone();
-        leaky[2] = batch(2, 40, 40, json!({MAINLINE: 39, FEATURE: 1}));
-        let report =
-            userid_report_from_records(&leaky, &variants, "adservice-myfeature", "adservice");
-        assert_eq!(report.failed_variants(), vec!["userid plus one character"]);
-        assert_eq!(report.variants[2].leaked, 1);
-
-        // A batch that reached some other Service, one whose request failed, a missing batch.
-        let mut odd = good.clone();
-        odd[0] = batch(
-            0,
-            40,
-            40,
-            json!({FEATURE: 39, "outbound|9555||adservice-old.s1.svc.cluster.local": 1}),
+        assert_eq!(
+            report.variants[1].distribution,
+            BTreeMap::from([
+                ("adservice-7d9f-abcde".to_string(), 20),
+                ("adservice-7d9f-fghij".to_string(), 20)
+            ])
         );
+
+        // The mainline Service also selects the feature's pod: one request in forty
+        // without userid is answered there, though every one went to the mainline's host.
+        let mut shared = good.clone();
+        shared[1] = batch(1, 40, 40, json!({MAINLINE: 39, FEATURE: 1}));
+        let report = userid_report_from_records(&shared, &variants, &pods(), &sides);
+        assert_eq!(report.failed_variants(), vec!["no userid"]);
+        assert_eq!(report.variants[1].leaked, 1);
+
+        // A batch that reached some other pod, an address no pod has, a failed request,
+        // a missing batch.
+        let mut odd = good.clone();
+        odd[0] = batch(0, 40, 40, json!({FEATURE: 39, "10.0.0.8:9555": 1}));
         odd[1] = batch(1, 40, 39, json!({MAINLINE: 39}));
+        odd[2] = batch(2, 40, 40, json!({MAINLINE: 39, "10.9.9.9:9555": 1}));
         odd.remove(3);
-        let report =
-            userid_report_from_records(&odd, &variants, "adservice-myfeature", "adservice");
+        let report = userid_report_from_records(&odd, &variants, &pods(), &sides);
         assert_eq!(
             report.failed_variants(),
-            vec!["userid of the session", "no userid", "prefix of the userid"]
+            vec![
+                "userid of the session",
+                "no userid",
+                "userid plus one character",
+                "prefix of the userid"
+            ]
+        );
+        assert_eq!(
+            report.variants[2].distribution["10.9.9.9:9555 (no pod has it)"],
+            1
         );
 
-        // Counters that record nothing (no outbound stats) cannot pass.
+        // Counters that record nothing (no per-host counters, an older agent) cannot pass.
         let silent: Vec<_> = (0..4).map(|i| batch(i, 40, 40, json!({}))).collect();
-        let report =
-            userid_report_from_records(&silent, &variants, "adservice-myfeature", "adservice");
+        let report = userid_report_from_records(&silent, &variants, &pods(), &sides);
         assert!(!report.passed);
         assert_eq!(report.variants[0].unattributed, 40);
-    }
-
-    #[test]
-    fn a_subset_of_the_feature_host_counts_as_the_feature() {
-        assert_eq!(
-            cluster_label("outbound|9555|myfeature|adservice-myfeature.s1.svc.cluster.local"),
-            "adservice-myfeature@myfeature"
-        );
-        assert_eq!(cluster_label(MAINLINE), "adservice");
     }
 
     #[test]
