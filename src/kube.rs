@@ -2,7 +2,8 @@
 //!
 //! - [`connect`]: a client from a kubeconfig file.
 //! - [`apply`]: server-side apply of a rendered bundle with one field manager, and prune.
-//! - [`rollout`]: watch-based rollout waits (observedGeneration, ready = desired, no old pods).
+//! - [`cache`]: one kind's objects in a namespace, kept by kube's reflector.
+//! - [`rollout`]: watch-based rollout waits (observedGeneration, ready = desired, no old pods), one watch per namespace.
 //! - [`release`]: deploy a release (apply, prune, wait), and the blue/green switch with its timeline and verdict.
 //! - [`rollback`]: redeploy the previous bundle, `rollout undo`.
 //! - [`rbac`]: the allow/deny matrix of a ServiceAccount, by SubjectAccessReview and real requests.
@@ -10,6 +11,7 @@
 //! - [`diagnostics`]: events, pod statuses and ReplicaSet history for a failure report.
 
 pub mod apply;
+pub mod cache;
 pub mod diagnostics;
 pub mod drain;
 pub mod placement;

@@ -9,15 +9,16 @@ use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
 use ::kube::api::Api;
-use ::kube::runtime::WatchStreamExt;
-use ::kube::runtime::watcher::{self, Event};
+use ::kube::runtime::reflector::Store;
+use ::kube::runtime::watcher;
 use ::kube::{Client, ResourceExt};
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use tokio::sync::watch;
 
 use super::apply::{self, ApplyError, ApplyReport};
-use super::rollout::{self, RolloutError, RolloutReport, Store, Target, is_ready};
+use super::cache::{self, Change};
+use super::rollout::{self, RolloutError, RolloutReport, Target, is_ready};
 use crate::manifests::{Bundle, Object, Strategy};
 
 #[derive(Debug, thiserror::Error)]
@@ -247,13 +248,6 @@ fn labels_match(labels: &BTreeMap<String, String>, selector: &BTreeMap<String, S
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-enum Seen {
-    // Boxed: watch events are large and an error is small.
-    Pod(String, Box<Event<Pod>>),
-    Service(String, Box<Event<Service>>),
-    Error(String),
-}
-
 #[derive(Default)]
 struct Timeline {
     events: Vec<DeployEvent>,
@@ -291,49 +285,36 @@ impl SwitchObserver {
             .map(|d| d.namespace.clone())
             .chain(services.iter().map(|s| s.namespace.clone()))
             .collect();
-        let mut streams: Vec<BoxStream<'static, Seen>> = Vec::new();
+        let mut pods: BTreeMap<String, Store<Pod>> = BTreeMap::new();
+        let mut live_services: BTreeMap<String, Store<Service>> = BTreeMap::new();
+        let mut streams: Vec<BoxStream<'static, (usize, Change)>> = Vec::new();
         for ns in &namespaces {
-            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-            let services: Api<Service> = Api::namespaced(client.clone(), ns);
-            let (pod_ns, service_ns) = (ns.clone(), ns.clone());
-            streams.push(
-                watcher::watcher(pods, watcher::Config::default())
-                    .default_backoff()
-                    .map(move |r| match r {
-                        Ok(e) => Seen::Pod(pod_ns.clone(), Box::new(e)),
-                        Err(e) => Seen::Error(e.to_string()),
-                    })
-                    .boxed(),
+            let (pod_store, pod_changes) = cache::follow(
+                Api::<Pod>::namespaced(client.clone(), ns),
+                watcher::Config::default(),
             );
-            streams.push(
-                watcher::watcher(services, watcher::Config::default())
-                    .default_backoff()
-                    .map(move |r| match r {
-                        Ok(e) => Seen::Service(service_ns.clone(), Box::new(e)),
-                        Err(e) => Seen::Error(e.to_string()),
-                    })
-                    .boxed(),
+            let (service_store, service_changes) = cache::follow(
+                Api::<Service>::namespaced(client.clone(), ns),
+                watcher::Config::default(),
             );
+            pods.insert(ns.clone(), pod_store);
+            live_services.insert(ns.clone(), service_store);
+            for changes in [pod_changes, service_changes] {
+                let index = streams.len();
+                streams.push(changes.map(move |c| (index, c)).boxed());
+            }
         }
+        let mut listed = vec![false; streams.len()];
         let mut seen = futures::stream::select_all(streams);
         let (tx, mut rx) = watch::channel(Timeline::default());
         let expected = new_pods.len() + services.len();
         let task = tokio::spawn(async move {
-            let mut pods: BTreeMap<String, Store<Pod>> = BTreeMap::new();
-            let mut live_services: BTreeMap<String, Store<Service>> = BTreeMap::new();
-            for ns in &namespaces {
-                pods.insert(ns.clone(), Store::new());
-                live_services.insert(ns.clone(), Store::new());
-            }
             let mut ready_seen: BTreeSet<String> = BTreeSet::new();
             let mut switch_seen: BTreeSet<String> = BTreeSet::new();
-            while let Some(event) = seen.next().await {
-                match event {
-                    Seen::Pod(ns, e) => pods.entry(ns).or_insert_with(Store::new).apply(*e),
-                    Seen::Service(ns, e) => {
-                        live_services.entry(ns).or_insert_with(Store::new).apply(*e)
-                    }
-                    Seen::Error(e) => {
+            while let Some((index, change)) = seen.next().await {
+                match change {
+                    Change::Applied { listed: done } => listed[index] |= done,
+                    Change::Error(e) => {
                         tx.send_modify(|t| {
                             if t.watch_errors.len() < 20 {
                                 t.watch_errors.push(e)
@@ -342,9 +323,7 @@ impl SwitchObserver {
                         continue;
                     }
                 }
-                let synced =
-                    pods.values().all(|s| s.synced) && live_services.values().all(|s| s.synced);
-                if !synced {
+                if !listed.iter().all(|l| *l) {
                     continue;
                 }
                 // One instant per evaluation, pods before Services: a Service
@@ -358,10 +337,10 @@ impl SwitchObserver {
                     }
                     let ready = pods.get(&target.namespace).map_or(0, |store| {
                         store
-                            .items
-                            .values()
-                            .filter(|p| labels_match(p.labels(), &target.selector) && is_ready(p))
-                            .count()
+                            .state_filter(|p| {
+                                labels_match(p.labels(), &target.selector) && is_ready(p)
+                            })
+                            .len()
                     });
                     let ready = i32::try_from(ready).unwrap_or(i32::MAX);
                     if target.desired > 0 && ready >= target.desired {
@@ -382,7 +361,7 @@ impl SwitchObserver {
                     }
                     let live = live_services
                         .get(&service.namespace)
-                        .and_then(|store| store.items.get(&service.name))
+                        .and_then(|store| cache::get(store, &service.namespace, &service.name))
                         .and_then(|s| s.spec.as_ref()?.selector.clone());
                     if live.as_ref() == Some(&service.selector) {
                         switch_seen.insert(service.key.clone());

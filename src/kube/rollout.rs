@@ -8,19 +8,23 @@
 //! `ProgressDeadlineExceeded` fails the wait at once, with its reason, message
 //! and diagnostics. Every status change is sampled, so a caller can prove the
 //! number of ready pods never dropped below the desired count.
+//! A namespace is watched once ([`NamespaceWatch`]: one reflector store each of its
+//! Deployments, ReplicaSets and pods), however many of its Deployments are waited for.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::kube::api::Api;
-use ::kube::runtime::WatchStreamExt;
-use ::kube::runtime::watcher::{self, Event};
+use ::kube::runtime::reflector::Store;
+use ::kube::runtime::watcher;
 use ::kube::{Client, ResourceExt};
-use futures::{StreamExt, stream::BoxStream};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 
+use super::cache::{self, Change};
 use super::diagnostics::{self, Diagnostics, REVISION_ANNOTATION};
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +139,6 @@ struct Progress {
     generation: i64,
     /// `metadata.resourceVersion` of the Deployment when the phase was decided.
     decided_resource_version: Option<String>,
-    watch_errors: Vec<String>,
 }
 
 impl Progress {
@@ -179,58 +182,14 @@ impl RolloutReport {
     }
 }
 
-enum Ev {
-    Deployment(Event<Deployment>),
-    ReplicaSet(Event<ReplicaSet>),
-    Pod(Event<Pod>),
-    Error(String),
-}
-
-/// A Store that follows a watcher's Init/InitApply/InitDone protocol.
-pub(super) struct Store<K> {
-    pub(super) items: BTreeMap<String, K>,
-    buffer: Option<BTreeMap<String, K>>,
-    pub(super) synced: bool,
-}
-
-impl<K: ResourceExt> Store<K> {
-    pub(super) fn new() -> Self {
-        Self {
-            items: BTreeMap::new(),
-            buffer: None,
-            synced: false,
-        }
-    }
-    pub(super) fn apply(&mut self, event: Event<K>) {
-        match event {
-            Event::Init => self.buffer = Some(BTreeMap::new()),
-            Event::InitApply(k) => {
-                if let Some(b) = self.buffer.as_mut() {
-                    b.insert(k.name_any(), k);
-                }
-            }
-            Event::InitDone => {
-                if let Some(b) = self.buffer.take() {
-                    self.items = b;
-                }
-                self.synced = true;
-            }
-            Event::Apply(k) => {
-                self.items.insert(k.name_any(), k);
-            }
-            Event::Delete(k) => {
-                self.items.remove(&k.name_any());
-            }
-        }
-    }
-}
-
-struct Tracker {
-    name: String,
+/// The rollout of one Deployment, evaluated from its namespace's stores.
+struct Tracker<'a> {
+    namespace: &'a str,
+    name: &'a str,
     started: Instant,
-    deployment: Store<Deployment>,
-    replicasets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    deployments: &'a Store<Deployment>,
+    replicasets: &'a Store<ReplicaSet>,
+    pods: &'a Store<Pod>,
 }
 
 fn owner_is(
@@ -251,17 +210,10 @@ pub(super) fn is_ready(pod: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-impl Tracker {
-    fn synced(&self) -> bool {
-        self.deployment.synced && self.replicasets.synced && self.pods.synced
-    }
-
-    /// Evaluates the rollout: its phase and a sample of the counts.
+impl Tracker<'_> {
+    /// Evaluates the rollout (the stores are listed): its phase and a sample of the counts.
     fn evaluate(&self) -> (Phase, Option<Sample>) {
-        if !self.synced() {
-            return (Phase::Starting, None);
-        }
-        let Some(d) = self.deployment.items.get(&self.name) else {
+        let Some(d) = cache::get(self.deployments, self.namespace, self.name) else {
             return (
                 Phase::Progressing("the Deployment does not exist yet".into()),
                 None,
@@ -273,25 +225,20 @@ impl Tracker {
         let observed = status.observed_generation.unwrap_or(0);
         let desired = spec.replicas.unwrap_or(1);
         let revision = d.annotations().get(REVISION_ANNOTATION).cloned();
-        let owned: Vec<&ReplicaSet> = self
-            .replicasets
-            .items
-            .values()
-            .filter(|rs| {
-                owner_is(
-                    rs.metadata.owner_references.as_ref(),
-                    "Deployment",
-                    &self.name,
-                )
-            })
-            .collect();
-        let current: Option<&ReplicaSet> = owned.iter().copied().find(|rs| {
+        let owned = self.replicasets.state_filter(|rs| {
+            owner_is(
+                rs.metadata.owner_references.as_ref(),
+                "Deployment",
+                self.name,
+            )
+        });
+        let current = owned.iter().find(|rs| {
             revision.is_some() && rs.annotations().get(REVISION_ANNOTATION) == revision.as_ref()
         });
         let owned_names: Vec<String> = owned.iter().map(|rs| rs.name_any()).collect();
         let mut ready_pods = 0;
         let mut old_pods = 0;
-        for pod in self.pods.items.values() {
+        for pod in self.pods.state() {
             let Some(rs) = pod
                 .metadata
                 .owner_references
@@ -301,7 +248,7 @@ impl Tracker {
             else {
                 continue;
             };
-            if is_ready(pod) {
+            if is_ready(&pod) {
                 ready_pods += 1;
             }
             if current.is_none_or(|c| c.name_any() != rs.name) {
@@ -360,29 +307,269 @@ impl Tracker {
     }
 }
 
-/// A running watch on one Deployment, its ReplicaSets and their pods. Start it
-/// before changing the Deployment to see every intermediate state.
+/// Records an evaluation in a rollout's progress; whether anything changed.
+fn record(
+    progress: &mut Progress,
+    phase: Phase,
+    sample: Option<Sample>,
+    resource_version: Option<String>,
+) -> bool {
+    let mut changed = false;
+    let generation = sample.as_ref().map(|s| s.generation).unwrap_or(0);
+    if generation != progress.generation {
+        // A new spec: whatever was decided was about the old one.
+        progress.generation = generation;
+        progress.decided_at = None;
+        progress.decided_resource_version = None;
+        changed = true;
+    }
+    if let Some(s) = sample {
+        let same = progress.samples.last().is_some_and(|l| {
+            Sample {
+                at: l.at,
+                ..s.clone()
+            } == *l
+        });
+        if !same {
+            progress.samples.push(s);
+            changed = true;
+        }
+    }
+    let decided = matches!(phase, Phase::Complete | Phase::Failed { .. });
+    if decided && progress.decided_at.is_none() {
+        progress.decided_at = Some(Instant::now());
+        progress.decided_resource_version = resource_version;
+        changed = true;
+    }
+    if !decided {
+        progress.decided_at = None;
+        progress.decided_resource_version = None;
+    }
+    if progress.phase != phase {
+        progress.phase = phase;
+        changed = true;
+    }
+    changed
+}
+
+/// A Deployment whose rollout a [`NamespaceWatch`] follows.
+struct Followed {
+    name: String,
+    started: Instant,
+    tx: watch::Sender<Progress>,
+}
+
+/// The stores of one namespace and the rollouts followed in it.
+struct Shared {
+    namespace: String,
+    deployments: Store<Deployment>,
+    replicasets: Store<ReplicaSet>,
+    pods: Store<Pod>,
+    /// Every followed rollout is evaluated after every change, so no intermediate state
+    /// a sample should show is skipped. Held while evaluating: a rollout added meanwhile
+    /// is evaluated either by its own first evaluation or by the next change's.
+    followed: std::sync::Mutex<Vec<Followed>>,
+}
+
+impl Shared {
+    fn evaluate(&self, followed: &Followed) {
+        let tracker = Tracker {
+            namespace: &self.namespace,
+            name: &followed.name,
+            started: followed.started,
+            deployments: &self.deployments,
+            replicasets: &self.replicasets,
+            pods: &self.pods,
+        };
+        let (phase, sample) = tracker.evaluate();
+        let resource_version = cache::get(&self.deployments, &self.namespace, &followed.name)
+            .and_then(|d| d.metadata.resource_version.clone());
+        followed
+            .tx
+            .send_if_modified(|p| record(p, phase, sample, resource_version));
+    }
+
+    fn evaluate_all(&self) {
+        let mut followed = self.followed.lock().expect("no panic while evaluating");
+        // A rollout nobody waits for any more is dropped.
+        followed.retain(|f| !f.tx.is_closed());
+        for f in followed.iter() {
+            self.evaluate(f);
+        }
+    }
+}
+
+/// Whether the namespace's lists are in, and the watch errors so far.
+#[derive(Clone, Debug, Default)]
+struct Listing {
+    listed: bool,
+    ended: bool,
+    watch_errors: Vec<String>,
+}
+
+/// One namespace's Deployments, ReplicaSets and pods, each followed by one reflector and
+/// shared by the rollout watches of every Deployment in it: three watches per namespace,
+/// however many Deployments are waited for.
+pub struct NamespaceWatch {
+    client: Client,
+    shared: Arc<Shared>,
+    listing: watch::Receiver<Listing>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NamespaceWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How long [`NamespaceWatch::start`] waits for its watches' initial lists.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl NamespaceWatch {
+    /// Starts the watches and returns once their initial lists are in, or fails
+    /// with [`RolloutError::NotSynced`] after `sync_timeout`.
+    pub async fn start(
+        client: &Client,
+        namespace: &str,
+        sync_timeout: Duration,
+    ) -> Result<Arc<NamespaceWatch>, RolloutError> {
+        let cfg = watcher::Config::default();
+        let (deployments, d_changes) = cache::follow(
+            Api::<Deployment>::namespaced(client.clone(), namespace),
+            cfg.clone(),
+        );
+        let (replicasets, rs_changes) = cache::follow(
+            Api::<ReplicaSet>::namespaced(client.clone(), namespace),
+            cfg.clone(),
+        );
+        let (pods, pod_changes) =
+            cache::follow(Api::<Pod>::namespaced(client.clone(), namespace), cfg);
+        let shared = Arc::new(Shared {
+            namespace: namespace.to_string(),
+            deployments,
+            replicasets,
+            pods,
+            followed: std::sync::Mutex::new(Vec::new()),
+        });
+        let (tx, listing) = watch::channel(Listing::default());
+        let task = {
+            let shared = shared.clone();
+            let mut changes = futures::stream::select_all(
+                [d_changes, rs_changes, pod_changes]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(kind, changes)| changes.map(move |c| (kind, c)).boxed()),
+            );
+            tokio::spawn(async move {
+                let mut listed = [false; 3];
+                while let Some((kind, change)) = changes.next().await {
+                    match change {
+                        Change::Applied { listed: done } => listed[kind] |= done,
+                        Change::Error(e) => {
+                            tx.send_modify(|l| {
+                                if l.watch_errors.len() < 20 {
+                                    l.watch_errors.push(e)
+                                }
+                            });
+                            continue;
+                        }
+                    }
+                    if listed.iter().all(|l| *l) {
+                        tx.send_if_modified(|l| !std::mem::replace(&mut l.listed, true));
+                        shared.evaluate_all();
+                    }
+                }
+                tx.send_modify(|l| l.ended = true);
+            })
+        };
+        let mut watch = NamespaceWatch {
+            client: client.clone(),
+            shared,
+            listing,
+            task,
+        };
+        let synced = tokio::time::timeout(
+            sync_timeout,
+            watch.listing.wait_for(|l| l.listed || l.ended),
+        )
+        .await
+        .map(|l| l.is_ok_and(|l| l.listed));
+        match synced {
+            Ok(true) => Ok(Arc::new(watch)),
+            Ok(false) => Err(RolloutError::WatchEnded {
+                namespace: namespace.to_string(),
+                name: "*".to_string(),
+            }),
+            Err(_) => Err(RolloutError::NotSynced {
+                namespace: namespace.to_string(),
+                name: "*".to_string(),
+                waited: sync_timeout,
+                last_watch_error: watch.listing.borrow().watch_errors.last().cloned(),
+            }),
+        }
+    }
+
+    /// Follows the rollout of Deployment `name` from now: a watch whose samples start
+    /// with the state the stores have.
+    pub fn rollout(self: &Arc<Self>, name: &str) -> RolloutWatch {
+        let started = Instant::now();
+        let (tx, rx) = watch::channel(Progress {
+            phase: Phase::Starting,
+            samples: Vec::new(),
+            decided_at: None,
+            generation: 0,
+            decided_resource_version: None,
+        });
+        let followed = Followed {
+            name: name.to_string(),
+            started,
+            tx,
+        };
+        {
+            let mut all = self
+                .shared
+                .followed
+                .lock()
+                .expect("no panic while evaluating");
+            self.shared.evaluate(&followed);
+            all.push(followed);
+        }
+        let mut rx = rx;
+        rx.mark_changed();
+        RolloutWatch {
+            namespace: self.shared.namespace.clone(),
+            name: name.to_string(),
+            client: self.client.clone(),
+            started,
+            rx,
+            namespace_watch: self.clone(),
+        }
+    }
+
+    /// The watch errors so far (the watches back off and start again after each).
+    fn watch_errors(&self) -> Vec<String> {
+        self.listing.borrow().watch_errors.clone()
+    }
+}
+
+/// A running watch on one Deployment, its ReplicaSets and their pods (through its
+/// namespace's [`NamespaceWatch`]). Start it before changing the Deployment to see every
+/// intermediate state.
 pub struct RolloutWatch {
     namespace: String,
     name: String,
     client: Client,
     started: Instant,
     rx: watch::Receiver<Progress>,
-    task: tokio::task::JoinHandle<()>,
+    namespace_watch: Arc<NamespaceWatch>,
 }
-
-impl Drop for RolloutWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// How long [`RolloutWatch::start`] waits for its watches' initial lists.
-pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl RolloutWatch {
-    /// Starts the watches and returns once their initial lists are in, or fails
-    /// with [`RolloutError::NotSynced`] after [`SYNC_TIMEOUT`].
+    /// Starts watching the Deployment's namespace and returns once the initial lists
+    /// are in, or fails with [`RolloutError::NotSynced`] after [`SYNC_TIMEOUT`]. To wait
+    /// for several Deployments of one namespace, start one [`NamespaceWatch`] and take a
+    /// [`NamespaceWatch::rollout`] of each.
     pub async fn start(
         client: &Client,
         namespace: &str,
@@ -398,137 +585,27 @@ impl RolloutWatch {
         name: &str,
         sync_timeout: Duration,
     ) -> Result<RolloutWatch, RolloutError> {
-        let started = Instant::now();
-        let cfg = watcher::Config::default();
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-        let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        let d_stream: BoxStream<'static, Ev> = watcher::watcher(
-            deployments,
-            cfg.clone().fields(&format!("metadata.name={name}")),
-        )
-        .default_backoff()
-        .map(|r| {
-            r.map(Ev::Deployment)
-                .unwrap_or_else(|e| Ev::Error(e.to_string()))
-        })
-        .boxed();
-        let rs_stream: BoxStream<'static, Ev> = watcher::watcher(replicasets, cfg.clone())
-            .default_backoff()
-            .map(|r| {
-                r.map(Ev::ReplicaSet)
-                    .unwrap_or_else(|e| Ev::Error(e.to_string()))
-            })
-            .boxed();
-        let pod_stream: BoxStream<'static, Ev> = watcher::watcher(pods, cfg)
-            .default_backoff()
-            .map(|r| r.map(Ev::Pod).unwrap_or_else(|e| Ev::Error(e.to_string())))
-            .boxed();
-        let mut events = futures::stream::select_all([d_stream, rs_stream, pod_stream]);
-        let (tx, rx) = watch::channel(Progress {
-            phase: Phase::Starting,
-            samples: Vec::new(),
-            decided_at: None,
-            generation: 0,
-            decided_resource_version: None,
-            watch_errors: Vec::new(),
-        });
-        let mut tracker = Tracker {
-            name: name.to_string(),
-            started,
-            deployment: Store::new(),
-            replicasets: Store::new(),
-            pods: Store::new(),
-        };
-        let task = tokio::spawn(async move {
-            while let Some(ev) = events.next().await {
-                match ev {
-                    Ev::Deployment(e) => tracker.deployment.apply(e),
-                    Ev::ReplicaSet(e) => tracker.replicasets.apply(e),
-                    Ev::Pod(e) => tracker.pods.apply(e),
-                    Ev::Error(e) => {
-                        tx.send_modify(|p| {
-                            if p.watch_errors.len() < 20 {
-                                p.watch_errors.push(e)
-                            }
-                        });
-                        continue;
-                    }
-                }
-                let (phase, sample) = tracker.evaluate();
-                let resource_version = tracker
-                    .deployment
-                    .items
-                    .get(&tracker.name)
-                    .and_then(|d| d.metadata.resource_version.clone());
-                tx.send_if_modified(|p| {
-                    let mut changed = false;
-                    let generation = sample.as_ref().map(|s| s.generation).unwrap_or(0);
-                    if generation != p.generation {
-                        // A new spec: whatever was decided was about the old one.
-                        p.generation = generation;
-                        p.decided_at = None;
-                        p.decided_resource_version = None;
-                        changed = true;
-                    }
-                    if let Some(s) = sample {
-                        let same = p.samples.last().is_some_and(|l| {
-                            Sample {
-                                at: l.at,
-                                ..s.clone()
-                            } == *l
-                        });
-                        if !same {
-                            p.samples.push(s);
-                            changed = true;
-                        }
-                    }
-                    let decided = matches!(phase, Phase::Complete | Phase::Failed { .. });
-                    if decided && p.decided_at.is_none() {
-                        p.decided_at = Some(Instant::now());
-                        p.decided_resource_version = resource_version;
-                        changed = true;
-                    }
-                    if !decided {
-                        p.decided_at = None;
-                        p.decided_resource_version = None;
-                    }
-                    if p.phase != phase {
-                        p.phase = phase;
-                        changed = true;
-                    }
-                    changed
-                });
-            }
-        });
-        let mut watch = RolloutWatch {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            client: client.clone(),
-            started,
-            rx,
-            task,
-        };
-        let synced = tokio::time::timeout(
-            sync_timeout,
-            watch.rx.wait_for(|p| p.phase != Phase::Starting),
-        )
-        .await
-        .map(|listed| listed.is_ok());
-        match synced {
-            Ok(true) => {}
-            Ok(false) => return Err(watch.ended()),
-            Err(_) => {
-                return Err(RolloutError::NotSynced {
-                    namespace: namespace.to_string(),
+        let namespace_watch = NamespaceWatch::start(client, namespace, sync_timeout)
+            .await
+            .map_err(|e| match e {
+                RolloutError::NotSynced {
+                    namespace,
+                    waited,
+                    last_watch_error,
+                    ..
+                } => RolloutError::NotSynced {
+                    namespace,
                     name: name.to_string(),
-                    waited: sync_timeout,
-                    last_watch_error: watch.rx.borrow().watch_errors.last().cloned(),
-                });
-            }
-        }
-        watch.rx.mark_changed();
-        Ok(watch)
+                    waited,
+                    last_watch_error,
+                },
+                RolloutError::WatchEnded { namespace, .. } => RolloutError::WatchEnded {
+                    namespace,
+                    name: name.to_string(),
+                },
+                other => other,
+            })?;
+        Ok(namespace_watch.rollout(name))
     }
 
     fn ended(&self) -> RolloutError {
@@ -626,7 +703,7 @@ impl RolloutWatch {
                 other => format!("{other:?}"),
             }
         };
-        if let Some(e) = progress.watch_errors.last() {
+        if let Some(e) = self.namespace_watch.watch_errors().last() {
             state.push_str(&format!("; last watch error: {e}"));
         }
         RolloutError::Timeout {
@@ -680,6 +757,28 @@ pub async fn wait_for_rollout(
         .await
 }
 
+/// One [`NamespaceWatch`] per namespace of `keys` (`(namespace, name)`), and a rollout
+/// watch of each key from it, in the order of `keys`.
+pub async fn watch_all(
+    client: &Client,
+    keys: &[(String, String)],
+) -> Result<Vec<RolloutWatch>, RolloutError> {
+    let mut namespaces: BTreeMap<&str, Arc<NamespaceWatch>> = BTreeMap::new();
+    let mut watches = Vec::new();
+    for (namespace, name) in keys {
+        let namespace_watch = match namespaces.get(namespace.as_str()) {
+            Some(w) => w.clone(),
+            None => {
+                let w = NamespaceWatch::start(client, namespace, SYNC_TIMEOUT).await?;
+                namespaces.insert(namespace, w.clone());
+                w
+            }
+        };
+        watches.push(namespace_watch.rollout(name));
+    }
+    Ok(watches)
+}
+
 /// Waits for every `(namespace, name)` concurrently, each at its current
 /// generation; returns every report, or the first failure.
 pub async fn wait_for_all(
@@ -687,10 +786,8 @@ pub async fn wait_for_all(
     deployments: &[(String, String)],
     timeout: Duration,
 ) -> Result<Vec<RolloutReport>, RolloutError> {
-    let waits = deployments
-        .iter()
-        .map(|(ns, name)| wait_for_rollout(client, ns, name, timeout));
-    futures::future::try_join_all(waits).await
+    let watches = watch_all(client, deployments).await?;
+    futures::future::try_join_all(watches.into_iter().map(|w| w.wait(timeout))).await
 }
 
 /// One Deployment at the generation an apply produced.
@@ -707,12 +804,15 @@ pub async fn wait_for_generations(
     targets: &[Target],
     timeout: Duration,
 ) -> Result<Vec<RolloutReport>, RolloutError> {
-    let waits = targets.iter().map(|t| async move {
-        RolloutWatch::start(client, &t.namespace, &t.name)
-            .await?
-            .wait_for_generation(t.generation, timeout)
-            .await
-    });
+    let keys: Vec<(String, String)> = targets
+        .iter()
+        .map(|t| (t.namespace.clone(), t.name.clone()))
+        .collect();
+    let watches = watch_all(client, &keys).await?;
+    let waits = watches
+        .into_iter()
+        .zip(targets)
+        .map(|(w, t)| w.wait_for_generation(t.generation, timeout));
     futures::future::try_join_all(waits).await
 }
 
@@ -814,7 +914,7 @@ mod tests {
             conditions.push(json!({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"web-2\" has timed out progressing."}));
         }
         serde_json::from_value(json!({
-            "metadata": {"name": "web", "generation": generation, "annotations": {REVISION_ANNOTATION: revision}},
+            "metadata": {"name": "web", "namespace": "ns", "generation": generation, "annotations": {REVISION_ANNOTATION: revision}},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
             "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated,
                        "readyReplicas": ready, "availableReplicas": available, "conditions": conditions}
@@ -824,7 +924,7 @@ mod tests {
 
     fn replicaset(name: &str, revision: &str) -> ReplicaSet {
         serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": {REVISION_ANNOTATION: revision},
+            "metadata": {"name": name, "namespace": "ns", "annotations": {REVISION_ANNOTATION: revision},
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u"}]},
         }))
         .unwrap()
@@ -832,34 +932,53 @@ mod tests {
 
     fn pod(name: &str, rs: &str, ready: bool) -> Pod {
         serde_json::from_value(json!({
-            "metadata": {"name": name, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": "u"}]},
+            "metadata": {"name": name, "namespace": "ns", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": "u"}]},
             "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
         }))
         .unwrap()
     }
 
-    fn tracker(d: Deployment, sets: Vec<ReplicaSet>, pods: Vec<Pod>) -> Tracker {
-        let mut t = Tracker {
-            name: "web".into(),
-            started: Instant::now(),
-            deployment: Store::new(),
-            replicasets: Store::new(),
-            pods: Store::new(),
-        };
-        t.deployment.apply(Event::Init);
-        t.deployment.apply(Event::InitApply(d));
-        t.deployment.apply(Event::InitDone);
-        t.replicasets.apply(Event::Init);
-        for rs in sets {
-            t.replicasets.apply(Event::InitApply(rs));
+    /// Reflector stores listed with these objects, as a [`NamespaceWatch`] has them.
+    struct Stores {
+        deployments: Store<Deployment>,
+        replicasets: Store<ReplicaSet>,
+        pods: Store<Pod>,
+    }
+
+    fn listed<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: ::kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let mut writer = ::kube::runtime::reflector::store::Writer::<K>::default();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(object));
         }
-        t.replicasets.apply(Event::InitDone);
-        t.pods.apply(Event::Init);
-        for p in pods {
-            t.pods.apply(Event::InitApply(p));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let reader = writer.as_reader();
+        // The reader keeps the data; the writer may go.
+        reader
+    }
+
+    impl Stores {
+        fn tracker(&self) -> Tracker<'_> {
+            Tracker {
+                namespace: "ns",
+                name: "web",
+                started: Instant::now(),
+                deployments: &self.deployments,
+                replicasets: &self.replicasets,
+                pods: &self.pods,
+            }
         }
-        t.pods.apply(Event::InitDone);
-        t
+    }
+
+    fn tracker(d: Deployment, sets: Vec<ReplicaSet>, pods: Vec<Pod>) -> Stores {
+        Stores {
+            deployments: listed(vec![d]),
+            replicasets: listed(sets),
+            pods: listed(pods),
+        }
     }
 
     #[test]
@@ -869,7 +988,7 @@ mod tests {
             vec![replicaset("web-1", "1"), replicaset("web-2", "2")],
             vec![pod("a", "web-2", true), pod("b", "web-2", true)],
         );
-        let (phase, sample) = t.evaluate();
+        let (phase, sample) = t.tracker().evaluate();
         assert_eq!(phase, Phase::Complete);
         assert_eq!(sample.unwrap().ready_pods, 2);
     }
@@ -883,7 +1002,7 @@ mod tests {
             vec![pod("a", "web-1", true), pod("b", "web-1", true)],
         );
         assert!(
-            matches!(t.evaluate().0, Phase::Progressing(s) if s.contains("observe generation 2"))
+            matches!(t.tracker().evaluate().0, Phase::Progressing(s) if s.contains("observe generation 2"))
         );
     }
 
@@ -898,7 +1017,7 @@ mod tests {
                 pod("old", "web-1", false),
             ],
         );
-        let (phase, sample) = t.evaluate();
+        let (phase, sample) = t.tracker().evaluate();
         assert!(matches!(phase, Phase::Progressing(s) if s.contains("old ReplicaSets")));
         assert_eq!(sample.unwrap().old_pods, 1);
     }
@@ -914,7 +1033,7 @@ mod tests {
                 pod("c", "web-2", false),
             ],
         );
-        match t.evaluate().0 {
+        match t.tracker().evaluate().0 {
             Phase::Failed { reason, message } => {
                 assert_eq!(reason, "ProgressDeadlineExceeded");
                 assert!(message.contains("timed out progressing"));
@@ -930,18 +1049,7 @@ mod tests {
             vec![replicaset("web-2", "2")],
             vec![],
         );
-        assert!(matches!(t.evaluate().0, Phase::Progressing(_)));
-    }
-
-    #[test]
-    fn nothing_is_decided_before_every_watch_has_listed() {
-        let mut t = tracker(
-            deployment(1, 1, "1", [2, 2, 2, 2], false),
-            vec![replicaset("web-1", "1")],
-            vec![],
-        );
-        t.pods.synced = false;
-        assert_eq!(t.evaluate().0, Phase::Starting);
+        assert!(matches!(t.tracker().evaluate().0, Phase::Progressing(_)));
     }
 
     fn decided(phase: Phase, generation: i64) -> Progress {
@@ -951,7 +1059,6 @@ mod tests {
             decided_at: Some(Instant::now()),
             generation,
             decided_resource_version: Some("7".into()),
-            watch_errors: Vec::new(),
         }
     }
 
@@ -963,7 +1070,7 @@ mod tests {
             vec![replicaset("web-1", "1")],
             vec![pod("a", "web-1", true), pod("b", "web-1", true)],
         );
-        let (phase, sample) = t.evaluate();
+        let (phase, sample) = t.tracker().evaluate();
         assert_eq!(phase, Phase::Complete);
         let progress = decided(phase, sample.unwrap().generation);
         assert!(progress.settles(1));

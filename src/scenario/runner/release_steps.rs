@@ -117,19 +117,16 @@ pub(super) async fn update(run: &mut ScenarioRun<'_>, release: Release) -> Resul
         .as_ref()
         .is_some_and(|(_, previous)| same_pod_templates(&previous.bundle, &placed.bundle));
     let keys = deployment_keys(&placed);
-    let mut watches = Vec::new();
-    for (ns, name) in &keys {
-        match rollout::RolloutWatch::start(&run.cluster.client, ns, name).await {
-            Ok(watch) => watches.push(watch),
-            Err(e) => {
-                return Err(run.error(
-                    &format!("update-{}", release.as_str()),
-                    "the rollout watches start",
-                    chain(&e),
-                ));
-            }
+    let watches = match rollout::watch_all(&run.cluster.client, &keys).await {
+        Ok(watches) => watches,
+        Err(e) => {
+            return Err(run.error(
+                &format!("update-{}", release.as_str()),
+                "the rollout watches start",
+                chain(&e),
+            ));
         }
-    }
+    };
     run.kube_event(
         KubeEventKind::RolloutStarted,
         None,
