@@ -1919,13 +1919,18 @@ mod controls {
     fn the_fixture_pipeline_without_adservice_s_userid_route_fails_feature_routes() {
         use crate::scenario::pipeline::{Manifests, Pipeline};
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline");
-        let mut m =
-            Manifests::load(&dir.join("current"), Some(&dir.join("feature")), None).unwrap();
-        let feature = m.feature.as_mut().unwrap();
+        let mut feature = crate::manifests::load::load_path(&dir.join("feature")).unwrap();
         feature
             .bundle
             .objects
             .retain(|o| !(matches!(o, Object::VirtualService(_)) && o.name() == "adservice"));
+        let m = Manifests::from_loaded(
+            "fixtures/pipeline".into(),
+            crate::manifests::load::load_path(&dir.join("current")).unwrap(),
+            Some(feature),
+            None,
+        )
+        .unwrap();
         let judged = judge_scenarios(&Pipeline::Manifests(Box::new(m)));
         let failed: Vec<_> = judged.iter().filter(|(_, j)| !passes(j)).collect();
         assert_eq!(failed.len(), 1, "{failed:?}");

@@ -18,9 +18,8 @@ use crate::traffic::{self, TrafficError};
 
 /// The environment's public host: the first host of a VirtualService bound to a
 /// gateway (not `mesh`) that names one.
-pub fn environment_host(placed: &Placed) -> Option<String> {
-    placed
-        .bundle
+pub fn environment_host(bundle: &crate::manifests::Bundle) -> Option<String> {
+    bundle
         .of_kind("VirtualService")
         .filter_map(|o| o.to_json().ok())
         .filter(|vs| {

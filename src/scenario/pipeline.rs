@@ -65,13 +65,76 @@ pub struct Manifests {
     /// The environment's namespace: its Namespace object's name, else the
     /// namespace most of its objects name, else `default`.
     pub namespace: String,
-    pub current: Loaded,
     /// `--feature-manifests`: objects added to (or replacing) the current ones.
-    pub feature: Option<Loaded>,
+    feature: Option<Loaded>,
     /// `--next-manifests`: the next release, whole.
-    pub next: Option<Loaded>,
+    next: Option<Loaded>,
     /// `--feature-image SERVICE=REF`: images replacing the feature Deployments' ones.
     pub feature_images: Vec<(String, String)>,
+    /// The releases in the environment's namespace, computed once at load: each
+    /// placement only copies one into its scenario's namespace.
+    prepared: PreparedReleases,
+}
+
+/// A release of a pipeline's own manifests in the environment's namespace: the objects
+/// deployed, and those set aside (another namespace, cluster-scoped) as findings.
+#[derive(Clone, Debug)]
+struct Prepared {
+    bundle: Bundle,
+    not_deployed: Vec<Finding>,
+}
+
+#[derive(Clone, Debug)]
+struct PreparedReleases {
+    current: Prepared,
+    /// The current release with the feature's objects added or replacing theirs.
+    feature: Option<Prepared>,
+    next: Option<Prepared>,
+}
+
+impl PreparedReleases {
+    fn new(
+        namespace: &str,
+        current: &Loaded,
+        feature: Option<&Loaded>,
+        next: Option<&Loaded>,
+    ) -> Result<PreparedReleases, PipelineError> {
+        let prepare = |loaded: Loaded| -> Result<Prepared, PipelineError> {
+            let mut loaded = loaded;
+            let misplaced = load::place_in_namespace(&mut loaded, namespace)?;
+            Ok(Prepared {
+                bundle: loaded.bundle,
+                not_deployed: misplaced
+                    .iter()
+                    .map(|x| Finding::about(x.object.key(), format!("not deployed: {x}")))
+                    .collect(),
+            })
+        };
+        Ok(PreparedReleases {
+            current: prepare(current.clone())?,
+            feature: feature
+                .map(|feature| prepare(with_feature(current, feature)))
+                .transpose()?,
+            next: next.map(|next| prepare(next.clone())).transpose()?,
+        })
+    }
+}
+
+/// The current release with the feature's objects added, or replacing the current
+/// ones of the same kind, namespace and name.
+fn with_feature(current: &Loaded, feature: &Loaded) -> Loaded {
+    let mut loaded = current.clone();
+    for object in &feature.bundle.objects {
+        let key = object.key();
+        match loaded.bundle.objects.iter().position(|o| o.key() == key) {
+            Some(at) => loaded.bundle.objects[at] = object.clone(),
+            None => loaded.bundle.objects.push(object.clone()),
+        }
+        if let Some(source) = feature.sources.get(&key) {
+            loaded.sources.insert(key, source.clone());
+        }
+    }
+    loaded
 }
 
 impl Manifests {
@@ -88,20 +151,52 @@ impl Manifests {
         if stdin > 1 {
             return Err(PipelineError::StdinTwice);
         }
-        let loaded = load::load_path(current)?;
-        let namespace = environment_namespace(&loaded.bundle);
+        let dir = if current == Path::new("-") {
+            load::STDIN_NAME.to_string()
+        } else {
+            current.display().to_string()
+        };
+        Manifests::from_loaded(
+            dir,
+            load::load_path(current)?,
+            feature.map(load::load_path).transpose()?,
+            next.map(load::load_path).transpose()?,
+        )
+    }
+
+    /// The manifests of loaded objects; `dir` names where they came from.
+    pub fn from_loaded(
+        dir: String,
+        current: Loaded,
+        feature: Option<Loaded>,
+        next: Option<Loaded>,
+    ) -> Result<Manifests, PipelineError> {
+        let namespace = environment_namespace(&current.bundle);
+        let prepared =
+            PreparedReleases::new(&namespace, &current, feature.as_ref(), next.as_ref())?;
         Ok(Manifests {
-            dir: if current == Path::new("-") {
-                load::STDIN_NAME.to_string()
-            } else {
-                current.display().to_string()
-            },
+            dir,
             namespace,
-            current: loaded,
-            feature: feature.map(load::load_path).transpose()?,
-            next: next.map(load::load_path).transpose()?,
+            feature,
+            next,
             feature_images: Vec::new(),
+            prepared,
         })
+    }
+
+    /// The releases' objects as the pipeline has them, in its own namespace.
+    pub fn release_bundles(&self) -> impl Iterator<Item = &Bundle> {
+        std::iter::once(&self.prepared.current)
+            .chain(&self.prepared.feature)
+            .chain(&self.prepared.next)
+            .map(|p| &p.bundle)
+    }
+
+    /// Whether `host` names the environment's namespace (`svc.<namespace>` or
+    /// `svc.<namespace>.svc.cluster.local`), so that it moves with each scenario.
+    pub fn host_names_namespace(&self, host: &str) -> bool {
+        host.ends_with(&format!(".{}", self.namespace))
+            || host.ends_with(&format!(".{}.svc.cluster.local", self.namespace))
     }
 }
 
@@ -357,38 +452,19 @@ fn place_manifests(
     release: Release,
     namespace: &str,
 ) -> Result<Placed, PipelineError> {
-    let mut loaded = match release {
-        Release::Next => m.next.clone().unwrap_or_else(|| m.current.clone()),
-        _ => m.current.clone(),
+    let prepared = match release {
+        Release::Next => m.prepared.next.as_ref().unwrap_or(&m.prepared.current),
+        Release::Feature => m.prepared.feature.as_ref().ok_or(PipelineError::NotGiven {
+            release: "feature",
+            flag: "--feature-manifests",
+        })?,
+        Release::Current | Release::Broken => &m.prepared.current,
     };
-    if release == Release::Feature {
-        let Some(feature) = &m.feature else {
-            return Err(PipelineError::NotGiven {
-                release: "feature",
-                flag: "--feature-manifests",
-            });
-        };
-        for object in &feature.bundle.objects {
-            let key = object.key();
-            match loaded.bundle.objects.iter().position(|o| o.key() == key) {
-                Some(at) => loaded.bundle.objects[at] = object.clone(),
-                None => loaded.bundle.objects.push(object.clone()),
-            }
-            if let Some(source) = feature.sources.get(&key) {
-                loaded.sources.insert(key, source.clone());
-            }
-        }
-    }
-    let misplaced = load::place_in_namespace(&mut loaded, &m.namespace)?;
-    let not_deployed = misplaced
-        .iter()
-        .map(|x| Finding::about(x.object.key(), format!("not deployed: {x}")))
-        .collect();
-    let mut bundle = loaded.bundle;
+    let mut bundle = prepared.bundle.clone();
     move_namespace(&mut bundle, &m.namespace, namespace);
     Ok(Placed {
         bundle,
-        not_deployed,
+        not_deployed: prepared.not_deployed.clone(),
         broken: None,
     })
 }

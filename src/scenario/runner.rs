@@ -133,24 +133,16 @@ pub async fn run(
     let order: Vec<String> = scenarios.iter().map(|s| s.name.clone()).collect();
     let config = Arc::new(config.clone());
     let locks = Arc::new(locks::GatewayLocks::new());
-    // The one gateway host the pipeline's releases share whatever the scenario (a
-    // pipeline's own manifests name it); learned once by a trial placement, since the
-    // reference's host follows the namespace and is never shared.
-    let shared_host = [Release::Current, Release::Feature]
-        .into_iter()
-        .find_map(|r| {
-            config
-                .pipeline
-                .place(
-                    r,
-                    "cdcheck-probe-host",
-                    &config.run_id,
-                    ReferenceOverrides::default(),
-                )
-                .ok()
-        })
-        .and_then(|placed| super::dataplane::environment_host(&placed))
-        .filter(|h| !h.starts_with("cdcheck-probe-host"));
+    // The one gateway host the pipeline's releases share whatever the scenario: a
+    // pipeline's own manifests name it; the reference's host follows the namespace and
+    // is never shared.
+    let shared_host = match &config.pipeline {
+        Pipeline::Reference(_) => None,
+        Pipeline::Manifests(m) => m
+            .release_bundles()
+            .find_map(super::dataplane::environment_host)
+            .filter(|h| !m.host_names_namespace(h)),
+    };
     // Longest first: the run then lasts about as long as its longest scenario
     // rather than that plus whatever was started before it.
     let mut scenarios = scenarios;

@@ -30,7 +30,7 @@ fn ingress_and_host(run: &mut ScenarioRun<'_>, step: &Step) -> Result<(DataPlane
     let host = run
         .deployed
         .as_ref()
-        .and_then(|(_, placed)| dataplane::environment_host(placed));
+        .and_then(|(_, placed)| dataplane::environment_host(&placed.bundle));
     match host {
         Some(host) => Ok((ingress, host)),
         None => Err(run.error(
