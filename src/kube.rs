@@ -8,6 +8,7 @@
 //! - [`rollback`]: redeploy the previous bundle, `rollout undo`.
 //! - [`rbac`]: the allow/deny matrix of a ServiceAccount, by SubjectAccessReview and real requests.
 //! - [`drain`]: cordon a node and evict its pods through the eviction API (PDBs honoured).
+//! - [`pod_watch`]: one namespace's pods watched from a complete list: ready floors and terminations.
 //! - [`diagnostics`]: events, pod statuses and ReplicaSet history for a failure report.
 
 pub mod apply;
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod diagnostics;
 pub mod drain;
 pub mod placement;
+pub mod pod_watch;
 pub mod rbac;
 pub mod release;
 pub mod rollback;

@@ -93,7 +93,7 @@ pub struct RunningLoad {
     pub events_before: usize,
     /// The watch of the scenario's pods while the load runs (the runner starts it), so the
     /// pod terminations the load covered can be counted.
-    pub pods: Option<crate::kube::drain::PodWatch>,
+    pub pods: Option<crate::kube::pod_watch::PodWatch>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<Timeline, TrafficError>>,
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ::kube::api::Api;
 
 use super::{Abort, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ScenarioRun, Step, chain, step_check_name};
-use crate::kube::drain::PodWatch;
+use crate::kube::pod_watch::PodWatch;
 use crate::names::{ISTIO_NAMESPACE, RUN_LABEL};
 use crate::report::{Finding, KubeEventKind};
 use crate::scenario::dataplane;
