@@ -201,6 +201,55 @@ pub fn check_pair(pem: &PemPair, cert: &Path, key: &Path, host: &str) -> Result<
     Ok(())
 }
 
+/// The certificate a Secret gives Istio's gateway, read as Istio reads it (pilot's
+/// `extractKeyAndCert`): a non-empty `cert` and `key` (a generic Secret) first, else a
+/// non-empty `tls.crt` and `tls.key`, whatever the Secret's type. `stringData` (as written
+/// in manifests) counts as `data`. `Err` says what the Secret lacks.
+pub fn gateway_certificate(secret: &Secret) -> Result<Vec<u8>, String> {
+    let value = |key: &str| -> Option<Vec<u8>> {
+        let from_data = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone());
+        let from_string_data = || {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        };
+        from_data
+            .or_else(from_string_data)
+            .filter(|v| !v.is_empty())
+    };
+    for (cert, key) in [("cert", "key"), ("tls.crt", "tls.key")] {
+        if let (Some(certificate), Some(_)) = (value(cert), value(key)) {
+            return Ok(certificate);
+        }
+    }
+    let mut keys: Vec<&String> = secret
+        .data
+        .iter()
+        .flat_map(|d| d.keys())
+        .chain(secret.string_data.iter().flat_map(|d| d.keys()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    Err(format!(
+        "has neither a non-empty cert and key nor a non-empty tls.crt and tls.key, which is \
+         what Istio's gateway reads (its keys: {})",
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ))
+}
+
 /// A self-signed certificate for `host`, valid from an hour ago for 90 days.
 pub fn self_signed(host: &str) -> Result<PemPair, TlsError> {
     let generate = |source| TlsError::Generate {
@@ -268,4 +317,61 @@ pub fn secret(pair: &PemPair, options: &Options) -> Secret {
 pub fn render_secret(options: &Options) -> Result<Vec<Object>, super::ManifestError> {
     let pair = pair_for(options)?;
     Ok(vec![Object::Secret(secret(&pair, options))])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_data_counts_and_empty_values_do_not() {
+        let secret = |data: &[(&str, &str)], string_data: &[(&str, &str)]| Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            string_data: Some(
+                string_data
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        // As a manifest writes it: `stringData`.
+        assert_eq!(
+            gateway_certificate(&secret(&[], &[("tls.crt", "C"), ("tls.key", "K")])),
+            Ok(b"C".to_vec())
+        );
+        // Istio prefers the generic pair when both are there.
+        assert_eq!(
+            gateway_certificate(&secret(
+                &[
+                    ("cert", "G"),
+                    ("key", "K"),
+                    ("tls.crt", "T"),
+                    ("tls.key", "K")
+                ],
+                &[]
+            )),
+            Ok(b"G".to_vec())
+        );
+        // An empty cert is no cert: the TLS pair is read instead.
+        assert_eq!(
+            gateway_certificate(&secret(
+                &[
+                    ("cert", ""),
+                    ("key", "K"),
+                    ("tls.crt", "T"),
+                    ("tls.key", "K")
+                ],
+                &[]
+            )),
+            Ok(b"T".to_vec())
+        );
+        let why =
+            gateway_certificate(&secret(&[("tls.crt", "T"), ("tls.key", "")], &[])).unwrap_err();
+        assert!(why.ends_with("(its keys: tls.crt, tls.key)"), "{why}");
+    }
 }

@@ -760,26 +760,6 @@ fn secrets(bundle: &Bundle) -> Vec<&Secret> {
 }
 
 /// The certificate PEM of a TLS Secret (`tls.crt`, or a generic Secret's `cert`).
-fn certificate_pem(secret: &Secret) -> Option<String> {
-    let data = secret.data.as_ref();
-    let string_data = secret.string_data.as_ref();
-    ["tls.crt", "cert"].iter().find_map(|k| {
-        data.and_then(|d| d.get(*k))
-            .map(|b| String::from_utf8_lossy(&b.0).to_string())
-            .or_else(|| string_data.and_then(|d| d.get(*k)).cloned())
-    })
-}
-
-fn has_key(secret: &Secret, keys: &[&str]) -> bool {
-    keys.iter().any(|k| {
-        secret.data.as_ref().is_some_and(|d| d.contains_key(*k))
-            || secret
-                .string_data
-                .as_ref()
-                .is_some_and(|d| d.contains_key(*k))
-    })
-}
-
 /// Every HTTPS server's credentialName, with its Gateway and hosts.
 fn https_servers(bundle: &Bundle) -> Vec<(String, Option<String>, Vec<String>)> {
     let mut out = Vec::new();
@@ -842,21 +822,10 @@ fn tls_secret(view: &PipelineView) -> Judgement {
             ));
             continue;
         };
-        let secret_key = key("Secret", GATEWAY_NAMESPACE, &credential);
-        let kind = secret.type_.clone().unwrap_or_else(|| "Opaque".into());
-        let (cert_keys, key_keys): (&[&str], &[&str]) = if kind == "kubernetes.io/tls" {
-            (&["tls.crt"], &["tls.key"])
-        } else {
-            (&["cert"], &["key"])
-        };
-        if !has_key(secret, cert_keys) || !has_key(secret, key_keys) {
+        if let Err(why) = crate::manifests::tls::gateway_certificate(secret) {
             out.push(Finding::about(
-                secret_key,
-                format!(
-                    "type {kind} needs {} and {}",
-                    cert_keys.join("/"),
-                    key_keys.join("/")
-                ),
+                key("Secret", GATEWAY_NAMESPACE, &credential),
+                why,
             ));
         }
     }
@@ -890,9 +859,15 @@ fn certificate(view: &PipelineView) -> Judgement {
             GATEWAY_NAMESPACE,
             secret.metadata.name.as_deref().unwrap_or(""),
         );
-        let Some(pem) = certificate_pem(secret) else {
-            out.push(Finding::about(secret_key, "holds no certificate"));
-            continue;
+        let pem = match crate::manifests::tls::gateway_certificate(secret) {
+            Ok(pem) => String::from_utf8_lossy(&pem).to_string(),
+            Err(_) => {
+                out.push(Finding::about(
+                    secret_key,
+                    "holds no certificate (see tls-secret)",
+                ));
+                continue;
+            }
         };
         match certificate_facts(&pem) {
             Err(why) => out.push(Finding::about(secret_key, why)),

@@ -291,11 +291,11 @@ pub async fn probe_http(ingress: &DataPlane, host: &str) -> Vec<Finding> {
 /// What the Secret a Gateway's `credentialName` names holds, as Istio reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
-    /// The certificate (PEM) of a `kubernetes.io/tls` Secret (`tls.crt`) or of a generic
-    /// one (`cert`), the two shapes Istio's gateway accepts.
+    /// The certificate (PEM) Istio's gateway reads from the Secret
+    /// ([`crate::manifests::tls::gateway_certificate`]).
     Certificate(Vec<u8>),
-    /// The Secret exists but holds neither `tls.crt` nor `cert`.
-    NoCertificate,
+    /// The Secret exists but gives the gateway no certificate: why.
+    NoCertificate(String),
     /// No such Secret.
     Missing,
     /// The API did not say (an error other than not-found): nothing can be compared.
@@ -307,10 +307,9 @@ impl Credential {
         let Some(secret) = secret else {
             return Credential::Missing;
         };
-        let data = secret.data.clone().unwrap_or_default();
-        match data.get("tls.crt").or_else(|| data.get("cert")) {
-            Some(pem) => Credential::Certificate(pem.0.clone()),
-            None => Credential::NoCertificate,
+        match crate::manifests::tls::gateway_certificate(secret) {
+            Ok(pem) => Credential::Certificate(pem),
+            Err(why) => Credential::NoCertificate(why),
         }
     }
 }
@@ -361,8 +360,8 @@ pub async fn probe_tls(
         Credential::Missing => findings.push(Finding::new(format!(
             "the Gateway's credentialName names {named}, which does not exist in {namespace}"
         ))),
-        Credential::NoCertificate => findings.push(Finding::new(format!(
-            "the Gateway's credentialName names {named}, which has neither tls.crt nor cert"
+        Credential::NoCertificate(why) => findings.push(Finding::new(format!(
+            "the Gateway's credentialName names {named}, which {why}"
         ))),
         Credential::Unreadable(why) => findings.push(Finding::new(format!(
             "cdcheck could not read {named} to compare it with what was served: {why}"
@@ -468,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn both_secret_shapes_istio_reads_give_the_certificate() {
+    fn the_secret_shapes_istio_reads_give_the_certificate_whatever_the_type() {
         let tls = secret("kubernetes.io/tls", &["tls.crt", "tls.key"]);
         assert_eq!(
             Credential::of(Some(&tls)),
@@ -479,8 +478,24 @@ mod tests {
             Credential::of(Some(&generic)),
             Credential::Certificate(b"pem of cert".to_vec())
         );
+        // `kubectl create secret generic --from-file=tls.crt --from-file=tls.key`.
+        let generic_tls_keys = secret("Opaque", &["tls.crt", "tls.key", "ca.crt"]);
+        assert_eq!(
+            Credential::of(Some(&generic_tls_keys)),
+            Credential::Certificate(b"pem of tls.crt".to_vec())
+        );
+        // A certificate without its key serves nothing.
+        let no_key = secret("kubernetes.io/tls", &["tls.crt"]);
+        assert!(
+            matches!(Credential::of(Some(&no_key)), Credential::NoCertificate(why) if why.contains("its keys: tls.crt")),
+            "{:?}",
+            Credential::of(Some(&no_key))
+        );
         let neither = secret("Opaque", &["password"]);
-        assert_eq!(Credential::of(Some(&neither)), Credential::NoCertificate);
+        assert!(matches!(
+            Credential::of(Some(&neither)),
+            Credential::NoCertificate(_)
+        ));
         assert_eq!(Credential::of(None), Credential::Missing);
     }
 
