@@ -242,10 +242,17 @@ pub(super) async fn probe(
             return Err(run.error(&name, &step.label(), why));
         }
     }
-    let mut detail = String::new();
-    let findings = match kind {
-        ProbeKind::Http => dataplane::probe_http(&ingress, &host).await,
-        ProbeKind::Tls => probe_tls(run, &ingress, &host).await,
+    // Each probe's verdict and what it claims: the gRPC probe's claim carries its
+    // measured times to SERVING.
+    let (findings, description) = match kind {
+        ProbeKind::Http => (
+            dataplane::probe_http(&ingress, &host).await,
+            format!("/_healthz of http://{host} answers through the gateway"),
+        ),
+        ProbeKind::Tls => (
+            probe_tls(run, &ingress, &host).await,
+            format!("the gateway serves the Gateway's certificate for {host}"),
+        ),
         ProbeKind::Routing => {
             // The userid hop inside the mesh is a check of its own, recorded first. The
             // scenario runs on a feature release only, so a release without a userid
@@ -256,24 +263,21 @@ pub(super) async fn probe(
                 "gRPC calls with the session's userid reach the feature adservice from inside the mesh, and no other call does",
                 findings,
             );
-            probe_routing(run, &ingress, &host).await
+            (
+                probe_routing(run, &ingress, &host).await,
+                "the session's requests reach the feature branch and no other request does".into(),
+            )
         }
         ProbeKind::Grpc => {
             let (findings, timings) = probe_grpc(run).await;
-            detail = timings;
-            findings
+            (
+                findings,
+                format!(
+                    "every gRPC backend answers SERVING from inside the mesh at the first \
+                     answer of its own after its rollout completed{timings}"
+                ),
+            )
         }
-    };
-    let description = match kind {
-        ProbeKind::Http => format!("/_healthz of http://{host} answers through the gateway"),
-        ProbeKind::Tls => format!("the gateway serves the Gateway's certificate for {host}"),
-        ProbeKind::Routing => {
-            "the session's requests reach the feature branch and no other request does".into()
-        }
-        ProbeKind::Grpc => format!(
-            "every gRPC backend answers SERVING from inside the mesh at the first answer of \
-             its own after its rollout completed{detail}"
-        ),
     };
     run.judged(&name, &description, findings);
     Ok(())
