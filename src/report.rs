@@ -286,6 +286,19 @@ pub struct StepTime {
     #[serde(with = "millis")]
     #[schemars(with = "u64")]
     pub duration: Duration,
+    /// For a step that waited for rollouts: the Deployment that took longest, which sets
+    /// the step's floor (its readiness delays, surge and preStop, as the pipeline set them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowest_rollout: Option<SlowestRollout>,
+}
+
+/// The Deployment whose rollout took longest in a step, and how long.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SlowestRollout {
+    pub deployment: String,
+    #[serde(with = "millis")]
+    #[schemars(with = "u64")]
+    pub took: Duration,
 }
 
 impl LoadResult {

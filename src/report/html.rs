@@ -209,6 +209,11 @@ fn scenario_section(scenario: &ScenarioReport) -> Markup {
                         @for (i, step) in scenario.time.steps.iter().enumerate() {
                             @if i > 0 { " · " }
                             (step.step) " " b { (format!("{:.1} s", step.duration.as_secs_f64())) }
+                            @if let Some(slowest) = &step.slowest_rollout {
+                                span class="dim" {
+                                    (format!(" (slowest rollout: {} {:.1} s)", slowest.deployment, slowest.took.as_secs_f64()))
+                                }
+                            }
                         }
                     }
                 }

@@ -271,6 +271,8 @@ struct ScenarioRun<'a> {
     load_results: Vec<crate::report::LoadResult>,
     /// The wall time of each step that ran.
     step_times: Vec<crate::report::StepTime>,
+    /// The current step's slowest rollout, noted by the release steps.
+    step_slowest_rollout: Option<crate::report::SlowestRollout>,
     /// The in-mesh client, once a step needed one.
     mesh_client: Option<crate::mesh::client::InMeshClient>,
 }
@@ -366,6 +368,23 @@ impl<'a> ScenarioRun<'a> {
     fn released(&mut self, release: Release, placed: Placed) {
         self.deployed = Some((release, placed));
         self.history.push(release);
+    }
+
+    /// Notes the step's rollouts: the slowest one (from its watch's start to completion)
+    /// is reported with the step's time.
+    fn note_rollouts<'r>(
+        &mut self,
+        rollouts: impl IntoIterator<Item = &'r crate::kube::rollout::RolloutReport>,
+    ) {
+        let slowest = rollouts
+            .into_iter()
+            .map(|r| crate::report::SlowestRollout {
+                deployment: r.name.clone(),
+                took: r.took,
+            })
+            .chain(self.step_slowest_rollout.take())
+            .max_by_key(|r| r.took);
+        self.step_slowest_rollout = slowest;
     }
 
     fn kube_event(&mut self, kind: KubeEventKind, object: Option<String>, detail: String) {
@@ -479,6 +498,7 @@ async fn run_scenario(
         step_at: emitter.at(),
         loads: BTreeMap::new(),
         step_times: Vec::new(),
+        step_slowest_rollout: None,
         load_results: Vec::new(),
         mesh_client: None,
     };
@@ -592,6 +612,7 @@ async fn run_steps(run: &mut ScenarioRun<'_>) {
         run.step_times.push(crate::report::StepTime {
             step: step.label(),
             duration: run.step_started.elapsed(),
+            slowest_rollout: run.step_slowest_rollout.take(),
         });
         if result.is_err() {
             for later in steps.iter().skip(index + 1) {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use cdcheck::report::{
     CheckResult, Event, Finding, KubeEvent, KubeEventKind, LoadResult, OutageWindow, RequestPoint,
-    RunReport, SCHEMA_VERSION, ScenarioReport, SkipKind, StepTime, TimeBreakdown, Totals, Verdict,
+    RunReport, SCHEMA_VERSION, ScenarioReport, SkipKind, SlowestRollout, StepTime, TimeBreakdown,
+    Totals, Verdict,
 };
 
 pub const FAILED_SCENARIO: &str = "zero-downtime-rolling";
@@ -329,10 +330,15 @@ fn bluegreen_passed() -> ScenarioReport {
                 StepTime {
                     step: "deploy current".into(),
                     duration: Duration::from_millis(9_100),
+                    slowest_rollout: None,
                 },
                 StepTime {
                     step: "switch to next".into(),
                     duration: Duration::from_millis(21_700),
+                    slowest_rollout: Some(SlowestRollout {
+                        deployment: "adservice-v2".into(),
+                        took: Duration::from_millis(20_300),
+                    }),
                 },
             ],
         },

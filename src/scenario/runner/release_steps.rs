@@ -60,6 +60,7 @@ pub(super) async fn deploy(run: &mut ScenarioRun<'_>, release: Release) -> Resul
     .await;
     match result {
         Ok(report) => {
+            run.note_rollouts(&report.rollouts);
             run.kube_event(
                 KubeEventKind::RolloutComplete,
                 None,
@@ -150,6 +151,7 @@ pub(super) async fn update(run: &mut ScenarioRun<'_>, release: Release) -> Resul
     for ((_, name), result) in keys.iter().zip(results) {
         match result {
             Ok(report) => {
+                run.note_rollouts([&report]);
                 let is_ha = placed
                     .bundle
                     .deployments()
@@ -253,6 +255,7 @@ pub(super) async fn switch(run: &mut ScenarioRun<'_>, release: Release) -> Resul
     .await;
     match result {
         Ok(report) => {
+            run.note_rollouts(&report.rollouts);
             // The switch's own timeline, observed by watches apart from the switch itself.
             let origin = run.since_run_start(report.started_at);
             for event in &report.events {
@@ -592,6 +595,9 @@ pub(super) async fn rollback_to(run: &mut ScenarioRun<'_>, release: Release) -> 
     )
     .await;
     let failed = result.is_err();
+    if let Ok(report) = &result {
+        run.note_rollouts(&report.rollouts);
+    }
     run.judged(
         "rollback-rolls-out",
         "the previous release redeploys and rolls out",
@@ -717,7 +723,10 @@ pub(super) async fn undo(run: &mut ScenarioRun<'_>) -> Result<(), Abort> {
     .await;
     for ((ns, name), result) in keys.into_iter().zip(results) {
         match result {
-            Ok(_) => undone.push(name),
+            Ok(report) => {
+                run.note_rollouts([&report.rollout]);
+                undone.push(name)
+            }
             Err(rollback::RollbackError::NoPreviousRevision { .. }) => limitations.push(name),
             Err(e) => failures.push(Finding::about(format!("Deployment/{ns}/{name}"), chain(&e))),
         }
