@@ -13,6 +13,8 @@
 mod support_envoy;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use cdcheck::agent::{self, AgentOptions, Batch, Record};
@@ -31,39 +33,66 @@ fn feature() -> String {
     agent::stats::IstioCluster::name_of("adservice-myfeature", NS, 9555)
 }
 
-/// A sidecar-like Envoy: one outbound listener, the two adservice clusters, Istio's stats tags.
-fn sidecar(userid_match: Value, main: &GrpcBackend, feat: &GrpcBackend) -> Value {
-    sidecar_with_mainline(userid_match, &[main.addr], feat)
+/// The mainline and feature adservice backends the sidecars route to.
+struct Adservice {
+    main: GrpcBackend,
+    feat: GrpcBackend,
 }
 
-/// A sidecar-like Envoy whose mainline cluster has the endpoints `mainline_endpoints`.
-fn sidecar_with_mainline(
-    userid_match: Value,
-    mainline_endpoints: &[std::net::SocketAddr],
-    feat: &GrpcBackend,
-) -> Value {
-    let mut config = bootstrap(
-        vec![http_listener(
-            "outbound",
+impl Adservice {
+    async fn start() -> Adservice {
+        Adservice {
+            main: GrpcBackend::start("adservice-0").await,
+            feat: GrpcBackend::start("adservice-myfeature-0").await,
+        }
+    }
+
+    /// A sidecar-like Envoy: one outbound listener, the two adservice clusters, Istio's stats
+    /// tags; requests matching `userid_match` go to the feature.
+    async fn sidecar(&self, binary: &Path, userid_match: Value) -> Envoy {
+        self.sidecar_with_mainline(binary, userid_match, &[self.main.addr])
+            .await
+    }
+
+    /// [`Adservice::sidecar`] whose mainline cluster has the endpoints `mainline_endpoints`.
+    async fn sidecar_with_mainline(
+        &self,
+        binary: &Path,
+        userid_match: Value,
+        mainline_endpoints: &[SocketAddr],
+    ) -> Envoy {
+        let mut config = bootstrap(
+            vec![http_listener(
+                "outbound",
+                vec![
+                    route(&feature(), vec![userid_match]),
+                    route(&mainline(), vec![]),
+                ],
+            )],
             vec![
-                route(&feature(), vec![userid_match]),
-                route(&mainline(), vec![]),
+                cluster(&mainline(), mainline_endpoints, true, None),
+                cluster(&feature(), &[self.feat.addr], true, None),
             ],
-        )],
-        vec![
-            cluster(&mainline(), mainline_endpoints, true, None),
-            cluster(&feature(), &[feat.addr], true, None),
-        ],
-    );
-    // Istio's bootstrap: no default tags, `cluster_name` from the cluster stat's name.
-    config["stats_config"] = json!({
-        "use_all_default_tags": false,
-        "stats_tags": [{
-            "tag_name": "cluster_name",
-            "regex": r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)",
-        }],
-    });
-    config
+        );
+        // Istio's bootstrap: no default tags, `cluster_name` from the cluster stat's name.
+        config["stats_config"] = json!({
+            "use_all_default_tags": false,
+            "stats_tags": [{
+                "tag_name": "cluster_name",
+                "regex": r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)",
+            }],
+        });
+        Envoy::start(binary, &config).await
+    }
+}
+
+/// The adservice backends and a sidecar with the route Istio renders from `userid: {exact: s1}`.
+async fn exact_route_sidecar(binary: &Path) -> (Adservice, Envoy) {
+    let adservice = Adservice::start().await;
+    let envoy = adservice
+        .sidecar(binary, header_exact("userid", "s1"))
+        .await;
+    (adservice, envoy)
 }
 
 fn options(envoy: &Envoy, batches: &[&str]) -> AgentOptions {
@@ -95,45 +124,41 @@ fn batches(records: &[Record]) -> BTreeMap<Option<String>, Record> {
         .collect()
 }
 
+/// The verdict on the batch of `userid` (`None`: the batch without one) when it should all
+/// have reached `expected`.
+fn judge(
+    by_user: &BTreeMap<Option<String>, Record>,
+    userid: Option<&str>,
+    expected: &str,
+) -> Result<(), String> {
+    agent::judge_batch(&by_user[&userid.map(str::to_string)], expected)
+}
+
 #[tokio::test]
 async fn batches_are_attributed_by_the_sidecars_cluster_counters_and_a_leaky_route_is_caught() {
     cdcheck::install_crypto_provider();
-    let Some(binary) = support_envoy::envoy_or_skip("agent attribution") else {
-        return;
-    };
-    let main = GrpcBackend::start("adservice-0").await;
-    let feat = GrpcBackend::start("adservice-myfeature-0").await;
-
-    // The route Istio renders from `userid: {exact: s1}`.
-    let envoy = Envoy::start(
-        &binary,
-        &sidecar(header_exact("userid", "s1"), &main, &feat),
-    )
-    .await;
+    let binary = require_envoy!("agent attribution");
+    let (adservice, envoy) = exact_route_sidecar(&binary).await;
     let (records, failed) = run(&options(&envoy, &["s1=20", "-=15", "s1x=10"])).await;
     assert!(!failed, "{records:#?}");
     let by_user = batches(&records);
-    let Record::Batch { clusters, .. } = &by_user[&Some("s1".into())] else {
+    let Record::Batch {
+        clusters,
+        endpoints,
+        ..
+    } = &by_user[&Some("s1".into())]
+    else {
         unreachable!()
     };
     assert_eq!(*clusters, BTreeMap::from([(feature(), 20)]), "{records:#?}");
-    let Record::Batch { endpoints, .. } = &by_user[&Some("s1".into())] else {
-        unreachable!()
-    };
     assert_eq!(
         *endpoints,
-        BTreeMap::from([(feat.addr.to_string(), 20)]),
+        BTreeMap::from([(adservice.feat.addr.to_string(), 20)]),
         "{records:#?}"
     );
-    assert_eq!(
-        agent::judge_batch(&by_user[&Some("s1".into())], "adservice-myfeature"),
-        Ok(())
-    );
-    assert_eq!(agent::judge_batch(&by_user[&None], "adservice"), Ok(()));
-    assert_eq!(
-        agent::judge_batch(&by_user[&Some("s1x".into())], "adservice"),
-        Ok(())
-    );
+    assert_eq!(judge(&by_user, Some("s1"), "adservice-myfeature"), Ok(()));
+    assert_eq!(judge(&by_user, None, "adservice"), Ok(()));
+    assert_eq!(judge(&by_user, Some("s1x"), "adservice"), Ok(()));
     let Record::Batch { services, .. } = &by_user[&None] else {
         unreachable!()
     };
@@ -148,20 +173,15 @@ async fn batches_are_attributed_by_the_sidecars_cluster_counters_and_a_leaky_rou
 
     // Control: `userid` matched by prefix, as a careless VirtualService would. The exact
     // session still goes to the feature, but the look-alike leaks there too.
-    let leaky = Envoy::start(
-        &binary,
-        &sidecar(header_prefix("userid", "s1"), &main, &feat),
-    )
-    .await;
+    let leaky = adservice
+        .sidecar(&binary, header_prefix("userid", "s1"))
+        .await;
     let (records, _) = run(&options(&leaky, &["s1=20", "-=15", "s1x=10"])).await;
     let by_user = batches(&records);
+    assert_eq!(judge(&by_user, Some("s1"), "adservice-myfeature"), Ok(()));
+    assert_eq!(judge(&by_user, None, "adservice"), Ok(()));
     assert_eq!(
-        agent::judge_batch(&by_user[&Some("s1".into())], "adservice-myfeature"),
-        Ok(())
-    );
-    assert_eq!(agent::judge_batch(&by_user[&None], "adservice"), Ok(()));
-    assert_eq!(
-        agent::judge_batch(&by_user[&Some("s1x".into())], "adservice"),
+        judge(&by_user, Some("s1x"), "adservice"),
         Err("userid s1x: 10 of 10 requests went elsewhere than adservice (10 to adservice-myfeature)".into())
     );
 }
@@ -169,27 +189,23 @@ async fn batches_are_attributed_by_the_sidecars_cluster_counters_and_a_leaky_rou
 #[tokio::test]
 async fn a_mainline_cluster_that_lists_feature_pods_is_named_per_host() {
     cdcheck::install_crypto_provider();
-    let Some(binary) = support_envoy::envoy_or_skip("agent per-host attribution") else {
-        return;
-    };
-    let main = GrpcBackend::start("adservice-0").await;
-    let feat = GrpcBackend::start("adservice-myfeature-0").await;
-    let envoy = Envoy::start(
-        &binary,
-        &sidecar_with_mainline(header_exact("userid", "s1"), &[main.addr, feat.addr], &feat),
-    )
-    .await;
+    let binary = require_envoy!("agent per-host attribution");
+    let adservice = Adservice::start().await;
+    let (main, feat) = (adservice.main.addr, adservice.feat.addr);
+    let envoy = adservice
+        .sidecar_with_mainline(&binary, header_exact("userid", "s1"), &[main, feat])
+        .await;
     let (records, failed) = run(&options(&envoy, &["-=20"])).await;
     assert!(!failed, "{records:#?}");
     let by_user = batches(&records);
     // Per cluster the batch looks right: every request went to the mainline's cluster.
-    assert_eq!(agent::judge_batch(&by_user[&None], "adservice"), Ok(()));
+    assert_eq!(judge(&by_user, None, "adservice"), Ok(()));
     // Per host, the feature's backend answered some of them (round robin: about half).
     let Record::Batch { endpoints, .. } = &by_user[&None] else {
         unreachable!()
     };
-    let to_feature = endpoints.get(&feat.addr.to_string()).copied().unwrap_or(0);
-    let to_mainline = endpoints.get(&main.addr.to_string()).copied().unwrap_or(0);
+    let to_feature = endpoints.get(&feat.to_string()).copied().unwrap_or(0);
+    let to_mainline = endpoints.get(&main.to_string()).copied().unwrap_or(0);
     assert_eq!(to_feature + to_mainline, 20, "{records:#?}");
     assert!(to_feature > 0, "{records:#?}");
 }
@@ -197,16 +213,8 @@ async fn a_mainline_cluster_that_lists_feature_pods_is_named_per_host() {
 #[tokio::test]
 async fn stats_that_cannot_be_read_are_an_error_record_not_an_attribution() {
     cdcheck::install_crypto_provider();
-    let Some(binary) = support_envoy::envoy_or_skip("agent stats error") else {
-        return;
-    };
-    let main = GrpcBackend::start("adservice-0").await;
-    let feat = GrpcBackend::start("adservice-myfeature-0").await;
-    let envoy = Envoy::start(
-        &binary,
-        &sidecar(header_exact("userid", "s1"), &main, &feat),
-    )
-    .await;
+    let binary = require_envoy!("agent stats error");
+    let (_adservice, envoy) = exact_route_sidecar(&binary).await;
     let mut options = options(&envoy, &["s1=3"]);
     options.stats_url = format!("http://{}/no-such-stats", envoy.admin);
     let (records, failed) = run(&options).await;
@@ -227,16 +235,9 @@ async fn stats_that_cannot_be_read_are_an_error_record_not_an_attribution() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdcheck_agent_streams_json_lines_with_attribution_and_health() {
     cdcheck::install_crypto_provider();
-    let Some(binary) = support_envoy::envoy_or_skip("cdcheck agent") else {
-        return;
-    };
-    let main = GrpcBackend::start("adservice-0").await;
-    let feat = GrpcBackend::start("adservice-myfeature-0").await;
-    let envoy = Envoy::start(
-        &binary,
-        &sidecar(header_exact("userid", "s1"), &main, &feat),
-    )
-    .await;
+    let binary = require_envoy!("cdcheck agent");
+    let (adservice, envoy) = exact_route_sidecar(&binary).await;
+    let (main, feat) = (&adservice.main, &adservice.feat);
     let agent = |health: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
             .args([

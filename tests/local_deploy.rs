@@ -6,6 +6,7 @@
 //! eviction API, and fails on a drain by plain DELETE and on one without PDBs.
 
 mod common;
+mod support_frontend;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use common::{Cluster, chain};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
+use support_frontend::frontend_pods;
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -358,6 +360,27 @@ async fn drain_packed_frontend(
     judged_drain(cluster, env, &node, method).await
 }
 
+/// A negative control's drain: frontend's two replicas pinned to one node (their replacements
+/// stay Pending), with or without its PDB, drained by `method`. Asserts the drain is caught as
+/// both replicas gone at once, and returns the check for what else the control asserts.
+async fn drain_caught_as_a_dip(
+    cluster: &Cluster,
+    env: &str,
+    with_pdb: bool,
+    method: DrainMethod,
+) -> drain::DrainCheck {
+    let checked = drain_packed_frontend(cluster, env, Pin::Required, with_pdb, method).await;
+    assert_eq!(
+        checked.findings,
+        [DrainFinding::Dip {
+            app: "frontend".into(),
+            min_ready: 0,
+            floor: 1
+        }]
+    );
+    checked
+}
+
 /// Positive control of the packed case: the eviction API and the PDB keep one
 /// replica ready although both sat on the drained node. How the PDB holds back
 /// the second eviction varies (a 429, or the API server retrying its conflicting
@@ -382,16 +405,7 @@ async fn packed_replicas_drained_through_the_eviction_api_are_protected_by_the_p
 async fn a_drain_by_plain_delete_is_caught_as_a_dip() {
     let cluster = &require_cluster!();
     common::with_temp_env(cluster, "delete", |env| async move {
-        let checked =
-            drain_packed_frontend(cluster, &env, Pin::Required, true, DrainMethod::Delete).await;
-        assert_eq!(
-            checked.findings,
-            [DrainFinding::Dip {
-                app: "frontend".into(),
-                min_ready: 0,
-                floor: 1
-            }]
-        );
+        drain_caught_as_a_dip(cluster, &env, true, DrainMethod::Delete).await;
     })
     .await;
 }
@@ -401,17 +415,8 @@ async fn a_drain_by_plain_delete_is_caught_as_a_dip() {
 async fn a_drain_without_pdb_is_caught_as_a_dip() {
     let cluster = &require_cluster!();
     common::with_temp_env(cluster, "nopdb", |env| async move {
-        let checked =
-            drain_packed_frontend(cluster, &env, Pin::Required, false, DrainMethod::Evict).await;
+        let checked = drain_caught_as_a_dip(cluster, &env, false, DrainMethod::Evict).await;
         assert!(checked.report.refusals.is_empty(), "{:?}", checked.report);
-        assert_eq!(
-            checked.findings,
-            [DrainFinding::Dip {
-                app: "frontend".into(),
-                min_ready: 0,
-                floor: 1
-            }]
-        );
     })
     .await;
 }
@@ -424,13 +429,7 @@ async fn an_eviction_that_would_break_a_pdb_is_refused() {
         let bundle = common::render(&env, "v0.10.6", |o| o.ha.replicas = 1);
         let bundle = common::only_services(&bundle, &["frontend"]);
         common::deploy(cluster, &bundle, &env).await;
-        let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &env);
-        let pod = pods
-            .list(&ListParams::default().labels("app=frontend"))
-            .await
-            .unwrap()
-            .items
-            .remove(0);
+        let pod = frontend_pods(cluster, &env).await.remove(0);
         let name = pod.metadata.name.clone().unwrap();
         // The disruption controller needs a moment to publish the PDB's status.
         let deadline = Instant::now() + Duration::from_secs(30);

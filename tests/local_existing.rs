@@ -17,8 +17,9 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
 
-fn istiod(image: &str) -> Deployment {
-    serde_json::from_value(serde_json::json!({
+/// Creates an istiod Deployment running `image`, all cdcheck looks at to find Istio.
+async fn create_istiod(api: &Api<Deployment>, image: &str) {
+    let istiod: Deployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "istiod", "namespace": "istio-system"},
         "spec": {
             "replicas": 1,
@@ -29,7 +30,8 @@ fn istiod(image: &str) -> Deployment {
             },
         },
     }))
-    .unwrap()
+    .unwrap();
+    api.create(&PostParams::default(), &istiod).await.unwrap();
 }
 
 async fn delete_istiod(api: &Api<Deployment>) {
@@ -43,20 +45,47 @@ async fn delete_istiod(api: &Api<Deployment>) {
     panic!("istiod was not deleted");
 }
 
-fn run_existing(
+/// Runs `body`, then `clean_up` whether or not it panicked, and re-raises its panic: what a
+/// test changed on the shared cluster is put back even when one of its assertions fails.
+async fn then_clean_up(body: impl Future<Output = ()>, clean_up: impl Future<Output = ()>) {
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(body)).await;
+    clean_up.await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Creates the namespace `metadata` describes.
+async fn create_namespace(namespaces: &Api<Namespace>, metadata: serde_json::Value) {
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({ "metadata": metadata })).expect("a Namespace");
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+}
+
+/// `cdcheck run --substrate existing` of the `environments-rbac` scenario through
+/// `kubeconfig`, reporting into `report`, with `extra`: its exit code and stderr.
+fn run_rbac_scenario(
     kubeconfig: &std::path::Path,
     report: &std::path::Path,
     extra: &[&str],
-) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
-        .args(["run", "--substrate", "existing", "--kubeconfig"])
-        .arg(kubeconfig)
-        .args(["--report-dir"])
-        .arg(report)
-        .args(extra)
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap()
+) -> (Option<i32>, String) {
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
+            .args(["run", "--substrate", "existing", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(["--report-dir"])
+            .arg(report)
+            .args(["--filter", "environments-rbac", "--exact"])
+            .args(extra)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,24 +98,11 @@ async fn istio_is_found_by_istiods_image_and_a_cluster_without_it_is_refused() {
     let error = existing::istio(&cluster.client).await.unwrap_err();
     assert!(matches!(error, ExistingError::IstioMissing), "{error}");
     let report = tempfile::tempdir().unwrap();
-    let out = tokio::task::block_in_place(|| {
-        run_existing(
-            &cluster.kubeconfig,
-            report.path(),
-            &["--filter", "environments-rbac", "--exact"],
-        )
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_rbac_scenario(&cluster.kubeconfig, report.path(), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("error: failed to check the existing cluster: find Istio on the cluster: no Deployment istiod in namespace istio-system"), "{stderr}");
 
-    deployments
-        .create(
-            &PostParams::default(),
-            &istiod("docker.io/istio/pilot:1.30.3"),
-        )
-        .await
-        .unwrap();
+    create_istiod(&deployments, "docker.io/istio/pilot:1.30.3").await;
     let result = async {
         let found = existing::istio(&cluster.client).await.unwrap();
         assert_eq!(
@@ -95,15 +111,8 @@ async fn istio_is_found_by_istiods_image_and_a_cluster_without_it_is_refused() {
         );
 
         // A run on the existing cluster: a control-plane scenario passes through --kubeconfig.
-        let out = tokio::task::block_in_place(|| {
-            run_existing(
-                &cluster.kubeconfig,
-                report.path(),
-                &["--filter", "environments-rbac", "--exact"],
-            )
-        });
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let (code, stderr) = run_rbac_scenario(&cluster.kubeconfig, report.path(), &[]);
+        assert_eq!(code, Some(0), "{stderr}");
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(report.path().join("report.json")).unwrap(),
         )
@@ -131,21 +140,12 @@ async fn istio_is_found_by_istiods_image_and_a_cluster_without_it_is_refused() {
             stderr.contains("note: data-plane steps will be skipped: failed to find the ingress gateway's address: no Service istio-system/istio-ingressgateway"),
             "{stderr}"
         );
-        let out = tokio::task::block_in_place(|| {
-            run_existing(
-                &cluster.kubeconfig,
-                report.path(),
-                &[
-                    "--filter",
-                    "environments-rbac",
-                    "--exact",
-                    "--require",
-                    "data-plane",
-                ],
-            )
-        });
-        let required = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{required}");
+        let (code, required) = run_rbac_scenario(
+            &cluster.kubeconfig,
+            report.path(),
+            &["--require", "data-plane"],
+        );
+        assert_eq!(code, Some(2), "{required}");
         assert!(
             required.contains("--ingress http://HOST[:PORT]"),
             "{required}"
@@ -157,24 +157,14 @@ async fn istio_is_found_by_istiods_image_and_a_cluster_without_it_is_refused() {
 
         // An older Istio is reported as such, not refused.
         delete_istiod(&deployments).await;
-        deployments
-            .create(
-                &PostParams::default(),
-                &istiod("gcr.io/istio-release/pilot:1.29.1-distroless"),
-            )
-            .await
-            .unwrap();
+        create_istiod(&deployments, "gcr.io/istio-release/pilot:1.29.1-distroless").await;
         let found = existing::istio(&cluster.client).await.unwrap();
         assert_eq!(
             (found.version.as_str(), found.is_pinned()),
             ("1.29.1", false)
         );
     };
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
-    delete_istiod(&deployments).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    then_clean_up(result, delete_istiod(&deployments)).await;
 }
 
 #[tokio::test]
@@ -184,17 +174,10 @@ async fn the_gateway_address_is_the_load_balancers_and_a_pending_one_is_named() 
     let client = &cluster.client;
     let namespace = common::unique_env("lb");
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    create_namespace(&namespaces, serde_json::json!({"name": namespace})).await;
+    let gateway_address = || existing::gateway_address(client, &namespace, "gw");
     let result = async {
-        let error = existing::gateway_address(client, &namespace, "gw")
-            .await
-            .unwrap_err();
+        let error = gateway_address().await.unwrap_err();
         assert!(
             matches!(error, ExistingError::GatewayMissing { .. }),
             "{error}"
@@ -217,9 +200,7 @@ async fn the_gateway_address_is_the_load_balancers_and_a_pending_one_is_named() 
             .create(&PostParams::default(), &service)
             .await
             .unwrap();
-        let error = existing::gateway_address(client, &namespace, "gw")
-            .await
-            .unwrap_err();
+        let error = gateway_address().await.unwrap_err();
         assert!(
             error.to_string().contains(&format!("Service {namespace}/gw is of type LoadBalancer and has no load-balancer address yet")),
             "{error}"
@@ -241,9 +222,7 @@ async fn the_gateway_address_is_the_load_balancers_and_a_pending_one_is_named() 
                 )
                 .await
                 .unwrap();
-            let found = existing::gateway_address(client, &namespace, "gw")
-                .await
-                .unwrap();
+            let found = gateway_address().await.unwrap();
             assert_eq!(
                 found,
                 existing::GatewayAddress {
@@ -254,13 +233,12 @@ async fn the_gateway_address_is_the_load_balancers_and_a_pending_one_is_named() 
             );
         }
     };
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
-    let _ = namespaces
-        .delete(&namespace, &DeleteParams::background())
-        .await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    let delete_namespace = async {
+        let _ = namespaces
+            .delete(&namespace, &DeleteParams::background())
+            .await;
+    };
+    then_clean_up(result, delete_namespace).await;
 }
 
 #[tokio::test]
@@ -271,16 +249,11 @@ async fn only_namespaces_labelled_as_cdchecks_are_created_reused_or_deleted() {
     let run = common::unique_env("run");
     let foreign = common::unique_env("foreign");
     let ours = common::unique_env("ours");
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(
-                serde_json::json!({"metadata": {"name": foreign, "labels": {"team": "payments"}}}),
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    create_namespace(
+        &namespaces,
+        serde_json::json!({"name": foreign, "labels": {"team": "payments"}}),
+    )
+    .await;
     let labels = BTreeMap::from([("istio-injection".to_string(), "enabled".to_string())]);
 
     // A namespace of that name that is not ours: refused, and left exactly as it was.

@@ -5,6 +5,8 @@
 //! reports its limitation there.
 
 mod common;
+mod support_frontend;
+mod support_manifests;
 
 use std::time::Instant;
 
@@ -16,26 +18,15 @@ use common::{Cluster, ROLLOUT_TIMEOUT, chain};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{EnvVar, Service};
 use kube::api::Api;
-
-fn frontend_bundle(env: &str, release: &str, strategy: Strategy) -> Bundle {
-    let bundle = common::render(env, release, |o| o.strategy = strategy);
-    common::only_services(&bundle, &["frontend"])
-}
+use support_frontend::{env_with_frontend, frontend_only};
+use support_manifests::{first_container, first_container_mut};
 
 /// The release v0.10.7 also sets a banner env var, and ships an extra Service.
 fn newer_release(env: &str) -> Bundle {
-    let mut bundle = frontend_bundle(env, "v0.10.7", Strategy::Rolling);
+    let mut bundle = frontend_only(env, "v0.10.7", Strategy::Rolling);
     for object in &mut bundle.objects {
         if let Object::Deployment(d) = object {
-            let container = &mut d
-                .spec
-                .as_mut()
-                .unwrap()
-                .template
-                .spec
-                .as_mut()
-                .unwrap()
-                .containers[0];
+            let container = first_container_mut(d);
             container.env.get_or_insert_with(Vec::new).push(EnvVar {
                 name: "FRONTEND_MESSAGE".into(),
                 value: Some("release v0.10.7".into()),
@@ -62,15 +53,7 @@ async fn frontend(cluster: &Cluster, env: &str, name: &str) -> Deployment {
 }
 
 fn image_and_env(d: &Deployment) -> (String, Vec<String>) {
-    let c = &d
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let c = first_container(d);
     let env = c.env.iter().flatten().map(|e| e.name.clone()).collect();
     (c.image.clone().unwrap_or_default(), env)
 }
@@ -79,7 +62,7 @@ fn image_and_env(d: &Deployment) -> (String, Vec<String>) {
 async fn redeploying_the_previous_release_restores_image_and_env_and_prunes_the_rest() {
     let cluster = require_cluster!();
     let env = common::unique_env("redeploy");
-    let previous = frontend_bundle(&env, "v0.10.6", Strategy::Rolling);
+    let previous = frontend_only(&env, "v0.10.6", Strategy::Rolling);
     common::deploy(&cluster, &previous, &env).await;
     let (image_before, env_before) = image_and_env(&frontend(&cluster, &env, "frontend").await);
     common::deploy(&cluster, &newer_release(&env), &env).await;
@@ -113,13 +96,7 @@ async fn redeploying_the_previous_release_restores_image_and_env_and_prunes_the_
 #[tokio::test]
 async fn undo_restores_the_previous_revision() {
     let cluster = require_cluster!();
-    let env = common::unique_env("undo");
-    common::deploy(
-        &cluster,
-        &frontend_bundle(&env, "v0.10.6", Strategy::Rolling),
-        &env,
-    )
-    .await;
+    let env = env_with_frontend(&cluster, "undo").await;
     let (image_before, env_before) = image_and_env(&frontend(&cluster, &env, "frontend").await);
     common::deploy(&cluster, &newer_release(&env), &env).await;
 
@@ -147,8 +124,24 @@ async fn undo_restores_the_previous_revision() {
     common::cleanup(&cluster, &env).await;
 }
 
-/// The switch's own timeline passes the verdict, and has the events it judged.
-fn assert_switched_after_ready(bundle: &Bundle, report: &DeployReport) {
+/// Switches `env` blue/green to `bundle` (`what` names the step in a failure), and asserts
+/// that the Service then selects `expected_release` and that the switch's own timeline passes
+/// the verdict and has the events it judged.
+async fn switch_bluegreen(
+    cluster: &Cluster,
+    env: &str,
+    bundle: &Bundle,
+    expected_release: &str,
+    what: &str,
+) -> DeployReport {
+    let report = release::bluegreen_switch(&cluster.client, bundle, env, ROLLOUT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed to {what}: {}", chain(&e)));
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), env);
+    assert_eq!(
+        selector_release(&services.get("frontend").await.unwrap()),
+        expected_release
+    );
     let findings = release::check_bluegreen_switch(bundle, &report.events);
     assert!(
         findings.is_empty(),
@@ -163,6 +156,7 @@ fn assert_switched_after_ready(bundle: &Bundle, report: &DeployReport) {
     };
     assert!(has(true) && has(false), "{:#?}", report.events);
     eprintln!("blue/green timeline: {:#?}", report.events);
+    report
 }
 
 fn selector_release(service: &Service) -> String {
@@ -178,33 +172,18 @@ fn selector_release(service: &Service) -> String {
 async fn bluegreen_switches_the_service_and_rollback_points_it_back() {
     let cluster = require_cluster!();
     let env = common::unique_env("bluegreen");
-    let blue = frontend_bundle(&env, "v0.10.6", Strategy::Bluegreen);
-    let green = frontend_bundle(&env, "v0.10.7", Strategy::Bluegreen);
+    let blue = frontend_only(&env, "v0.10.6", Strategy::Bluegreen);
+    let green = frontend_only(&env, "v0.10.7", Strategy::Bluegreen);
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
-    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &env);
 
-    let first = release::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("failed to deploy blue: {}", chain(&e)));
-    assert_switched_after_ready(&blue, &first);
-    assert_eq!(
-        selector_release(&services.get("frontend").await.unwrap()),
-        "v0.10.6"
-    );
+    switch_bluegreen(&cluster, &env, &blue, "v0.10.6", "deploy blue").await;
 
-    let switch = release::bluegreen_switch(&cluster.client, &green, &env, ROLLOUT_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("failed to switch to green: {}", chain(&e)));
-    assert_switched_after_ready(&green, &switch);
+    let switch = switch_bluegreen(&cluster, &env, &green, "v0.10.7", "switch to green").await;
     assert!(
         switch
             .switched
             .iter()
             .any(|k| k == &format!("Service/{env}/frontend"))
-    );
-    assert_eq!(
-        selector_release(&services.get("frontend").await.unwrap()),
-        "v0.10.7"
     );
     assert!(
         switch
@@ -234,14 +213,7 @@ async fn bluegreen_switches_the_service_and_rollback_points_it_back() {
         Ok(r) => panic!("undo of a single-revision Deployment succeeded: {r:?}"),
     }
 
-    let back = release::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("failed to switch back: {}", chain(&e)));
-    assert_switched_after_ready(&blue, &back);
-    assert_eq!(
-        selector_release(&services.get("frontend").await.unwrap()),
-        "v0.10.6"
-    );
+    let back = switch_bluegreen(&cluster, &env, &blue, "v0.10.6", "switch back").await;
     assert!(!back.rollouts.is_empty());
     assert!(back.rollouts.iter().all(|r| r.desired() == 2));
     assert!(
@@ -262,8 +234,8 @@ async fn a_switch_that_moves_the_service_before_the_new_pods_are_ready_is_caught
     // switch done in the wrong order (Services first, then the Deployments).
     let cluster = require_cluster!();
     let env = common::unique_env("bgfirst");
-    let blue = frontend_bundle(&env, "v0.10.6", Strategy::Bluegreen);
-    let green = frontend_bundle(&env, "v0.10.7", Strategy::Bluegreen);
+    let blue = frontend_only(&env, "v0.10.6", Strategy::Bluegreen);
+    let green = frontend_only(&env, "v0.10.7", Strategy::Bluegreen);
     release::bluegreen_switch(&cluster.client, &blue, &env, ROLLOUT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("failed to deploy blue: {}", chain(&e)));

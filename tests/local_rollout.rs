@@ -7,33 +7,20 @@
 //! `rollout_wait` bench).
 
 mod common;
+mod support_frontend;
+mod support_manifests;
 
 use cdcheck::names::NEVER_READY_ANNOTATION;
 use std::time::{Duration, Instant};
 
-use cdcheck::kube::rollout::{self, FAIL_FAST_MARGIN, RolloutError, RolloutWatch};
+use cdcheck::kube::rollout::{self, FAIL_FAST_MARGIN, RolloutError, RolloutReport, RolloutWatch};
 use cdcheck::kube::{apply, release};
-use cdcheck::manifests::{Bundle, Object, Strategy};
+use cdcheck::manifests::{Bundle, Strategy};
 use common::{Cluster, ROLLOUT_TIMEOUT, chain};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
-
-fn frontend_only(env: &str, release: &str, strategy: Strategy) -> Bundle {
-    let bundle = common::render(env, release, |o| o.strategy = strategy);
-    common::only_services(&bundle, &["frontend"])
-}
-
-fn deployment_mut<'a>(bundle: &'a mut Bundle, name: &str) -> &'a mut Deployment {
-    bundle
-        .objects
-        .iter_mut()
-        .find_map(|o| match o {
-            Object::Deployment(d) if d.metadata.name.as_deref() == Some(name) => Some(d),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no Deployment {name} in the bundle"))
-}
+use kube::api::Api;
+use support_frontend::{env_with_frontend, frontend_only, frontend_pods};
+use support_manifests::deployment_mut;
 
 async fn start_watch(cluster: &Cluster, env: &str) -> RolloutWatch {
     RolloutWatch::start(&cluster.client, env, "frontend")
@@ -85,12 +72,8 @@ async fn a_rolling_update_of_frontend_never_has_fewer_ready_pods_than_desired() 
         "{:#?}",
         report.samples
     );
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &env);
-    let images: Vec<String> = pods
-        .list(&ListParams::default().labels("app=frontend"))
+    let images: Vec<String> = frontend_pods(&cluster, &env)
         .await
-        .unwrap()
-        .items
         .iter()
         .filter_map(|p| p.spec.as_ref()?.containers[0].image.clone())
         .collect();
@@ -162,22 +145,31 @@ fn broken_release(env: &str, deadline_seconds: i32) -> Bundle {
 /// bound (deadline + FAIL_FAST_MARGIN) is tight.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-#[tokio::test]
-async fn a_broken_release_fails_the_wait_on_its_deadline_and_mainline_keeps_its_ready_pods() {
-    let cluster = require_cluster!();
-    let env = common::unique_env("broken");
-    let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
-    let broken = broken_release(&env, DEADLINE.as_secs() as i32);
-    common::deploy(&cluster, &first, &env).await;
-    // Measured from the apply: `deploy` applies first thing.
+/// Deploys `broken` into `env`, waiting at most `timeout`: the outcome of its frontend
+/// rollout, and how long after the apply it came (`release::deploy` applies first thing).
+async fn deploy_timed(
+    cluster: &Cluster,
+    broken: &Bundle,
+    env: &str,
+    timeout: Duration,
+) -> (Result<RolloutReport, RolloutError>, Duration) {
     let applied = Instant::now();
-    let result = release::deploy(&cluster.client, &broken, &env, Duration::from_secs(90)).await;
+    let result = release::deploy(&cluster.client, broken, env, timeout).await;
     let after = applied.elapsed();
     let outcome = match result {
         Ok(report) => Ok(report.rollouts.into_iter().next().unwrap()),
         Err(release::ReleaseError::Rollout(e)) => Err(e),
         Err(e) => panic!("failed differently: {}", chain(&e)),
     };
+    (outcome, after)
+}
+
+#[tokio::test]
+async fn a_broken_release_fails_the_wait_on_its_deadline_and_mainline_keeps_its_ready_pods() {
+    let cluster = require_cluster!();
+    let env = env_with_frontend(&cluster, "broken").await;
+    let broken = broken_release(&env, DEADLINE.as_secs() as i32);
+    let (outcome, after) = deploy_timed(&cluster, &broken, &env, Duration::from_secs(90)).await;
     let findings = rollout::check_fail_fast(&outcome, DEADLINE, FAIL_FAST_MARGIN, after);
     assert!(findings.is_empty(), "fail-fast check failed: {findings:?}");
     let Err(error) = outcome else { unreachable!() };
@@ -210,12 +202,8 @@ async fn a_broken_release_fails_the_wait_on_its_deadline_and_mainline_keeps_its_
     );
 
     // Mainline keeps its ready pods (maxUnavailable 0 never took one away).
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &env);
-    let ready_mainline = pods
-        .list(&ListParams::default().labels("app=frontend"))
+    let ready_mainline = frontend_pods(&cluster, &env)
         .await
-        .unwrap()
-        .items
         .iter()
         .filter(|p| {
             let image = p.spec.as_ref().unwrap().containers[0]
@@ -240,23 +228,10 @@ async fn a_broken_release_with_a_long_deadline_misses_the_fail_fast_bound() {
     // controller will only give up after 600 s. Waiting as long as the bound
     // allows must not satisfy the check.
     let cluster = require_cluster!();
-    let env = common::unique_env("slowfail");
-    common::deploy(
-        &cluster,
-        &frontend_only(&env, "v0.10.6", Strategy::Rolling),
-        &env,
-    )
-    .await;
+    let env = env_with_frontend(&cluster, "slowfail").await;
     let broken = broken_release(&env, 600);
     let bound = DEADLINE + FAIL_FAST_MARGIN;
-    let applied = Instant::now();
-    let result = release::deploy(&cluster.client, &broken, &env, bound).await;
-    let after = applied.elapsed();
-    let outcome = match result {
-        Ok(report) => Ok(report.rollouts.into_iter().next().unwrap()),
-        Err(release::ReleaseError::Rollout(e)) => Err(e),
-        Err(e) => panic!("failed differently: {}", chain(&e)),
-    };
+    let (outcome, after) = deploy_timed(&cluster, &broken, &env, bound).await;
     let findings = rollout::check_fail_fast(&outcome, DEADLINE, FAIL_FAST_MARGIN, after);
     assert!(
         findings
@@ -270,13 +245,7 @@ async fn a_broken_release_with_a_long_deadline_misses_the_fail_fast_bound() {
 #[tokio::test]
 async fn a_wait_for_a_generation_the_controller_has_not_observed_never_succeeds() {
     let cluster = require_cluster!();
-    let env = common::unique_env("stale");
-    common::deploy(
-        &cluster,
-        &frontend_only(&env, "v0.10.6", Strategy::Rolling),
-        &env,
-    )
-    .await;
+    let env = env_with_frontend(&cluster, "stale").await;
     let current = rollout::current_generation(&cluster.client, &env, "frontend")
         .await
         .unwrap_or_else(|e| panic!("failed to read the generation: {}", chain(&e)));
@@ -324,14 +293,18 @@ async fn a_wait_for_a_generation_the_controller_has_not_observed_never_succeeds(
     common::cleanup(&cluster, &env).await;
 }
 
-/// Every state of frontend an independent watch sees, by resourceVersion:
-/// whether it shows the rollout of a generation after `before` complete.
-fn watch_completions(
-    deployments: Api<Deployment>,
-    before: i64,
-) -> tokio::sync::mpsc::UnboundedReceiver<(String, bool)> {
+/// The generation of frontend now, and every state of it an independent watch sees from
+/// then on, by resourceVersion: whether it shows the rollout of a later generation complete.
+async fn watch_completions(
+    cluster: &Cluster,
+    env: &str,
+) -> (i64, tokio::sync::mpsc::UnboundedReceiver<(String, bool)>) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), env);
+    let before = rollout::current_generation(&cluster.client, env, "frontend")
+        .await
+        .unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = watcher(
@@ -358,7 +331,7 @@ fn watch_completions(
             }
         }
     });
-    rx
+    (before, rx)
 }
 
 /// Whether the independent watch saw the state the wait decided on as complete
@@ -383,15 +356,9 @@ async fn decided_on_a_complete_state(
 #[tokio::test]
 async fn the_wait_returns_on_a_state_where_the_rollout_is_complete() {
     let cluster = require_cluster!();
-    let env = common::unique_env("order");
-    let first = frontend_only(&env, "v0.10.6", Strategy::Rolling);
+    let env = env_with_frontend(&cluster, "order").await;
     let second = frontend_only(&env, "v0.10.7", Strategy::Rolling);
-    common::deploy(&cluster, &first, &env).await;
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
-    let before = rollout::current_generation(&cluster.client, &env, "frontend")
-        .await
-        .unwrap();
-    let mut completions = watch_completions(deployments, before);
+    let (before, mut completions) = watch_completions(&cluster, &env).await;
 
     let watch = start_watch(&cluster, &env).await;
     let applied = apply::apply_bundle(&cluster.client, &second, Some(&env))
@@ -418,18 +385,8 @@ async fn a_wait_that_returns_before_the_rollout_is_caught_by_the_ordering_check(
     // Negative control of the ordering check: a wait asked about the previous
     // generation returns at once, on a state that does not show the new rollout.
     let cluster = require_cluster!();
-    let env = common::unique_env("early");
-    common::deploy(
-        &cluster,
-        &frontend_only(&env, "v0.10.6", Strategy::Rolling),
-        &env,
-    )
-    .await;
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &env);
-    let before = rollout::current_generation(&cluster.client, &env, "frontend")
-        .await
-        .unwrap();
-    let mut completions = watch_completions(deployments, before);
+    let env = env_with_frontend(&cluster, "early").await;
+    let (before, mut completions) = watch_completions(&cluster, &env).await;
     let early = start_watch(&cluster, &env)
         .await
         .wait_for_generation(before, ROLLOUT_TIMEOUT)

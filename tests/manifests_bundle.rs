@@ -1,5 +1,7 @@
 //! What a pipeline render holds: counts, HA, strategies, feature branches, RBAC, TLS and routing, plus snapshots.
 
+mod support_manifests;
+
 use std::collections::BTreeMap;
 
 use cdcheck::manifests::istio::StringMatch;
@@ -7,6 +9,7 @@ use cdcheck::manifests::{
     self, Bundle, FeatureBranch, Object, Options, RbacMode, SessionId, Strategy, routing,
 };
 use k8s_openapi::ByteString;
+use support_manifests::{deployment, first_container};
 
 fn render(options: &Options) -> Bundle {
     cdcheck::install_crypto_provider();
@@ -147,9 +150,7 @@ fn pod_disruption_budgets_keep_one_pod_of_each_service() {
 #[test]
 fn redis_cart_stays_single_and_is_replaced_in_place() {
     let bundle = render(&Options::for_env("dev"));
-    let Object::Deployment(redis) = bundle.find("Deployment", "redis-cart").unwrap() else {
-        unreachable!()
-    };
+    let redis = deployment(&bundle, "redis-cart");
     let spec = redis.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(1));
     assert_eq!(
@@ -185,11 +186,7 @@ fn blue_green_names_deployments_by_release_and_points_services_at_them() {
     options.strategy = Strategy::Bluegreen;
     options.release = "v0.10.6".into();
     let bundle = render(&options);
-    let Object::Deployment(frontend) = bundle.find("Deployment", "frontend-v0.10.6").unwrap()
-    else {
-        unreachable!()
-    };
-    let selector = frontend
+    let selector = deployment(&bundle, "frontend-v0.10.6")
         .spec
         .as_ref()
         .unwrap()
@@ -219,17 +216,12 @@ fn blue_green_names_deployments_by_release_and_points_services_at_them() {
 fn feature_branch_suffixes_deployment_labels_and_service() {
     let bundle = render(&featured());
     for service in ["frontend-myfeature", "adservice-myfeature"] {
-        let Object::Deployment(d) = bundle.find("Deployment", service).unwrap() else {
-            unreachable!()
-        };
+        let d = deployment(&bundle, service);
         let labels = d.metadata.labels.as_ref().unwrap();
         assert_eq!(labels["app"], service);
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.selector.match_labels.as_ref().unwrap()["app"], service);
-        let image = spec.template.spec.as_ref().unwrap().containers[0]
-            .image
-            .clone()
-            .unwrap();
+        let image = first_container(d).image.clone().unwrap();
         assert!(image.ends_with(":0.10.6-myfeature"), "{image}");
         let Object::Service(svc) = bundle.find("Service", service).unwrap() else {
             unreachable!()
@@ -245,42 +237,16 @@ fn feature_branch_suffixes_deployment_labels_and_service() {
             .is_none()
     );
     // Mainline is untouched by the branch.
-    let Object::Deployment(mainline) = bundle.find("Deployment", "frontend").unwrap() else {
-        unreachable!()
-    };
-    let image = mainline
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .image
-        .clone()
-        .unwrap();
+    let mainline = deployment(&bundle, "frontend");
+    let image = first_container(mainline).image.clone().unwrap();
     assert!(image.ends_with(":v0.10.6"), "{image}");
 }
 
 #[test]
 fn frontend_branch_shows_a_banner_to_tell_it_apart() {
     let bundle = render(&featured());
-    let Object::Deployment(d) = bundle.find("Deployment", "frontend-myfeature").unwrap() else {
-        unreachable!()
-    };
-    let env = d
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .env
-        .clone()
-        .unwrap();
+    let d = deployment(&bundle, "frontend-myfeature");
+    let env = first_container(d).env.clone().unwrap();
     assert!(env.iter().any(|e| e.name == "FRONTEND_MESSAGE"));
 }
 

@@ -1,24 +1,13 @@
 //! `cdcheck load` and `cdcheck probe` as a user runs them: bad input names the value, network
 //! failures are outcomes with exit status 1, and `--json` carries the summary.
 
+mod support_cli;
 mod support_envoy;
 
 use rstest::rstest;
 use serde_json::Value;
+use support_cli::{GET_ADS_CLOSED_LOOP, cdcheck};
 use support_envoy::{GrpcBackend, HttpBackend, free_port};
-
-async fn cdcheck(args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
-        .args(args)
-        .output()
-        .await
-        .expect("run cdcheck");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 #[rstest]
 #[case::invalid_url(&["load", "not a url"], "`not a url`")]
@@ -104,22 +93,19 @@ async fn open_loop_load_sends_the_scheduled_requests_and_attributes_them() {
 async fn closed_loop_grpc_load_and_probe_answer_through_the_ad_service() {
     let backend = GrpcBackend::start("adservice-cli-1").await;
     let endpoint = format!("http://{}", backend.addr);
-    let (code, stdout, stderr) = cdcheck(&[
-        "load",
-        &endpoint,
-        "--grpc",
-        "hipstershop.AdService/GetAds",
-        "--connections",
-        "2",
-        "--duration",
-        "300ms",
+    let attributed = [
         "--header",
         "userid:abc",
         "--attribute-header",
         "x-served-by",
-        "--json",
-    ])
-    .await;
+    ];
+    let load = [
+        &["load", &endpoint],
+        &GET_ADS_CLOSED_LOOP[..],
+        &attributed,
+        &["--json"],
+    ];
+    let (code, stdout, stderr) = cdcheck(&load.concat()).await;
     assert_eq!(code, 0, "{stderr}");
     let out: Value = serde_json::from_str(&stdout).unwrap();
     let count = out["summary"]["count"].as_u64().unwrap();

