@@ -53,16 +53,20 @@ impl AttributionRule {
         Ok(Self::BodyRegex { regex })
     }
 
-    /// The Online Boutique frontend's footer, `Pod: <hostname>`.
+    /// The Online Boutique frontend's footer, `Pod: <hostname>`. Upstream v0.10.6 renders
+    /// `<b>Pod: </b>{{ HOSTNAME }}` (`templates/footer.html`), so tags may stand between the
+    /// label and the name; the stand-in renders `Pod: <name>`.
     pub fn frontend_pod() -> Self {
-        Self::body_regex(r"Pod:\s*([A-Za-z0-9][A-Za-z0-9._-]*)").expect("static regex is valid")
+        Self::body_regex(r"Pod:\s*(?:<[^>]*>\s*)*([A-Za-z0-9][A-Za-z0-9._-]*)")
+            .expect("static regex is valid")
     }
 
-    /// The frontend's `FRONTEND_MESSAGE` banner: the label is the banner text.
-    /// The frontend renders it inside `<div class="local-banner">`… `</div>`.
+    /// The frontend's `FRONTEND_MESSAGE` banner: the label is the banner text. Upstream
+    /// v0.10.6 renders it as `<div class="h-free-shipping">…</div>` in the header
+    /// (`templates/header.html`); releases before v0.4 used `<div class="local-banner">`.
     pub fn frontend_banner() -> Self {
         Self::body_regex(
-            r#"(?s)class="[^"]*local-banner[^"]*"[^>]*>\s*(?:<[^>]*>\s*)*([^<]*?\S)\s*<"#,
+            r#"(?s)class="[^"]*(?:h-free-shipping|local-banner)[^"]*"[^>]*>\s*(?:<[^>]*>\s*)*([^<]*?\S)\s*<"#,
         )
         .expect("static regex is valid")
     }

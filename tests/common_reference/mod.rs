@@ -42,6 +42,34 @@ pub fn reference_text(test: &str, file: &str) -> Option<String> {
     }
 }
 
+/// `<CARGO_MANIFEST_DIR>/../shared/boutique-src/<path>`: Online Boutique v0.10.6's sources
+/// (its PROVENANCE.md), reference data beside the clone like `shared/reference`.
+pub fn boutique_src_path(path: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/boutique-src"
+    ))
+    .join(path)
+}
+
+/// The text of a file of upstream's sources, or `None` after `skip_or_fail` (which panics
+/// under `CI`) when it is absent or unreadable.
+pub fn boutique_src_text(test: &str, path: &str) -> Option<String> {
+    let full = boutique_src_path(path);
+    match std::fs::read_to_string(&full) {
+        Ok(text) => Some(text),
+        Err(error) => {
+            let reason = format!(
+                "{test}: upstream source {} is not readable ({error}); \
+                 it is expected in ../shared/boutique-src beside the clone",
+                full.display()
+            );
+            skip::skip_or_fail(&reason);
+            None
+        }
+    }
+}
+
 /// Every non-empty document of a multi-document YAML stream, as JSON values.
 /// Documents that are empty or hold only comments are skipped.
 pub fn yaml_documents(file: &str, text: &str) -> Vec<Value> {
