@@ -4,14 +4,31 @@
 //! each pod, with the pod's env. The role comes from the image ([`role_from_image`]):
 //!
 //! - `frontend`: HTTP/1.1 and h2c; `GET /_healthz` answers `ok`, every other path a page
-//!   with the `FRONTEND_MESSAGE` banner (when set) and a `Pod: <name>` footer, the
+//!   with the `FRONTEND_MESSAGE` banner (when set) and a `<b>Pod: </b><name>` footer, the
 //!   shapes [`AttributionRule::frontend_banner`] and [`AttributionRule::frontend_pod`] read.
 //! - the gRPC backends: `grpc.health.v1.Health` (Check and Watch) SERVING for `""`, the
 //!   workload's name and its `hipstershop.*` service (NOT_SERVING during a warm-up the
 //!   pod's env may set, [`WARMUP_ENV`]); adservice also answers
-//!   `hipstershop.AdService/GetAds` with ads that name the pod. Other methods are UNIMPLEMENTED.
+//!   `hipstershop.AdService/GetAds` with ads that name the pod, and cartservice serves the
+//!   real `hipstershop.CartService` (below). Other methods are UNIMPLEMENTED.
 //! - `redis` (redis-cart): a TCP listener that answers `PING` with `+PONG`.
 //! - `loadgenerator`: listens nowhere and waits to be signalled.
+//!
+//! cartservice is upstream's .NET service, which cannot be built here (NuGet is out of
+//! reach), so its stand-in implements upstream's API instead of pretending: AddItem, GetCart
+//! and EmptyCart of `hipstershop.CartService` as `proto/demo.proto` copies them, with the
+//! semantics of upstream's `RedisCartStore`, so the real frontend and checkoutservice can
+//! fill, read and empty carts through it. **Its carts are kept in memory, in the stand-in
+//! process, not in redis-cart**: `REDIS_ADDR` is ignored and the summary line says
+//! `carts=memory`. That is upstream's own mode when `REDIS_ADDR` is unset (the same store
+//! code over .NET's in-memory distributed cache). Why not Redis: upstream writes each cart
+//! through .NET's `IDistributedCache` (a Redis hash per user id, the serialized `Cart` beside
+//! expiry fields), a shape worth keeping only with a Redis client crate, which cdcheck does not
+//! depend on; and redis-cart's stand-in answers only `PING`, so a Redis-backed cart would fail
+//! there until redis-cart runs the real `redis-server`. What it costs: carts live and die with
+//! the cartservice pod, two cartservice pods (a rollout's surge, a scale-up) do not share
+//! them, and a redis-cart outage does not fail cart calls as it would upstream. Its health is
+//! the other backends' (above), where upstream's answers SERVING whatever service is named.
 //!
 //! Every HTTP response and gRPC response carries [`POD_HEADER`] (gRPC: in the headers and,
 //! when the response has them, the trailers). An image tagged [`BROKEN_TAG`] starts and
@@ -43,6 +60,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::names::BROKEN_TAG;
+use crate::traffic::grpc::hipstershop::cart_service_server::{CartService, CartServiceServer};
+use crate::traffic::grpc::hipstershop::{
+    AddItemRequest, Cart, CartItem, Empty, EmptyCartRequest, GetCartRequest,
+};
 use crate::traffic::grpc::{Ad, AdRequest, AdResponse, AdService, AdServiceServer};
 
 /// The response header (and gRPC response metadata) naming the pod that answered.
@@ -414,6 +435,10 @@ impl fmt::Display for Standin {
         if self.broken {
             f.write_str(" never-ready=true")?;
         }
+        if self.role == Role::CartService {
+            // Where carts are kept: in this process, not in redis-cart (the module doc says why).
+            f.write_str(" carts=memory")?;
+        }
         if self.role == Role::Frontend {
             write!(
                 f,
@@ -470,13 +495,13 @@ impl Frontend {
                 }
                 body {
                     @if let Some(banner) = banner {
-                        div class="local-banner" { (banner) }
+                        div class="h-free-shipping" { (banner) }
                     }
                     main {
                         h1 { "Online Boutique" }
                         p { "A cdcheck stand-in for the frontend: the local mesh's pod process." }
                     }
-                    footer { span { "Pod: " (pod) } }
+                    footer { b { "Pod: " } (pod) }
                 }
             }
         };
@@ -583,6 +608,81 @@ impl AdService for Ads {
     }
 }
 
+/// CartService with upstream's `RedisCartStore` semantics, its carts in memory (the module
+/// doc says why): user id → the cart, the value upstream stores under the user id.
+#[derive(Debug, Default)]
+struct Carts {
+    carts: std::sync::Mutex<std::collections::HashMap<String, Cart>>,
+}
+
+impl Carts {
+    fn carts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Cart>> {
+        // No code path panics while holding the lock, but a poisoned map is still whole.
+        self.carts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[tonic::async_trait]
+impl CartService for Carts {
+    /// Adds the quantity to the item of the same product id, else appends the item; a user
+    /// without a stored cart gets a new one carrying their user id (upstream's AddItemAsync).
+    async fn add_item(
+        &self,
+        request: tonic::Request<AddItemRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        let AddItemRequest { user_id, item } = request.into_inner();
+        // Upstream reads `request.Item.ProductId` unchecked: a missing item is a handler
+        // exception, which ASP.NET's gRPC answers as UNKNOWN, before any cart is touched.
+        let Some(CartItem {
+            product_id,
+            quantity,
+        }) = item
+        else {
+            return Err(tonic::Status::unknown(
+                "Exception was thrown by handler. (AddItemRequest has no item)",
+            ));
+        };
+        let mut carts = self.carts();
+        let cart = carts.entry(user_id.clone()).or_insert_with(|| Cart {
+            user_id,
+            items: Vec::new(),
+        });
+        match cart.items.iter_mut().find(|i| i.product_id == product_id) {
+            // C#'s `+=` on an int wraps on overflow (unchecked by default).
+            Some(existing) => existing.quantity = existing.quantity.wrapping_add(quantity),
+            None => cart.items.push(CartItem {
+                product_id,
+                quantity,
+            }),
+        }
+        Ok(tonic::Response::new(Empty {}))
+    }
+
+    /// The stored cart, or an empty `Cart` (its user_id unset too) for a user without one,
+    /// as upstream's GetCartAsync and its test `GetItem_NoAddItemBefore_EmptyCartReturned`.
+    async fn get_cart(
+        &self,
+        request: tonic::Request<GetCartRequest>,
+    ) -> Result<tonic::Response<Cart>, tonic::Status> {
+        let user_id = request.into_inner().user_id;
+        let cart = self.carts().get(&user_id).cloned().unwrap_or_default();
+        Ok(tonic::Response::new(cart))
+    }
+
+    /// Stores an empty `Cart` under the user id, as upstream's EmptyCartAsync does (rather
+    /// than deleting it): a later AddItem then fills that cart, whose user_id stays unset.
+    async fn empty_cart(
+        &self,
+        request: tonic::Request<EmptyCartRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        let user_id = request.into_inner().user_id;
+        self.carts().insert(user_id, Cart::default());
+        Ok(tonic::Response::new(Empty {}))
+    }
+}
+
 async fn grpc_routes(
     role: Role,
     pod: &Arc<str>,
@@ -611,8 +711,14 @@ async fn grpc_routes(
     }
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(health);
-    if role == Role::AdService {
-        routes.add_service(AdServiceServer::new(Ads { pod: pod.clone() }));
+    match role {
+        Role::AdService => {
+            routes.add_service(AdServiceServer::new(Ads { pod: pod.clone() }));
+        }
+        Role::CartService => {
+            routes.add_service(CartServiceServer::new(Carts::default()));
+        }
+        _ => {}
     }
     (reporter, routes.routes())
 }
@@ -623,8 +729,9 @@ async fn serve_grpc(
     routes: tonic::service::Routes,
     pod_header: HeaderValue,
 ) -> Result<(), StandinError> {
-    // Every gRPC response (health, GetAds, UNIMPLEMENTED) names the pod in its headers, and
-    // in its trailers when it has any (a trailers-only response carries just the headers).
+    // Every gRPC response (health, GetAds, the cart calls, UNIMPLEMENTED) names the pod in its
+    // headers, and in its trailers when it has any (a trailers-only response carries just the
+    // headers).
     let name_pod =
         tower::util::MapResponseLayer::new(move |response: http::Response<tonic::body::Body>| {
             let mut response = response.map(|inner| PodTrailer {
@@ -873,7 +980,7 @@ mod tests {
             Some("feature &lt;b&gt;x&lt;/b&gt; &amp; &quot;y&quot;".to_string())
         );
         let plain = page(None);
-        assert!(!plain.contains("local-banner"), "{plain}");
+        assert!(!plain.contains("h-free-shipping"), "{plain}");
     }
 
     #[rstest]

@@ -754,9 +754,9 @@ async fn answer(
             .unwrap();
     }
     let body = format!(
-        "<html><body><div class=\"local-banner\">served by {name}</div>\
+        "<html><body><div class=\"h-free-shipping\">served by {name}</div>\
          <main>Online Boutique test backend</main>\
-         <footer><span>Pod: {name}</span></footer></body></html>",
+         <footer><b>Pod: </b>{name}</footer></body></html>",
         name = state.name
     );
     Response::builder()
