@@ -43,6 +43,9 @@ pub mod env {
     pub const AGENT_IMAGE: &str = "CDCHECK_AGENT_IMAGE";
     /// The local registry's image for `up --substrate kind --registry local`.
     pub const REGISTRY_IMAGE: &str = "CDCHECK_REGISTRY_IMAGE";
+    /// A directory with Online Boutique's sources at the pinned tag (its `src/`), used instead
+    /// of fetching the tag (CI points it at `../shared/boutique-src`).
+    pub const BOUTIQUE_SRC: &str = "CDCHECK_BOUTIQUE_SRC";
     /// A file:// Go module proxy tried first (the versions this machine's proxy refuses).
     pub const GOPROXY_FALLBACK: &str = "CDCHECK_GOPROXY_FALLBACK";
     /// The agent's sidecar stats and upstream hosts URLs and the address it dials

@@ -6,6 +6,7 @@
 //! - [`data_plane`]: the gateway's addresses and how in-mesh calls are made.
 //! - [`binaries`]: find or build etcd, kube-apiserver, kube-controller-manager,
 //!   kube-scheduler and kwok at the pins of [`crate::versions`].
+//! - [`boutique`]: Online Boutique's own services, built from upstream's sources for the mesh.
 //! - [`local`]: `up` / `down` / the kubeconfig of the local control plane.
 //! - [`istio_crds`]: the embedded Istio CRDs, installed at boot.
 //! - [`host`]: the machine behind a trait (commands, files, free disk), for plans and preflight.
@@ -16,6 +17,7 @@
 //! - [`existing`]: a cluster of the user's: the Istio check and namespaces labelled as cdcheck's.
 
 pub mod binaries;
+pub mod boutique;
 pub mod containers;
 pub mod data_plane;
 pub mod doctor;

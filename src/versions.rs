@@ -11,6 +11,22 @@ pub const ONLINE_BOUTIQUE: &str = "v0.10.6";
 pub const ONLINE_BOUTIQUE_REGISTRY: &str =
     "us-central1-docker.pkg.dev/online-boutique-ci/microservices-demo";
 
+/// The commit of Online Boutique's v0.10.6 tag: the sources the local mesh builds its
+/// services from (`scripts/install-boutique.sh` checks a fetched tag against it).
+pub const ONLINE_BOUTIQUE_COMMIT: &str = "5b3a712ab85ccb8f6f7cd5b720d36ba9a8d041eb";
+
+/// Where a user's machine fetches Online Boutique's sources (the tag [`ONLINE_BOUTIQUE`]).
+pub const ONLINE_BOUTIQUE_GIT: &str = "https://github.com/GoogleCloudPlatform/microservices-demo";
+
+/// io.grpc for adservice's Maven build. Upstream's build.gradle pins 1.82.1, which the Maven
+/// registry reached here does not serve for grpc-api, -stub, -protobuf, -services and -census;
+/// 1.82.2 is the next patch of the same line (the code generator stays at 1.82.1).
+pub const ADSERVICE_GRPC: &str = "1.82.2";
+
+/// grpc-census for adservice: the registry's newest is 1.81.0 (AdService never calls it;
+/// grpc-core finds it by reflection for its stats and tracing interceptors).
+pub const ADSERVICE_GRPC_CENSUS: &str = "1.81.0";
+
 /// Redis image used by cartservice, as upstream pins it (a floating tag upstream).
 pub const REDIS_IMAGE: &str = "redis:alpine";
 
@@ -114,6 +130,10 @@ pub fn all() -> Vec<(&'static str, &'static str)> {
     vec![
         ("ONLINE_BOUTIQUE", ONLINE_BOUTIQUE),
         ("ONLINE_BOUTIQUE_REGISTRY", ONLINE_BOUTIQUE_REGISTRY),
+        ("ONLINE_BOUTIQUE_COMMIT", ONLINE_BOUTIQUE_COMMIT),
+        ("ONLINE_BOUTIQUE_GIT", ONLINE_BOUTIQUE_GIT),
+        ("ADSERVICE_GRPC", ADSERVICE_GRPC),
+        ("ADSERVICE_GRPC_CENSUS", ADSERVICE_GRPC_CENSUS),
         ("REDIS_IMAGE", REDIS_IMAGE),
         ("ISTIO", ISTIO),
         ("ISTIOCTL_GO_MODULE_VERSION", ISTIOCTL_GO_MODULE_VERSION),

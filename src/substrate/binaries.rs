@@ -267,7 +267,7 @@ pub fn ensure_istiod(mut progress: impl FnMut(&str)) -> Result<PathBuf, BinaryEr
     })
 }
 
-fn run_script(
+pub(crate) fn run_script(
     component: &'static str,
     script_text: &str,
     env: &[(&str, String)],

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 #[path = "../common/skip.rs"]
-mod skip;
+pub mod skip;
 
 /// Online Boutique's `release/kubernetes-manifests.yaml` at v0.10.6.
 pub const UPSTREAM_MANIFESTS: &str = "online-boutique-v0.10.6-kubernetes-manifests.yaml";
