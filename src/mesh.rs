@@ -204,6 +204,8 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
     })?;
     let netns_name = netns::name_for(state_dir);
     netns::ensure(&netns_name)?;
+    // Pods of a runner that was killed: their processes died with it.
+    netns::delete_pod_networks(&netns_name)?;
     let dialer = netns::Dialer::new(&netns_name)?;
     let client = crate::kube::connect(&crate::settings::local_kubeconfig(state_dir)).await?;
 

@@ -38,3 +38,11 @@ pub const BROKEN_TAG: &str = "cdcheck-broken-never-ready";
 
 /// Istio's control plane, its ingress gateway, and the gateway's certificate Secrets.
 pub const ISTIO_NAMESPACE: &str = "istio-system";
+
+/// The local substrate's pod range (kwok's `--cidr`): the mesh's own namespace holds its
+/// first /24, and each pod an address from 10.244.1.0 on.
+pub const POD_CIDR: &str = "10.244.0.0/16";
+
+/// The local substrate's Service range (the API server's `--service-cluster-ip-range`): the
+/// mesh routes these virtual addresses to the Services' endpoints, as kube-proxy does.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";

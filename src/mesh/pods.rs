@@ -71,6 +71,115 @@ struct Shared {
     addresses: Mutex<BTreeSet<Ipv4Addr>>,
 }
 
+/// Where a pod's processes run: the node's namespace (the ingress gateway, whose listeners
+/// the host's relays reach at the node's address, and `hostNetwork` pods), or namespaces of
+/// the pod's own.
+enum Sandbox {
+    Node,
+    Pod {
+        network: netns::PodNetwork,
+        view: netns::PodView,
+    },
+}
+
+impl Sandbox {
+    /// Makes the pod's place: its namespaces and `/etc` files, or its address on the node.
+    async fn create(
+        shared: &Shared,
+        pod: &Pod,
+        ip: Ipv4Addr,
+        pod_dir: &std::path::Path,
+    ) -> Result<Sandbox, String> {
+        let node = shared.config.netns.clone();
+        if in_node_network(pod) {
+            return tokio::task::spawn_blocking(move || netns::add_node_address(&node, ip))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|()| Sandbox::Node)
+                .map_err(|e| crate::error_chain(&e));
+        }
+        let view = write_pod_view(pod, ip, pod_dir)
+            .map_err(|e| format!("write the pod's /etc files: {e}"))?;
+        let network = tokio::task::spawn_blocking(move || netns::PodNetwork::create(&node, ip))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| crate::error_chain(&e))?;
+        Ok(Sandbox::Pod { network, view })
+    }
+
+    fn enter(&self, shared: &Shared, command: &mut Command) {
+        match self {
+            Sandbox::Node => netns::run_inside(command, &shared.netns),
+            Sandbox::Pod { network, view } => netns::run_in_pod(command, network.file(), view),
+        }
+    }
+
+    async fn remove(self, shared: &Shared, ip: Ipv4Addr) {
+        let node = shared.config.netns.clone();
+        let _ = tokio::task::spawn_blocking(move || match self {
+            Sandbox::Node => netns::remove_node_address(&node, ip),
+            Sandbox::Pod { network, .. } => network.delete(),
+        })
+        .await;
+    }
+}
+
+/// Whether the pod shares the node's network: `hostNetwork`, or an Istio gateway (its
+/// Service's node ports are the host's relays into the node's namespace).
+fn in_node_network(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.host_network == Some(true)
+        || spec.containers.iter().any(|c| {
+            c.image
+                .as_deref()
+                .is_some_and(|i| i.contains(PROXY_IMAGE_MARK))
+                && ProxyKind::from_args(c.args.as_deref().unwrap_or_default()) == ProxyKind::Router
+        })
+}
+
+/// The pod's `/etc/hosts` (its own name, as the kubelet writes it), `resolv.conf` (the
+/// cluster's search path; no name server answers, so an unknown name fails at once) and
+/// `nsswitch.conf` (files, then DNS), under `<pod dir>/etc/`.
+fn write_pod_view(
+    pod: &Pod,
+    ip: Ipv4Addr,
+    pod_dir: &std::path::Path,
+) -> std::io::Result<netns::PodView> {
+    let name = pod.name_any();
+    let namespace = pod.namespace().unwrap_or_default();
+    let hostname = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| name.clone());
+    let etc = pod_dir.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    let files = [
+        (
+            "hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
+            ),
+        ),
+        (
+            "resolv.conf",
+            format!(
+                "search {namespace}.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.1\noptions ndots:5\n"
+            ),
+        ),
+        ("nsswitch.conf", "hosts: files dns\n".to_string()),
+    ];
+    let mut binds = Vec::new();
+    for (file, text) in files {
+        let path = etc.join(file);
+        std::fs::write(&path, text)?;
+        binds.push((path, std::path::Path::new("/etc").join(file)));
+    }
+    Ok(netns::PodView { hostname, binds })
+}
+
 impl Shared {
     /// The pod's address: the one it already reports (a restarted runner), else the
     /// next free one from 10.244.1.1 (10.244.0.0/24 is the namespace's own).
@@ -211,6 +320,15 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
     ));
     let _ = std::fs::create_dir_all(&pod_dir);
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &namespace);
+    let sandbox = match Sandbox::create(&shared, &pod, ip, &pod_dir).await {
+        Ok(sandbox) => sandbox,
+        Err(why) => {
+            // The pod stays Pending, as a kubelet's does when its sandbox cannot be made.
+            tracing::warn!("pod {namespace}/{name}: failed to create its sandbox: {why}");
+            shared.release(ip);
+            return;
+        }
+    };
     let started = now();
     let (events_tx, mut events) = mpsc::channel::<ContainerEvent>(64);
     let mut containers: Vec<(Container, bool)> = pod
@@ -263,6 +381,7 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
         }
         start_container(
             &shared,
+            &sandbox,
             &pod,
             ip,
             &pod_dir,
@@ -356,7 +475,7 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
                     if restart_at[index].is_some_and(|at| at <= now_instant) {
                         restart_at[index] = None;
                         let pod = updates.borrow().clone();
-                        start_container(&shared, &pod, ip, &pod_dir, index, &mut runs[index], &events_tx, &mut probes[index]).await;
+                        start_container(&shared, &sandbox, &pod, ip, &pod_dir, index, &mut runs[index], &events_tx, &mut probes[index]).await;
                     }
                 }
                 patch_status(&api, &name, ip, &started, &runs, "Running").await;
@@ -371,12 +490,14 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
         .config
         .logs
         .forget(&namespace, &name, &pod.uid().unwrap_or_default());
+    sandbox.remove(&shared, ip).await;
     shared.release(ip);
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn start_container(
     shared: &Arc<Shared>,
+    sandbox: &Sandbox,
     pod: &Pod,
     ip: Ipv4Addr,
     pod_dir: &std::path::Path,
@@ -406,7 +527,7 @@ async fn start_container(
     command
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    netns::run_inside(&mut command, &shared.netns);
+    sandbox.enter(shared, &mut command);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {

@@ -664,7 +664,7 @@ async fn boot(
             p(&files.service_account_key)
         ),
         "--authorization-mode=Node,RBAC".to_string(),
-        "--service-cluster-ip-range=10.96.0.0/16".to_string(),
+        format!("--service-cluster-ip-range={}", crate::names::SERVICE_CIDR),
         "--allow-privileged=true".to_string(),
         "--profiling=false".to_string(),
         "--event-ttl=2h".to_string(),
@@ -770,7 +770,7 @@ async fn boot(
         format!("--config={}", p(&stages)),
         "--manage-all-nodes=false".to_string(),
         format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_VALUE}"),
-        "--cidr=10.244.0.0/16".to_string(),
+        format!("--cidr={}", crate::names::POD_CIDR),
         format!("--node-ip={node_ip}"),
         "--node-lease-duration-seconds=40".to_string(),
     ];
