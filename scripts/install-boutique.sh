@@ -49,6 +49,18 @@ die() { log "$*"; exit 1; }
 RECIPE=2
 version="$CDCHECK_BOUTIQUE_VERSION"
 stamp="boutique $version recipe $RECIPE"
+out="$CDCHECK_BIN_CACHE/boutique-$version"
+marker="$out/.complete"
+
+built() { [[ -x "$out/$1/run" && -f "$out/$1/.built" && "$(head -n1 "$out/$1/.built")" == "$stamp" ]]; }
+warm=1
+[[ -f "$marker" && "$(cat "$marker")" == "$stamp: $SERVICES" ]] || warm=0
+for svc in $SERVICES; do built "$svc" || warm=0; done
+if (( warm )); then
+  log "Online Boutique $version cached in $out"
+  echo "$out"; exit 0
+fi
+
 if [[ -n "${CDCHECK_BOUTIQUE_SRC:-}" ]]; then
   src="$(cd "$CDCHECK_BOUTIQUE_SRC" && pwd)"
 else
@@ -64,17 +76,6 @@ else
     [[ "$got" == "$CDCHECK_BOUTIQUE_COMMIT" ]] \
       || { echo "cdcheck install-boutique: tag $CDCHECK_BOUTIQUE_VERSION is commit $got, not the pinned $CDCHECK_BOUTIQUE_COMMIT" >&2; exit 1; }
   fi
-fi
-out="$CDCHECK_BIN_CACHE/boutique-$version"
-marker="$out/.complete"
-
-built() { [[ -x "$out/$1/run" && -f "$out/$1/.built" && "$(head -n1 "$out/$1/.built")" == "$stamp" ]]; }
-warm=1
-[[ -f "$marker" && "$(cat "$marker")" == "$stamp: $SERVICES" ]] || warm=0
-for svc in $SERVICES; do built "$svc" || warm=0; done
-if (( warm )); then
-  log "Online Boutique $version cached in $out"
-  echo "$out"; exit 0
 fi
 
 [[ -d "$src/src" ]] || die "$src has no src/ directory"

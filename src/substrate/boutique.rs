@@ -59,6 +59,9 @@ pub fn locate() -> Result<PathBuf, BinaryError> {
 /// and Maven downloads; instant when cached). The sources come from
 /// `$CDCHECK_BOUTIQUE_SRC`, else the pinned tag is fetched and its commit checked.
 pub fn ensure(mut progress: impl FnMut(&str)) -> Result<PathBuf, BinaryError> {
+    if let Ok(dir) = locate() {
+        return Ok(dir);
+    }
     let mut env = vec![
         (
             "CDCHECK_BOUTIQUE_VERSION",
