@@ -7,6 +7,7 @@
 //! - [`proxy`]: Envoy's bootstrap as an Istio proxy.
 //! - [`gateway`]: the ingress gateway's Kubernetes objects.
 //! - [`pods`]: the pod runner (the kubelet's part that rollouts depend on).
+//! - [`services`]: kube-proxy's part: Service addresses to endpoints, Service names in pods' hosts.
 //! - [`probe`]: readiness probes, run as the kubelet runs them.
 //! - [`relay`]: host ports into the pod network, and the pod network to istiod.
 //! - [`client`]: an in-mesh client (a sidecar-only pod) for calls from inside the mesh.
@@ -26,6 +27,7 @@ pub mod pods;
 pub mod probe;
 pub mod proxy;
 pub mod relay;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -97,6 +99,20 @@ pub struct MeshBinaries {
     /// The `cdcheck` executable that runs the mesh daemon and the stand-ins: this one,
     /// unless cdcheck is a library in another program (a test sets its binary).
     pub cdcheck: PathBuf,
+    /// Online Boutique's services built from upstream's sources (by `cdcheck substrate
+    /// install --mesh`), run as the pods' processes; `None`: stand-ins.
+    pub boutique: Option<PathBuf>,
+}
+
+/// What the mesh's pods run for Online Boutique's images.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workloads {
+    /// cdcheck's stand-ins (`cdcheck standin`): fast, no build, no calls between services.
+    #[default]
+    Standins,
+    /// Upstream's own services built from its sources (cartservice stays a stand-in,
+    /// redis-cart is Redis): each pod calls its backends by Service name, as on a cluster.
+    Upstream,
 }
 
 /// Where istiod is cached: `<bin cache>/istio-<version>/pilot-discovery`.
@@ -158,6 +174,7 @@ pub fn locate() -> Result<MeshBinaries, MeshError> {
         pilot_discovery: locate_istiod()?,
         envoy: locate_envoy()?,
         cdcheck: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cdcheck")),
+        boutique: None,
     })
 }
 
@@ -190,6 +207,8 @@ fn root_cert(state_dir: &Path) -> PathBuf {
 pub struct DaemonOptions {
     pub state_dir: PathBuf,
     pub envoy: PathBuf,
+    /// Online Boutique's built services, run instead of stand-ins.
+    pub boutique: Option<PathBuf>,
 }
 
 /// The mesh daemon: the pod network, the relays (host 127.0.0.1:30080/30443 into the
@@ -248,6 +267,8 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
 
     let root = root_cert(state_dir);
     write_root_cert(&client, &root).await?;
+    let (names_tx, names) = tokio::sync::watch::channel(services::ServiceNames::default());
+    tokio::spawn(services::run(client.clone(), netns_name.clone(), names_tx));
     let config = pods::RunnerConfig {
         mesh_dir: dir,
         netns: netns_name,
@@ -260,6 +281,8 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
         xds_socket: socket,
         root_cert: root,
         logs,
+        names,
+        boutique: options.boutique.clone(),
     };
     pods::run(client, config).await?;
     Ok(())

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use cdcheck::mesh::Workloads;
 use cdcheck::report::{self, Event, Reporter, SkipKind, Verdict};
 use cdcheck::scenario::pipeline::{Manifests, Pipeline};
 use cdcheck::scenario::runner::{self, RunConfig};
@@ -161,6 +162,13 @@ pub struct Args {
     /// installed and cdcheck runs as root (and keeps a running substrate as it is).
     #[arg(long, value_enum, default_value_t = MeshChoice::Auto)]
     pub mesh: MeshChoice,
+
+    /// What the local mesh's pods run for Online Boutique's images: `standins` (cdcheck's,
+    /// which answer without calling each other) or `upstream` (Online Boutique's own
+    /// services, built from its sources once by `cdcheck substrate install --mesh`;
+    /// cartservice stays a stand-in, redis-cart is Redis).
+    #[arg(long, value_enum, default_value_t = Workloads::Standins)]
+    pub workloads: Workloads,
 }
 
 fn parse_feature_image(value: &str) -> Result<(String, String), String> {
@@ -220,6 +228,7 @@ fn substrate_options(args: &Args) -> SubstrateOptions {
     options.nodes = args.nodes;
     options.state_dir = args.state_dir.clone();
     options.mesh = args.mesh;
+    options.workloads = args.workloads;
     options.require_data_plane =
         args.require.contains(&Requirement::DataPlane) || args.require.contains(&Requirement::All);
     options.kubeconfig = args.kubeconfig.clone();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use cdcheck::mesh::Workloads;
 use cdcheck::settings;
 use cdcheck::substrate::host::SystemHost;
 use cdcheck::substrate::{
@@ -50,6 +51,13 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = MeshChoice::Off, num_args = 0..=1, default_missing_value = "on")]
     pub mesh: MeshChoice,
 
+    /// What the local mesh's pods run for Online Boutique's images: `standins` (cdcheck's,
+    /// which answer without calling each other) or `upstream` (Online Boutique's own
+    /// services, built from its sources once by `cdcheck substrate install --mesh`;
+    /// cartservice stays a stand-in, redis-cart is Redis).
+    #[arg(long, value_enum, default_value_t = Workloads::Standins)]
+    pub workloads: Workloads,
+
     /// kind: delete cdcheck's cluster and create it again even when its fingerprint matches.
     #[arg(long)]
     pub recreate: bool,
@@ -81,6 +89,9 @@ pub struct MeshDaemonArgs {
     pub state_dir: PathBuf,
     #[arg(long)]
     pub envoy: PathBuf,
+    /// Online Boutique's built services, run instead of stand-ins.
+    #[arg(long)]
+    pub boutique: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -410,6 +421,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     options.state_dir = args.state_dir;
     options.boot_timeout = args.timeout.into();
     options.mesh = args.mesh;
+    options.workloads = args.workloads;
     options.require_data_plane = args.mesh == MeshChoice::On;
     let progress = |line: &str| eprintln!("{line}");
     let target = runtime()?
@@ -465,6 +477,7 @@ pub fn mesh_daemon(args: MeshDaemonArgs) -> anyhow::Result<ExitCode> {
     let options = cdcheck::mesh::DaemonOptions {
         state_dir: args.state_dir,
         envoy: args.envoy,
+        boutique: args.boutique,
     };
     runtime()?
         .block_on(cdcheck::mesh::run_daemon(options))

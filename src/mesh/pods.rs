@@ -48,6 +48,11 @@ pub struct RunnerConfig {
     pub root_cert: PathBuf,
     /// Where each container's output is, for the kubelet API's logs.
     pub logs: Arc<ContainerLogs>,
+    /// The Services' names and addresses, for each pod's `/etc/hosts`.
+    pub names: watch::Receiver<super::services::ServiceNames>,
+    /// Online Boutique's services built from upstream's sources, run for their images
+    /// instead of stand-ins (`<dir>/<service>/run`); `None`: stand-ins for every image.
+    pub boutique: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +84,8 @@ enum Sandbox {
     Pod {
         network: netns::PodNetwork,
         view: netns::PodView,
+        /// Rewrites the pod's `/etc/hosts` when Services come and go.
+        hosts: tokio::task::JoinHandle<()>,
     },
 }
 
@@ -98,30 +105,63 @@ impl Sandbox {
                 .map(|()| Sandbox::Node)
                 .map_err(|e| crate::error_chain(&e));
         }
-        let view = write_pod_view(pod, ip, pod_dir)
+        let mut names = shared.config.names.clone();
+        let hostname = pod_hostname(pod);
+        let namespace = pod.namespace().unwrap_or_default();
+        let hosts_text = names
+            .borrow_and_update()
+            .hosts_file(&namespace, &hostname, ip);
+        let view = write_pod_view(pod, &hostname, &hosts_text, pod_dir)
             .map_err(|e| format!("write the pod's /etc files: {e}"))?;
         let network = tokio::task::spawn_blocking(move || netns::PodNetwork::create(&node, ip))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| crate::error_chain(&e))?;
-        Ok(Sandbox::Pod { network, view })
+        let hosts_path = view.binds[0].0.clone();
+        let hosts = tokio::spawn(async move {
+            // In place (truncate and write): a bind mount holds the file's inode.
+            while names.changed().await.is_ok() {
+                let text = names
+                    .borrow_and_update()
+                    .hosts_file(&namespace, &hostname, ip);
+                if let Err(e) = std::fs::write(&hosts_path, text) {
+                    tracing::warn!("failed to write {}: {e}", hosts_path.display());
+                }
+            }
+        });
+        Ok(Sandbox::Pod {
+            network,
+            view,
+            hosts,
+        })
     }
 
     fn enter(&self, shared: &Shared, command: &mut Command) {
         match self {
             Sandbox::Node => netns::run_inside(command, &shared.netns),
-            Sandbox::Pod { network, view } => netns::run_in_pod(command, network.file(), view),
+            Sandbox::Pod { network, view, .. } => netns::run_in_pod(command, network.file(), view),
         }
     }
 
     async fn remove(self, shared: &Shared, ip: Ipv4Addr) {
         let node = shared.config.netns.clone();
+        if let Sandbox::Pod { hosts, .. } = &self {
+            hosts.abort();
+        }
         let _ = tokio::task::spawn_blocking(move || match self {
             Sandbox::Node => netns::remove_node_address(&node, ip),
             Sandbox::Pod { network, .. } => network.delete(),
         })
         .await;
     }
+}
+
+/// The pod's hostname: `spec.hostname`, else its name, as the kubelet sets it.
+fn pod_hostname(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| pod.name_any())
 }
 
 /// Whether the pod shares the node's network: `hostNetwork`, or an Istio gateway (its
@@ -144,25 +184,15 @@ fn in_node_network(pod: &Pod) -> bool {
 /// `nsswitch.conf` (files, then DNS), under `<pod dir>/etc/`.
 fn write_pod_view(
     pod: &Pod,
-    ip: Ipv4Addr,
+    hostname: &str,
+    hosts: &str,
     pod_dir: &std::path::Path,
 ) -> std::io::Result<netns::PodView> {
-    let name = pod.name_any();
     let namespace = pod.namespace().unwrap_or_default();
-    let hostname = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.hostname.clone())
-        .unwrap_or_else(|| name.clone());
     let etc = pod_dir.join("etc");
     std::fs::create_dir_all(&etc)?;
     let files = [
-        (
-            "hosts",
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
-            ),
-        ),
+        ("hosts", hosts.to_string()),
         (
             "resolv.conf",
             format!(
@@ -177,7 +207,10 @@ fn write_pod_view(
         std::fs::write(&path, text)?;
         binds.push((path, std::path::Path::new("/etc").join(file)));
     }
-    Ok(netns::PodView { hostname, binds })
+    Ok(netns::PodView {
+        hostname: hostname.to_string(),
+        binds,
+    })
 }
 
 impl Shared {
@@ -677,6 +710,14 @@ async fn command_for(
             );
         return Ok(command);
     }
+    if let Some(mut command) = upstream_command(&shared.config, &image, container) {
+        command.env_clear();
+        command.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (key, value) in env_of(pod, ip, container) {
+            command.env(key, value);
+        }
+        return Ok(command);
+    }
     let mut command = Command::new(&shared.config.cdcheck);
     command
         .arg("standin")
@@ -697,6 +738,52 @@ async fn command_for(
         command.env(key, value);
     }
     Ok(command)
+}
+
+/// The process upstream's image would run for an Online Boutique container, when the mesh
+/// runs upstream's services: the built service's launcher, or Redis for redis-cart. `None`
+/// (a stand-in runs): stand-ins asked for, the service not built (cartservice), or the
+/// broken release's tag, whose stand-in never becomes ready as a missing image would not.
+fn upstream_command(config: &RunnerConfig, image: &str, container: &Container) -> Option<Command> {
+    let built = config.boutique.as_ref()?;
+    if crate::standin::is_broken_image(image) {
+        return None;
+    }
+    let role = crate::standin::role_from_image(image).ok()?;
+    if role == crate::standin::Role::Redis {
+        let port = container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.container_port)
+            .next()
+            .unwrap_or(6379);
+        let server = which("redis-server")?;
+        let mut command = Command::new(server);
+        // The image's defaults: no persistence beyond the pod (redis-cart mounts an
+        // emptyDir), every address of the pod's own namespace.
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        return Some(command);
+    }
+    let launcher = built.join(role.image_name()).join("run");
+    launcher.is_file().then(|| Command::new(launcher))
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }
 
 /// The container's environment as the kubelet would build it, for the values a stand-in

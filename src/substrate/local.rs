@@ -102,6 +102,14 @@ pub enum LocalError {
         "start the mesh on the substrate running in {path}: it was started without `--mesh` (kwok plays its pods); stop it with `cdcheck down` first"
     )]
     NoMesh { path: PathBuf },
+    #[error(
+        "start the mesh with {wanted} on the substrate running in {path}: its pods run {running}; stop it with `cdcheck down` first"
+    )]
+    OtherWorkloads {
+        path: PathBuf,
+        running: String,
+        wanted: String,
+    },
     #[error("start the local mesh")]
     Mesh(#[from] crate::mesh::MeshError),
 }
@@ -186,6 +194,9 @@ struct State {
     /// Pods are the mesh's processes, not kwok's.
     #[serde(default)]
     mesh: bool,
+    /// The mesh's pods run Online Boutique's services built in this directory (else stand-ins).
+    #[serde(default)]
+    boutique: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -409,6 +420,14 @@ async fn api_ready(client: &Client) -> bool {
     }
 }
 
+/// What a mesh's pods run, for messages.
+fn workloads_text(boutique: Option<&Path>) -> String {
+    match boutique {
+        Some(dir) => format!("Online Boutique's own services ({})", dir.display()),
+        None => "cdcheck's stand-ins".to_string(),
+    }
+}
+
 /// Node names of an N-node substrate.
 pub fn node_names(n: u32) -> Vec<String> {
     (1..=n).map(|i| format!("node-{i}")).collect()
@@ -426,6 +445,16 @@ pub async fn up(binaries: &Binaries, options: &UpOptions) -> Result<Substrate, L
                 path: state_dir.clone(),
             });
         }
+        if let Some(mesh) = &options.mesh {
+            let running = read_state(state_dir).and_then(|s| s.boutique);
+            if running != mesh.boutique {
+                return Err(LocalError::OtherWorkloads {
+                    path: state_dir.clone(),
+                    running: workloads_text(running.as_deref()),
+                    wanted: workloads_text(mesh.boutique.as_deref()),
+                });
+            }
+        }
         let client = existing.client().await?;
         if options.nodes as usize > existing.nodes.len() {
             existing.nodes = node_names(options.nodes);
@@ -434,6 +463,7 @@ pub async fn up(binaries: &Binaries, options: &UpOptions) -> Result<Substrate, L
                 nodes: options.nodes,
                 processes: Vec::new(),
                 mesh: existing.mesh,
+                boutique: options.mesh.as_ref().and_then(|m| m.boutique.clone()),
             });
             state.nodes = options.nodes;
             write_state(state_dir, &state)?;
@@ -698,6 +728,7 @@ async fn boot(
         nodes: options.nodes,
         processes: Vec::new(),
         mesh: options.mesh.is_some(),
+        boutique: options.mesh.as_ref().and_then(|m| m.boutique.clone()),
     };
     let record = |state: &mut State, spawned: &[Spawned]| {
         state.processes = spawned
@@ -874,11 +905,14 @@ async fn start_mesh(
     }
     if !alive(&state, "mesh-daemon") {
         let exe = binaries.cdcheck.clone();
-        let args = vec![
+        let mut args = vec![
             "mesh-daemon".to_string(),
             format!("--state-dir={}", state_dir.display()),
             format!("--envoy={}", binaries.envoy.display()),
         ];
+        if let Some(boutique) = &binaries.boutique {
+            args.push(format!("--boutique={}", boutique.display()));
+        }
         spawned.push(spawn_with("mesh-daemon", &exe, &args, &[], None, &logs)?);
     }
     for s in &spawned {

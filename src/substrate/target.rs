@@ -82,6 +82,8 @@ pub struct SubstrateOptions {
     /// local mesh: the `cdcheck` executable that runs the mesh daemon and the pods (default:
     /// this process's, which is not cdcheck when cdcheck is a library in a test).
     pub cdcheck_binary: Option<PathBuf>,
+    /// local mesh: what the pods run for Online Boutique's images.
+    pub workloads: crate::mesh::Workloads,
 }
 
 impl SubstrateOptions {
@@ -101,6 +103,7 @@ impl SubstrateOptions {
             agent_image: None,
             kind_state_dir: None,
             cdcheck_binary: None,
+            workloads: crate::mesh::Workloads::default(),
         }
     }
 
@@ -239,6 +242,8 @@ pub enum ProvisionError {
     Binaries(#[source] binaries::BinaryError),
     #[error("build istiod for the local mesh")]
     Istiod(#[source] binaries::BinaryError),
+    #[error("build Online Boutique's services for the local mesh")]
+    Boutique(#[source] binaries::BinaryError),
     #[error("start the local mesh")]
     Mesh(#[source] crate::mesh::MeshError),
     #[error("bring up the local substrate")]
@@ -393,6 +398,14 @@ async fn mesh_for(
         Ok(mut binaries) => {
             if let Some(cdcheck) = &options.cdcheck_binary {
                 binaries.cdcheck = cdcheck.clone();
+            }
+            if options.workloads == crate::mesh::Workloads::Upstream {
+                // Built once (1.5–4 min cold), then found in the cache.
+                let built = tokio::task::block_in_place(|| {
+                    super::boutique::ensure(|line| progress(&format!("  {line}")))
+                })
+                .map_err(ProvisionError::Boutique)?;
+                binaries.boutique = Some(built);
             }
             let dir = settings::state_dir(options.state_dir.as_deref(), true);
             if !required
