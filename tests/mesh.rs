@@ -4,18 +4,13 @@
 //! receives no traffic, because Kubernetes' own EndpointSlices leave it out.
 
 mod common;
+mod support_gateway;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cdcheck::manifests::Bundle;
-use cdcheck::scenario::dataplane::gateway_target;
-use cdcheck::substrate::DataPlane;
-use cdcheck::traffic::attribution::AttributionRule;
-use cdcheck::traffic::load::{self, LoadSpec};
-use cdcheck::traffic::target::Target;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
@@ -31,79 +26,6 @@ fn frontend(env: &str) -> Bundle {
     common::only_services(&common::render(env, "v0.10.6", |_| {}), &["frontend"])
 }
 
-/// Exposes `env`'s frontend on the gateway with a Gateway of the namespace's own (port 80,
-/// the environment's host only) and the rendered `frontend` VirtualService bound to it:
-/// nothing outlives the namespace, and no `*` server competes with other tests' Gateways.
-async fn expose(client: &kube::Client, env: &str) {
-    let full = common::render(env, "v0.10.6", |_| {});
-    let mut vs = full
-        .objects
-        .iter()
-        .find(|o| o.kind() == "VirtualService" && o.name() == "frontend")
-        .expect("the frontend VirtualService")
-        .to_json()
-        .expect("json");
-    vs["spec"]["gateways"] = serde_json::json!([format!("{env}/{env}")]);
-    let gateway = serde_json::json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-        "metadata": { "name": env, "namespace": env },
-        "spec": {
-            "selector": { "istio": "ingressgateway" },
-            "servers": [{
-                "port": { "number": 80, "name": "http", "protocol": "HTTP" },
-                "hosts": [format!("{env}.boutique.test")]
-            }]
-        }
-    });
-    for (object, kind) in [(gateway, "Gateway"), (vs, "VirtualService")] {
-        let gvk = kube::api::GroupVersionKind::gvk("networking.istio.io", "v1", kind);
-        cdcheck::kube::apply::apply_value(client, &gvk, &object)
-            .await
-            .unwrap_or_else(|e| panic!("apply the {kind}: {}", common::chain(&e)));
-    }
-}
-
-/// Sends `n` requests through the gateway at 100/s; answers per pod and failures.
-async fn through_gateway(host: &str, n: u64) -> (BTreeMap<String, u64>, u64) {
-    let ingress = DataPlane::local_mesh(common::mesh_state_dir());
-    let target = Target::Http(gateway_target(&ingress, host, "/").expect("target"));
-    let spec = LoadSpec::open(100.0, Duration::from_millis(n * 10))
-        .with_attribution(AttributionRule::frontend_pod());
-    let timeline = load::run(&target, &spec, None).await.expect("load");
-    let summary = cdcheck::traffic::record::Summary::of(&timeline);
-    (summary.labels, summary.failed)
-}
-
-/// Waits until `host` answers through the gateway (istiod pushes routes and endpoints
-/// a moment after the rollout completes).
-async fn wait_serving(host: &str) {
-    for _ in 0..150 {
-        let (_, failed) = through_gateway(host, 3).await;
-        if failed == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{host} never answered through the gateway");
-}
-
-async fn ready_frontend_pods(client: &kube::Client, env: &str) -> Vec<String> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), env);
-    pods.list(&ListParams::default().labels("app=frontend"))
-        .await
-        .expect("list pods")
-        .items
-        .into_iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .filter_map(|p| p.metadata.name)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_serves_the_rendered_frontend_from_both_of_its_pods() {
     let Some(cluster) = mesh().await else { return };
@@ -113,11 +35,11 @@ async fn the_gateway_serves_the_rendered_frontend_from_both_of_its_pods() {
     common::with_temp_env(&cluster, "mesh-gw", |env| async move {
         let host = format!("{env}.boutique.test");
         common::deploy(cluster_ref, &frontend(&env), &env).await;
-        expose(&client, &env).await;
-        wait_serving(&host).await;
-        let (by_pod, failed) = through_gateway(&host, 60).await;
+        support_gateway::expose(&client, &env).await;
+        support_gateway::wait_serving(&host).await;
+        let (by_pod, failed) = support_gateway::through_gateway(&host, 60).await;
         assert_eq!(failed, 0, "requests failed through the gateway: {by_pod:?}");
-        let mut expected = ready_frontend_pods(&client, &env).await;
+        let mut expected = support_gateway::ready_frontend_pods(&client, &env).await;
         expected.sort();
         let served: Vec<String> = by_pod.keys().cloned().collect();
         assert_eq!(expected.len(), 2, "two Ready frontend pods: {expected:?}");
@@ -136,7 +58,7 @@ async fn the_gateway_serves_the_rendered_frontend_from_both_of_its_pods() {
         let mut one = Vec::new();
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let (by_pod, failed) = through_gateway(&host, 20).await;
+            let (by_pod, failed) = support_gateway::through_gateway(&host, 20).await;
             if failed == 0 && by_pod.len() == 1 {
                 one = by_pod.keys().cloned().collect();
                 break;
@@ -206,8 +128,8 @@ async fn with_broken_pod(with_readiness_probe: bool) -> Option<(BTreeMap<String,
     let outcome = common::with_temp_env(&cluster, "mesh-ready", |env| async move {
         let host = format!("{env}.boutique.test");
         common::deploy(cluster_ref, &frontend(&env), &env).await;
-        expose(&client, &env).await;
-        wait_serving(&host).await;
+        support_gateway::expose(&client, &env).await;
+        support_gateway::wait_serving(&host).await;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &env);
         deployments
             .patch(
@@ -235,7 +157,7 @@ async fn with_broken_pod(with_readiness_probe: bool) -> Option<(BTreeMap<String,
         }
         if expected_ready {
             loop {
-                let (_, failed) = through_gateway(&host, 10).await;
+                let (_, failed) = support_gateway::through_gateway(&host, 10).await;
                 if failed > 0 {
                     break;
                 }
@@ -245,7 +167,7 @@ async fn with_broken_pod(with_readiness_probe: bool) -> Option<(BTreeMap<String,
                 );
             }
         }
-        through_gateway(&host, REQUESTS).await
+        support_gateway::through_gateway(&host, REQUESTS).await
     })
     .await;
     Some((outcome.0, outcome.1, REQUESTS))

@@ -102,14 +102,6 @@ pub enum LocalError {
         "start the mesh on the substrate running in {path}: it was started without `--mesh` (kwok plays its pods); stop it with `cdcheck down` first"
     )]
     NoMesh { path: PathBuf },
-    #[error(
-        "start the mesh with {wanted} on the substrate running in {path}: its pods run {running}; stop it with `cdcheck down` first"
-    )]
-    OtherWorkloads {
-        path: PathBuf,
-        running: String,
-        wanted: String,
-    },
     #[error("start the local mesh")]
     Mesh(#[from] crate::mesh::MeshError),
 }
@@ -353,6 +345,31 @@ fn stop_all(state_dir: &Path) -> usize {
     pids.len()
 }
 
+/// Stops one recorded process of the substrate (SIGTERM, then SIGKILL after 5 s) and
+/// forgets it.
+fn stop_recorded(state: &mut State, state_dir: &Path, component: &str) {
+    let pids: Vec<i32> = state
+        .processes
+        .iter()
+        .filter(|p| p.component == component)
+        .map(|p| p.pid)
+        .filter(|pid| is_ours(*pid, state_dir))
+        .collect();
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        for pid in &pids {
+            // SAFETY: signalling a process we verified runs our command line.
+            unsafe {
+                libc::kill(*pid, signal);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && pids.iter().any(|pid| is_ours(*pid, state_dir)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    state.processes.retain(|p| p.component != component);
+}
+
 /// What `down` did.
 #[derive(Clone, Debug)]
 pub struct Down {
@@ -420,14 +437,6 @@ async fn api_ready(client: &Client) -> bool {
     }
 }
 
-/// What a mesh's pods run, for messages.
-fn workloads_text(boutique: Option<&Path>) -> String {
-    match boutique {
-        Some(dir) => format!("Online Boutique's own services ({})", dir.display()),
-        None => "cdcheck's stand-ins".to_string(),
-    }
-}
-
 /// Node names of an N-node substrate.
 pub fn node_names(n: u32) -> Vec<String> {
     (1..=n).map(|i| format!("node-{i}")).collect()
@@ -444,16 +453,6 @@ pub async fn up(binaries: &Binaries, options: &UpOptions) -> Result<Substrate, L
             return Err(LocalError::NoMesh {
                 path: state_dir.clone(),
             });
-        }
-        if let Some(mesh) = &options.mesh {
-            let running = read_state(state_dir).and_then(|s| s.boutique);
-            if running != mesh.boutique {
-                return Err(LocalError::OtherWorkloads {
-                    path: state_dir.clone(),
-                    running: workloads_text(running.as_deref()),
-                    wanted: workloads_text(mesh.boutique.as_deref()),
-                });
-            }
         }
         let client = existing.client().await?;
         if options.nodes as usize > existing.nodes.len() {
@@ -867,6 +866,14 @@ async fn start_mesh(
     let mut state = read_state(state_dir).ok_or_else(|| LocalError::NotRunning {
         path: state_dir.to_path_buf(),
     })?;
+    if state.boutique != binaries.boutique {
+        // Other workloads asked for: the pod runner starts again with them. Its pods'
+        // processes die with it, and the new one starts them anew (a kubelet restarted
+        // with another runtime); the objects, their addresses and the rest stay.
+        stop_recorded(&mut state, state_dir, "mesh-daemon");
+        state.boutique = binaries.boutique.clone();
+        write_state(state_dir, &state)?;
+    }
     let alive = |state: &State, component: &str| {
         state
             .processes

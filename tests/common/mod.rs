@@ -286,10 +286,17 @@ pub fn mesh_unavailable() -> Option<String> {
 
 /// Starts (or reuses) the local mesh substrate; its kubeconfig.
 pub fn start_mesh() -> Result<PathBuf, String> {
+    start_mesh_with(cdcheck::mesh::Workloads::Standins)
+}
+
+/// The local mesh with its pods running `workloads`: a mesh running others restarts its
+/// pod runner with these.
+pub fn start_mesh_with(workloads: cdcheck::mesh::Workloads) -> Result<PathBuf, String> {
     if let Some(why) = mesh_unavailable() {
         return Err(why);
     }
     let options = SubstrateOptions {
+        workloads,
         mesh: MeshChoice::On,
         require_data_plane: true,
         state_dir: Some(mesh_state_dir()),
@@ -299,6 +306,18 @@ pub fn start_mesh() -> Result<PathBuf, String> {
         ..SubstrateOptions::new(SubstrateKind::Local)
     };
     provision_kubeconfig(options)
+}
+
+/// The local mesh with Online Boutique's own services as its pods' processes (started once
+/// per test binary; the services built by `cdcheck substrate install --mesh`), or `None`
+/// after [`skip::skip_or_fail`] when it cannot run here.
+pub async fn mesh_upstream_cluster() -> Option<Cluster> {
+    static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    connect_or_skip(
+        KUBECONFIG.get_or_init(|| start_mesh_with(cdcheck::mesh::Workloads::Upstream)),
+        "the local mesh with upstream's services cannot start",
+    )
+    .await
 }
 
 /// The local mesh substrate (started once per test binary), or `None` after

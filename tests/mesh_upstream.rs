@@ -1,0 +1,194 @@
+//! Online Boutique's own services on the local mesh (`--workloads upstream`): every pod in
+//! network, mount and UTS namespaces of its own, calling its backends by Service name
+//! through the mesh's Service addresses. The rendered boutique then sells: a product page,
+//! a cart and a checkout that calls payment, shipping, email and currency, with upstream's
+//! footer naming the pod that answered; and a Deployment whose PORT disagrees with its
+//! probe's port never becomes ready, which a stand-in (it binds the declared ports) hid.
+
+mod common;
+mod support_gateway;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+
+/// Upstream's shop in one environment, with a cookie jar: what a user's browser does.
+fn shopper(host: &str) -> reqwest::Client {
+    let ingress = cdcheck::substrate::DataPlane::local_mesh(common::mesh_state_dir());
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .resolve(host, ingress.http)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("a client")
+}
+
+/// `application/x-www-form-urlencoded`, as the shop's forms post.
+fn form(request: reqwest::RequestBuilder, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".to_string(),
+                other => format!("%{other:02X}"),
+            })
+            .collect()
+    };
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    request
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.join("&"))
+}
+
+async fn page(request: reqwest::RequestBuilder) -> (u16, String) {
+    let response = request.send().await.expect("the gateway answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_pod() {
+    let Some(cluster) = common::mesh_upstream_cluster().await else {
+        return;
+    };
+    let client = cluster.client.clone();
+    let cluster_ref = &cluster;
+    common::with_temp_env(&cluster, "upstream", |env| async move {
+        let host = format!("{env}.boutique.test");
+        let bundle = common::render(&env, "v0.10.6", |_| {});
+        common::deploy(cluster_ref, &bundle, &env).await;
+        support_gateway::expose(&client, &env).await;
+        support_gateway::wait_serving(&host).await;
+
+        // Every answer is attributed, by upstream's own footer, to a Ready frontend pod.
+        let (by_pod, failed) = support_gateway::through_gateway(&host, 40).await;
+        assert_eq!(failed, 0, "home page requests failed: {by_pod:?}");
+        let frontends = support_gateway::ready_frontend_pods(&client, &env).await;
+        assert!(!by_pod.is_empty(), "no answer was attributed");
+        for pod in by_pod.keys() {
+            assert!(
+                frontends.contains(pod),
+                "{pod} is no Ready frontend pod: {frontends:?}"
+            );
+        }
+
+        let shop = shopper(&host);
+        let base = format!("http://{host}");
+        let (status, home) = page(shop.get(format!("{base}/"))).await;
+        assert_eq!(status, 200, "{home}");
+        // The home page lists the product catalogue's products, priced by currencyservice.
+        assert!(
+            home.contains("/product/OLJCESPC7Z"),
+            "no products on the home page"
+        );
+        let (status, _) = page(form(
+            shop.post(format!("{base}/cart")),
+            &[("product_id", "OLJCESPC7Z"), ("quantity", "2")],
+        ))
+        .await;
+        assert_eq!(status, 200, "adding to the cart failed");
+        let (status, cart) = page(shop.get(format!("{base}/cart"))).await;
+        assert_eq!(status, 200);
+        assert!(
+            cart.contains("Sunglasses"),
+            "the cart lacks what was added: {cart}"
+        );
+        let (status, order) = page(form(
+            shop.post(format!("{base}/cart/checkout")),
+            &[
+                ("email", "someone@example.com"),
+                ("street_address", "1600 Amphitheatre Parkway"),
+                ("zip_code", "94043"),
+                ("city", "Mountain View"),
+                ("state", "CA"),
+                ("country", "United States"),
+                ("credit_card_number", "4432801561520454"),
+                ("credit_card_expiration_month", "1"),
+                ("credit_card_expiration_year", "2030"),
+                ("credit_card_cvv", "672"),
+            ],
+        ))
+        .await;
+        assert_eq!(status, 200, "checkout failed: {order}");
+        assert!(order.contains("Your order is complete"), "{order}");
+
+        // Control: productcatalogservice told to listen elsewhere than its probe and Service
+        // say. Upstream's service obeys PORT, so its new pods never become ready.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &env);
+        deployments
+            .patch(
+                "productcatalogservice",
+                &PatchParams::default(),
+                &Patch::Strategic(
+                    serde_json::json!({"spec": {"template": {"spec": {"containers": [
+                        {"name": "server", "env": [{"name": "PORT", "value": "3551"}]}
+                    ]}}}}),
+                ),
+            )
+            .await
+            .expect("patch PORT");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &env);
+        let mut mismatched = Vec::new();
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            mismatched = pods
+                .list(&ListParams::default().labels("app=productcatalogservice"))
+                .await
+                .expect("list pods")
+                .items
+                .into_iter()
+                .filter(|p| {
+                    p.spec.as_ref().is_some_and(|s| {
+                        s.containers[0]
+                            .env
+                            .iter()
+                            .flatten()
+                            .any(|e| e.value.as_deref() == Some("3551"))
+                    })
+                })
+                .collect();
+            let running = mismatched
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+            if running {
+                break;
+            }
+        }
+        assert!(!mismatched.is_empty(), "the patched pod never started");
+        // Its probe's initial delay has passed well before this (the reference sets none
+        // beyond the probe's period); give it as long again.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let ready = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        for pod in pods
+            .list(&ListParams::default().labels("app=productcatalogservice"))
+            .await
+            .expect("list pods")
+            .items
+            .iter()
+            .filter(|p| {
+                mismatched
+                    .iter()
+                    .any(|m| m.metadata.name == p.metadata.name)
+            })
+        {
+            assert!(
+                !ready(pod),
+                "a productcatalogservice listening on 3551 passed a probe on 3550"
+            );
+        }
+    })
+    .await;
+}
