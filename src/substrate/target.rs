@@ -476,7 +476,21 @@ async fn provision_local(
     Ok(Target {
         kind: SubstrateKind::Local,
         cluster,
-        data_plane: substrate.mesh.then(|| DataPlane::local_mesh(state_dir)),
+        data_plane: substrate.mesh.then(|| {
+            let mut data_plane = DataPlane::local_mesh(state_dir);
+            if options.workloads == crate::mesh::Workloads::Upstream {
+                // Upstream's adservice names no pod in its answers, as on a cluster: calls
+                // inside the mesh are made and attributed (by the sidecar's per-endpoint
+                // counters) by the agent pod, as on kind.
+                data_plane.in_mesh = super::InMesh::Agent {
+                    image: options
+                        .agent_image
+                        .clone()
+                        .unwrap_or_else(|| crate::versions::AGENT_IMAGE.to_string()),
+                };
+            }
+            data_plane
+        }),
         capabilities: Capabilities { cordon: true },
         summary,
     })
