@@ -146,6 +146,9 @@ impl SubstrateOptions {
         if self.kind_state_dir.is_some() {
             not_for(kind, "--kind-state-dir", "kind only");
         }
+        if self.workloads != defaults.workloads {
+            not_for(local, "--workloads", "local only (its mesh)");
+        }
         if misplaced.is_empty() {
             Ok(())
         } else {
