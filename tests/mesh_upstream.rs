@@ -184,12 +184,6 @@ async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_po
         // Its probe's initial delay has passed well before this (the reference sets none
         // beyond the probe's period); give it as long again.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let ready = |p: &Pod| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        };
         for pod in pods
             .list(&ListParams::default().labels("app=productcatalogservice"))
             .await
@@ -203,7 +197,7 @@ async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_po
             })
         {
             assert!(
-                !ready(pod),
+                !support_gateway::has_ready_condition(pod),
                 "a productcatalogservice listening on 3551 passed a probe on 3550"
             );
         }

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::oneshot;
 
 use super::drain::APP_LABEL;
+use super::rollout::is_ready;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodWatchError {
@@ -52,15 +53,6 @@ pub struct Observed {
     pub terminated: BTreeMap<String, String>,
     /// Watch events received after the sync.
     pub events: usize,
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn app_of(pod: &Pod) -> String {

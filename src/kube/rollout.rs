@@ -201,7 +201,7 @@ fn owner_is(
 }
 
 /// Ready and not terminating.
-pub(super) fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status

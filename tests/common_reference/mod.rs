@@ -27,13 +27,17 @@ pub fn reference_path(file: &str) -> PathBuf {
 /// The text of a reference file, or `None` after `skip_or_fail` (which panics
 /// under `CI`) when it is absent or unreadable.
 pub fn reference_text(test: &str, file: &str) -> Option<String> {
-    let path = reference_path(file);
-    match std::fs::read_to_string(&path) {
+    text_beside_clone(test, &reference_path(file), "../shared/reference")
+}
+
+/// The text of a file that `shared/` beside the clone holds, or `None` after
+/// `skip_or_fail` (which panics under `CI`).
+fn text_beside_clone(test: &str, path: &std::path::Path, expected_in: &str) -> Option<String> {
+    match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(error) => {
             let reason = format!(
-                "{test}: reference file {} is not readable ({error}); \
-                 it is expected in ../shared/reference beside the clone",
+                "{test}: {} is not readable ({error}); it is expected in {expected_in} beside the clone",
                 path.display()
             );
             skip::skip_or_fail(&reason);
@@ -55,19 +59,7 @@ pub fn boutique_src_path(path: &str) -> PathBuf {
 /// The text of a file of upstream's sources, or `None` after `skip_or_fail` (which panics
 /// under `CI`) when it is absent or unreadable.
 pub fn boutique_src_text(test: &str, path: &str) -> Option<String> {
-    let full = boutique_src_path(path);
-    match std::fs::read_to_string(&full) {
-        Ok(text) => Some(text),
-        Err(error) => {
-            let reason = format!(
-                "{test}: upstream source {} is not readable ({error}); \
-                 it is expected in ../shared/boutique-src beside the clone",
-                full.display()
-            );
-            skip::skip_or_fail(&reason);
-            None
-        }
-    }
+    text_beside_clone(test, &boutique_src_path(path), "../shared/boutique-src")
 }
 
 /// Every non-empty document of a multi-document YAML stream, as JSON values.

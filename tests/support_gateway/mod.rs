@@ -79,12 +79,15 @@ pub async fn ready_frontend_pods(client: &kube::Client, env: &str) -> Vec<String
         .expect("list pods")
         .items
         .into_iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(has_ready_condition)
         .filter_map(|p| p.metadata.name)
         .collect()
+}
+
+/// Whether the pod's status has the condition Ready=True (terminating or not).
+pub fn has_ready_condition(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
