@@ -117,7 +117,7 @@ impl Sandbox {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| crate::error_chain(&e))?;
-        let hosts_path = view.binds[0].0.clone();
+        let hosts_path = pod_etc(pod_dir).join("hosts");
         let hosts = tokio::spawn(async move {
             // In place (truncate and write): a bind mount holds the file's inode.
             while names.changed().await.is_ok() {
@@ -156,6 +156,11 @@ impl Sandbox {
     }
 }
 
+/// Where a pod's own `/etc` files are: `<pod dir>/etc/`.
+fn pod_etc(pod_dir: &std::path::Path) -> PathBuf {
+    pod_dir.join("etc")
+}
+
 /// The pod's hostname: `spec.hostname`, else its name, as the kubelet sets it.
 fn pod_hostname(pod: &Pod) -> String {
     pod.spec
@@ -189,7 +194,7 @@ fn write_pod_view(
     pod_dir: &std::path::Path,
 ) -> std::io::Result<netns::PodView> {
     let namespace = pod.namespace().unwrap_or_default();
-    let etc = pod_dir.join("etc");
+    let etc = pod_etc(pod_dir);
     std::fs::create_dir_all(&etc)?;
     let files = [
         ("hosts", hosts.to_string()),
