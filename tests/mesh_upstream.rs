@@ -98,6 +98,35 @@ async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_po
             );
         }
 
+        // cartservice is a stand-in with carts in memory per pod (NuGet is out of reach, so
+        // upstream's, which keeps them in redis-cart, cannot be built). Two replicas behind
+        // two frontends' pinned connections would split one cart: one replica, and the
+        // other pod gone, before shopping.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &env);
+        deployments
+            .patch(
+                "cartservice",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
+            )
+            .await
+            .expect("scale cartservice to 1");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &env);
+        let mut left = usize::MAX;
+        for _ in 0..120 {
+            left = pods
+                .list(&ListParams::default().labels("app=cartservice"))
+                .await
+                .expect("list pods")
+                .items
+                .len();
+            if left == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(left, 1, "cartservice did not scale to one pod");
+
         let shop = shopper(&host);
         let base = format!("http://{host}");
         let (status, home) = page(shop.get(format!("{base}/"))).await;
@@ -140,7 +169,6 @@ async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_po
 
         // Control: productcatalogservice told to listen elsewhere than its probe and Service
         // say. Upstream's service obeys PORT, so its new pods never become ready.
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &env);
         deployments
             .patch(
                 "productcatalogservice",
@@ -153,7 +181,6 @@ async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_po
             )
             .await
             .expect("patch PORT");
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &env);
         let mut mismatched = Vec::new();
         for _ in 0..40 {
             tokio::time::sleep(Duration::from_millis(500)).await;
