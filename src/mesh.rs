@@ -28,6 +28,7 @@ pub mod probe;
 pub mod proxy;
 pub mod relay;
 pub mod services;
+pub mod sidecar;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,7 @@ use crate::versions;
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
     #[error(
-        "find istiod (pilot-discovery {version}): set CDCHECK_PILOT_DISCOVERY, or run `cdcheck substrate install --mesh` (cache: {cache})"
+        "find istiod (pilot-discovery {version}, with pilot-agent beside it): set CDCHECK_PILOT_DISCOVERY, or run `cdcheck substrate install --mesh` (cache: {cache})"
     )]
     NoIstiod {
         version: &'static str,
@@ -95,6 +96,8 @@ pub enum MeshError {
 #[derive(Clone, Debug)]
 pub struct MeshBinaries {
     pub pilot_discovery: PathBuf,
+    /// Istio's sidecar agent, built with istiod (its bootstrap template beside it).
+    pub pilot_agent: PathBuf,
     pub envoy: PathBuf,
     /// The `cdcheck` executable that runs the mesh daemon and the stand-ins: this one,
     /// unless cdcheck is a library in another program (a test sets its binary).
@@ -111,24 +114,33 @@ pub enum Workloads {
     #[default]
     Standins,
     /// Upstream's own services built from its sources (cartservice stays a stand-in,
-    /// redis-cart is Redis): each pod calls its backends by Service name, as on a cluster.
+    /// redis-cart is Redis), with Istio's sidecar on every pod Istio would inject: each
+    /// pod calls its backends by Service name through its sidecar, as on a cluster.
     Upstream,
+}
+
+/// Where Istio's binaries are cached: `<bin cache>/istio-<version>/`.
+pub fn istio_cache_dir() -> PathBuf {
+    crate::settings::bin_cache().join(format!("istio-{}", versions::ISTIO))
 }
 
 /// Where istiod is cached: `<bin cache>/istio-<version>/pilot-discovery`.
 pub fn istiod_cache_path() -> PathBuf {
-    crate::settings::bin_cache()
-        .join(format!("istio-{}", versions::ISTIO))
-        .join("pilot-discovery")
+    istio_cache_dir().join("pilot-discovery")
 }
 
-/// `$CDCHECK_PILOT_DISCOVERY`, else the cache.
+/// `$CDCHECK_PILOT_DISCOVERY`, else the cache, which holds it only with pilot-agent and
+/// its bootstrap template (an older cache without them is built again, pilot-agent only).
 pub fn locate_istiod() -> Result<PathBuf, MeshError> {
     if let Some(path) = crate::settings::var(crate::settings::env::PILOT_DISCOVERY) {
         return Ok(PathBuf::from(path));
     }
     let cached = istiod_cache_path();
-    if cached.is_file() {
+    let dir = istio_cache_dir();
+    if cached.is_file()
+        && dir.join("pilot-agent").is_file()
+        && dir.join(sidecar::BOOTSTRAP_TEMPLATE).is_file()
+    {
         return Ok(cached);
     }
     Err(MeshError::NoIstiod {
@@ -172,6 +184,7 @@ pub fn locate_envoy() -> Result<PathBuf, MeshError> {
 pub fn locate() -> Result<MeshBinaries, MeshError> {
     Ok(MeshBinaries {
         pilot_discovery: locate_istiod()?,
+        pilot_agent: istio_cache_dir().join("pilot-agent"),
         envoy: locate_envoy()?,
         cdcheck: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cdcheck")),
         boutique: None,
@@ -209,6 +222,9 @@ pub struct DaemonOptions {
     pub envoy: PathBuf,
     /// Online Boutique's built services, run instead of stand-ins.
     pub boutique: Option<PathBuf>,
+    /// Istio's sidecar for the pods Istio would inject; `None`: a bare Envoy for pods that
+    /// ask by label only.
+    pub sidecars: Option<sidecar::SidecarBinaries>,
 }
 
 /// The mesh daemon: the pod network, the relays (host 127.0.0.1:30080/30443 into the
@@ -264,6 +280,17 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
     })?;
     let istiod = SocketAddr::from(([127, 0, 0, 1], istiod::XDS_SECURE));
     relays.push(tokio::spawn(relay::unix_to_host(listener, istiod)));
+    // Sidecars (pilot-agent) reach istiod by name, as a pod does on a cluster: the name is
+    // the node's address in every pod's hosts file, and the node relays it.
+    let addr = SocketAddr::from((netns::NETNS_ADDRESS, istiod::XDS_SECURE));
+    let listener = dialer
+        .listen(addr)
+        .await
+        .map_err(|source| MeshError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    relays.push(tokio::spawn(relay::netns_to_host(listener, istiod)));
 
     let root = root_cert(state_dir);
     write_root_cert(&client, &root).await?;
@@ -283,6 +310,7 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
         logs,
         names,
         boutique: options.boutique.clone(),
+        sidecars: options.sidecars.clone(),
     };
     pods::run(client, config).await?;
     Ok(())

@@ -11,7 +11,7 @@ mod support_gateway;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
 /// Upstream's shop in one environment, with a cookie jar: what a user's browser does.
@@ -48,6 +48,19 @@ fn form(request: reqwest::RequestBuilder, fields: &[(&str, &str)]) -> reqwest::R
         .body(body.join("&"))
 }
 
+/// The access logs of the Istio sidecars of one app's pods in `env` (the runner's
+/// `<mesh dir>/pods/<namespace>_<pod>_<uid>/istio-proxy.log`).
+fn sidecar_logs(env: &str, app: &str) -> Vec<String> {
+    let pods = cdcheck::mesh::mesh_dir(&common::mesh_state_dir()).join("pods");
+    let prefix = format!("{env}_{app}-");
+    std::fs::read_dir(&pods)
+        .unwrap_or_else(|e| panic!("read {}: {e}", pods.display()))
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("istio-proxy.log")).ok())
+        .collect()
+}
+
 async fn page(request: reqwest::RequestBuilder) -> (u16, String) {
     let response = request.send().await.expect("the gateway answers");
     let status = response.status().as_u16();
@@ -63,6 +76,18 @@ async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_po
     let cluster_ref = &cluster;
     common::with_temp_env(&cluster, "upstream", |env| async move {
         let host = format!("{env}.boutique.test");
+        // Injected as a run's environment is: every pod gets Istio's sidecar.
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .patch(
+                &env,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    serde_json::json!({"metadata": {"labels": {"istio-injection": "enabled"}}}),
+                ),
+            )
+            .await
+            .expect("label the namespace for injection");
         // The workloads and their Services only: the rendering's Gateway and certificate
         // live in istio-system, would outlive the namespace and serve `*` on 443 for every
         // later test; the frontend is exposed by a Gateway of the namespace's own instead.
@@ -86,6 +111,22 @@ async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_po
         support_gateway::expose(&client, &env).await;
         support_gateway::wait_serving(&host).await;
 
+        // Upstream's frontend names its pod in the footer only once its GCE metadata lookups
+        // (cluster name, zone) gave up: through a sidecar, off Google Cloud, the metadata
+        // address answers 503 and the client retries for about a minute, as it would on a
+        // kind cluster with Istio. Pages are served meanwhile, without the pod's name.
+        let named_by = std::time::Instant::now() + Duration::from_secs(150);
+        while support_gateway::through_gateway(&host, 5)
+            .await
+            .0
+            .is_empty()
+        {
+            assert!(
+                std::time::Instant::now() < named_by,
+                "no frontend footer named its pod within 150 s"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         // Every answer is attributed, by upstream's own footer, to a Ready frontend pod.
         let (by_pod, failed) = support_gateway::through_gateway(&host, 40).await;
         assert_eq!(failed, 0, "home page requests failed: {by_pod:?}");
@@ -166,6 +207,27 @@ async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_po
         .await;
         assert_eq!(status, 200, "checkout failed: {order}");
         assert!(order.contains("Your order is complete"), "{order}");
+
+        // The frontend's calls went through Istio's sidecars at both ends: the frontend's
+        // proxy logged them on productcatalogservice's outbound cluster, and that service's
+        // proxy on its inbound one. Only captured traffic passes an Envoy.
+        let catalog = format!("outbound|3550||productcatalogservice.{env}.svc.cluster.local");
+        let frontend_logs = sidecar_logs(&env, "frontend");
+        assert!(
+            frontend_logs
+                .iter()
+                .any(|log| log.contains(&catalog) && log.contains("ListProducts")),
+            "no frontend sidecar logged a call on {catalog}: {} logs",
+            frontend_logs.len()
+        );
+        let catalog_logs = sidecar_logs(&env, "productcatalogservice");
+        assert!(
+            catalog_logs
+                .iter()
+                .any(|log| log.contains("inbound|3550||") && log.contains("ListProducts")),
+            "no productcatalogservice sidecar logged an inbound call: {} logs",
+            catalog_logs.len()
+        );
 
         // Control: productcatalogservice told to listen elsewhere than its probe and Service
         // say. Upstream's service obeys PORT, so its new pods never become ready.

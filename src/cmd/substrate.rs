@@ -92,6 +92,11 @@ pub struct MeshDaemonArgs {
     /// Online Boutique's built services, run instead of stand-ins.
     #[arg(long)]
     pub boutique: Option<PathBuf>,
+    /// Istio's pilot-agent (its bootstrap template beside it): injected pods get Istio's
+    /// sidecar (istio-iptables and `pilot-agent proxy sidecar`); without it, only pods that
+    /// ask by label get a bare Envoy.
+    #[arg(long)]
+    pub pilot_agent: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -271,6 +276,13 @@ pub fn install(args: SubstrateArgs) -> anyhow::Result<ExitCode> {
         let istiod = binaries::ensure_istiod(|line| eprintln!("  {line}"))
             .context("install istiod for the local mesh")?;
         println!("{:<24} {}", "pilot-discovery", istiod.display());
+        println!(
+            "{:<24} {}",
+            "pilot-agent",
+            cdcheck::mesh::istio_cache_dir()
+                .join("pilot-agent")
+                .display()
+        );
         let envoy = cdcheck::mesh::locate_envoy().context("find Envoy for the local mesh")?;
         println!("{:<24} {}", "envoy", envoy.display());
         if boutique::locate().is_err() {
@@ -476,6 +488,9 @@ pub fn mesh_daemon(args: MeshDaemonArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let options = cdcheck::mesh::DaemonOptions {
         state_dir: args.state_dir,
+        sidecars: args.pilot_agent.map(|pilot_agent| {
+            cdcheck::mesh::sidecar::SidecarBinaries::beside(&pilot_agent, &args.envoy)
+        }),
         envoy: args.envoy,
         boutique: args.boutique,
     };

@@ -1,5 +1,6 @@
-//! Sidecar injection on the local mesh, which has no injection webhook and no iptables:
-//! a pod that asks for a sidecar with its label `sidecar.istio.io/inject: "true"` and has no
+//! Sidecar injection on the local mesh when it runs stand-ins (upstream's services get
+//! Istio's own sidecar, [`super::sidecar`]), without a webhook and without iptables: a pod
+//! that asks for a sidecar with its label `sidecar.istio.io/inject: "true"` and has no
 //! `istio-proxy` container gets one from the pod runner, plus an Istio `Sidecar` resource selecting
 //! that proxy alone whose egress listeners bind the pod's address (`captureMode: NONE`),
 //! so the app reaches `<service>:<port>` by connecting to its own pod address.

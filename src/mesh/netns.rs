@@ -411,15 +411,29 @@ impl Dialer {
         Ok(Dialer { requests })
     }
 
-    /// Connects to `addr` inside the namespace.
-    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    /// Listens on `addr` inside the namespace (an address of the namespace's own).
+    pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+        let socket = self.socket().await?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(128)?;
+        socket.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(socket.into())
+    }
+
+    async fn socket(&self) -> std::io::Result<socket2::Socket> {
         let (reply, socket) = tokio::sync::oneshot::channel();
         self.requests
             .send(reply)
             .map_err(|_| std::io::Error::other("the namespace thread stopped"))?;
-        let socket = socket
+        socket
             .await
-            .map_err(|_| std::io::Error::other("the namespace thread stopped"))??;
+            .map_err(|_| std::io::Error::other("the namespace thread stopped"))?
+    }
+
+    /// Connects to `addr` inside the namespace.
+    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let socket = self.socket().await?;
         socket.set_nonblocking(true)?;
         let stream: std::net::TcpStream = socket.into();
         let stream = tokio::net::TcpSocket::from_std_stream(stream)

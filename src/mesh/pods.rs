@@ -5,8 +5,9 @@
 //! process; on deletion the preStop hook runs, then SIGTERM, then SIGKILL at the end
 //! of the grace period, and only then is the object let go.
 //!
-//! A container whose image is cdcheck's agent runs `cdcheck agent`; a pod that asks for
-//! Istio's sidecar gets one ([`super::inject`]); a container that exits is restarted or
+//! A container whose image is cdcheck's agent runs `cdcheck agent`; a pod Istio would
+//! inject gets Istio's sidecar when the runner has pilot-agent ([`super::sidecar`]), else a
+//! pod that asks by label gets a bare Envoy ([`super::inject`]); a container that exits is restarted or
 //! not as the pod's `restartPolicy` says, and a pod whose app containers all ended for
 //! good is Succeeded or Failed. Containers' output goes to files that the kubelet API
 //! ([`super::kubelet`]) serves as the pod log.
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Container, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -31,6 +32,7 @@ use super::kubelet::ContainerLogs;
 use super::netns::{self, Dialer};
 use super::probe::{self, Timing};
 use super::proxy::{self, ProxyKind, ProxyPod};
+use super::sidecar::{self, SidecarBinaries};
 
 /// What the runner needs from the mesh.
 #[derive(Clone, Debug)]
@@ -53,6 +55,9 @@ pub struct RunnerConfig {
     /// Online Boutique's services built from upstream's sources, run for their images
     /// instead of stand-ins (`<dir>/<service>/run`); `None`: stand-ins for every image.
     pub boutique: Option<PathBuf>,
+    /// Istio's sidecar (pilot-agent) for every pod Istio would inject; `None`: the bare
+    /// Envoy of [`super::inject`] for pods that ask by label.
+    pub sidecars: Option<SidecarBinaries>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -374,8 +379,20 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
         .as_ref()
         .map(|s| s.containers.iter().map(|c| (c.clone(), false)).collect())
         .unwrap_or_default();
-    let injected = inject::wants_sidecar(&pod);
-    if injected {
+    let istio_sidecar = match &shared.config.sidecars {
+        Some(_) => sidecar::injects(&pod, &namespace_labels(&shared.client, &namespace).await),
+        None => false,
+    };
+    let injected =
+        istio_sidecar || (shared.config.sidecars.is_none() && inject::wants_sidecar(&pod));
+    let mut init_failed = None;
+    if istio_sidecar {
+        containers.push((sidecar::container(), true));
+        if let Err(why) = istio_init(&shared, &sandbox, &pod, &pod_dir).await {
+            tracing::warn!("pod {namespace}/{name}: istio-init failed: {why}");
+            init_failed = Some(why);
+        }
+    } else if injected {
         containers.push((inject::proxy_container(), true));
         // Before the proxy starts, so its first listeners already bind the pod's address.
         if let Err(e) = inject::apply_sidecar(&shared.client, &pod, ip).await {
@@ -398,15 +415,28 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
         .collect();
     let mut probes: Vec<Option<tokio::task::JoinHandle<()>>> =
         (0..runs.len()).map(|_| None).collect();
-    let hold = injected && ProxyConfig::of(&pod).hold_application_until_proxy_starts;
+    // Istio's sidecar is a native sidecar: its startup probe holds the apps until it is ready.
+    let hold =
+        istio_sidecar || (injected && ProxyConfig::of(&pod).hold_application_until_proxy_starts);
     // Proxies first: with `holdApplicationUntilProxyStarts` the app waits for its proxy.
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by_key(|&i| !runs[i].injected);
     let mut held = false;
+    if let Some(why) = &init_failed {
+        // A kubelet starts no container of a pod whose init container failed.
+        for run in runs.iter_mut() {
+            run.waiting = Some(("Init:Error".into(), why.clone()));
+        }
+        order.clear();
+    }
     for index in order {
         if hold && !runs[index].injected && !held {
             held = true;
-            let (waited, started) = inject::wait_proxy_started(&shared.dialer, ip).await;
+            let (waited, started) = if istio_sidecar {
+                sidecar_started(&shared.dialer, ip).await
+            } else {
+                inject::wait_proxy_started(&shared.dialer, ip).await
+            };
             if started {
                 tracing::info!(
                     "pod {namespace}/{name}: its proxy listens on {ip} after {waited:?}; starting the app"
@@ -430,7 +460,12 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
         )
         .await;
     }
-    patch_status(&api, &name, ip, &started, &runs, "Running").await;
+    let phase = if init_failed.is_some() {
+        "Pending"
+    } else {
+        "Running"
+    };
+    patch_status(&api, &name, ip, &started, &runs, phase).await;
 
     let mut restart_at: Vec<Option<tokio::time::Instant>> = vec![None; runs.len()];
     let mut finished = false;
@@ -446,7 +481,7 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
                 let pod = updates.borrow_and_update().clone();
                 if pod.metadata.deletion_timestamp.is_some() {
                     for p in probes.iter_mut().flatten() { p.abort(); }
-                    terminate(&shared, &pod, ip, &mut runs, &mut events).await;
+                    terminate(&shared, &sandbox, &pod, ip, &mut runs, &mut events, istio_sidecar).await;
                     if injected { inject::delete_sidecar(&shared.client, &pod).await; }
                     let params = DeleteParams {
                         grace_period_seconds: Some(0),
@@ -614,6 +649,80 @@ async fn start_container(
     )));
 }
 
+/// The namespace's labels (Istio's injection follows them); none when it cannot be read.
+async fn namespace_labels(
+    client: &Client,
+    namespace: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    match api.get_opt(namespace).await {
+        Ok(Some(ns)) => ns.labels().clone(),
+        Ok(None) => Default::default(),
+        Err(e) => {
+            tracing::warn!("read namespace {namespace} for sidecar injection: {e}");
+            Default::default()
+        }
+    }
+}
+
+/// `istio-init`: `pilot-agent istio-iptables` in the pod's namespaces, before any
+/// container, with its output in `<pod dir>/istio-init.log`.
+async fn istio_init(
+    shared: &Shared,
+    sandbox: &Sandbox,
+    pod: &Pod,
+    pod_dir: &std::path::Path,
+) -> Result<(), String> {
+    let binaries = shared
+        .config
+        .sidecars
+        .as_ref()
+        .ok_or("no pilot-agent for the mesh")?;
+    let log = pod_dir.join("istio-init.log");
+    let out = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut command = Command::new(&binaries.pilot_agent);
+    command
+        .arg("istio-iptables")
+        .args(sidecar::iptables_args(pod))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    sandbox.enter(shared, &mut command);
+    let status = command
+        .status()
+        .await
+        .map_err(|e| format!("run {}: {e}", binaries.pilot_agent.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "istio-iptables exited with {status} (its output: {})",
+            log.display()
+        ))
+    }
+}
+
+/// Waits for Istio's sidecar to be ready (`/healthz/ready` on 15021: Envoy has its
+/// certificate and first configuration), as its startup probe holds a native sidecar's
+/// apps. Gives up after a minute, and the apps start anyway.
+async fn sidecar_started(dialer: &Dialer, ip: Ipv4Addr) -> (Duration, bool) {
+    let started = std::time::Instant::now();
+    let addr = std::net::SocketAddr::from((ip, sidecar::READY_PORT));
+    while started.elapsed() < Duration::from_secs(60) {
+        if matches!(
+            probe::get(dialer, addr, "/healthz/ready", std::iter::empty(), false).await,
+            Ok((200, _))
+        ) {
+            return (started.elapsed(), true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (started.elapsed(), false)
+}
+
 /// The command of a container: Envoy for an Istio proxy, else `cdcheck standin`.
 async fn command_for(
     shared: &Shared,
@@ -626,6 +735,34 @@ async fn command_for(
     let image = container.image.clone().unwrap_or_default();
     let name = pod.name_any();
     let namespace = pod.namespace().unwrap_or_default();
+    if injected && let Some(binaries) = &shared.config.sidecars {
+        // Istio's sidecar: pilot-agent in the pod's proxy root, as uid 0 and gid 1337 (the
+        // group istio-iptables lets through; uid 1337 could not run Envoy from root's home).
+        let service_account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let token = token_for(&shared.client, pod, &service_account).await?;
+        let root = pod_dir.join("proxy");
+        sidecar::write_proxy_root(
+            &root,
+            &binaries.bootstrap_template,
+            &token,
+            &shared.config.root_cert,
+            pod,
+        )
+        .map_err(|e| format!("write the proxy's files under {}: {e}", root.display()))?;
+        let mut command = Command::new(&binaries.pilot_agent);
+        command
+            .args(sidecar::proxy_args(pod))
+            .current_dir(&root)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(sidecar::proxy_env(pod, ip, HOST_IP, &binaries.envoy))
+            .gid(sidecar::PROXY_GID);
+        return Ok(command);
+    }
     if image.contains(PROXY_IMAGE_MARK) {
         let args = container.args.clone().unwrap_or_default();
         let kind = ProxyKind::from_args(&args);
@@ -701,6 +838,11 @@ async fn command_for(
             .env("PATH", std::env::var_os("PATH").unwrap_or_default());
         for (key, value) in env_of(pod, ip, container) {
             command.env(key, value);
+        }
+        if shared.config.sidecars.is_some() {
+            // Istio's sidecar captures its requests and serves its stats on 127.0.0.1, as
+            // on a cluster: the agent's defaults.
+            return Ok(command);
         }
         use crate::settings::env;
         command
@@ -827,7 +969,7 @@ fn env_of(pod: &Pod, ip: Ipv4Addr, container: &Container) -> Vec<(String, String
     env
 }
 
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -938,14 +1080,18 @@ fn kill_all(runs: &mut [ContainerRun]) {
     }
 }
 
-/// The kubelet's termination: preStop hooks (bounded by the grace period), SIGTERM,
+/// The kubelet's termination: preStop hooks (bounded by the grace period), SIGTERM to the
+/// apps, and to an injected proxy only once they exited (a native sidecar's order: the
+/// proxy serves the apps' last requests; Istio's own preStop starts its drain at once),
 /// SIGKILL when the grace period ends.
 async fn terminate(
     shared: &Arc<Shared>,
+    sandbox: &Sandbox,
     pod: &Pod,
     ip: Ipv4Addr,
     runs: &mut [ContainerRun],
     events: &mut mpsc::Receiver<ContainerEvent>,
+    istio_sidecar: bool,
 ) {
     let grace = pod
         .metadata
@@ -958,26 +1104,68 @@ async fn terminate(
         .unwrap_or(30)
         .max(0) as u64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
-    let hooks = runs.iter().filter(|r| r.pid.is_some()).map(|run| {
-        let dialer = shared.dialer.clone();
-        let container = run.spec.clone();
-        async move { pre_stop(&dialer, ip, &container).await }
-    });
-    let _ = tokio::time::timeout_at(deadline, futures::future::join_all(hooks)).await;
-    for run in runs.iter() {
-        signal(run.pid, libc::SIGTERM);
-    }
-    while runs.iter().any(|r| r.pid.is_some()) {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(ContainerEvent::Exited { index, .. })) => {
-                runs[index].pid = None;
-                runs[index].waiter = None;
+    let hooks = runs
+        .iter()
+        .filter(|r| r.pid.is_some() && !r.injected)
+        .map(|run| {
+            let dialer = shared.dialer.clone();
+            let container = run.spec.clone();
+            async move { pre_stop(&dialer, ip, &container).await }
+        });
+    let drain = async {
+        if istio_sidecar {
+            drain_sidecar(shared, sandbox).await;
+        }
+    };
+    let _ = tokio::time::timeout_at(
+        deadline,
+        futures::future::join(futures::future::join_all(hooks), drain),
+    )
+    .await;
+    for proxies in [false, true] {
+        for run in runs.iter().filter(|r| r.injected == proxies) {
+            signal(run.pid, libc::SIGTERM);
+        }
+        while runs
+            .iter()
+            .any(|r| r.injected == proxies && r.pid.is_some())
+        {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(ContainerEvent::Exited { index, .. })) => {
+                    runs[index].pid = None;
+                    runs[index].waiter = None;
+                }
+                Ok(Some(ContainerEvent::Readiness { .. })) => {}
+                Ok(None) | Err(_) => break,
             }
-            Ok(Some(ContainerEvent::Readiness { .. })) => {}
-            Ok(None) | Err(_) => break,
         }
     }
     kill_all(runs);
+}
+
+/// Istio's native sidecar's preStop: `pilot-agent request POST drain` in the pod (its
+/// status port takes it from the pod's own loopback only).
+async fn drain_sidecar(shared: &Shared, sandbox: &Sandbox) {
+    let Some(binaries) = shared.config.sidecars.as_ref() else {
+        return;
+    };
+    let mut command = Command::new(&binaries.pilot_agent);
+    command
+        .args([
+            "request",
+            &format!("--debug-port={}", sidecar::STATUS_PORT),
+            "POST",
+            "drain",
+        ])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    sandbox.enter(shared, &mut command);
+    if let Err(e) = command.status().await {
+        tracing::debug!("drain the sidecar: {e}");
+    }
 }
 
 /// Runs a container's preStop hook: the sleep action, an HTTP GET, or an exec of

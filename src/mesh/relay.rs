@@ -1,5 +1,6 @@
 //! Relays across the namespace boundary, like kind's port mappings: host loopback
-//! ports into the pod network, and a unix socket from the pod network to istiod.
+//! ports into the pod network, and a unix socket and the node's address from the pod
+//! network to istiod.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,6 +34,23 @@ pub async fn unix_to_host(listener: tokio::net::UnixListener, target: SocketAddr
             continue;
         };
         tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// Accepts on `listener` (inside the namespace: the pods' way to istiod) and pipes each
+/// connection to `target` on the host's loopback.
+pub async fn netns_to_host(listener: tokio::net::TcpListener, target: SocketAddr) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = inbound.set_nodelay(true);
             if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                 let _ = outbound.set_nodelay(true);
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;

@@ -39,6 +39,13 @@ impl ServiceNames {
         let mut text =
             String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         let _ = writeln!(text, "{pod_ip}\t{hostname}");
+        // istiod runs on the node, not as a pod: the node relays its xDS and CA port.
+        let _ = writeln!(
+            text,
+            "{}\t{}",
+            super::netns::NETNS_ADDRESS,
+            super::sidecar::ISTIOD_HOST
+        );
         for ((service_namespace, name), ip) in &self.addresses {
             let qualified = format!("{name}.{service_namespace}");
             let _ = write!(text, "{ip}\t");
@@ -439,6 +446,10 @@ mod tests {
         ]);
         let hosts = names.hosts_file("dev", "frontend-abc", "10.244.1.7".parse().unwrap());
         assert!(hosts.contains("10.244.1.7\tfrontend-abc\n"), "{hosts}");
+        assert!(
+            hosts.contains("10.244.0.1\tistiod.istio-system.svc\n"),
+            "{hosts}"
+        );
         assert!(
             hosts.contains("10.96.0.64\tfrontend frontend.dev frontend.dev.svc frontend.dev.svc.cluster.local\n"),
             "{hosts}"

@@ -918,7 +918,9 @@ async fn start_mesh(
             format!("--envoy={}", binaries.envoy.display()),
         ];
         if let Some(boutique) = &binaries.boutique {
+            // Upstream's services run as a cluster runs them: with Istio's sidecar.
             args.push(format!("--boutique={}", boutique.display()));
+            args.push(format!("--pilot-agent={}", binaries.pilot_agent.display()));
         }
         spawned.push(spawn_with("mesh-daemon", &exe, &args, &[], None, &logs)?);
     }

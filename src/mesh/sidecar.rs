@@ -1,0 +1,524 @@
+//! Istio's sidecar as a cluster runs it, on the local mesh's pods: which pods Istio 1.30.3
+//! would inject, its `istio-init` (`pilot-agent istio-iptables`, run in the pod's network
+//! namespace) and its `istio-proxy` (`pilot-agent proxy sidecar`, which starts Envoy, gets
+//! the workload certificate from istiod and serves the pod's health on 15020/15021), with
+//! the injection template's arguments and environment.
+//!
+//! The pod object stays as its owner wrote it (no webhook mutates it): the runner adds the
+//! init step and the proxy when it starts the pod, as a kubelet with native sidecars would
+//! run them: the proxy first, the apps once it is ready, the proxy stopped after the apps.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::inject::PROXY_CONTAINER;
+
+/// pilot-agent's status port (`/healthz/ready`, application probes, `/stats/prometheus`).
+pub const STATUS_PORT: u16 = 15020;
+/// The proxy's readiness port (`/healthz/ready`), outside the capture like 15020 and 15090.
+pub const READY_PORT: u16 = 15021;
+/// The group the proxy runs as: istio-iptables lets its own traffic through by it.
+pub const PROXY_GID: u32 = 1337;
+
+/// What a sidecar needs from the machine: pilot-agent and the bootstrap template of the
+/// same Istio build, and the Envoy it starts.
+#[derive(Clone, Debug)]
+pub struct SidecarBinaries {
+    pub pilot_agent: PathBuf,
+    pub bootstrap_template: PathBuf,
+    pub envoy: PathBuf,
+}
+
+impl SidecarBinaries {
+    /// pilot-agent with its bootstrap template beside it (`<cache>/istio-<version>/`, as
+    /// `cdcheck substrate install --mesh` builds them).
+    pub fn beside(pilot_agent: &Path, envoy: &Path) -> SidecarBinaries {
+        let dir = pilot_agent.parent().unwrap_or(Path::new("."));
+        SidecarBinaries {
+            pilot_agent: pilot_agent.to_path_buf(),
+            bootstrap_template: dir.join(BOOTSTRAP_TEMPLATE),
+            envoy: envoy.to_path_buf(),
+        }
+    }
+}
+
+/// The file name of Istio's Envoy bootstrap template in the cache (from the same module as
+/// pilot-agent: `tools/packaging/common/envoy_bootstrap.json`).
+pub const BOOTSTRAP_TEMPLATE: &str = "envoy_bootstrap.json";
+
+/// Whether Istio 1.30.3's default webhooks inject this pod: the namespace's
+/// `istio-injection=enabled` (or `istio.io/rev=default`) unless the pod says
+/// `sidecar.istio.io/inject: "false"`; in an unlabelled namespace, only a pod labelled
+/// `"true"`; never a `hostNetwork` pod or one that has its proxy already.
+pub fn injects(pod: &Pod, namespace_labels: &BTreeMap<String, String>) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    if spec.host_network == Some(true) || spec.containers.iter().any(|c| c.name == PROXY_CONTAINER)
+    {
+        return false;
+    }
+    let pod_says = pod
+        .labels()
+        .get("sidecar.istio.io/inject")
+        .or_else(|| pod.annotations().get("sidecar.istio.io/inject"))
+        .map(String::as_str);
+    match namespace_labels.get("istio-injection").map(String::as_str) {
+        Some("enabled") => pod_says != Some("false"),
+        Some(_) => false,
+        None if namespace_labels.get("istio.io/rev").map(String::as_str) == Some("default") => {
+            pod_says != Some("false")
+        }
+        None => pod_says == Some("true"),
+    }
+}
+
+/// `istio-init`'s arguments after `istio-iptables`, as the injection template gives them for
+/// the pod's `traffic.sidecar.istio.io/*` annotations (REDIRECT mode, the proxy's uid 1337).
+pub fn iptables_args(pod: &Pod) -> Vec<String> {
+    let annotations = pod.annotations();
+    let annotation = |key: &str, default: &str| {
+        annotations
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    };
+    let mut excluded_inbound = format!("15090,{READY_PORT},{STATUS_PORT}");
+    if let Some(more) = annotations
+        .get("traffic.sidecar.istio.io/excludeInboundPorts")
+        .filter(|p| !p.is_empty())
+    {
+        excluded_inbound.push(',');
+        excluded_inbound.push_str(more);
+    }
+    let mut args: Vec<String> = [
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        &annotation("sidecar.istio.io/interceptionMode", "REDIRECT"),
+        "-i",
+        &annotation("traffic.sidecar.istio.io/includeOutboundIPRanges", "*"),
+        "-x",
+        &annotation("traffic.sidecar.istio.io/excludeOutboundIPRanges", ""),
+        "-b",
+        &annotation("traffic.sidecar.istio.io/includeInboundPorts", "*"),
+        "-d",
+        &excluded_inbound,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (flag, key) in [
+        ("-q", "traffic.sidecar.istio.io/includeOutboundPorts"),
+        ("-o", "traffic.sidecar.istio.io/excludeOutboundPorts"),
+        ("-c", "traffic.sidecar.istio.io/excludeInterfaces"),
+    ] {
+        if let Some(value) = annotations.get(key) {
+            args.push(flag.to_string());
+            args.push(value.clone());
+        }
+    }
+    args.push("--log_output_level=default:info".into());
+    args
+}
+
+/// The injected container (not in the pod's spec): Istio's proxy, Ready when its
+/// `/healthz/ready` on 15021 says so.
+pub fn container() -> Container {
+    serde_json::from_value(json!({
+        "name": PROXY_CONTAINER,
+        "image": format!("docker.io/istio/proxyv2:{}", crate::versions::ISTIO),
+        "args": ["proxy", "sidecar"],
+        "readinessProbe": {
+            "httpGet": { "path": "/healthz/ready", "port": READY_PORT },
+            "periodSeconds": 15,
+            "timeoutSeconds": 3,
+            "failureThreshold": 4
+        }
+    }))
+    .expect("a Container")
+}
+
+/// `pilot-agent proxy sidecar`'s arguments.
+pub fn proxy_args(pod: &Pod) -> Vec<String> {
+    let annotations = pod.annotations();
+    let level = |key: &str, default: &str| {
+        annotations
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    };
+    vec![
+        "proxy".into(),
+        "sidecar".into(),
+        "--domain".into(),
+        format!("{}.svc.cluster.local", pod.namespace().unwrap_or_default()),
+        format!(
+            "--proxyLogLevel={}",
+            level("sidecar.istio.io/logLevel", "warning")
+        ),
+        format!(
+            "--proxyComponentLogLevel={}",
+            level("sidecar.istio.io/componentLogLevel", "misc:error")
+        ),
+        format!(
+            "--log_output_level={}",
+            level("sidecar.istio.io/agentLogLevel", "default:info")
+        ),
+    ]
+}
+
+/// `PROXY_CONFIG`: the pod's `proxy.istio.io/config` (YAML) with what differs on this
+/// machine: Envoy's path (PyPI's, not the image's `/usr/local/bin/envoy`) and istiod's
+/// address. An annotation that does not read as a map is left out, as istiod ignores it.
+pub fn proxy_config(pod: &Pod, envoy: &Path) -> String {
+    let mut config = pod
+        .annotations()
+        .get("proxy.istio.io/config")
+        .and_then(|text| serde_saphyr::from_str::<serde_json::Value>(text).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    config["binaryPath"] = json!(envoy.display().to_string());
+    config["discoveryAddress"] = json!(format!("{ISTIOD_HOST}:15012"));
+    config.to_string()
+}
+
+/// istiod's name for the proxies (its serving certificate's name; every pod's hosts file
+/// maps it to the node, where the mesh relays it to istiod).
+pub const ISTIOD_HOST: &str = "istiod.istio-system.svc";
+
+/// The Deployment (or other owner) the pod belongs to: a ReplicaSet owner's name without
+/// its hash, as Istio's injector finds `DeploymentMeta`.
+pub fn workload_of(pod: &Pod) -> (String, String) {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match owner {
+        Some(o) if o.kind == "ReplicaSet" => {
+            let name = o
+                .name
+                .rsplit_once('-')
+                .map(|(deployment, _)| deployment.to_string())
+                .unwrap_or_else(|| o.name.clone());
+            (
+                format!("apis/apps/v1/namespaces/{{ns}}/deployments/{name}"),
+                name,
+            )
+        }
+        Some(o) => {
+            let group = o.api_version.clone();
+            let kind = o.kind.to_lowercase();
+            let path = if group.contains('/') {
+                format!("apis/{group}")
+            } else {
+                format!("api/{group}")
+            };
+            (
+                format!("{path}/namespaces/{{ns}}/{kind}s/{}", o.name),
+                o.name.clone(),
+            )
+        }
+        None => (String::new(), pod.name_any()),
+    }
+}
+
+/// The proxy's environment, as the injection template sets it.
+pub fn proxy_env(pod: &Pod, ip: Ipv4Addr, host_ip: &str, envoy: &Path) -> Vec<(String, String)> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.as_ref();
+    let containers: Vec<&Container> = spec
+        .map(|s| s.containers.iter().collect())
+        .unwrap_or_default();
+    let ports: Vec<serde_json::Value> = containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| serde_json::to_value(p).ok())
+        .collect();
+    let (owner, workload) = workload_of(pod);
+    let workload = pod
+        .labels()
+        .get("service.istio.io/workload-name")
+        .cloned()
+        .unwrap_or(workload);
+    let mut env: Vec<(String, String)> = vec![
+        ("PILOT_CERT_PROVIDER".into(), "istiod".into()),
+        ("CA_ADDR".into(), format!("{ISTIOD_HOST}:15012")),
+        ("POD_NAME".into(), pod.name_any()),
+        ("POD_NAMESPACE".into(), namespace.clone()),
+        ("INSTANCE_IP".into(), ip.to_string()),
+        (
+            "SERVICE_ACCOUNT".into(),
+            spec.and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into()),
+        ),
+        ("HOST_IP".into(), host_ip.to_string()),
+        // The template's limits.cpu of the proxy (2 cores by default): Envoy's concurrency.
+        ("ISTIO_CPU_LIMIT".into(), "2".into()),
+        ("PROXY_CONFIG".into(), proxy_config(pod, envoy)),
+        (
+            "ISTIO_META_POD_PORTS".into(),
+            serde_json::Value::from(ports).to_string(),
+        ),
+        (
+            "ISTIO_META_APP_CONTAINERS".into(),
+            containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        (
+            "ISTIO_META_CLUSTER_ID".into(),
+            super::istiod::CLUSTER_ID.into(),
+        ),
+        (
+            "ISTIO_META_NODE_NAME".into(),
+            spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        ),
+        (
+            "ISTIO_META_INTERCEPTION_MODE".into(),
+            pod.annotations()
+                .get("sidecar.istio.io/interceptionMode")
+                .cloned()
+                .unwrap_or_else(|| "REDIRECT".into()),
+        ),
+        ("ISTIO_META_WORKLOAD_NAME".into(), workload),
+        (
+            "ISTIO_META_MESH_ID".into(),
+            super::istiod::TRUST_DOMAIN.into(),
+        ),
+        ("TRUST_DOMAIN".into(), super::istiod::TRUST_DOMAIN.into()),
+        // Not on a cloud: without it pilot-agent probes a cloud metadata server for 2 s at
+        // every start.
+        ("CLOUD_PLATFORM".into(), "none".into()),
+    ];
+    if !owner.is_empty() {
+        env.push((
+            "ISTIO_META_OWNER".into(),
+            format!("kubernetes://{}", owner.replace("{ns}", &namespace)),
+        ));
+    }
+    // The pod's proxyMetadata, as the template copies it into the environment.
+    if let Some(metadata) = pod
+        .annotations()
+        .get("proxy.istio.io/config")
+        .and_then(|text| serde_saphyr::from_str::<serde_json::Value>(text).ok())
+        .and_then(|c| c.get("proxyMetadata").cloned())
+        .and_then(|m| m.as_object().cloned())
+    {
+        for (key, value) in metadata {
+            let value = value
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(value.to_string());
+            env.retain(|(k, _)| k != &key);
+            env.push((key, value));
+        }
+    }
+    env
+}
+
+/// The labels the proxy reports (`./etc/istio/pod/labels`, the downward API's format): the
+/// pod's own with those the injector adds.
+pub fn labels_file(pod: &Pod) -> String {
+    let mut labels = pod.labels().clone();
+    let (_, workload) = workload_of(pod);
+    labels
+        .entry("security.istio.io/tlsMode".into())
+        .or_insert_with(|| "istio".into());
+    let canonical = labels
+        .get("app.kubernetes.io/name")
+        .or_else(|| labels.get("app"))
+        .cloned()
+        .unwrap_or(workload);
+    labels
+        .entry("service.istio.io/canonical-name".into())
+        .or_insert(canonical);
+    let revision = labels
+        .get("app.kubernetes.io/version")
+        .or_else(|| labels.get("version"))
+        .cloned()
+        .unwrap_or_else(|| "latest".into());
+    labels
+        .entry("service.istio.io/canonical-revision".into())
+        .or_insert(revision);
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}\n", json!(v)))
+        .collect()
+}
+
+/// The proxy's root: pilot-agent runs with it as its working directory, and every path it
+/// uses is relative (`./etc/istio/proxy`, `./var/run/secrets/...`), as the image's `/`.
+/// Writes the bootstrap template, the pod's istio-ca token, istiod's root certificate and
+/// the pod's labels.
+pub fn write_proxy_root(
+    root: &Path,
+    template: &Path,
+    token: &str,
+    root_cert: &Path,
+    pod: &Pod,
+) -> std::io::Result<()> {
+    for dir in [
+        "etc/istio/proxy",
+        "etc/istio/pod",
+        "var/lib/istio/envoy",
+        "var/lib/istio/data",
+        "var/run/secrets/tokens",
+        "var/run/secrets/istio",
+        "var/run/secrets/workload-spiffe-uds",
+        "var/run/secrets/workload-spiffe-credentials",
+        "var/run/secrets/credential-uds",
+    ] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    std::fs::copy(
+        template,
+        root.join("var/lib/istio/envoy/envoy_bootstrap_tmpl.json"),
+    )?;
+    super::pods::write_private(&root.join("var/run/secrets/tokens/istio-token"), token)?;
+    std::fs::copy(root_cert, root.join("var/run/secrets/istio/root-cert.pem"))?;
+    std::fs::write(root.join("etc/istio/pod/labels"), labels_file(pod))?;
+    let annotations: String = pod
+        .annotations()
+        .iter()
+        .map(|(k, v)| format!("{k}={}\n", json!(v)))
+        .collect();
+    std::fs::write(root.join("etc/istio/pod/annotations"), annotations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(labels: serde_json::Value, annotations: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "productcatalogservice-6d9c7b-aaaaa", "namespace": "dev",
+                "labels": labels, "annotations": annotations,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "productcatalogservice-6d9c7b", "uid": "rs", "controller": true}]
+            },
+            "spec": {
+                "nodeName": "cdcheck-node-1",
+                "serviceAccountName": "productcatalogservice",
+                "containers": [{ "name": "server", "image": "x", "ports": [{"containerPort": 3550}] }]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn injection_follows_istios_default_webhooks() {
+        let enabled = labels(&[("istio-injection", "enabled")]);
+        let plain = pod(json!({"app": "p"}), json!({}));
+        assert!(injects(&plain, &enabled));
+        assert!(!injects(&plain, &labels(&[])));
+        assert!(!injects(
+            &plain,
+            &labels(&[("istio-injection", "disabled")])
+        ));
+        assert!(injects(&plain, &labels(&[("istio.io/rev", "default")])));
+        let opted_out = pod(json!({"sidecar.istio.io/inject": "false"}), json!({}));
+        assert!(!injects(&opted_out, &enabled));
+        let by_annotation = pod(json!({}), json!({"sidecar.istio.io/inject": "false"}));
+        assert!(!injects(&by_annotation, &enabled));
+        let opted_in = pod(json!({"sidecar.istio.io/inject": "true"}), json!({}));
+        assert!(injects(&opted_in, &labels(&[])));
+        assert!(!injects(
+            &opted_in,
+            &labels(&[("istio-injection", "disabled")])
+        ));
+        let mut host = plain.clone();
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        assert!(!injects(&host, &enabled));
+    }
+
+    #[test]
+    fn istio_init_gets_the_templates_arguments_and_the_pods_annotations() {
+        let args = iptables_args(&pod(json!({}), json!({})));
+        assert_eq!(
+            args.join(" "),
+            "-p 15001 -z 15006 -u 1337 -m REDIRECT -i * -x  -b * -d 15090,15021,15020 --log_output_level=default:info"
+        );
+        let args = iptables_args(&pod(
+            json!({}),
+            json!({
+                "traffic.sidecar.istio.io/excludeInboundPorts": "9000",
+                "traffic.sidecar.istio.io/excludeOutboundPorts": "5432",
+                "traffic.sidecar.istio.io/includeOutboundIPRanges": "10.96.0.0/16"
+            }),
+        ));
+        let text = args.join(" ");
+        assert!(text.contains("-d 15090,15021,15020,9000"), "{text}");
+        assert!(text.contains("-o 5432"), "{text}");
+        assert!(text.contains("-i 10.96.0.0/16"), "{text}");
+    }
+
+    #[test]
+    fn the_proxy_knows_its_workload_ports_and_config() {
+        let p = pod(
+            json!({"app": "productcatalogservice"}),
+            json!({"proxy.istio.io/config": "holdApplicationUntilProxyStarts: true\nproxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n"}),
+        );
+        let env: BTreeMap<String, String> = proxy_env(
+            &p,
+            Ipv4Addr::new(10, 244, 1, 9),
+            "10.89.0.1",
+            Path::new("/opt/envoy"),
+        )
+        .into_iter()
+        .collect();
+        assert_eq!(env["ISTIO_META_WORKLOAD_NAME"], "productcatalogservice");
+        assert_eq!(
+            env["ISTIO_META_OWNER"],
+            "kubernetes://apis/apps/v1/namespaces/dev/deployments/productcatalogservice"
+        );
+        assert_eq!(env["ISTIO_META_APP_CONTAINERS"], "server");
+        assert_eq!(env["ISTIO_META_POD_PORTS"], r#"[{"containerPort":3550}]"#);
+        assert_eq!(env["SERVICE_ACCOUNT"], "productcatalogservice");
+        assert_eq!(env["INSTANCE_IP"], "10.244.1.9");
+        assert_eq!(env["ISTIO_META_DNS_CAPTURE"], "true");
+        let config: serde_json::Value = serde_json::from_str(&env["PROXY_CONFIG"]).unwrap();
+        assert_eq!(config["holdApplicationUntilProxyStarts"], true);
+        assert_eq!(config["binaryPath"], "/opt/envoy");
+        assert_eq!(config["discoveryAddress"], "istiod.istio-system.svc:15012");
+    }
+
+    #[test]
+    fn the_labels_file_carries_what_the_injector_adds() {
+        let text = labels_file(&pod(json!({"app": "productcatalogservice"}), json!({})));
+        assert!(text.contains("app=\"productcatalogservice\"\n"), "{text}");
+        assert!(
+            text.contains("security.istio.io/tlsMode=\"istio\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("service.istio.io/canonical-name=\"productcatalogservice\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("service.istio.io/canonical-revision=\"latest\"\n"),
+            "{text}"
+        );
+    }
+}
