@@ -693,11 +693,23 @@ fn one_file_and_standard_input_load_like_a_directory_of_them() {
     assert!(source.to_string().contains("20-workloads.yaml"), "{source}");
 }
 
-#[test]
-fn bad_yaml_on_standard_input_is_refused_naming_stdin_and_the_line() {
+/// `cdcheck run --manifests - ARGS` with `input` on standard input, aimed at a
+/// cluster it cannot reach (a kubeconfig that does not exist) and at state and report
+/// directories of its own under the returned directory: were the input accepted, the
+/// run would fail at provisioning without touching anything of this machine.
+fn run_on_stdin(input: &str, args: &[&str]) -> (Option<i32>, String, tempfile::TempDir) {
     use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cdcheck"))
-        .args(["run", "--manifests", "-", "--mesh", "off"])
+        .args(["run", "--manifests", "-"])
+        .args(args)
+        .args(["--substrate", "existing", "--kubeconfig"])
+        .arg(dir.path().join("no-kubeconfig"))
+        .arg("--report-dir")
+        .arg(dir.path().join("reports"))
+        .env("CDCHECK_STATE_DIR", dir.path().join("state"))
+        .env("CDCHECK_MESH_STATE_DIR", dir.path().join("mesh-state"))
+        .env("CDCHECK_KIND_STATE_DIR", dir.path().join("kind-state"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -707,25 +719,102 @@ fn bad_yaml_on_standard_input_is_refused_naming_stdin_and_the_line() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\nkind: [unclosed\n")
+        .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("<stdin>, document 2, line"), "{stderr}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr, dir)
+}
+
+/// Bad input is refused before anything is provisioned, written or reported.
+fn assert_nothing_changed(dir: &tempfile::TempDir) {
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the refused run left {left:?}");
+}
+
+/// Two documents on standard input, the second a Deployment (from its line 6).
+const TWO_DOCUMENTS: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: a
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: REPLICAS
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: web:1}]
+";
+
+#[test]
+fn bad_yaml_on_standard_input_is_refused_naming_stdin_and_the_line() {
+    let input = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\nkind: [unclosed\n";
+    let (code, stderr, dir) = run_on_stdin(input, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("<stdin>, document 2, line 6"), "{stderr}");
+    assert_nothing_changed(&dir);
+}
+
+#[test]
+fn a_bad_field_on_standard_input_is_refused_naming_stdin_the_lines_and_the_field() {
+    let (code, stderr, dir) = run_on_stdin(&TWO_DOCUMENTS.replace("REPLICAS", "two"), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "read <stdin>, document 2, line 6 as Deployment: field spec.replicas (line 11)"
+        ),
+        "{stderr}"
+    );
+    assert_nothing_changed(&dir);
+}
+
+#[test]
+fn empty_standard_input_is_refused_naming_it() {
+    // What `helm template ... | cdcheck run --manifests -` hands over when helm failed.
+    for input in ["", "---\n# nothing rendered\n---\n"] {
+        let (code, stderr, dir) = run_on_stdin(input, &[]);
+        assert_eq!(code, Some(2), "{input:?}: {stderr}");
+        assert!(
+            stderr.contains("find a Kubernetes object in <stdin>: it holds none"),
+            "{input:?}: {stderr}"
+        );
+        assert_nothing_changed(&dir);
+    }
+}
+
+#[test]
+fn a_file_or_a_directory_holding_no_object_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out.yaml");
+    std::fs::write(&file, "# helm printed nothing\n---\n").unwrap();
+    for input in [file.as_path(), dir.path()] {
+        let error = load::load_path(input).unwrap_err();
+        assert!(
+            matches!(&error, LoadError::NoObjects { input: i } if i == input),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains(&input.display().to_string()),
+            "{error}"
+        );
+    }
 }
 
 #[test]
 fn standard_input_given_twice_is_refused() {
-    let out = Command::new(env!("CARGO_BIN_EXE_cdcheck"))
-        .args(["run", "--manifests", "-", "--feature-manifests", "-"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr, dir) = run_on_stdin("", &["--feature-manifests", "-"]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("standard input (-) can be given once"),
         "{stderr}"
     );
+    assert_nothing_changed(&dir);
 }

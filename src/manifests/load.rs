@@ -1,4 +1,4 @@
-//! A pipeline's own manifests (`--manifests DIR`): every YAML document of every file, as a [`Bundle`].
+//! A pipeline's own manifests (`--manifests DIR|FILE|-`): every YAML document of every file, as a [`Bundle`].
 //!
 //! Pure except for reading the files. Every object remembers its [`Source`]
 //! (file, document, line), so that a finding can point at the line a pipeline
@@ -57,6 +57,9 @@ pub enum LoadError {
     },
     #[error("find a *.yaml or *.yml file under {dir}")]
     NoManifests { dir: PathBuf },
+    /// The input holds no object at all (an empty pipe when the command before it failed).
+    #[error("find a Kubernetes object in {input}: it holds none")]
+    NoObjects { input: PathBuf },
     #[error("read manifest file {file}")]
     ReadFile {
         file: PathBuf,
@@ -115,7 +118,8 @@ impl Loaded {
 
 /// Loads every `*.yaml`/`*.yml` file under `dir` (recursively, in path order,
 /// skipping hidden entries and symbolic links to directories), every non-empty
-/// document of each, `kind: List` documents expanded into their items.
+/// document of each, `kind: List` documents expanded into their items; files that
+/// hold no object at all are refused ([`LoadError::NoObjects`]).
 pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
     let files = yaml_files(dir)?;
     if files.is_empty() {
@@ -128,7 +132,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
         let text = read_file(&file)?;
         texts.push((file, text));
     }
-    load_texts(texts)
+    holding_objects(load_texts(texts)?, dir)
 }
 
 /// What a pipeline hands over: a directory (see [`load_dir`]), one file of any name
@@ -143,12 +147,26 @@ pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
                 source,
             }
         })?;
-        return load_texts(vec![(PathBuf::from(STDIN_NAME), text)]);
+        let stdin = PathBuf::from(STDIN_NAME);
+        return holding_objects(load_texts(vec![(stdin.clone(), text)])?, &stdin);
     }
     if path.is_file() {
-        return load_texts(vec![(path.to_path_buf(), read_file(path)?)]);
+        return holding_objects(
+            load_texts(vec![(path.to_path_buf(), read_file(path)?)])?,
+            path,
+        );
     }
     load_dir(path)
+}
+
+/// `loaded`, unless it holds no object: nothing to judge is bad input, not a pipeline.
+fn holding_objects(loaded: Loaded, input: &Path) -> Result<Loaded, LoadError> {
+    if loaded.bundle.objects.is_empty() {
+        return Err(LoadError::NoObjects {
+            input: input.to_path_buf(),
+        });
+    }
+    Ok(loaded)
 }
 
 /// How standard input is named in findings and errors.

@@ -63,7 +63,7 @@ checks! {
     RollingStrategy = "rolling-strategy", Judge::Static(|view| Judgement::Findings(over_ha(view, rolling_strategy))),
         "every HA Deployment rolls (RollingUpdate) with maxUnavailable 0, never Recreate (no HA Deployment fails)";
     ReadinessProbes = "readiness-probes", Judge::Static(|view| Judgement::Findings(probes_present(view))),
-        "every container of a workload that serves through a Service (a Service selects its pods) has a readiness and a liveness probe; workloads no Service selects (upstream's loadgenerator) serve nothing and are not judged";
+        "every container of a workload that serves (a Service selects its pods, or a container declares a containerPort) has a readiness and a liveness probe; a workload with neither (upstream's loadgenerator) serves nothing and is not judged";
     GracefulShutdown = "graceful-shutdown", Judge::Static(|view| Judgement::Findings(over_ha(view, graceful_shutdown))),
         "every HA container drains before it stops: a preStop sleep of at least 5s (the time the endpoint takes to leave Envoy's EDS and kube-proxy) and shorter than the grace period; a hook cdcheck cannot time (httpGet, an exec other than sleep) fails";
     HealthzProbe = "healthz-probe", Judge::Static(healthz_probe),
@@ -481,21 +481,31 @@ fn services_of<'a>(bundle: &'a Bundle, d: &Deployment) -> Vec<&'a Service> {
         .collect()
 }
 
+/// Whether a Deployment serves: a Service selects its pods, or one of its containers
+/// declares a port it listens on.
+fn serves(bundle: &Bundle, d: &Deployment) -> bool {
+    !services_of(bundle, d).is_empty()
+        || containers(d)
+            .iter()
+            .any(|c| c.ports.as_ref().is_some_and(|p| !p.is_empty()))
+}
+
 /// Probes are about serving: a readiness probe decides whether a pod gets a
-/// Service's traffic. So the population is the workloads a Service selects; a
-/// workload no Service selects (upstream's loadgenerator, a client) serves nothing
-/// and has nothing for a probe to gate.
+/// Service's traffic. So the population is the workloads that serve (a Service
+/// selects them, or they declare a containerPort); a workload with neither
+/// (upstream's loadgenerator, a client) serves nothing and has nothing for a probe
+/// to gate.
 fn probes_present(view: &PipelineView) -> Vec<Finding> {
     let served: Vec<&Deployment> = view
         .bundle
         .deployments()
-        .filter(|d| !services_of(view.bundle, d).is_empty())
+        .filter(|d| serves(view.bundle, d))
         .collect();
     if served.is_empty() {
         // Fails rather than errors: Deployments and Services are the pipeline's own
-        // objects, and a release whose pods no Service selects serves nothing.
+        // objects, and a release of which nothing serves has nothing to be ready for.
         return vec![Finding::new(format!(
-            "nothing to check: no Service selects the pods of any of the release's {} Deployment(s), so nothing of it serves",
+            "nothing to check: none of the release's {} Deployment(s) serves (no Service selects its pods, no container declares a port)",
             view.bundle.deployments().count()
         ))];
     }
@@ -2000,7 +2010,15 @@ mod controls {
         let mut o = Options::for_env("dev");
         o.loadgenerator = true;
         let b = manifests::render(&o).unwrap();
-        assert!(b.find("Deployment", "loadgenerator").is_some());
+        // The loadgenerator as upstream has it: no probe, no port, no Service.
+        let lg = match b.find("Deployment", "loadgenerator") {
+            Some(Object::Deployment(d)) => d,
+            other => panic!("no loadgenerator Deployment: {other:?}"),
+        };
+        let c = &containers(lg)[0];
+        assert!(c.readiness_probe.is_none() && c.liveness_probe.is_none());
+        assert!(c.ports.is_none());
+        assert!(services_of(&b, lg).is_empty());
         for scenario in ["smoke", "zero-downtime-rolling"] {
             let checks = expected(scenario);
             assert!(checks.contains(&CheckName::ReadinessProbes), "{scenario}");
@@ -2042,6 +2060,44 @@ mod controls {
             }
         }
         assert!(!passes(&judge(CheckName::ReadinessProbes, &b)));
+    }
+
+    /// Serving is a Service selecting the pods or a declared containerPort: either one
+    /// alone brings a workload without probes into the population; neither leaves it out.
+    #[test]
+    fn a_workload_serving_by_a_port_or_by_a_service_alone_is_held_to_probes() {
+        let b = manifests::render(&options()).unwrap();
+        let no_probes = |b: &mut Bundle| {
+            let c = container_mut(b, "emailservice");
+            c.readiness_probe = None;
+            c.liveness_probe = None;
+        };
+        let no_service = |b: &mut Bundle| {
+            b.objects
+                .retain(|o| !matches!(o, Object::Service(s) if s.metadata.name.as_deref() == Some("emailservice")))
+        };
+        let no_port = |b: &mut Bundle| container_mut(b, "emailservice").ports = None;
+        let flagged = |b: &Bundle| -> Vec<String> {
+            found(&judge(CheckName::ReadinessProbes, b))
+                .into_iter()
+                .filter_map(|f| f.object)
+                .collect()
+        };
+        let email = "Deployment/dev/emailservice".to_string();
+
+        let mut port_only = b.clone();
+        no_probes(&mut port_only);
+        no_service(&mut port_only);
+        assert_eq!(flagged(&port_only), [email.clone(), email.clone()]);
+
+        let mut service_only = b.clone();
+        no_probes(&mut service_only);
+        no_port(&mut service_only);
+        assert_eq!(flagged(&service_only), [email.clone(), email.clone()]);
+
+        let mut neither = port_only.clone();
+        no_port(&mut neither);
+        assert_eq!(flagged(&neither), Vec::<String>::new());
     }
 
     #[test]
@@ -2255,9 +2311,25 @@ mod controls {
         let f = found(&judge_with(CheckName::Replicas, &b, &every_app));
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(f[0].message.starts_with("nothing to check"), "{f:?}");
-        // No Service at all: nothing serves, which fails readiness-probes.
+        // No Service and no declared port: nothing serves, which fails readiness-probes.
         let mut none = b.clone();
         none.objects.retain(|o| !matches!(o, Object::Service(_)));
+        for o in &mut none.objects {
+            if let Object::Deployment(d) = o {
+                for c in &mut d
+                    .spec
+                    .as_mut()
+                    .unwrap()
+                    .template
+                    .spec
+                    .as_mut()
+                    .unwrap()
+                    .containers
+                {
+                    c.ports = None;
+                }
+            }
+        }
         let f = found(&judge(CheckName::ReadinessProbes, &none));
         assert!(f[0].message.starts_with("nothing to check"), "{f:?}");
         // Nothing cdcheck can recognise as a gRPC backend or a frontend: an error.
