@@ -153,10 +153,41 @@ pub fn delete_pod_networks(node: &str) -> Result<(), NetnsError> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with(&prefix) {
+            kill_processes_in(&path_of(&name));
             ip_ok(&["netns", "delete", &name])?;
         }
     }
     Ok(())
+}
+
+/// SIGKILLs every process left in a pod's network namespace: what a container runtime's
+/// cgroup kill does for a pod's containers. A process the runner did not start itself
+/// outlives its parent otherwise (pilot-agent's Envoy, when pilot-agent is killed).
+fn kill_processes_in(netns: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(netns) else {
+        return;
+    };
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in processes.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let same = std::fs::metadata(entry.path().join("ns/net"))
+            .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino());
+        if same {
+            // SAFETY: kill has no memory preconditions; the pid lives in the pod's namespace.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// Gives a pod that shares the node's network its address there (on the loopback, as
@@ -259,6 +290,7 @@ impl PodNetwork {
     /// Deletes the veth pair first (at once; the kernel tears a namespace down
     /// asynchronously, and its routes would linger for up to a second), then the namespace.
     pub fn delete(self) {
+        kill_processes_in(&path_of(&self.name));
         if let Err(e) = ip_ok(&["-n", &self.node, "link", "del", &self.veth]) {
             tracing::debug!("failed to {}", crate::error_chain(&e));
         }
