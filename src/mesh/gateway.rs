@@ -1,7 +1,8 @@
 //! The ingress gateway as a real install has it: a Deployment of Istio's proxy
 //! (`proxy router`) labelled `istio: ingressgateway` in `istio-system`, its service
 //! account with read access to the namespace's secrets (what istiod checks before it
-//! serves a `credentialName` over SDS), and a NodePort Service on 30080/30443.
+//! serves a `credentialName` over SDS), and a NodePort Service on 30080/30443. The pod
+//! runner runs it with Istio's pilot-agent, as the proxyv2 image does.
 
 use serde_json::{Value, json};
 
@@ -69,9 +70,10 @@ pub fn objects(istio_version: &str) -> Vec<Value> {
                                 { "name": "http2", "containerPort": HTTP_TARGET_PORT },
                                 { "name": "https", "containerPort": HTTPS_TARGET_PORT }
                             ],
-                            // Envoy's own readiness (no pilot-agent serves :15021 here).
+                            // Istio's gateway readiness: pilot-agent's, once Envoy has its
+                            // configuration.
                             "readinessProbe": {
-                                "httpGet": { "path": "/ready", "port": super::proxy::ADMIN_PORT },
+                                "httpGet": { "path": "/healthz/ready", "port": super::sidecar::READY_PORT },
                                 "periodSeconds": 1,
                                 "failureThreshold": 3
                             }

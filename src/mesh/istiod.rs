@@ -16,14 +16,16 @@ pub const CTRLZ: u16 = 19876;
 pub const CLUSTER_ID: &str = "Kubernetes";
 pub const TRUST_DOMAIN: &str = "cluster.local";
 
-/// The mesh config. Automatic mutual TLS is off: stock Envoy has no pilot-agent to
-/// serve the workload certificates (`default`/`ROOTCA` over SDS) it would wait for.
+/// The mesh config. Automatic mutual TLS is on, as in a default install, when the pods run
+/// Istio's sidecar (upstream's services); with stand-ins it is off, because their bare
+/// Envoys (the agent's, the in-mesh client's) have no pilot-agent to serve the workload
+/// certificates (`default`/`ROOTCA` over SDS) an mTLS cluster waits for.
 /// No default metrics provider: it adds the `istio.stats` filter, which stock Envoy lacks.
-pub fn mesh_config() -> String {
+pub fn mesh_config(auto_mtls: bool) -> String {
     format!(
         "rootNamespace: istio-system
 trustDomain: {TRUST_DOMAIN}
-enableAutoMtls: false
+enableAutoMtls: {auto_mtls}
 accessLogFile: /dev/stdout
 ingressService: istio-ingressgateway
 ingressSelector: ingressgateway

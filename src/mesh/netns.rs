@@ -138,14 +138,18 @@ fn sysctl_in(name: &str, key: &str, value: &str) -> Result<(), NetnsError> {
 /// Deletes the node namespace and every pod namespace of it; absent is fine.
 pub fn delete(name: &str) -> Result<(), NetnsError> {
     delete_pod_networks(name)?;
+    kill_processes_in(&path_of(name));
     if path_of(name).exists() {
         ip_ok(&["netns", "delete", name])?;
     }
     Ok(())
 }
 
-/// Deletes the pod namespaces a node namespace left behind (a runner that was killed).
+/// Deletes the pod namespaces a node namespace left behind (a runner that was killed), and
+/// ends what its node-network pods left running there (the gateway's Envoy, whose
+/// pilot-agent died with the runner).
 pub fn delete_pod_networks(node: &str) -> Result<(), NetnsError> {
+    kill_processes_in(&path_of(node));
     let prefix = format!("{node}-");
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return Ok(());

@@ -55,9 +55,11 @@ pub struct RunnerConfig {
     /// Online Boutique's services built from upstream's sources, run for their images
     /// instead of stand-ins (`<dir>/<service>/run`); `None`: stand-ins for every image.
     pub boutique: Option<PathBuf>,
-    /// Istio's sidecar (pilot-agent) for every pod Istio would inject; `None`: the bare
-    /// Envoy of [`super::inject`] for pods that ask by label.
-    pub sidecars: Option<SidecarBinaries>,
+    /// Istio's pilot-agent, which runs the ingress gateway and every Istio sidecar.
+    pub istio_agent: SidecarBinaries,
+    /// Istio's sidecar on every pod Istio would inject; else the bare Envoy of
+    /// [`super::inject`] for pods that ask by label.
+    pub sidecars: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +87,8 @@ struct Shared {
 /// the host's relays reach at the node's address, and `hostNetwork` pods), or namespaces of
 /// the pod's own.
 enum Sandbox {
-    Node,
+    /// The node's network; the gateway also gets its own `/etc` files there (istiod's name).
+    Node { view: Option<netns::PodView> },
     Pod {
         network: netns::PodNetwork,
         view: netns::PodView,
@@ -103,16 +106,27 @@ impl Sandbox {
         pod_dir: &std::path::Path,
     ) -> Result<Sandbox, String> {
         let node = shared.config.netns.clone();
-        if in_node_network(pod) {
-            return tokio::task::spawn_blocking(move || netns::add_node_address(&node, ip))
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|()| Sandbox::Node)
-                .map_err(|e| crate::error_chain(&e));
-        }
         let mut names = shared.config.names.clone();
         let hostname = pod_hostname(pod);
         let namespace = pod.namespace().unwrap_or_default();
+        if in_node_network(pod) {
+            let view = if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+                None
+            } else {
+                let hosts_text = names
+                    .borrow_and_update()
+                    .hosts_file(&namespace, &hostname, ip);
+                Some(
+                    write_pod_view(pod, &hostname, &hosts_text, pod_dir)
+                        .map_err(|e| format!("write the pod's /etc files: {e}"))?,
+                )
+            };
+            return tokio::task::spawn_blocking(move || netns::add_node_address(&node, ip))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|()| Sandbox::Node { view })
+                .map_err(|e| crate::error_chain(&e));
+        }
         let hosts_text = names
             .borrow_and_update()
             .hosts_file(&namespace, &hostname, ip);
@@ -143,7 +157,8 @@ impl Sandbox {
 
     fn enter(&self, shared: &Shared, command: &mut Command) {
         match self {
-            Sandbox::Node => netns::run_inside(command, &shared.netns),
+            Sandbox::Node { view: None } => netns::run_inside(command, &shared.netns),
+            Sandbox::Node { view: Some(view) } => netns::run_in_pod(command, &shared.netns, view),
             Sandbox::Pod { network, view, .. } => netns::run_in_pod(command, network.file(), view),
         }
     }
@@ -154,7 +169,7 @@ impl Sandbox {
             hosts.abort();
         }
         let _ = tokio::task::spawn_blocking(move || match self {
-            Sandbox::Node => netns::remove_node_address(&node, ip),
+            Sandbox::Node { .. } => netns::remove_node_address(&node, ip),
             Sandbox::Pod { network, .. } => network.delete(),
         })
         .await;
@@ -379,14 +394,29 @@ async fn run_pod(shared: Arc<Shared>, mut updates: watch::Receiver<Pod>) {
         .as_ref()
         .map(|s| s.containers.iter().map(|c| (c.clone(), false)).collect())
         .unwrap_or_default();
-    let istio_sidecar = match &shared.config.sidecars {
-        Some(_) => sidecar::injects(&pod, &namespace_labels(&shared.client, &namespace).await),
-        None => false,
-    };
-    let injected =
-        istio_sidecar || (shared.config.sidecars.is_none() && inject::wants_sidecar(&pod));
+    let istio_sidecar = shared.config.sidecars
+        && sidecar::injects(&pod, &namespace_labels(&shared.client, &namespace).await);
+    let injected = istio_sidecar || (!shared.config.sidecars && inject::wants_sidecar(&pod));
     let mut init_failed = None;
     if istio_sidecar {
+        // What the injector's mutation adds to the pod object: istiod reads the endpoints'
+        // tlsMode from it.
+        let labels = sidecar::injected_labels(&pod);
+        if !labels.is_empty() {
+            let patch = serde_json::json!({ "metadata": { "labels": labels } });
+            if let Err(e) = api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!("pod {namespace}/{name}: label it as injected: {e}");
+            }
+        }
+        // The apps as the injector leaves them: probes through pilot-agent's status port.
+        containers = sidecar::rewrite_probes(&pod)
+            .0
+            .into_iter()
+            .map(|c| (c, false))
+            .collect();
         containers.push((sidecar::container(), true));
         if let Err(why) = istio_init(&shared, &sandbox, &pod, &pod_dir).await {
             tracing::warn!("pod {namespace}/{name}: istio-init failed: {why}");
@@ -597,9 +627,12 @@ async fn start_container(
     {
         command.stdout(out).stderr(err);
     }
+    // Its own process group: a kill reaches what it started too (pilot-agent's Envoy), as a
+    // container's end does.
     command
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        .process_group(0);
     sandbox.enter(shared, &mut command);
     let mut child = match command.spawn() {
         Ok(child) => child,
@@ -673,11 +706,7 @@ async fn istio_init(
     pod: &Pod,
     pod_dir: &std::path::Path,
 ) -> Result<(), String> {
-    let binaries = shared
-        .config
-        .sidecars
-        .as_ref()
-        .ok_or("no pilot-agent for the mesh")?;
+    let binaries = &shared.config.istio_agent;
     let log = pod_dir.join("istio-init.log");
     let out = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
@@ -735,9 +764,13 @@ async fn command_for(
     let image = container.image.clone().unwrap_or_default();
     let name = pod.name_any();
     let namespace = pod.namespace().unwrap_or_default();
-    if injected && let Some(binaries) = &shared.config.sidecars {
-        // Istio's sidecar: pilot-agent in the pod's proxy root, as uid 0 and gid 1337 (the
-        // group istio-iptables lets through; uid 1337 could not run Envoy from root's home).
+    let binaries = &shared.config.istio_agent;
+    let router = image.contains(PROXY_IMAGE_MARK)
+        && ProxyKind::from_args(container.args.as_deref().unwrap_or_default()) == ProxyKind::Router;
+    if (injected && shared.config.sidecars) || router {
+        // Istio's sidecar or the gateway: pilot-agent in the pod's proxy root, as uid 0 and
+        // gid 1337 (the group istio-iptables lets through; uid 1337 could not run Envoy from
+        // root's home).
         let service_account = pod
             .spec
             .as_ref()
@@ -753,13 +786,18 @@ async fn command_for(
             pod,
         )
         .map_err(|e| format!("write the proxy's files under {}: {e}", root.display()))?;
+        let kind = if router {
+            ProxyKind::Router
+        } else {
+            ProxyKind::Sidecar
+        };
         let mut command = Command::new(&binaries.pilot_agent);
         command
-            .args(sidecar::proxy_args(pod))
+            .args(sidecar::proxy_args(pod, kind))
             .current_dir(&root)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(sidecar::proxy_env(pod, ip, HOST_IP, &binaries.envoy))
+            .envs(sidecar::proxy_env(pod, ip, HOST_IP, &binaries.envoy, kind))
             .gid(sidecar::PROXY_GID);
         return Ok(command);
     }
@@ -839,7 +877,7 @@ async fn command_for(
         for (key, value) in env_of(pod, ip, container) {
             command.env(key, value);
         }
-        if shared.config.sidecars.is_some() {
+        if shared.config.sidecars {
             // Istio's sidecar captures its requests and serves its stats on 127.0.0.1, as
             // on a cluster: the agent's defaults.
             return Ok(command);
@@ -1070,10 +1108,16 @@ fn signal(pid: Option<u32>, signal: i32) {
     }
 }
 
-/// SIGKILL: dropping a waiter drops its process handle, which kills it.
+/// SIGKILL to each container's process group (the process and what it started);
+/// dropping a waiter drops its process handle too, which kills the process.
 fn kill_all(runs: &mut [ContainerRun]) {
     for run in runs.iter_mut() {
-        signal(run.pid.take(), libc::SIGKILL);
+        if let Some(pid) = run.pid.take() {
+            // SAFETY: as in `signal`; the group is the container's (process_group(0)).
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
         if let Some(waiter) = run.waiter.take() {
             waiter.abort();
         }
@@ -1146,10 +1190,7 @@ async fn terminate(
 /// Istio's native sidecar's preStop: `pilot-agent request POST drain` in the pod (its
 /// status port takes it from the pod's own loopback only).
 async fn drain_sidecar(shared: &Shared, sandbox: &Sandbox) {
-    let Some(binaries) = shared.config.sidecars.as_ref() else {
-        return;
-    };
-    let mut command = Command::new(&binaries.pilot_agent);
+    let mut command = Command::new(&shared.config.istio_agent.pilot_agent);
     command
         .args([
             "request",

@@ -1,6 +1,8 @@
-//! Envoy as an Istio proxy without pilot-agent: the bootstrap that gives it Istio's
-//! node identity and an ADS stream to istiod's secure port, authenticated with the
-//! pod's service-account token, as pilot-agent would.
+//! Envoy as an Istio proxy without pilot-agent, for the bare sidecars of the stand-in
+//! mesh (the agent's, the in-mesh client's; the gateway and Istio's sidecars run under
+//! pilot-agent): the bootstrap that gives it Istio's node identity and an ADS stream to
+//! istiod's secure port, authenticated with the pod's service-account token, as
+//! pilot-agent would.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -17,6 +17,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::inject::PROXY_CONTAINER;
+use super::proxy::ProxyKind;
 
 /// pilot-agent's status port (`/healthz/ready`, application probes, `/stats/prometheus`).
 pub const STATUS_PORT: u16 = 15020;
@@ -148,8 +149,93 @@ pub fn container() -> Container {
     .expect("a Container")
 }
 
-/// `pilot-agent proxy sidecar`'s arguments.
-pub fn proxy_args(pod: &Pod) -> Vec<String> {
+/// Istio's probe rewrite (on unless the pod's `sidecar.istio.io/rewriteAppHTTPProbers` is
+/// `"false"`): each app container's HTTP, TCP and gRPC readiness, liveness and startup
+/// probes become HTTP GETs of pilot-agent's `:15020/app-health/<container>/<kind>`, and the
+/// originals go to pilot-agent in `ISTIO_KUBE_APP_PROBERS`, which probes the app from inside
+/// the pod. A probe from the node would otherwise pass the inbound capture (and be refused
+/// under STRICT mutual TLS). Returns the containers as the runner runs them, and the JSON
+/// (`None`: nothing to hand over).
+pub fn rewrite_probes(pod: &Pod) -> (Vec<Container>, Option<String>) {
+    let containers: Vec<Container> = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    let rewrite = pod
+        .annotations()
+        .get("sidecar.istio.io/rewriteAppHTTPProbers")
+        .and_then(|v| v.parse::<bool>().ok())
+        .unwrap_or(true);
+    if !rewrite {
+        return (containers, None);
+    }
+    let mut probers = serde_json::Map::new();
+    let mut rewritten = Vec::new();
+    for container in containers {
+        if container.name == PROXY_CONTAINER {
+            rewritten.push(container);
+            continue;
+        }
+        let mut value = serde_json::to_value(&container).expect("a Container is JSON");
+        let named_ports: BTreeMap<String, i32> = container
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.clone().map(|n| (n, p.container_port)))
+            .collect();
+        for (field, kind) in [
+            ("readinessProbe", "readyz"),
+            ("livenessProbe", "livez"),
+            ("startupProbe", "startupz"),
+        ] {
+            let Some(probe) = value.get_mut(field).and_then(|p| p.as_object_mut()) else {
+                continue;
+            };
+            let url = format!("/app-health/{}/{kind}", container.name);
+            let Some((action, original)) = ["httpGet", "tcpSocket", "grpc"]
+                .into_iter()
+                .find_map(|a| probe.get(a).cloned().map(|o| (a, o)))
+            else {
+                continue;
+            };
+            let mut prober = json!({ action: original });
+            if let Some(timeout) = probe.get("timeoutSeconds") {
+                prober["timeoutSeconds"] = timeout.clone();
+            }
+            // A named port is resolved for pilot-agent, which knows no container; one it
+            // cannot resolve is not handed over (the rewritten probe then fails, as Istio's).
+            let port = &mut prober[action]["port"];
+            let resolved = match port.as_str() {
+                Some(name) => named_ports.get(name).map(|p| {
+                    *port = json!(p);
+                }),
+                None => Some(()),
+            };
+            if resolved.is_some() {
+                probers.insert(url.clone(), prober);
+            }
+            let mut get = match action {
+                "httpGet" => original,
+                _ => json!({}),
+            };
+            get["path"] = json!(url);
+            get["port"] = json!(STATUS_PORT);
+            if get.get("scheme").and_then(|s| s.as_str()) == Some("HTTPS") {
+                get["scheme"] = json!("HTTP");
+            }
+            probe.remove("tcpSocket");
+            probe.remove("grpc");
+            probe.insert("httpGet".into(), get);
+        }
+        rewritten.push(serde_json::from_value(value).expect("a rewritten Container"));
+    }
+    let probers = (!probers.is_empty()).then(|| serde_json::Value::Object(probers).to_string());
+    (rewritten, probers)
+}
+
+/// `pilot-agent proxy sidecar` (or `proxy router`, the gateway)'s arguments.
+pub fn proxy_args(pod: &Pod, kind: ProxyKind) -> Vec<String> {
     let annotations = pod.annotations();
     let level = |key: &str, default: &str| {
         annotations
@@ -159,7 +245,10 @@ pub fn proxy_args(pod: &Pod) -> Vec<String> {
     };
     vec![
         "proxy".into(),
-        "sidecar".into(),
+        match kind {
+            ProxyKind::Sidecar => "sidecar".into(),
+            ProxyKind::Router => "router".into(),
+        },
         "--domain".into(),
         format!("{}.svc.cluster.local", pod.namespace().unwrap_or_default()),
         format!(
@@ -180,7 +269,7 @@ pub fn proxy_args(pod: &Pod) -> Vec<String> {
 /// `PROXY_CONFIG`: the pod's `proxy.istio.io/config` (YAML) with what differs on this
 /// machine: Envoy's path (PyPI's, not the image's `/usr/local/bin/envoy`) and istiod's
 /// address. An annotation that does not read as a map is left out, as istiod ignores it.
-pub fn proxy_config(pod: &Pod, envoy: &Path) -> String {
+pub fn proxy_config(pod: &Pod, envoy: &Path, istiod: &str) -> String {
     let mut config = pod
         .annotations()
         .get("proxy.istio.io/config")
@@ -188,7 +277,7 @@ pub fn proxy_config(pod: &Pod, envoy: &Path) -> String {
         .filter(serde_json::Value::is_object)
         .unwrap_or_else(|| json!({}));
     config["binaryPath"] = json!(envoy.display().to_string());
-    config["discoveryAddress"] = json!(format!("{ISTIOD_HOST}:15012"));
+    config["discoveryAddress"] = json!(istiod);
     config.to_string()
 }
 
@@ -234,8 +323,16 @@ pub fn workload_of(pod: &Pod) -> (String, String) {
     }
 }
 
-/// The proxy's environment, as the injection template sets it.
-pub fn proxy_env(pod: &Pod, ip: Ipv4Addr, host_ip: &str, envoy: &Path) -> Vec<(String, String)> {
+/// The proxy's environment, as the injection template sets it (the gateway's as its
+/// Deployment would have it: the same but for the probe hand-over).
+pub fn proxy_env(
+    pod: &Pod,
+    ip: Ipv4Addr,
+    host_ip: &str,
+    envoy: &Path,
+    kind: ProxyKind,
+) -> Vec<(String, String)> {
+    let istiod = format!("{ISTIOD_HOST}:{}", super::istiod::XDS_SECURE);
     let namespace = pod.namespace().unwrap_or_default();
     let spec = pod.spec.as_ref();
     let containers: Vec<&Container> = spec
@@ -254,7 +351,7 @@ pub fn proxy_env(pod: &Pod, ip: Ipv4Addr, host_ip: &str, envoy: &Path) -> Vec<(S
         .unwrap_or(workload);
     let mut env: Vec<(String, String)> = vec![
         ("PILOT_CERT_PROVIDER".into(), "istiod".into()),
-        ("CA_ADDR".into(), format!("{ISTIOD_HOST}:15012")),
+        ("CA_ADDR".into(), istiod.clone()),
         ("POD_NAME".into(), pod.name_any()),
         ("POD_NAMESPACE".into(), namespace.clone()),
         ("INSTANCE_IP".into(), ip.to_string()),
@@ -266,7 +363,7 @@ pub fn proxy_env(pod: &Pod, ip: Ipv4Addr, host_ip: &str, envoy: &Path) -> Vec<(S
         ("HOST_IP".into(), host_ip.to_string()),
         // The template's limits.cpu of the proxy (2 cores by default): Envoy's concurrency.
         ("ISTIO_CPU_LIMIT".into(), "2".into()),
-        ("PROXY_CONFIG".into(), proxy_config(pod, envoy)),
+        ("PROXY_CONFIG".into(), proxy_config(pod, envoy, &istiod)),
         (
             "ISTIO_META_POD_PORTS".into(),
             serde_json::Value::from(ports).to_string(),
@@ -304,6 +401,11 @@ pub fn proxy_env(pod: &Pod, ip: Ipv4Addr, host_ip: &str, envoy: &Path) -> Vec<(S
         // every start.
         ("CLOUD_PLATFORM".into(), "none".into()),
     ];
+    if kind == ProxyKind::Sidecar
+        && let (_, Some(probers)) = rewrite_probes(pod)
+    {
+        env.push(("ISTIO_KUBE_APP_PROBERS".into(), probers));
+    }
     if !owner.is_empty() {
         env.push((
             "ISTIO_META_OWNER".into(),
@@ -334,6 +436,18 @@ pub fn proxy_env(pod: &Pod, ip: Ipv4Addr, host_ip: &str, envoy: &Path) -> Vec<(S
 /// pod's own with those the injector adds.
 pub fn labels_file(pod: &Pod) -> String {
     let mut labels = pod.labels().clone();
+    labels.extend(injected_labels(pod));
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}\n", json!(v)))
+        .collect()
+}
+
+/// The labels Istio's injector adds to a pod that lacks them: `security.istio.io/tlsMode`
+/// (istiod's auto mTLS sends mutual TLS to endpoints so labelled) and the canonical
+/// service name and revision.
+pub fn injected_labels(pod: &Pod) -> BTreeMap<String, String> {
+    let mut labels = pod.labels().clone();
     let (_, workload) = workload_of(pod);
     labels
         .entry("security.istio.io/tlsMode".into())
@@ -354,10 +468,8 @@ pub fn labels_file(pod: &Pod) -> String {
     labels
         .entry("service.istio.io/canonical-revision".into())
         .or_insert(revision);
+    labels.retain(|k, _| !pod.labels().contains_key(k));
     labels
-        .iter()
-        .map(|(k, v)| format!("{k}={}\n", json!(v)))
-        .collect()
 }
 
 /// The proxy's root: pilot-agent runs with it as its working directory, and every path it
@@ -485,6 +597,7 @@ mod tests {
             Ipv4Addr::new(10, 244, 1, 9),
             "10.89.0.1",
             Path::new("/opt/envoy"),
+            ProxyKind::Sidecar,
         )
         .into_iter()
         .collect();
@@ -502,6 +615,59 @@ mod tests {
         assert_eq!(config["holdApplicationUntilProxyStarts"], true);
         assert_eq!(config["binaryPath"], "/opt/envoy");
         assert_eq!(config["discoveryAddress"], "istiod.istio-system.svc:15012");
+    }
+
+    #[test]
+    fn probes_are_rewritten_to_pilot_agents_app_health_as_istios_injector_does() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "hello-1", "namespace": "dev" },
+            "spec": { "containers": [{
+                "name": "hello", "image": "x",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"tcpSocket": {"port": 3333}, "periodSeconds": 3},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTPS",
+                    "httpHeaders": [{"name": "x", "value": "y"}]}, "timeoutSeconds": 2},
+                "startupProbe": {"grpc": {"port": 9555}}
+            }]}
+        }))
+        .unwrap();
+        let (containers, probers) = rewrite_probes(&p);
+        let probers: serde_json::Value = serde_json::from_str(&probers.unwrap()).unwrap();
+        assert_eq!(
+            probers,
+            json!({
+                "/app-health/hello/readyz": {"tcpSocket": {"port": 3333}},
+                "/app-health/hello/livez": {"httpGet": {"path": "/healthz", "port": 8080, "scheme": "HTTPS",
+                    "httpHeaders": [{"name": "x", "value": "y"}]}, "timeoutSeconds": 2},
+                "/app-health/hello/startupz": {"grpc": {"port": 9555}}
+            })
+        );
+        let c = serde_json::to_value(&containers[0]).unwrap();
+        assert_eq!(
+            c["readinessProbe"],
+            json!({"httpGet": {"path": "/app-health/hello/readyz", "port": 15020}, "periodSeconds": 3})
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"],
+            json!({"path": "/app-health/hello/livez", "port": 15020, "scheme": "HTTP",
+                "httpHeaders": [{"name": "x", "value": "y"}]})
+        );
+        assert_eq!(
+            c["startupProbe"],
+            json!({"httpGet": {"path": "/app-health/hello/startupz", "port": 15020}})
+        );
+        // Opted out: the probes stay, nothing is handed over.
+        let mut opted_out = p.clone();
+        opted_out.metadata.annotations = Some(
+            [(
+                "sidecar.istio.io/rewriteAppHTTPProbers".to_string(),
+                "false".to_string(),
+            )]
+            .into(),
+        );
+        let (containers, probers) = rewrite_probes(&opted_out);
+        assert!(probers.is_none());
+        assert_eq!(containers, p.spec.unwrap().containers);
     }
 
     #[test]

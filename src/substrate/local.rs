@@ -871,6 +871,8 @@ async fn start_mesh(
         // processes die with it, and the new one starts them anew (a kubelet restarted
         // with another runtime); the objects, their addresses and the rest stay.
         stop_recorded(&mut state, state_dir, "mesh-daemon");
+        // Their mesh config differs too (auto mTLS with Istio's sidecars): istiod reads it again.
+        stop_recorded(&mut state, state_dir, "istiod");
         state.boutique = binaries.boutique.clone();
         write_state(state_dir, &state)?;
     }
@@ -883,7 +885,10 @@ async fn start_mesh(
     let mut spawned = Vec::new();
     if !alive(&state, "istiod") {
         let mesh_config = mesh_dir.join("mesh.yaml");
-        super::pki::write_file(&mesh_config, &istiod::mesh_config())?;
+        super::pki::write_file(
+            &mesh_config,
+            &istiod::mesh_config(binaries.boutique.is_some()),
+        )?;
         let args = istiod::args(&kubeconfig_path(state_dir), &mesh_config);
         spawned.push(spawn_with(
             "istiod",
@@ -916,11 +921,12 @@ async fn start_mesh(
             "mesh-daemon".to_string(),
             format!("--state-dir={}", state_dir.display()),
             format!("--envoy={}", binaries.envoy.display()),
+            format!("--pilot-agent={}", binaries.pilot_agent.display()),
         ];
         if let Some(boutique) = &binaries.boutique {
             // Upstream's services run as a cluster runs them: with Istio's sidecar.
             args.push(format!("--boutique={}", boutique.display()));
-            args.push(format!("--pilot-agent={}", binaries.pilot_agent.display()));
+            args.push("--sidecars".into());
         }
         spawned.push(spawn_with("mesh-daemon", &exe, &args, &[], None, &logs)?);
     }

@@ -247,10 +247,6 @@ pub enum ProvisionError {
     Istiod(#[source] binaries::BinaryError),
     #[error("build Online Boutique's services for the local mesh")]
     Boutique(#[source] binaries::BinaryError),
-    #[error(
-        "find Istio's pilot-agent at {path} for the sidecars of upstream's services: run `cdcheck substrate install --mesh`"
-    )]
-    PilotAgent { path: std::path::PathBuf },
     #[error("start the local mesh")]
     Mesh(#[source] crate::mesh::MeshError),
     #[error("bring up the local substrate")]
@@ -413,11 +409,6 @@ async fn mesh_for(
                 })
                 .map_err(ProvisionError::Boutique)?;
                 binaries.boutique = Some(built);
-                if !binaries.pilot_agent.is_file() {
-                    return Err(ProvisionError::PilotAgent {
-                        path: binaries.pilot_agent.clone(),
-                    });
-                }
             }
             let dir = settings::state_dir(options.state_dir.as_deref(), true);
             if !required
