@@ -771,12 +771,7 @@ async fn command_for(
         // Istio's sidecar or the gateway: pilot-agent in the pod's proxy root, as uid 0 and
         // gid 1337 (the group istio-iptables lets through; uid 1337 could not run Envoy from
         // root's home).
-        let service_account = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".into());
-        let token = token_for(&shared.client, pod, &service_account).await?;
+        let token = token_for(&shared.client, pod, &sidecar::service_account(pod)).await?;
         let root = pod_dir.join("proxy");
         sidecar::write_proxy_root(
             &root,
@@ -804,10 +799,7 @@ async fn command_for(
     if image.contains(PROXY_IMAGE_MARK) {
         let args = container.args.clone().unwrap_or_default();
         let kind = ProxyKind::from_args(&args);
-        let spec = pod.spec.as_ref();
-        let service_account = spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".into());
+        let service_account = sidecar::service_account(pod);
         let token = token_for(&shared.client, pod, &service_account).await?;
         let labels = pod.labels().clone();
         let workload = labels

@@ -83,12 +83,7 @@ pub fn injects(pod: &Pod, namespace_labels: &BTreeMap<String, String>) -> bool {
 /// the pod's `traffic.sidecar.istio.io/*` annotations (REDIRECT mode, the proxy's uid 1337).
 pub fn iptables_args(pod: &Pod) -> Vec<String> {
     let annotations = pod.annotations();
-    let annotation = |key: &str, default: &str| {
-        annotations
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| default.to_string())
-    };
+    let annotation = |key: &str, default: &str| annotation_or(pod, key, default);
     let mut excluded_inbound = format!("15090,{READY_PORT},{STATUS_PORT}");
     if let Some(more) = annotations
         .get("traffic.sidecar.istio.io/excludeInboundPorts")
@@ -236,13 +231,7 @@ pub fn rewrite_probes(pod: &Pod) -> (Vec<Container>, Option<String>) {
 
 /// `pilot-agent proxy sidecar` (or `proxy router`, the gateway)'s arguments.
 pub fn proxy_args(pod: &Pod, kind: ProxyKind) -> Vec<String> {
-    let annotations = pod.annotations();
-    let level = |key: &str, default: &str| {
-        annotations
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| default.to_string())
-    };
+    let level = |key: &str, default: &str| annotation_or(pod, key, default);
     vec![
         "proxy".into(),
         match kind {
@@ -270,24 +259,46 @@ pub fn proxy_args(pod: &Pod, kind: ProxyKind) -> Vec<String> {
 /// machine: Envoy's path (PyPI's, not the image's `/usr/local/bin/envoy`) and istiod's
 /// address. An annotation that does not read as a map is left out, as istiod ignores it.
 pub fn proxy_config(pod: &Pod, envoy: &Path, istiod: &str) -> String {
-    let mut config = pod
-        .annotations()
-        .get("proxy.istio.io/config")
-        .and_then(|text| serde_saphyr::from_str::<serde_json::Value>(text).ok())
-        .filter(serde_json::Value::is_object)
-        .unwrap_or_else(|| json!({}));
+    let mut config = config_annotation(pod);
     config["binaryPath"] = json!(envoy.display().to_string());
     config["discoveryAddress"] = json!(istiod);
     config.to_string()
+}
+
+/// The pod's annotation `key`, else `default` (as the injection template's `annotation`).
+fn annotation_or(pod: &Pod, key: &str, default: &str) -> String {
+    pod.annotations()
+        .get(key)
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The pod's `proxy.istio.io/config` as a JSON object; `{}` when absent or not a map.
+fn config_annotation(pod: &Pod) -> serde_json::Value {
+    pod.annotations()
+        .get("proxy.istio.io/config")
+        .and_then(|text| serde_saphyr::from_str::<serde_json::Value>(text).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| json!({}))
+}
+
+/// The pod's service account, `default` when it names none.
+pub fn service_account(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into())
 }
 
 /// istiod's name for the proxies (its serving certificate's name; every pod's hosts file
 /// maps it to the node, where the mesh relays it to istiod).
 pub const ISTIOD_HOST: &str = "istiod.istio-system.svc";
 
-/// The Deployment (or other owner) the pod belongs to: a ReplicaSet owner's name without
-/// its hash, as Istio's injector finds `DeploymentMeta`.
+/// The pod's owner as `ISTIO_META_OWNER` names it (`kubernetes://apis/...`, empty without
+/// one) and its workload's name: a ReplicaSet owner's name without its hash, as Istio's
+/// injector finds `DeploymentMeta`.
 pub fn workload_of(pod: &Pod) -> (String, String) {
+    let namespace = pod.namespace().unwrap_or_default();
     let owner = pod
         .metadata
         .owner_references
@@ -302,7 +313,7 @@ pub fn workload_of(pod: &Pod) -> (String, String) {
                 .map(|(deployment, _)| deployment.to_string())
                 .unwrap_or_else(|| o.name.clone());
             (
-                format!("apis/apps/v1/namespaces/{{ns}}/deployments/{name}"),
+                format!("kubernetes://apis/apps/v1/namespaces/{namespace}/deployments/{name}"),
                 name,
             )
         }
@@ -315,7 +326,10 @@ pub fn workload_of(pod: &Pod) -> (String, String) {
                 format!("api/{group}")
             };
             (
-                format!("{path}/namespaces/{{ns}}/{kind}s/{}", o.name),
+                format!(
+                    "kubernetes://{path}/namespaces/{namespace}/{kind}s/{}",
+                    o.name
+                ),
                 o.name.clone(),
             )
         }
@@ -355,11 +369,7 @@ pub fn proxy_env(
         ("POD_NAME".into(), pod.name_any()),
         ("POD_NAMESPACE".into(), namespace.clone()),
         ("INSTANCE_IP".into(), ip.to_string()),
-        (
-            "SERVICE_ACCOUNT".into(),
-            spec.and_then(|s| s.service_account_name.clone())
-                .unwrap_or_else(|| "default".into()),
-        ),
+        ("SERVICE_ACCOUNT".into(), service_account(pod)),
         ("HOST_IP".into(), host_ip.to_string()),
         // The template's limits.cpu of the proxy (2 cores by default): Envoy's concurrency.
         ("ISTIO_CPU_LIMIT".into(), "2".into()),
@@ -386,10 +396,7 @@ pub fn proxy_env(
         ),
         (
             "ISTIO_META_INTERCEPTION_MODE".into(),
-            pod.annotations()
-                .get("sidecar.istio.io/interceptionMode")
-                .cloned()
-                .unwrap_or_else(|| "REDIRECT".into()),
+            annotation_or(pod, "sidecar.istio.io/interceptionMode", "REDIRECT"),
         ),
         ("ISTIO_META_WORKLOAD_NAME".into(), workload),
         (
@@ -407,17 +414,11 @@ pub fn proxy_env(
         env.push(("ISTIO_KUBE_APP_PROBERS".into(), probers));
     }
     if !owner.is_empty() {
-        env.push((
-            "ISTIO_META_OWNER".into(),
-            format!("kubernetes://{}", owner.replace("{ns}", &namespace)),
-        ));
+        env.push(("ISTIO_META_OWNER".into(), owner));
     }
     // The pod's proxyMetadata, as the template copies it into the environment.
-    if let Some(metadata) = pod
-        .annotations()
-        .get("proxy.istio.io/config")
-        .and_then(|text| serde_saphyr::from_str::<serde_json::Value>(text).ok())
-        .and_then(|c| c.get("proxyMetadata").cloned())
+    if let Some(metadata) = config_annotation(pod)
+        .get("proxyMetadata")
         .and_then(|m| m.as_object().cloned())
     {
         for (key, value) in metadata {
